@@ -1,0 +1,10 @@
+"""geomtraj: optimizer trajectories of tiny networks in finite-precision arithmetic."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("geomtraj")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.1.0"
+
+__all__ = ["__version__"]
