@@ -1,0 +1,29 @@
+"""Named constants and numba flag sets, in one place.
+
+Nothing else in geomtraj hard-codes ``fastmath=`` or a threshold: modules import them from here so
+that a reader can audit every numerical choice in one file.
+"""
+
+from __future__ import annotations
+
+#: Flags for every kernel that touches training arithmetic. ``fastmath`` stays off: it allows
+#: fused multiply-add, reassociation and approximate functions, which change rounding, and rounding
+#: is what geomtraj studies. ``error_model="numpy"`` makes division by zero give inf/nan instead of
+#: raising, as IEEE arithmetic does.
+TRAIN_JIT = {"fastmath": False, "error_model": "numpy", "nogil": True}
+
+#: Same as :data:`TRAIN_JIT` with run-level parallelism (``prange`` over independent runs only).
+TRAIN_JIT_PARALLEL = {**TRAIN_JIT, "parallel": True}
+
+#: A run counts as diverged when its full-batch loss exceeds this multiple of its initial loss
+#: (or when the loss or any parameter is non-finite).
+DIVERGENCE_LOSS_FACTOR = 1.0e4
+
+#: Target size of one stored zarr chunk, in bytes (PITFALLS: ~1 MiB or more keeps task counts sane).
+CHUNK_TARGET_BYTES = 4 * 2**20
+
+#: Memory budget for the recording buffers that ``train`` holds before writing a chunk, in bytes.
+RECORD_BUFFER_BYTES = 512 * 2**20
+
+#: Zarr consolidated metadata is not in the v3 spec; geomtraj never writes or reads it.
+ZARR_CONSOLIDATED = False

@@ -1,0 +1,219 @@
+"""Training grids described in TOML: parse, check and expand into a :class:`~geomtraj.train.Plan`.
+
+Example (every key is optional except ``steps``)::
+
+    steps = 20000
+    record_every = 1
+    record_params = 16            # "all", a count, or a list of names such as ["W1[0,3]"]
+
+    [data]
+    name = "sincos"               # or a list, which makes it a grid axis
+    n_points = 64
+    seed = 0
+
+    [model]
+    hidden = ["12x24"]            # grid axis
+    activation = "tanh"
+    loss = "mse"
+
+    [optimizer]                   # each value a scalar or a list (a grid axis)
+    beta1 = 0.9
+    beta2 = [0.99, 0.995, 0.999]
+    lr = 1e-3
+    eps = 1e-8
+    weight_decay = 0.0
+
+    [runs]
+    seeds = [0, 1]
+    precision = ["float32", "float64"]
+    batch_size = 0                # 0 = full batch
+
+    [grid]
+    mode = "product"              # or "zip": hidden and optimizer lists are zipped
+
+    [[twins]]                     # one twin of every run above per entry
+    kind = "ulp"                  # nextafter on one parameter before update `step`
+    param = "W1[0,3]"
+    ulps = 1
+    step = 5000
+
+    [[twins]]
+    kind = "scale"                # Sun's (lr*k)*(u/k)
+    k = 3
+
+Runs are ordered as the product ``hidden x data x beta1 x beta2 x lr x eps x weight_decay x seed x
+precision`` (the last varies fastest); twins follow all original runs, grouped by twin entry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from pathlib import Path
+
+from geomtraj.data import DATASETS, dataset_attrs, make_dataset
+from geomtraj.errors import ConfigError
+from geomtraj.kernels.rounding import STORAGE_DTYPE
+from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
+from geomtraj.train import DataSource, Perturbation, Plan, Run
+
+_SECTIONS: dict[str, set[str]] = {
+    "": {"steps", "record_every", "record_params", "chunk_rows", "data", "model", "optimizer",
+         "runs", "grid", "twins", "name", "description"},
+    "data": {"name", "n_points", "seed", "noise"},
+    "model": {"hidden", "activation", "loss"},
+    "optimizer": {"beta1", "beta2", "lr", "eps", "weight_decay"},
+    "runs": {"seeds", "precision", "batch_size"},
+    "grid": {"mode"},
+    "twins": {"kind", "param", "ulps", "step", "k"},
+}  # fmt: skip
+
+_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0}
+
+
+def _check_keys(table: dict, section: str) -> None:
+    allowed = _SECTIONS[section]
+    for key in table:
+        if key not in allowed:
+            where = f"[{section}]" if section else "the top level"
+            raise ConfigError(
+                f"unknown key {key!r} in {where}; allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+def _as_list(value, name: str) -> list:
+    vals = value if isinstance(value, list) else [value]
+    if not vals:
+        raise ConfigError(f"{name} is an empty list")
+    return vals
+
+
+def _number(value, name: str, kind=float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return kind(value)
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a TOML file; errors are one line with the file name."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML ({exc})") from None
+
+
+def plan_from_config(cfg: dict) -> Plan:
+    """Expand a parsed config into a plan; every problem raises :class:`ConfigError`."""
+    _check_keys(cfg, "")
+    for section in ("data", "model", "optimizer", "runs", "grid"):
+        if not isinstance(cfg.get(section, {}), dict):
+            raise ConfigError(f"[{section}] must be a table")
+        _check_keys(cfg.get(section, {}), section)
+    if "steps" not in cfg:
+        raise ConfigError("the config needs `steps` (number of Adam updates per run)")
+    steps = _number(cfg["steps"], "steps", int)
+
+    data_cfg, model, opt = cfg.get("data", {}), cfg.get("model", {}), cfg.get("optimizer", {})
+    runs_cfg, grid = cfg.get("runs", {}), cfg.get("grid", {})
+
+    datasets = []
+    for name in _as_list(data_cfg.get("name", "sincos"), "data.name"):
+        if name not in DATASETS:
+            raise ConfigError(f"data set {name!r} unknown; choose from {sorted(DATASETS)}")
+        n_points = _number(data_cfg.get("n_points", 64), "data.n_points", int)
+        seed = _number(data_cfg.get("seed", 0), "data.seed", int)
+        noise = data_cfg.get("noise")
+        noise = None if noise is None else _number(noise, "data.noise")
+        try:
+            X, y = make_dataset(name, n_points, seed, noise)
+        except ValueError as exc:
+            raise ConfigError(f"[data] {exc}") from None
+        datasets.append(DataSource(name, X, y, dataset_attrs(name, n_points, seed, noise)))
+
+    activation = model.get("activation", "tanh")
+    loss = model.get("loss", "mse")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation {activation!r} unknown; choose from {ACTIVATIONS}")
+    if loss not in LOSSES:
+        raise ConfigError(f"model.loss {loss!r} unknown; choose from {LOSSES}")
+    for ds in datasets:
+        if loss == "bce" and DATASETS[ds.name].task != "classification":
+            raise ConfigError(f"loss 'bce' needs a classification data set, {ds.name!r} is not")
+    try:
+        hiddens = [parse_hidden(h) for h in _as_list(model.get("hidden", "12x24"), "hidden")]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.hidden: {exc}") from None
+
+    axes = {k: [_number(v, f"optimizer.{k}") for v in _as_list(opt.get(k, d), k)]
+            for k, d in _DEFAULTS.items()}  # fmt: skip
+    seeds = [_number(s, "runs.seeds", int) for s in _as_list(runs_cfg.get("seeds", 0), "seeds")]
+    precisions = _as_list(runs_cfg.get("precision", "float64"), "precision")
+    for p in precisions:
+        if p not in STORAGE_DTYPE:
+            raise ConfigError(f"precision {p!r} unknown; choose from {list(STORAGE_DTYPE)}")
+    batch = _number(runs_cfg.get("batch_size", 0), "runs.batch_size", int)
+
+    mode = grid.get("mode", "product")
+    if mode == "product":
+        combos = list(itertools.product(hiddens, *axes.values()))
+    elif mode == "zip":
+        lists = [hiddens, *axes.values()]
+        n = max(len(v) for v in lists)
+        if any(len(v) not in (1, n) for v in lists):
+            raise ConfigError("grid.mode = 'zip' needs hidden and optimizer lists of equal length")
+        combos = [tuple(v[i] if len(v) > 1 else v[0] for v in lists) for i in range(n)]
+    else:
+        raise ConfigError(f"grid.mode {mode!r} unknown; use 'product' or 'zip'")
+
+    runs: list[Run] = []
+    for hidden, b1, b2, lr, eps, wd in combos:
+        for d in range(len(datasets)):
+            spec = MLPSpec(datasets[d].X.shape[1], hidden, activation, loss)
+            for seed in seeds:
+                for prec in precisions:
+                    runs.append(Run(spec=spec, data=d, beta1=b1, beta2=b2, lr=lr, eps=eps,
+                                    weight_decay=wd, seed=seed, precision=prec,
+                                    batch_size=batch))  # fmt: skip
+    originals = list(runs)
+    twins_cfg = cfg.get("twins", [])
+    if not isinstance(twins_cfg, list):
+        raise ConfigError("twins must be an array of tables: [[twins]]")
+    for tw in twins_cfg:
+        _check_keys(tw, "twins")
+        kind = tw.get("kind")
+        if kind == "ulp":
+            pert = Perturbation("ulp", param=str(tw.get("param", "")),
+                                ulps=_number(tw.get("ulps", 1), "twins.ulps", int),
+                                step=_number(tw.get("step", 1), "twins.step", int))  # fmt: skip
+        elif kind == "scale":
+            pert = Perturbation("scale", k=_number(tw.get("k", 1), "twins.k"))
+        else:
+            raise ConfigError(f"twins.kind {kind!r} unknown; use 'ulp' or 'scale'")
+        for i, base in enumerate(originals):
+            runs.append(Run(**{**base.__dict__, "twin_of": i, "perturbation": pert}))
+
+    record = cfg.get("record_params", "all")
+    if not (record == "all" or isinstance(record, int | list)) or isinstance(record, bool):
+        raise ConfigError(
+            f"record_params must be 'all', a count or a list of names, got {record!r}"
+        )
+    plan = Plan(
+        runs=runs, datasets=datasets, steps=steps,
+        record_every=_number(cfg.get("record_every", 1), "record_every", int),
+        record_params=record,
+        chunk_rows=cfg.get("chunk_rows"),
+        description={k: cfg[k] for k in ("name", "description") if k in cfg},
+    )  # fmt: skip
+    try:
+        plan.validate()
+        plan.recorded_indices()
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return plan

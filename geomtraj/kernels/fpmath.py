@@ -1,0 +1,249 @@
+"""Portable, deterministic elementary functions for numba kernels.
+
+Why this module exists
+----------------------
+``math.tanh``/``math.exp`` inside an ``@njit`` kernel compile to calls into the
+platform libm (or to LLVM intrinsics lowered to libm/SVML calls).  Their results
+can differ in the last bit between machines and library versions, and a libm
+call inside a loop stops LLVM from vectorising that loop.  The functions here
+are built *only* from IEEE-754 basic operations (``+ - * /``, comparisons that
+LLVM turns into ``select``, and bit reinterpretation between a float and the
+integer of the same width), all of which are correctly rounded by IEEE-754.
+Without fastmath, LLVM may not reassociate or contract them (numba does not
+emit FMA contraction without ``fastmath``), so the results are bit-for-bit
+identical on every IEEE-754 machine, and the loop calling them vectorises.
+
+API
+---
+``make_fpmath(dtype)`` with ``dtype`` in ``(np.float32, np.float64)`` returns a
+``types.SimpleNamespace`` of ``@njit`` scalar functions, each taking and
+returning ``dtype`` (pass ``dtype`` values; every internal constant is of
+``dtype``, so float32 code contains no float64 arithmetic):
+
+* ``exp_pos(a)``   -- ``exp(a)`` for ``a >= 0`` (``+inf`` on overflow, NaN propagates;
+  undefined for ``a < 0``).
+* ``expm1_pos(a)`` -- ``exp(a) - 1`` for ``a >= 0``, accurate for tiny ``a``.
+* ``tanh(x)``      -- all ``x``; ``tanh(+-0) = +-0``, ``tanh(+-inf) = +-1``, NaN -> NaN.
+* ``sigmoid(x)``   -- ``1 / (1 + exp(-x))`` for all ``x``; NaN -> NaN.
+
+The namespace also carries ``dtype``, ``TANH_SAT`` and ``EXP_CLAMP``.  The
+factory is memoised, and ``FP32``/``FP64`` are the two ready-made namespaces.
+
+Algorithm
+---------
+``exp``/``expm1`` (``a >= 0``): the argument is clamped to ``EXP_CLAMP``
+(89 for float32, 710 for float64 -- beyond ``ln(max)`` so the clamped value
+still overflows to ``inf``; NaN is clamped too and re-selected at the end, so no
+integer conversion ever sees a NaN).  ``k = round(a / ln2)`` is obtained with
+the "shifter" trick ``t = a * (1/ln2) + 1.5 * 2**p`` (p = 23 or 52): ``t - shifter``
+is ``k`` as a float and the low bits of ``t`` hold ``k`` as an integer, so there
+is no float->int conversion at all.  Cody-Waite reduction
+``r = (a - k*LN2_HI) - k*LN2_LO`` uses the fdlibm splits of ln 2 (``LN2_HI`` has
+15 resp. 32 significant bits, so ``k*LN2_HI`` is exact for ``k <= 128`` resp.
+``k <= 1024`` and the subtraction is exact by Sterbenz); ``|r| <= ~ln2/2``.
+``expm1(r) = r + r*r*q(r)`` with ``q`` the Taylor series ``sum r**(n-2)/n!``,
+``n = 2..8`` (float32, truncation < 6e-10 relative) or ``n = 2..14`` (float64,
+truncation < 3e-19 relative), evaluated by Horner.  Then
+
+* ``exp(a)   = ((1 + em) * 2) * 2**(k-1)``
+* ``expm1(a) = ((em + (1 - 2**-min(k, c))) * 2) * 2**(k-1)``  (``c`` = 30 / 60;
+  ``1 - 2**-k`` is exact while it matters, this equals ``2**k*em + (2**k - 1)``
+  and avoids cancellation; for ``k = 0`` it is just ``em``)
+
+where the powers of two are built from exponent bits.  Splitting off one factor
+2 keeps ``2**(k-1)`` representable for ``k = 128`` (float32) / ``1024`` (float64);
+the final multiplication overflows to ``inf`` exactly when the result does.
+
+``tanh(x) = copysign(em / (em + 2), x)`` with ``em = expm1_pos(2|x|)``;
+``|x| >= TANH_SAT`` returns exactly ``+-1``, where ``TANH_SAT`` is the smallest
+value whose exact tanh rounds to 1: ``0.5*ln(2**26 - 1) -> 9.010914`` (float32),
+``0.5*ln(2**55 - 1) -> 19.061547465398498`` (float64).
+
+``sigmoid(x) = 1 / (1 + y)`` with ``E = exp_pos(|x|)``, ``y = 1/E`` for ``x >= 0``
+and ``y = E`` for ``x < 0`` -- no cancellation; ``E = inf`` gives exactly 1 / 0.
+Consequence: for float32 ``x < -88.72`` (float64 ``x < -709.78``) the result is
+0 instead of the (subnormal) true value, an absolute error < 2**-126 (2**-1022).
+
+Every function is branch-free (comparisons become ``select``), without loops
+or calls, so LLVM inlines them and vectorises the calling loop.
+
+Measured accuracy (``tests/test_fpmath.py`` asserts these bounds)
+------------------------------------------------------------------
+Max error in ulps of the result, against a float64 reference (float32
+functions) or a 60-digit ``decimal`` reference (float64 functions), over dense
+grids, ~1e6 random float32 / ~2e4 random float64 arguments, tiny and huge
+arguments and the thresholds:
+
+===========  ===========  ===========
+function     float32      float64
+===========  ===========  ===========
+exp_pos      0.9x ulp     0.9x ulp
+expm1_pos    1.x ulp      1.x ulp
+tanh         1.x ulp      1.x ulp
+sigmoid      1.x ulp      1.x ulp
+===========  ===========  ===========
+
+(sigmoid ulps measured where the result is normal.)
+
+Speed (float32 ``tanh``, njit loop over 2304 elements, this dev box,
+Xeon with AVX-512): fpmath ``tanh`` ~ X ns/element, ``math.tanh`` ~ Y ns/element.
+The loop body is vectorised (LLVM IR contains ``<8 x float>``/``<16 x float>``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from numba import njit
+
+__all__ = ["make_fpmath", "FP32", "FP64"]
+
+_JIT = dict(fastmath=False, error_model="numpy", cache=False)
+
+
+@functools.cache
+def _make_fpmath(ftype: type) -> SimpleNamespace:
+    if ftype is np.float32:
+        itype = np.int32
+        MANT = np.int64(23)  # explicit mantissa bits
+        BIAS = np.int64(127)
+        SHIFTER = np.float32(1.5 * 2.0**23)
+        LN2_HI = np.uint32(0x3F317200).view(np.float32)  # 0.693145751953125
+        LN2_LO = np.uint32(0x35BFBE8E).view(np.float32)  # 1.4286067653e-06
+        EXP_CLAMP = np.float32(89.0)  # > ln(FLT_MAX) = 88.7228...
+        KCAP = np.int64(30)  # 1 - 2**-k == 1 in float32 for k >= 25
+        TANH_SAT = np.uint32(0x41102CB4).view(np.float32)  # 9.010914
+        # Taylor coefficients of q(r) = (expm1(r) - r) / r**2, n = 2..8
+        C = [np.float32(1.0 / math.factorial(n)) for n in range(2, 9)]
+    elif ftype is np.float64:
+        itype = np.int64
+        MANT = np.int64(52)
+        BIAS = np.int64(1023)
+        SHIFTER = np.float64(1.5 * 2.0**52)
+        LN2_HI = np.float64(float.fromhex("0x1.62e42feep-1"))
+        LN2_LO = np.float64(float.fromhex("0x1.a39ef35793c76p-33"))
+        EXP_CLAMP = np.float64(710.0)  # > ln(DBL_MAX) = 709.78...
+        KCAP = np.int64(60)
+        TANH_SAT = np.float64(float.fromhex("0x1.30fc1931f09cap+4"))  # 19.0615...
+        C = [np.float64(1.0 / math.factorial(n)) for n in range(2, 15)]
+    else:  # pragma: no cover - guarded by make_fpmath
+        raise ValueError(ftype)
+
+    ZERO = ftype(0.0)
+    ONE = ftype(1.0)
+    TWO = ftype(2.0)
+    INV_LN2 = ftype(1.0 / math.log(2.0))
+    SHIFTER_BITS = np.int64(SHIFTER.view(itype))
+
+    if ftype is np.float32:
+        C2, C3, C4, C5, C6, C7, C8 = C
+
+        @njit(**_JIT)
+        def _expm1_poly(r):
+            """expm1(r) for |r| <= ~0.35 (float32, degree 8)."""
+            q = C8
+            q = q * r + C7
+            q = q * r + C6
+            q = q * r + C5
+            q = q * r + C4
+            q = q * r + C3
+            q = q * r + C2
+            return r + (r * r) * q
+
+    else:
+        C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13, C14 = C
+
+        @njit(**_JIT)
+        def _expm1_poly(r):
+            """expm1(r) for |r| <= ~0.35 (float64, degree 14)."""
+            q = C14
+            q = q * r + C13
+            q = q * r + C12
+            q = q * r + C11
+            q = q * r + C10
+            q = q * r + C9
+            q = q * r + C8
+            q = q * r + C7
+            q = q * r + C6
+            q = q * r + C5
+            q = q * r + C4
+            q = q * r + C3
+            q = q * r + C2
+            return r + (r * r) * q
+
+    @njit(**_JIT)
+    def _pow2(k):
+        """2**k from exponent bits; k (int64) must be in the normal range."""
+        return itype((k + BIAS) << MANT).view(ftype)
+
+    @njit(**_JIT)
+    def _reduce(a):
+        """Clamp a (NaN/inf -> EXP_CLAMP) and return (k, r, em = expm1(r))."""
+        aa = a if a < EXP_CLAMP else EXP_CLAMP
+        t = aa * INV_LN2 + SHIFTER
+        kf = t - SHIFTER
+        k = np.int64(ftype(t).view(itype)) - SHIFTER_BITS
+        r = (aa - kf * LN2_HI) - kf * LN2_LO
+        return k, r, _expm1_poly(r)
+
+    @njit(**_JIT)
+    def exp_pos(a):
+        """exp(a) for a >= 0 (inf on overflow, NaN propagates)."""
+        k, r, em = _reduce(a)
+        p = ONE + em
+        res = (p + p) * _pow2(k - np.int64(1))
+        return res if a == a else a
+
+    @njit(**_JIT)
+    def expm1_pos(a):
+        """exp(a) - 1 for a >= 0 (inf on overflow, NaN propagates)."""
+        k, r, em = _reduce(a)
+        kc = k if k < KCAP else KCAP
+        p = em + (ONE - _pow2(-kc))
+        res = (p + p) * _pow2(k - np.int64(1))
+        return res if a == a else a
+
+    @njit(**_JIT)
+    def tanh(x):
+        """tanh(x); exactly +-1 for |x| >= TANH_SAT, tanh(-0) = -0, NaN -> NaN."""
+        ax = abs(x)
+        em = expm1_pos(ax + ax)
+        t = em / (em + TWO)
+        t = ONE if ax >= TANH_SAT else t
+        return math.copysign(t, x)
+
+    @njit(**_JIT)
+    def sigmoid(x):
+        """1 / (1 + exp(-x)); exactly 1 / 0 where exp(|x|) overflows, NaN -> NaN."""
+        e = exp_pos(abs(x))
+        y = ONE / e if x >= ZERO else e
+        return ONE / (ONE + y)
+
+    return SimpleNamespace(
+        dtype=ftype,
+        exp_pos=exp_pos,
+        expm1_pos=expm1_pos,
+        tanh=tanh,
+        sigmoid=sigmoid,
+        TANH_SAT=TANH_SAT,
+        EXP_CLAMP=EXP_CLAMP,
+    )
+
+
+def make_fpmath(dtype) -> SimpleNamespace:
+    """Return the namespace of njit elementary functions for ``dtype``.
+
+    ``dtype`` may be ``np.float32``/``np.float64`` or anything ``np.dtype``
+    accepts for them.  The result is memoised per dtype.
+    """
+    ftype = np.dtype(dtype).type
+    if ftype not in (np.float32, np.float64):
+        raise ValueError(f"make_fpmath: dtype must be float32 or float64, got {np.dtype(dtype)}")
+    return _make_fpmath(ftype)
+
+
+FP32 = make_fpmath(np.float32)
+FP64 = make_fpmath(np.float64)

@@ -1,0 +1,380 @@
+"""Compiled training kernels: MLP forward/backward passes and the Adam update.
+
+Every function here is JIT-compiled with :data:`geomtraj.config.TRAIN_JIT` (never ``fastmath``).
+Kernels are built per ``(dtype, fmt, activation, loss)`` by :func:`get_train_kernel`, so that every
+constant is a typed closure constant: a float32 run never sees a float64 literal.
+
+Arithmetic order, fixed for every run and independent of thread count:
+
+* Forward, layer ``l``, unit ``j``: ``z = b[j]``, then ``z = z + W[i,j]*a_in[i]`` for ``i = 0..``;
+  hidden layers apply the activation; the output layer is linear.
+* Loss: MSE ``sum_p (f_p - y_p)^2 / n``; BCE ``sum_p (max(f,0) - f*y + log1p(exp(-|f|))) / n``.
+  Sums over points (and the norms below) use :func:`_sum8`, an 8-way interleaved sum combined
+  pairwise: a fixed order, chosen so the CPU can overlap the additions.
+* Output delta: MSE ``(2/n) * (f - y)``; BCE ``(1/n) * (sigmoid(f) - y)``.
+* Gradients: ``gb[j] = sum_p delta[j,p]`` and ``gW[i,j] = sum_p a_in[i,p]*delta[j,p]``, summed over
+  ``p = 0..n-1`` in order; ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])`` with the
+  derivative taken from the activation value (``1-a^2``, ``a*(1-a)``, ``a>0``).
+* Adam (textbook, as ``torch.optim.Adam`` with ``amsgrad=False``), per parameter::
+
+      g     = grad + weight_decay * theta
+      m     = beta1*m + (1-beta1)*g
+      v     = beta2*v + (1-beta2)*(g*g)
+      m_hat = m / (1 - beta1^t)            # beta^t kept as a running product in the run dtype
+      v_hat = v / (1 - beta2^t)
+      u     = m_hat / (sqrt(v_hat) + eps)
+      theta = theta - (lr*k) * (u/k)       # k = 1 except for Sun's rescaling twins
+
+Emulated ``bfloat16``/``float16`` runs compute in float32 and round to the format (round to nearest
+even) at these points: every activation (including the network output), every back-propagated
+delta, the gradient ``g`` after weight decay, ``m`` and ``v`` after their update, the step
+``(lr*k)*(u/k)``, and ``theta`` after the update. Hyper-parameters, bias corrections, the loss and
+the norms stay in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+from numba import njit, prange
+
+from geomtraj.config import TRAIN_JIT, TRAIN_JIT_PARALLEL
+from geomtraj.kernels.fpmath import make_fpmath
+from geomtraj.kernels.rounding import ROUNDERS, STORAGE_DTYPE
+
+#: Columns of the per-run hyper-parameter array passed to the kernel.
+HYPER_COLUMNS = ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
+
+
+@cache
+def get_train_kernel(fmt: str, activation: str, loss: str):
+    """Return the compiled block kernel for one precision format, activation and loss.
+
+    The returned function ``_train_block(t_begin, t_end, ...)`` advances every run of a block
+    from update ``t_begin`` to ``t_end`` (inclusive), in parallel across runs. See
+    :mod:`geomtraj.train` for the meaning of its arguments.
+    """
+    dtype = STORAGE_DTYPE[fmt]
+    fp = make_fpmath(dtype)
+    rnd = ROUNDERS[fmt]
+    fp_tanh, fp_sigmoid, fp_exp_pos = fp.tanh, fp.sigmoid, fp.exp_pos
+    ZERO, ONE, TWO = dtype(0), dtype(1), dtype(2)
+
+    if activation == "tanh":
+
+        @njit(**TRAIN_JIT)
+        def act(z):
+            return fp_tanh(z)
+
+        @njit(**TRAIN_JIT)
+        def dact(a):
+            return ONE - a * a
+
+    elif activation == "sigmoid":
+
+        @njit(**TRAIN_JIT)
+        def act(z):
+            return fp_sigmoid(z)
+
+        @njit(**TRAIN_JIT)
+        def dact(a):
+            return a * (ONE - a)
+
+    elif activation == "relu":
+
+        @njit(**TRAIN_JIT)
+        def act(z):
+            # written so that NaN passes through instead of being clipped to zero
+            return ZERO if z <= ZERO else z
+
+        @njit(**TRAIN_JIT)
+        def dact(a):
+            return ONE if a > ZERO else ZERO
+
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+
+    if loss == "mse":
+
+        @njit(**TRAIN_JIT)
+        def point_loss(f, y):
+            r = f - y
+            return r * r
+
+        @njit(**TRAIN_JIT)
+        def point_delta(f, y):
+            return f - y
+
+        DELTA_NUMERATOR = TWO
+    elif loss == "bce":
+
+        @njit(**TRAIN_JIT)
+        def point_loss(f, y):
+            af = f if f >= ZERO else -f
+            pos = f if f > ZERO else ZERO
+            return pos - f * y + math.log1p(ONE / fp_exp_pos(af))
+
+        @njit(**TRAIN_JIT)
+        def point_delta(f, y):
+            return fp_sigmoid(f) - y
+
+        DELTA_NUMERATOR = ONE
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+
+    @njit(**TRAIN_JIT)
+    def _sum8(x, n):
+        """Sum of ``x[:n]`` in a fixed order: 8 interleaved partial sums, combined pairwise."""
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+        k = 0
+        while k + 8 <= n:
+            s0 += x[k]
+            s1 += x[k + 1]
+            s2 += x[k + 2]
+            s3 += x[k + 3]
+            s4 += x[k + 4]
+            s5 += x[k + 5]
+            s6 += x[k + 6]
+            s7 += x[k + 7]
+            k += 8
+        while k < n:
+            s0 += x[k]
+            k += 1
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    @njit(**TRAIN_JIT)
+    def _sum8_sq(x, n):
+        """Sum of squares of ``x[:n]`` in the same fixed order as :func:`_sum8`."""
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+        k = 0
+        while k + 8 <= n:
+            s0 += x[k] * x[k]
+            s1 += x[k + 1] * x[k + 1]
+            s2 += x[k + 2] * x[k + 2]
+            s3 += x[k + 3] * x[k + 3]
+            s4 += x[k + 4] * x[k + 4]
+            s5 += x[k + 5] * x[k + 5]
+            s6 += x[k + 6] * x[k + 6]
+            s7 += x[k + 7] * x[k + 7]
+            k += 8
+        while k < n:
+            s0 += x[k] * x[k]
+            k += 1
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    @njit(**TRAIN_JIT)
+    def _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
+        """Fill the activation rows of ``A`` for the first ``n`` points (input rows preset)."""
+        for layer in range(n_layers):
+            fan_in, fan_out = sizes[layer], sizes[layer + 1]
+            hidden = layer < n_layers - 1
+            for j in range(fan_out):
+                row = A[a_off[layer + 1] + j]
+                bj = theta[b_off[layer] + j]
+                for p in range(n):
+                    row[p] = bj
+                for i in range(fan_in):
+                    w = theta[w_off[layer] + i * fan_out + j]
+                    src = A[a_off[layer] + i]
+                    for p in range(n):
+                        row[p] = row[p] + w * src[p]
+                if hidden:
+                    for p in range(n):
+                        row[p] = rnd(act(row[p]))
+                else:
+                    for p in range(n):
+                        row[p] = rnd(row[p])
+
+    @njit(**TRAIN_JIT)
+    def _loss(A, out_row, y, n, scratch):
+        f = A[out_row]
+        for p in range(n):
+            scratch[p] = point_loss(f[p], y[p])
+        return _sum8(scratch, n) / dtype(n)
+
+    @njit(**TRAIN_JIT)
+    def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, y, n, G):
+        """Gradient of the mean loss over the first ``n`` points into ``G``."""
+        out_row = a_off[n_layers]
+        c = DELTA_NUMERATOR / dtype(n)
+        drow = D[out_row]
+        f = A[out_row]
+        for p in range(n):
+            drow[p] = rnd(c * point_delta(f[p], y[p]))
+        for layer in range(n_layers - 1, -1, -1):
+            fan_in, fan_out = sizes[layer], sizes[layer + 1]
+            d_out, a_in = a_off[layer + 1], a_off[layer]
+            for j in range(fan_out):
+                src = D[d_out + j]
+                for p in range(n):
+                    DT[p, j] = src[p]
+            gb = G[b_off[layer] : b_off[layer] + fan_out]
+            for j in range(fan_out):
+                gb[j] = ZERO
+            for p in range(n):
+                dt = DT[p]
+                for j in range(fan_out):
+                    gb[j] = gb[j] + dt[j]
+            for i in range(fan_in):
+                gw = G[w_off[layer] + i * fan_out : w_off[layer] + (i + 1) * fan_out]
+                for j in range(fan_out):
+                    gw[j] = ZERO
+                arow = A[a_in + i]
+                for p in range(n):
+                    a = arow[p]
+                    dt = DT[p]
+                    for j in range(fan_out):
+                        gw[j] = gw[j] + a * dt[j]
+            if layer == 0:
+                break
+            for i in range(fan_in):
+                row = D[a_in + i]
+                for p in range(n):
+                    row[p] = ZERO
+                for j in range(fan_out):
+                    w = theta[w_off[layer] + i * fan_out + j]
+                    src = D[d_out + j]
+                    for p in range(n):
+                        row[p] = row[p] + w * src[p]
+                arow = A[a_in + i]
+                for p in range(n):
+                    row[p] = rnd(row[p] * dact(arow[p]))
+
+    @njit(**TRAIN_JIT)
+    def _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale):
+        """One Adam update in place; leaves ``g`` in ``G`` and ``theta_t - theta_{t-1}`` in ``S``."""
+        for k in range(n_params):
+            th = theta[k]
+            g = rnd(G[k] + wd * th)
+            mk = rnd(b1 * m[k] + omb1 * g)
+            vk = rnd(b2 * v[k] + omb2 * (g * g))
+            u = (mk / bc1) / (math.sqrt(vk / bc2) + eps)
+            new = rnd(th - rnd(lrk * (u / kscale)))
+            m[k] = mk
+            v[k] = vk
+            theta[k] = new
+            G[k] = g
+            S[k] = new - th
+
+    @njit(**TRAIN_JIT)
+    def _splitmix64(state):
+        z = state + np.uint64(0x9E3779B97F4A7C15)
+        x = z
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z, x ^ (x >> np.uint64(31))
+
+    @njit(**TRAIN_JIT)
+    def _run(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y, n_data,
+             batch, rng, perm, pos, hyper, theta, m, v, powers, loss0, run_state,
+             rec_idx, rec_theta, rec_m, rec_v, rec_loss, step_loss, grad_norm, update_norm,
+             explode):  # fmt: skip
+        """Advance one run from update ``t_begin+1`` to ``t_end``; returns the last update done."""
+        n_params = 0
+        w_off = np.empty(n_layers, np.int64)
+        b_off = np.empty(n_layers, np.int64)
+        a_off = np.empty(n_layers + 1, np.int64)
+        units, width = 0, 0
+        for layer in range(n_layers):
+            w_off[layer] = n_params
+            b_off[layer] = n_params + sizes[layer] * sizes[layer + 1]
+            n_params = b_off[layer] + sizes[layer + 1]
+        for layer in range(n_layers + 1):
+            a_off[layer] = units
+            units += sizes[layer]
+            width = max(width, sizes[layer])
+        d_in = sizes[0]
+        minibatch = 0 < batch < n_data
+        n_b = batch if minibatch else n_data
+        A = np.zeros((units, n_data), dtype)
+        D = np.zeros((units, n_data), dtype)
+        DT = np.zeros((n_data, width), dtype)
+        G = np.zeros(n_params, dtype)
+        S = np.zeros(n_params, dtype)
+        scratch = np.zeros(n_data, dtype)
+        yb = np.empty(n_b, dtype)
+        for i in range(d_in):
+            for p in range(n_data):
+                A[i, p] = X[i, p]
+        b1, b2, lr, eps, wd, kscale = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+        omb1, omb2, lrk = ONE - b1, ONE - b2, lr * kscale
+        n_rec = rec_idx.shape[0]
+        out_row = a_off[n_layers]
+        for t in range(t_begin + 1, t_end + 1):
+            # full-batch loss at theta_{t-1}, as contract 2 defines `loss`
+            _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n_data)
+            loss = _loss(A, out_row, y, n_data, scratch)
+            if t == 1:
+                loss0[0] = loss
+            u = t - upd_base - 1
+            step_loss[u] = loss
+            exploded = loss0[0] > ZERO and loss > explode * loss0[0]
+            if exploded or not math.isfinite(loss):
+                run_state[0] = t
+                return t
+            if minibatch:
+                if pos[0] == 0:
+                    state = rng[0]
+                    for i in range(n_data - 1, 0, -1):  # Fisher-Yates with a multiply-shift draw
+                        state, r64 = _splitmix64(state)
+                        j = np.int64(((r64 >> np.uint64(32)) * np.uint64(i + 1)) >> np.uint64(32))
+                        tmp = perm[i]
+                        perm[i] = perm[j]
+                        perm[j] = tmp
+                    rng[0] = state
+                nb = min(batch, n_data - pos[0])
+                for p in range(nb):
+                    src = perm[pos[0] + p]
+                    for i in range(d_in):
+                        A[i, p] = X[i, src]
+                    yb[p] = y[src]
+                pos[0] = 0 if pos[0] + nb >= n_data else pos[0] + nb
+                _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, nb)
+                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, yb, nb, G)
+                for i in range(d_in):  # restore the full data for the next full-batch loss
+                    for p in range(nb):
+                        A[i, p] = X[i, p]
+            else:
+                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, y, n_data, G)
+            powers[0] = powers[0] * b1
+            powers[1] = powers[1] * b2
+            _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2,
+                  ONE - powers[0], ONE - powers[1], lrk, eps, wd, kscale)  # fmt: skip
+            gn = math.sqrt(_sum8_sq(G, n_params))
+            un = math.sqrt(_sum8_sq(S, n_params))
+            grad_norm[u] = gn
+            update_norm[u] = un
+            if t % rec_every == 0:
+                row = t // rec_every - 1 - row_base
+                rec_loss[row] = loss
+                for q in range(n_rec):
+                    k = rec_idx[q]
+                    if k >= 0:
+                        rec_theta[row, q] = theta[k]
+                        rec_m[row, q] = m[k]
+                        rec_v[row, q] = v[k]
+            if not (math.isfinite(gn) and math.isfinite(un)):
+                run_state[0] = t
+                return t
+        return t_end
+
+    @njit(**TRAIN_JIT_PARALLEL)
+    def _train_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers,
+                     data_X, data_y, data_n, data_idx, batch, rng, perm, pos, hyper,
+                     theta, m, v, powers, loss0, diverged, rec_idx,
+                     rec_theta, rec_m, rec_v, rec_loss, step_loss, grad_norm, update_norm,
+                     explode):  # fmt: skip
+        n_runs = theta.shape[0]
+        for r in prange(n_runs):
+            if diverged[r] >= 0 or t_end <= t_begin:
+                continue
+            d = data_idx[r]
+            _run(t_begin, t_end, row_base, upd_base, rec_every, sizes[r], n_layers[r],
+                 data_X[d], data_y[d], data_n[d], batch[r], rng[r:r + 1], perm[r], pos[r:r + 1],
+                 hyper[r], theta[r], m[r], v[r], powers[r], loss0[r:r + 1], diverged[r:r + 1],
+                 rec_idx[r], rec_theta[r], rec_m[r], rec_v[r], rec_loss[r], step_loss[r],
+                 grad_norm[r], update_norm[r], explode)  # fmt: skip
+
+    return _train_block

@@ -1,0 +1,780 @@
+"""Train grids of tiny MLPs with Adam and record their trajectories (contract 3).
+
+The step loop is Python around compiled kernels (:mod:`geomtraj.kernels.mlp`): each call advances
+every run of a block by one chunk of updates, in parallel across runs, and fills recording buffers.
+Between calls this module writes the chunk to the store, applies last-bit perturbations and saves a
+resume checkpoint. Snapshots, progress and I/O stay outside the JIT.
+
+Recording (contract 2, with these conventions):
+
+* ``step`` holds the recorded update counts ``record_every, 2*record_every, ..., steps``.
+  ``theta``/``m``/``v`` at row ``t`` are the values after update ``t``; ``loss`` at row ``t`` is the
+  full-batch loss at ``theta_{t-1}``, the parameters update ``t`` started from. The initial point
+  ``theta_0`` is ``theta_init`` (``m_0 = v_0 = 0``).
+* ``update`` holds every update count ``1..steps``; ``train_loss``, ``grad_norm`` and
+  ``update_norm`` are the full-batch loss at ``theta_{t-1}``, ``||g_t||`` (after weight decay) and
+  ``||theta_t - theta_{t-1}||``, computed in the run's precision.
+* ``theta_final``, ``m_final``, ``v_final`` hold the full state after the last update (or at
+  divergence), so a run can be continued or checked.
+
+A last-bit twin (``perturbation = ulp:+n@NAME@t=T``) moves parameter ``NAME`` of
+``theta_{T-1}`` by ``n`` units in the last place of the run's format just before update ``T``;
+rows up to ``T-1`` equal its original's. A rescaling twin (``scale:k=K``) computes every step as
+``(lr*K)*(u/K)`` instead of ``lr*u``, which is the identity in exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from geomtraj import __version__
+from geomtraj import store as store_mod
+from geomtraj.config import CHUNK_TARGET_BYTES, DIVERGENCE_LOSS_FACTOR, RECORD_BUFFER_BYTES
+from geomtraj.errors import ConfigError, StoreError
+from geomtraj.kernels.mlp import HYPER_COLUMNS, get_train_kernel
+from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
+from geomtraj.models import MLPSpec, init_params, parse_hidden
+
+__all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data set of a store: the arrays and a JSON-able description that rebuilds them."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A twin's difference from its original: ``ulp`` (nextafter) or ``scale`` (Sun's k)."""
+
+    kind: str
+    param: str = ""
+    ulps: int = 1
+    step: int = 1
+    k: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ulp", "scale"):
+            raise ConfigError(f"perturbation kind {self.kind!r} unknown; use 'ulp' or 'scale'")
+        if self.kind == "ulp" and (self.ulps == 0 or self.step < 1 or not self.param):
+            raise ConfigError(
+                f"ulp perturbation needs a parameter name, ulps != 0 and step >= 1, got {self}"
+            )
+        if self.kind == "scale" and not (self.k > 0 and np.isfinite(self.k)):
+            raise ConfigError(f"scale perturbation needs a positive finite k, got k={self.k}")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "ulp":
+            return f"ulp:{self.ulps:+d}@{self.param}@t={self.step}"
+        return f"scale:k={self.k:g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One network to train: architecture, data, hyper-parameters, seed, precision, twin."""
+
+    spec: MLPSpec
+    data: int = 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr: float = 1e-3
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    seed: int = 0
+    precision: str = "float64"
+    batch_size: int = 0
+    twin_of: int = -1
+    perturbation: Perturbation | None = None
+    theta0: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Plan:
+    """Everything ``train_plan`` needs: runs, their data sets, steps and recording settings.
+
+    ``record_params`` is ``"all"``, an integer ``N`` (``N`` coordinates evenly spread over the flat
+    vector, ``round(linspace(0, n_params-1, N))``), or a list of parameter names.
+    """
+
+    runs: list[Run]
+    datasets: list[DataSource]
+    steps: int
+    record_every: int = 1
+    record_params: str | int | list[str] = "all"
+    chunk_rows: int | None = None
+    run_chunk: int | None = None
+    description: dict = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- checks and derived layout
+    def validate(self) -> None:
+        if not self.runs:
+            raise ConfigError("the plan has no runs")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.record_every < 1 or self.steps % self.record_every:
+            raise ConfigError(
+                f"record_every={self.record_every} must be >= 1 and divide steps={self.steps}"
+            )
+        d_in = {ds.X.shape[1] for ds in self.datasets}
+        if len(d_in) != 1:
+            raise ConfigError(f"all data sets of one store need the same input width, got {d_in}")
+        for i, r in enumerate(self.runs):
+            where = f"run {i}"
+            if r.precision not in STORAGE_DTYPE:
+                raise ConfigError(
+                    f"{where}: precision {r.precision!r} unknown; choose from {list(STORAGE_DTYPE)}"
+                )
+            if not 0 <= r.data < len(self.datasets):
+                raise ConfigError(f"{where}: data index {r.data} out of range")
+            if r.spec.d_in != self.datasets[r.data].X.shape[1]:
+                raise ConfigError(f"{where}: network input width != data set input width")
+            if not (0 <= r.beta1 < 1 and 0 <= r.beta2 < 1):
+                raise ConfigError(f"{where}: beta1={r.beta1}, beta2={r.beta2} must lie in [0, 1)")
+            if not (r.lr > 0 and r.eps >= 0 and r.weight_decay >= 0):
+                raise ConfigError(f"{where}: need lr > 0, eps >= 0, weight_decay >= 0")
+            if r.batch_size < 0:
+                raise ConfigError(f"{where}: batch_size must be >= 0 (0 = full batch)")
+            if r.twin_of >= 0:
+                if not r.twin_of < len(self.runs) or self.runs[r.twin_of].twin_of >= 0:
+                    raise ConfigError(f"{where}: twin_of={r.twin_of} must name an original run")
+                if r.perturbation is None:
+                    raise ConfigError(f"{where}: a twin needs a perturbation")
+            p = r.perturbation
+            if p is not None and p.kind == "ulp":
+                r.spec.param_index(p.param)  # raises a clear ValueError for a bad name
+                if p.step > self.steps:
+                    raise ConfigError(f"{where}: perturbation step {p.step} > steps {self.steps}")
+            if r.theta0 is not None and np.shape(r.theta0) != (r.spec.n_params,):
+                raise ConfigError(
+                    f"{where}: theta0 has shape {np.shape(r.theta0)}, expected ({r.spec.n_params},)"
+                )
+
+    @property
+    def n_rows(self) -> int:
+        return self.steps // self.record_every
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """Widest precision present: float64 if any run computes in float64, else float32."""
+        wide = any(STORAGE_DTYPE[r.precision] == np.float64 for r in self.runs)
+        return np.dtype(np.float64 if wide else np.float32)
+
+    def recorded_indices(self) -> np.ndarray:
+        """``(n_runs, n_recorded)`` flat indices of the recorded coordinates, -1 as padding."""
+        per_run = []
+        for r in self.runs:
+            n = r.spec.n_params
+            sel = self.record_params
+            if isinstance(sel, str):
+                if sel != "all":
+                    raise ConfigError(f"record params {sel!r}: use 'all', a count or a name list")
+                idx = np.arange(n)
+            elif isinstance(sel, int | np.integer):
+                if sel < 0:
+                    raise ConfigError(f"record params count must be >= 0, got {sel}")
+                idx = np.unique(np.round(np.linspace(0, n - 1, min(int(sel), n))).astype(np.int64))
+            else:
+                idx = np.array([r.spec.param_index(name) for name in sel], dtype=np.int64)
+            per_run.append(idx)
+        width = max(len(i) for i in per_run)
+        out = np.full((len(self.runs), width), -1, dtype=np.int64)
+        for k, idx in enumerate(per_run):
+            out[k, : len(idx)] = idx
+        return out
+
+    def chunking(self, n_recorded: int) -> tuple[int, int]:
+        """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers."""
+        n_runs, item = len(self.runs), self.storage_dtype.itemsize
+        run_chunk = self.run_chunk or min(n_runs, 8)
+        if self.chunk_rows:
+            return run_chunk, min(self.chunk_rows, self.n_rows)
+        per_row_chunk = max(1, run_chunk * n_recorded * item)
+        rows = max(1, CHUNK_TARGET_BYTES // per_row_chunk)
+        per_row_buffer = n_runs * (3 * n_recorded * item + item + 3 * self.record_every * item)
+        rows = min(rows, max(1, RECORD_BUFFER_BYTES // per_row_buffer), self.n_rows)
+        # keep the per-update scalars' chunks (rows*record_every updates) at a sensible size too
+        rows = max(1, min(rows, max(1, 2**20 // self.record_every)))
+        return run_chunk, int(rows)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the store's content (resume refuses a mismatch)."""
+        h = hashlib.sha256()
+        h.update(repr((self.steps, self.record_every, self.record_params)).encode())
+        h.update(repr(self.chunking(self.recorded_indices().shape[1])).encode())
+        for ds in self.datasets:
+            h.update(np.ascontiguousarray(ds.X, np.float64).tobytes())
+            h.update(np.ascontiguousarray(ds.y, np.float64).tobytes())
+        for r in self.runs:
+            h.update(repr(r).encode())
+            if r.theta0 is not None:
+                h.update(np.ascontiguousarray(r.theta0, np.float64).tobytes())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------- run state
+
+
+class _Group:
+    """Runs that share one compiled kernel: same precision format, activation and loss."""
+
+    def __init__(self, plan: Plan, members: np.ndarray, rec_idx: np.ndarray, fmt: str):
+        runs = [plan.runs[i] for i in members]
+        self.members = members
+        self.fmt = fmt
+        self.dtype = np.dtype(STORAGE_DTYPE[fmt])
+        self.kernel = get_train_kernel(fmt, runs[0].spec.activation, runs[0].spec.loss)
+        n = len(runs)
+        max_layers = max(r.spec.n_layers for r in runs)
+        self.sizes = np.zeros((n, max_layers + 1), np.int64)
+        self.n_layers = np.array([r.spec.n_layers for r in runs], np.int64)
+        for k, r in enumerate(runs):
+            self.sizes[k, : r.spec.n_layers + 1] = r.spec.sizes
+        n_max = max(r.spec.n_params for r in runs)
+        d_in = plan.datasets[0].X.shape[1]
+        p_max = max(ds.X.shape[0] for ds in plan.datasets)
+        self.data_X = np.zeros((len(plan.datasets), d_in, p_max), self.dtype)
+        self.data_y = np.zeros((len(plan.datasets), p_max), self.dtype)
+        self.data_n = np.array([ds.X.shape[0] for ds in plan.datasets], np.int64)
+        for d, ds in enumerate(plan.datasets):
+            self.data_X[d, :, : ds.X.shape[0]] = _to_format(ds.X.T, fmt)
+            self.data_y[d, : ds.X.shape[0]] = _to_format(ds.y, fmt)
+        self.data_idx = np.array([r.data for r in runs], np.int64)
+        self.batch = np.array([r.batch_size for r in runs], np.int64)
+        self.rng = np.array(
+            [np.random.SeedSequence([r.seed, 0x6A7]).generate_state(1, np.uint64)[0] for r in runs],
+            np.uint64,
+        )
+        self.perm = np.tile(np.arange(p_max, dtype=np.int64), (n, 1))
+        self.pos = np.zeros(n, np.int64)
+        kscale = [r.perturbation.k if r.perturbation and r.perturbation.kind == "scale" else 1.0
+                  for r in runs]  # fmt: skip
+        hyper = [[r.beta1, r.beta2, r.lr, r.eps, r.weight_decay, k] for r, k in zip(runs, kscale)]
+        self.hyper = np.array(hyper, np.float64).astype(self.dtype)
+        assert self.hyper.shape[1] == len(HYPER_COLUMNS)
+        self.theta = np.zeros((n, n_max), self.dtype)
+        for k, r in enumerate(runs):
+            th0 = init_params(r.spec, r.seed) if r.theta0 is None else np.asarray(r.theta0)
+            self.theta[k, : r.spec.n_params] = _to_format(th0, fmt)
+        self.theta_init = self.theta.copy()
+        self.m = np.zeros_like(self.theta)
+        self.v = np.zeros_like(self.theta)
+        self.powers = np.ones((n, 2), self.dtype)
+        self.loss0 = np.zeros(n, self.dtype)
+        self.diverged = np.full(n, -1, np.int64)
+        self.rec_idx = np.ascontiguousarray(rec_idx[members])
+        self.ulp_events = [
+            (k, r.spec.param_index(r.perturbation.param), r.perturbation.ulps, r.perturbation.step)
+            for k, r in enumerate(runs)
+            if r.perturbation is not None and r.perturbation.kind == "ulp"
+        ]
+
+    STATE = ("theta", "m", "v", "powers", "loss0", "diverged", "rng", "perm", "pos")
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}{name}": getattr(self, name) for name in self.STATE}
+
+    def load_state(self, prefix: str, saved) -> None:
+        for name in self.STATE:
+            getattr(self, name)[...] = saved[f"{prefix}{name}"]
+
+    def advance(self, t_begin: int, t_end: int, row_base: int, upd_base: int, rec_every: int,
+                buf: dict[str, np.ndarray]) -> None:  # fmt: skip
+        """Run updates ``t_begin+1 .. t_end``, applying ulp perturbations before their update."""
+        cuts = sorted({s - 1 for _, _, _, s in self.ulp_events if t_begin <= s - 1 < t_end})
+        start = t_begin
+        for cut in [*cuts, t_end]:
+            self._call(start, cut, row_base, upd_base, rec_every, buf)
+            for k, idx, ulps, step in self.ulp_events:
+                if step - 1 == cut and cut < t_end and self.diverged[k] < 0:
+                    self.theta[k, idx] = nextafter_format(self.theta[k, idx], ulps, self.fmt)
+            start = cut
+
+    def _call(self, t0, t1, row_base, upd_base, rec_every, buf) -> None:
+        if t1 <= t0:
+            return
+        self.kernel(
+            t0, t1, row_base, upd_base, rec_every, self.sizes, self.n_layers,
+            self.data_X, self.data_y, self.data_n, self.data_idx, self.batch, self.rng,
+            self.perm, self.pos, self.hyper, self.theta, self.m, self.v, self.powers,
+            self.loss0, self.diverged, self.rec_idx,
+            buf["theta"], buf["m"], buf["v"], buf["loss"],
+            buf["train_loss"], buf["grad_norm"], buf["update_norm"],
+            self.dtype.type(DIVERGENCE_LOSS_FACTOR),
+        )  # fmt: skip
+
+
+def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:
+    """Cast float64 values to a run's container dtype and round them to its format."""
+    a32 = np.asarray(a, dtype=STORAGE_DTYPE[fmt])
+    return round_to_format(a32, fmt) if STORAGE_DTYPE[fmt] == np.float32 else a32
+
+
+# ----------------------------------------------------------------------- the training engine
+
+
+class _Trainer:
+    """Chunk loop shared by the in-memory and the zarr paths."""
+
+    def __init__(self, plan: Plan):
+        plan.validate()
+        self.plan = plan
+        self.rec_idx = plan.recorded_indices()
+        self.n_rec = self.rec_idx.shape[1]
+        self.run_chunk, self.rows = plan.chunking(self.n_rec)
+        self.n_chunks = -(-plan.n_rows // self.rows)
+        self.sdtype = plan.storage_dtype
+        keys: dict[tuple, list[int]] = {}
+        for i, r in enumerate(plan.runs):
+            keys.setdefault((r.precision, r.spec.activation, r.spec.loss), []).append(i)
+        self.groups = [
+            _Group(plan, np.array(idx), self.rec_idx, fmt) for (fmt, _, _), idx in keys.items()
+        ]
+
+    # -- buffers ---------------------------------------------------------------------------
+    def new_buffers(self, rows: int) -> dict[str, np.ndarray]:
+        n, upd = len(self.plan.runs), rows * self.plan.record_every
+        nan = self.sdtype.type(np.nan)
+        return {
+            "theta": np.full((n, rows, self.n_rec), nan, self.sdtype),
+            "m": np.full((n, rows, self.n_rec), nan, self.sdtype),
+            "v": np.full((n, rows, self.n_rec), nan, self.sdtype),
+            "loss": np.full((n, rows), nan, self.sdtype),
+            "train_loss": np.full((n, upd), nan, self.sdtype),
+            "grad_norm": np.full((n, upd), nan, self.sdtype),
+            "update_norm": np.full((n, upd), nan, self.sdtype),
+        }
+
+    def run_chunk_steps(self, c: int) -> tuple[int, int, dict[str, np.ndarray]]:
+        """Train chunk ``c``; return its row range start, row count and the filled buffers."""
+        r = self.plan.record_every
+        row0 = c * self.rows
+        rows = min(self.rows, self.plan.n_rows - row0)
+        buf = self.new_buffers(rows)
+        t_begin, t_end = row0 * r, (row0 + rows) * r
+        for g in self.groups:
+            # each group fills its own contiguous buffers; scatter them back in run order
+            sub = {k: np.ascontiguousarray(v[g.members]) for k, v in buf.items()}
+            g.advance(t_begin, t_end, row0, t_begin, r, sub)
+            for k, v in sub.items():
+                buf[k][g.members] = v
+        return row0, rows, buf
+
+    # -- state in run order ----------------------------------------------------------------
+    def gather(self, name: str) -> np.ndarray:
+        """A per-run state array of all groups, in run order, cast to the storage dtype."""
+        first = getattr(self.groups[0], name)
+        shape = (len(self.plan.runs), *first.shape[1:])
+        dtype = first.dtype if first.dtype.kind in "iu" else self.sdtype
+        fill = -1 if dtype.kind in "iu" else np.nan
+        out = np.full(shape, fill, dtype)
+        for g in self.groups:
+            vals = getattr(g, name)
+            if vals.ndim == 1:
+                out[g.members] = vals
+            else:
+                out[g.members, ..., : vals.shape[-1]] = vals
+        return out
+
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        state: dict[str, np.ndarray] = {}
+        for k, g in enumerate(self.groups):
+            state.update(g.state(f"g{k}_"))
+        return state
+
+    def restore(self, saved) -> None:
+        for k, g in enumerate(self.groups):
+            g.load_state(f"g{k}_", saved)
+
+
+# ------------------------------------------------------------------------ dataset assembly
+
+
+def _run_table(plan: Plan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    runs = plan.runs
+    return {
+        "beta1": (("run",), np.array([r.beta1 for r in runs], np.float64)),
+        "beta2": (("run",), np.array([r.beta2 for r in runs], np.float64)),
+        "lr": (("run",), np.array([r.lr for r in runs], np.float64)),
+        "eps": (("run",), np.array([r.eps for r in runs], np.float64)),
+        "weight_decay": (("run",), np.array([r.weight_decay for r in runs], np.float64)),
+        "precision": (("run",), np.array([r.precision for r in runs], dtype=object)),
+        "hidden": (("run",), np.array([r.spec.hidden_str for r in runs], dtype=object)),
+        "activation": (("run",), np.array([r.spec.activation for r in runs], dtype=object)),
+        "loss_fn": (("run",), np.array([r.spec.loss for r in runs], dtype=object)),
+        "dataset": (("run",), np.array([plan.datasets[r.data].name for r in runs], dtype=object)),
+        "data_index": (("run",), np.array([r.data for r in runs], np.int64)),
+        "seed": (("run",), np.array([r.seed for r in runs], np.int64)),
+        "batch_size": (("run",), np.array([r.batch_size for r in runs], np.int64)),
+        "n_params": (("run",), np.array([r.spec.n_params for r in runs], np.int64)),
+        "twin_of": (("run",), np.array([r.twin_of for r in runs], np.int64)),
+        "perturbation": (
+            ("run",),
+            np.array([r.perturbation.label if r.perturbation else "none" for r in runs], object),
+        ),
+    }
+
+
+def _static_dataset(tr: _Trainer) -> xr.Dataset:
+    """Coordinates, run table, data sets, parameter names and initial parameters."""
+    plan = tr.plan
+    r = plan.record_every
+    n_all = max(run.spec.n_params for run in plan.runs)
+    names = []
+    for k, run in enumerate(plan.runs):
+        all_names = run.spec.param_names()
+        names.append([all_names[i] if i >= 0 else "" for i in tr.rec_idx[k]])
+    same = all(n == names[0] for n in names)
+    p_max = max(ds.X.shape[0] for ds in plan.datasets)
+    d_in = plan.datasets[0].X.shape[1]
+    data_x = np.full((len(plan.datasets), p_max, d_in), np.nan)
+    data_y = np.full((len(plan.datasets), p_max), np.nan)
+    for d, ds in enumerate(plan.datasets):
+        data_x[d, : ds.X.shape[0]] = ds.X
+        data_y[d, : ds.X.shape[0]] = ds.y
+    pdims = ("param",) if same else ("run", "param")
+    variables = {
+        **_run_table(plan),
+        "param_name": (pdims, np.array(names[0] if same else names, dtype=object)),
+        "param_index": (pdims, tr.rec_idx[0] if same else tr.rec_idx),
+        "theta_init": (("run", "param_all"), tr.gather("theta_init")),
+        "data_x": (("data", "point", "feature"), data_x),
+        "data_y": (("data", "point"), data_y),
+        "data_n": (("data",), np.array([ds.X.shape[0] for ds in plan.datasets], np.int64)),
+    }
+    coords = {
+        "step": ("step", np.arange(1, plan.n_rows + 1, dtype=np.int64) * r),
+        "update": ("update", np.arange(1, plan.steps + 1, dtype=np.int64)),
+    }
+    attrs = {
+        "geomtraj_schema": store_mod.SCHEMA_VERSION,
+        "geomtraj_version": __version__,
+        "geomtraj_status": store_mod.STATUS_TRAINING,
+        "geomtraj_fingerprint": plan.fingerprint(),
+        "steps": plan.steps,
+        "record_every": r,
+        "record_params": json.dumps(
+            plan.record_params
+            if not isinstance(plan.record_params, np.integer)
+            else int(plan.record_params)
+        ),  # fmt: skip
+        "datasets": json.dumps([{"name": ds.name, **ds.attrs} for ds in plan.datasets]),
+        "divergence_loss_factor": DIVERGENCE_LOSS_FACTOR,
+        "init": "Glorot-uniform weights from numpy default_rng(seed), zero biases",
+        "description": json.dumps(plan.description),
+    }
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _lazy(shape, dtype, chunks):
+    import dask.array as da
+
+    fill = -1 if np.dtype(dtype).kind in "iu" else np.nan
+    return da.full(shape, fill, dtype=dtype, chunks=chunks)
+
+
+def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
+    """Full-size store template: static variables eager, trajectories lazy (written later)."""
+    plan, sd = tr.plan, tr.sdtype
+    n, rows, rec = len(plan.runs), plan.n_rows, tr.n_rec
+    n_all = max(run.spec.n_params for run in plan.runs)
+    chunks = {"run": tr.run_chunk, "step": tr.rows, "update": tr.rows * plan.record_every,
+              "param": rec or 1, "param_all": n_all}  # fmt: skip
+    rc, sc, uc = tr.run_chunk, tr.rows, tr.rows * plan.record_every
+    ds = _static_dataset(tr)
+    for name in ("theta", "m", "v"):
+        ds[name] = (("run", "step", "param"), _lazy((n, rows, rec), sd, (rc, sc, max(rec, 1))))
+    ds["loss"] = (("run", "step"), _lazy((n, rows), sd, (rc, sc)))
+    for name in ("train_loss", "grad_norm", "update_norm"):
+        ds[name] = (("run", "update"), _lazy((n, plan.steps), sd, (rc, uc)))
+    for name in ("theta_final", "m_final", "v_final"):
+        ds[name] = (("run", "param_all"), _lazy((n, n_all), sd, (rc, n_all)))
+    ds["diverged_step"] = (("run",), _lazy((n,), np.int64, (rc,)))
+    return ds, chunks
+
+
+_TRAJ = ("theta", "m", "v")
+
+
+def _chunk_dataset(row0: int, rows: int, buf: dict[str, np.ndarray]):
+    part = xr.Dataset(
+        {
+            **{k: (("run", "step", "param"), buf[k]) for k in _TRAJ},
+            "loss": (("run", "step"), buf["loss"]),
+            **{k: (("run", "update"), buf[k]) for k in ("train_loss", "grad_norm", "update_norm")},
+        }
+    )
+    return part
+
+
+def _final_dataset(tr: _Trainer) -> xr.Dataset:
+    diverged = tr.gather("diverged")
+    return xr.Dataset(
+        {
+            "theta_final": (("run", "param_all"), tr.gather("theta")),
+            "m_final": (("run", "param_all"), tr.gather("m")),
+            "v_final": (("run", "param_all"), tr.gather("v")),
+            "diverged_step": (("run",), diverged.astype(np.int64)),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A tqdm bar in network-steps with runs done; silent when not on a terminal or quiet."""
+
+    def __init__(self, total_runs: int, steps: int, done_steps: int, enabled: bool | None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.bar = None
+        self.total_runs = total_runs
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total_runs * steps, initial=total_runs * done_steps, unit="net-step",
+                unit_scale=True, desc="train", dynamic_ncols=True, smoothing=0.1,
+            )  # fmt: skip
+
+    def update(self, n_steps: int, runs_done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.total_runs * n_steps)
+            self.bar.set_postfix_str(f"runs done {runs_done}/{self.total_runs}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def train_plan(plan: Plan, store: str | os.PathLike | None = None, *, resume: bool = False,
+               progress: bool | None = None) -> xr.Dataset:  # fmt: skip
+    """Train every run of ``plan``.
+
+    With ``store=None`` the result is returned as an in-memory Dataset. With a path, it is
+    written chunk by chunk to a new zarr store (an existing path is an error unless ``resume``),
+    and the lazily opened store is returned. ``resume=True`` continues an interrupted store from its
+    last complete chunk; the finished store is bit-identical to an uninterrupted one.
+    """
+    tr = _Trainer(plan)
+    if store is None:
+        return _train_in_memory(tr, progress)
+    return _train_to_store(tr, Path(store), resume, progress)
+
+
+def _runs_done(tr: _Trainer, t_end: int) -> int:
+    div = tr.gather("diverged")
+    return int(np.sum(div >= 0)) if t_end < tr.plan.steps else len(tr.plan.runs)
+
+
+def _train_in_memory(tr: _Trainer, progress) -> xr.Dataset:
+    plan = tr.plan
+    ds, _ = _template(tr)
+    full = {k: np.array(ds[k].data) for k in ("theta", "m", "v", "loss", *_SCALARS)}
+    bar = _Progress(len(plan.runs), plan.steps, 0, progress)
+    try:
+        for c in range(tr.n_chunks):
+            row0, rows, buf = tr.run_chunk_steps(c)
+            u0, u1 = row0 * plan.record_every, (row0 + rows) * plan.record_every
+            for k in ("theta", "m", "v", "loss"):
+                full[k][:, row0 : row0 + rows] = buf[k]
+            for k in _SCALARS:
+                full[k][:, u0:u1] = buf[k]
+            bar.update(u1 - u0, _runs_done(tr, u1))
+    finally:
+        bar.close()
+    for k, arr in full.items():
+        ds[k] = (ds[k].dims, arr)
+    for k, var in _final_dataset(tr).data_vars.items():
+        ds[k] = var
+    ds.attrs["geomtraj_status"] = store_mod.STATUS_COMPLETE
+    return ds
+
+
+_SCALARS = ("train_loss", "grad_norm", "update_norm")
+
+
+def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int) -> None:
+    """Write the resume state atomically: a crash leaves either the old or the new file."""
+    tmp = path / (store_mod.RESUME_FILE + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, next_chunk=np.int64(next_chunk), **tr.checkpoint())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / store_mod.RESUME_FILE)
+
+
+def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Dataset:
+    plan = tr.plan
+    start = 0
+    if path.exists():
+        if not resume:
+            raise StoreError(
+                f"{path} already exists; choose another --out, or --resume to continue it"
+            )
+        attrs = store_mod.read_attrs(path)
+        if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
+            raise StoreError(f"{path} is already complete; nothing to resume")
+        if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
+            raise StoreError(
+                f"{path} was started from a different config; cannot resume it with this one"
+            )
+        ckpt = path / store_mod.RESUME_FILE
+        if ckpt.exists():
+            with np.load(ckpt) as saved:
+                tr.restore(saved)
+                start = int(saved["next_chunk"])
+    else:
+        if resume:
+            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
+        template, chunks = _template(tr)
+        store_mod.create(path, template, chunks)
+    bar = _Progress(len(plan.runs), plan.steps, start * tr.rows * plan.record_every, progress)
+    try:
+        for c in range(start, tr.n_chunks):
+            row0, rows, buf = tr.run_chunk_steps(c)
+            u0, u1 = row0 * plan.record_every, (row0 + rows) * plan.record_every
+            store_mod.write_region(
+                path, _chunk_dataset(row0, rows, buf),
+                {"run": slice(None), "step": slice(row0, row0 + rows), "param": slice(None),
+                 "update": slice(u0, u1)},
+            )  # fmt: skip
+            _save_checkpoint(path, tr, c + 1)
+            bar.update(u1 - u0, _runs_done(tr, u1))
+    finally:
+        bar.close()
+    store_mod.write_region(path, _final_dataset(tr), {"run": slice(None), "param_all": slice(None)})
+    store_mod.set_attrs(path, geomtraj_status=store_mod.STATUS_COMPLETE)
+    (path / store_mod.RESUME_FILE).unlink(missing_ok=True)
+    return store_mod.open_store(path)
+
+
+def _per_run(value, n: int, name: str) -> list:
+    if isinstance(value, str) or np.ndim(value) == 0:
+        return [value] * n
+    vals = list(np.asarray(value, dtype=object).ravel()) if not isinstance(value, list) else value
+    if len(vals) != n:
+        raise ConfigError(f"{name} has {len(vals)} values for {n} runs")
+    return vals
+
+
+def train(
+    X: np.ndarray,
+    y: np.ndarray,
+    hidden: Sequence[int] | str = (12, 24),
+    activation: str = "tanh",
+    loss: str = "mse",
+    theta0: np.ndarray | None = None,
+    beta1=0.9,
+    beta2=0.999,
+    lr=1e-3,
+    eps=1e-8,
+    weight_decay=0.0,
+    steps: int = 1000,
+    precision="float64",
+    record_every: int = 1,
+    seed=0,
+    *,
+    batch_size=0,
+    record_params: str | int | list[str] = "all",
+    twin_of=None,
+    perturbation=None,
+    n_runs: int | None = None,
+    store: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = False,
+    dataset_name: str = "custom",
+) -> xr.Dataset:
+    """Train one or more networks on ``(X, y)`` with Adam and return their trajectories.
+
+    Parameters
+    ----------
+    X, y
+        Inputs ``(n_points, d_in)`` and targets ``(n_points,)`` (labels in {0, 1} for ``bce``).
+    hidden, activation, loss
+        Architecture ``d_in -> hidden... -> 1`` (tanh/sigmoid/relu; mse/bce).
+    theta0
+        Initial parameters ``(n_runs, n_params)`` in the contract-1 layout; default Glorot from
+        ``seed``.
+    beta1, beta2, lr, eps, weight_decay, seed, precision, batch_size
+        Scalars, or one value per run. ``precision`` is ``float64``, ``float32`` or emulated
+        ``bfloat16``/``float16``; ``batch_size=0`` trains full batch.
+    steps, record_every, record_params
+        Number of updates, recording stride, and ``"all"``, a count or parameter names.
+    twin_of, perturbation
+        Per run: the index of the run it perturbs (or -1) and a :class:`Perturbation` (or None).
+    store
+        Write to this zarr path instead of returning an in-memory Dataset.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store schema (contract 2).
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64).ravel()
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ConfigError(f"X must be (n_points, d_in) and y (n_points,), got {X.shape}, {y.shape}")
+    spec = MLPSpec(X.shape[1], parse_hidden(hidden), activation, loss)
+    lengths = [len(np.atleast_1d(v)) for v in (beta1, beta2, lr, eps, weight_decay, seed,
+               batch_size) if not isinstance(v, str)]  # fmt: skip
+    if not isinstance(precision, str):
+        lengths.append(len(precision))
+    if theta0 is not None:
+        theta0 = np.atleast_2d(np.asarray(theta0, dtype=np.float64))
+        lengths.append(theta0.shape[0])
+    if twin_of is not None:
+        lengths.append(len(np.atleast_1d(twin_of)))
+    n = n_runs or max(lengths)
+    cols = {name: _per_run(val, n, name) for name, val in [
+        ("beta1", beta1), ("beta2", beta2), ("lr", lr), ("eps", eps),
+        ("weight_decay", weight_decay), ("seed", seed), ("precision", precision),
+        ("batch_size", batch_size), ("twin_of", -1 if twin_of is None else twin_of),
+        ("perturbation", perturbation)]}  # fmt: skip
+    runs = [
+        Run(spec=spec, beta1=float(cols["beta1"][i]), beta2=float(cols["beta2"][i]),
+            lr=float(cols["lr"][i]), eps=float(cols["eps"][i]),
+            weight_decay=float(cols["weight_decay"][i]), seed=int(cols["seed"][i]),
+            precision=str(cols["precision"][i]), batch_size=int(cols["batch_size"][i]),
+            twin_of=int(cols["twin_of"][i]), perturbation=cols["perturbation"][i],
+            theta0=None if theta0 is None else theta0[i if theta0.shape[0] > 1 else 0])
+        for i in range(n)
+    ]  # fmt: skip
+    plan = Plan(runs=runs, datasets=[DataSource(dataset_name, X, y)], steps=int(steps),
+                record_every=int(record_every), record_params=record_params)  # fmt: skip
+    return train_plan(plan, store, resume=resume, progress=progress)
+
+
+def estimate(plan: Plan, net_steps_per_s: float) -> dict:
+    """Grid size, uncompressed store size and a time estimate for ``--dry-run``."""
+    rec = plan.recorded_indices().shape[1]
+    n, item = len(plan.runs), plan.storage_dtype.itemsize
+    traj = 3 * n * plan.n_rows * rec * item
+    scalars = n * (plan.n_rows + 3 * plan.steps) * item
+    return {
+        "runs": n,
+        "steps": plan.steps,
+        "recorded_params": rec,
+        "store_bytes_uncompressed": int(traj + scalars),
+        "seconds_estimate": n * plan.steps / net_steps_per_s,
+        "time": time.strftime("%H:%M:%S", time.gmtime(n * plan.steps / net_steps_per_s)),
+    }
