@@ -57,7 +57,11 @@ STATUS_COMPLETE = "complete"
 #: Lossless codec for every array.
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
 
-RESUME_FILE = ".geomtraj-resume.npz"
+
+def resume_path(path: str | os.PathLike) -> Path:
+    """Checkpoint of an unfinished store: a sibling file, so the store itself stays pure zarr."""
+    p = Path(path)
+    return p.with_name(p.name + ".resume.npz")
 
 
 def encoding_for(ds: xr.Dataset, chunks: dict[str, int]) -> dict[str, dict]:

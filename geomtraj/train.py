@@ -39,7 +39,12 @@ import xarray as xr
 
 from geomtraj import __version__
 from geomtraj import store as store_mod
-from geomtraj.config import CHUNK_TARGET_BYTES, DIVERGENCE_LOSS_FACTOR, RECORD_BUFFER_BYTES
+from geomtraj.config import (
+    CHUNK_TARGET_BYTES,
+    DIVERGENCE_LOSS_FACTOR,
+    RECORD_BUFFER_BYTES,
+    kernel_compilation,
+)
 from geomtraj.errors import ConfigError, StoreError
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_train_kernel
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
@@ -308,15 +313,16 @@ class _Group:
     def _call(self, t0, t1, row_base, upd_base, rec_every, buf) -> None:
         if t1 <= t0:
             return
-        self.kernel(
-            t0, t1, row_base, upd_base, rec_every, self.sizes, self.n_layers,
-            self.data_X, self.data_y, self.data_n, self.data_idx, self.batch, self.rng,
-            self.perm, self.pos, self.hyper, self.theta, self.m, self.v, self.powers,
-            self.loss0, self.diverged, self.rec_idx,
-            buf["theta"], buf["m"], buf["v"], buf["loss"],
-            buf["train_loss"], buf["grad_norm"], buf["update_norm"],
-            self.dtype.type(DIVERGENCE_LOSS_FACTOR),
-        )  # fmt: skip
+        with kernel_compilation():
+            self.kernel(
+                t0, t1, row_base, upd_base, rec_every, self.sizes, self.n_layers,
+                self.data_X, self.data_y, self.data_n, self.data_idx, self.batch, self.rng,
+                self.perm, self.pos, self.hyper, self.theta, self.m, self.v, self.powers,
+                self.loss0, self.diverged, self.rec_idx,
+                buf["theta"], buf["m"], buf["v"], buf["loss"],
+                buf["train_loss"], buf["grad_norm"], buf["update_norm"],
+                self.dtype.type(DIVERGENCE_LOSS_FACTOR),
+            )  # fmt: skip
 
 
 def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -615,12 +621,13 @@ _SCALARS = ("train_loss", "grad_norm", "update_norm")
 
 def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int) -> None:
     """Write the resume state atomically: a crash leaves either the old or the new file."""
-    tmp = path / (store_mod.RESUME_FILE + ".tmp")
+    final = store_mod.resume_path(path)
+    tmp = final.with_name(final.name + ".tmp")
     with open(tmp, "wb") as fh:
         np.savez(fh, next_chunk=np.int64(next_chunk), **tr.checkpoint())
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path / store_mod.RESUME_FILE)
+    os.replace(tmp, final)
 
 
 def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Dataset:
@@ -638,7 +645,7 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
             raise StoreError(
                 f"{path} was started from a different config; cannot resume it with this one"
             )
-        ckpt = path / store_mod.RESUME_FILE
+        ckpt = store_mod.resume_path(path)
         if ckpt.exists():
             with np.load(ckpt) as saved:
                 tr.restore(saved)
@@ -664,7 +671,7 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
         bar.close()
     store_mod.write_region(path, _final_dataset(tr), {"run": slice(None), "param_all": slice(None)})
     store_mod.set_attrs(path, geomtraj_status=store_mod.STATUS_COMPLETE)
-    (path / store_mod.RESUME_FILE).unlink(missing_ok=True)
+    store_mod.resume_path(path).unlink(missing_ok=True)
     return store_mod.open_store(path)
 
 

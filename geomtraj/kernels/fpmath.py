@@ -99,9 +99,12 @@ from types import SimpleNamespace
 import numpy as np
 from numba import njit
 
+from geomtraj.config import TRAIN_JIT
+
 __all__ = ["make_fpmath", "FP32", "FP64"]
 
-_JIT = dict(fastmath=False, error_model="numpy", cache=False)
+# fastmath=False, error_model="numpy" (no fused multiply-add, no reassociation, IEEE division)
+_JIT = TRAIN_JIT
 
 
 @functools.cache
@@ -114,7 +117,8 @@ def _make_fpmath(ftype: type) -> SimpleNamespace:
         LN2_HI = np.uint32(0x3F317200).view(np.float32)  # 0.693145751953125
         LN2_LO = np.uint32(0x35BFBE8E).view(np.float32)  # 1.4286067653e-06
         EXP_CLAMP = np.float32(89.0)  # > ln(FLT_MAX) = 88.7228...
-        KCAP = np.int64(30)  # 1 - 2**-k == 1 in float32 for k >= 25
+        KEXACT = np.int64(24)  # 1 - 2**-k is exact in float32 for k <= 24
+        KCAP = np.int64(100)  # 2**-k is irrelevant beyond (and stays normal)
         TANH_SAT = np.uint32(0x41102CB4).view(np.float32)  # 9.010914
         # Taylor coefficients of q(r) = (expm1(r) - r) / r**2, n = 2..8
         C = [np.float32(1.0 / math.factorial(n)) for n in range(2, 9)]
@@ -126,7 +130,8 @@ def _make_fpmath(ftype: type) -> SimpleNamespace:
         LN2_HI = np.float64(float.fromhex("0x1.62e42feep-1"))
         LN2_LO = np.float64(float.fromhex("0x1.a39ef35793c76p-33"))
         EXP_CLAMP = np.float64(710.0)  # > ln(DBL_MAX) = 709.78...
-        KCAP = np.int64(60)
+        KEXACT = np.int64(53)
+        KCAP = np.int64(1000)
         TANH_SAT = np.float64(float.fromhex("0x1.30fc1931f09cap+4"))  # 19.0615...
         C = [np.float64(1.0 / math.factorial(n)) for n in range(2, 15)]
     else:  # pragma: no cover - guarded by make_fpmath
@@ -190,36 +195,42 @@ def _make_fpmath(ftype: type) -> SimpleNamespace:
         return k, r, _expm1_poly(r)
 
     @njit(**_JIT)
-    def exp_pos(a):
-        """exp(a) for a >= 0 (inf on overflow, NaN propagates)."""
+    def exp_pos(x):
+        """exp(x) for x >= 0 (inf on overflow, NaN propagates)."""
+        a = ftype(x)  # compute in dtype whatever the caller passes
         k, r, em = _reduce(a)
         p = ONE + em
         res = (p + p) * _pow2(k - np.int64(1))
         return res if a == a else a
 
     @njit(**_JIT)
-    def expm1_pos(a):
-        """exp(a) - 1 for a >= 0 (inf on overflow, NaN propagates)."""
+    def expm1_pos(x):
+        """exp(x) - 1 for x >= 0 (inf on overflow, NaN propagates)."""
+        a = ftype(x)  # compute in dtype whatever the caller passes
         k, r, em = _reduce(a)
         kc = k if k < KCAP else KCAP
-        p = em + (ONE - _pow2(-kc))
+        tk = _pow2(-kc)  # 2**-k
+        # 1 - 2**-k is exact for k <= KEXACT; beyond, subtract 2**-k from em first
+        p = em + (ONE - tk) if k <= KEXACT else (em - tk) + ONE
         res = (p + p) * _pow2(k - np.int64(1))
         return res if a == a else a
 
     @njit(**_JIT)
     def tanh(x):
         """tanh(x); exactly +-1 for |x| >= TANH_SAT, tanh(-0) = -0, NaN -> NaN."""
-        ax = abs(x)
+        xf = ftype(x)  # compute in dtype whatever the caller passes
+        ax = abs(xf)
         em = expm1_pos(ax + ax)
         t = em / (em + TWO)
         t = ONE if ax >= TANH_SAT else t
-        return math.copysign(t, x)
+        return math.copysign(t, xf)
 
     @njit(**_JIT)
     def sigmoid(x):
         """1 / (1 + exp(-x)); exactly 1 / 0 where exp(|x|) overflows, NaN -> NaN."""
-        e = exp_pos(abs(x))
-        y = ONE / e if x >= ZERO else e
+        xf = ftype(x)  # compute in dtype whatever the caller passes
+        e = exp_pos(abs(xf))
+        y = ONE / e if xf >= ZERO else e
         return ONE / (ONE + y)
 
     return SimpleNamespace(

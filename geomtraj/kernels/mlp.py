@@ -125,122 +125,233 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
         raise ValueError(f"unknown loss {loss!r}")
 
     @njit(**TRAIN_JIT)
-    def _sum8(x, n):
-        """Sum of ``x[:n]`` in a fixed order: 8 interleaved partial sums, combined pairwise."""
+    def _dot16(X, xr, Y, yr, n):
+        """``sum_p X[xr,p]*Y[yr,p]`` over ``p < n`` in a fixed order: 16 interleaved partial sums
+        (``p mod 16``, in ``p`` order), the tail added to the first, then a pairwise tree."""
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        k = 0
-        while k + 8 <= n:
-            s0 += x[k]
-            s1 += x[k + 1]
-            s2 += x[k + 2]
-            s3 += x[k + 3]
-            s4 += x[k + 4]
-            s5 += x[k + 5]
-            s6 += x[k + 6]
-            s7 += x[k + 7]
-            k += 8
-        while k < n:
-            s0 += x[k]
-            k += 1
-        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+        s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
+        p = 0
+        while p + 16 <= n:
+            s0 += X[xr, p] * Y[yr, p]
+            s1 += X[xr, p + 1] * Y[yr, p + 1]
+            s2 += X[xr, p + 2] * Y[yr, p + 2]
+            s3 += X[xr, p + 3] * Y[yr, p + 3]
+            s4 += X[xr, p + 4] * Y[yr, p + 4]
+            s5 += X[xr, p + 5] * Y[yr, p + 5]
+            s6 += X[xr, p + 6] * Y[yr, p + 6]
+            s7 += X[xr, p + 7] * Y[yr, p + 7]
+            s8 += X[xr, p + 8] * Y[yr, p + 8]
+            s9 += X[xr, p + 9] * Y[yr, p + 9]
+            s10 += X[xr, p + 10] * Y[yr, p + 10]
+            s11 += X[xr, p + 11] * Y[yr, p + 11]
+            s12 += X[xr, p + 12] * Y[yr, p + 12]
+            s13 += X[xr, p + 13] * Y[yr, p + 13]
+            s14 += X[xr, p + 14] * Y[yr, p + 14]
+            s15 += X[xr, p + 15] * Y[yr, p + 15]
+            p += 16
+        while p < n:
+            s0 += X[xr, p] * Y[yr, p]
+            p += 1
+        return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (
+            ((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))
+        )
 
     @njit(**TRAIN_JIT)
-    def _sum8_sq(x, n):
-        """Sum of squares of ``x[:n]`` in the same fixed order as :func:`_sum8`."""
+    def _sum16(X, xr, n):
+        """``sum_p X[xr,p]`` over ``p < n`` in the fixed order of :func:`_dot16`."""
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        k = 0
-        while k + 8 <= n:
-            s0 += x[k] * x[k]
-            s1 += x[k + 1] * x[k + 1]
-            s2 += x[k + 2] * x[k + 2]
-            s3 += x[k + 3] * x[k + 3]
-            s4 += x[k + 4] * x[k + 4]
-            s5 += x[k + 5] * x[k + 5]
-            s6 += x[k + 6] * x[k + 6]
-            s7 += x[k + 7] * x[k + 7]
-            k += 8
-        while k < n:
-            s0 += x[k] * x[k]
-            k += 1
-        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+        s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
+        p = 0
+        while p + 16 <= n:
+            s0 += X[xr, p]
+            s1 += X[xr, p + 1]
+            s2 += X[xr, p + 2]
+            s3 += X[xr, p + 3]
+            s4 += X[xr, p + 4]
+            s5 += X[xr, p + 5]
+            s6 += X[xr, p + 6]
+            s7 += X[xr, p + 7]
+            s8 += X[xr, p + 8]
+            s9 += X[xr, p + 9]
+            s10 += X[xr, p + 10]
+            s11 += X[xr, p + 11]
+            s12 += X[xr, p + 12]
+            s13 += X[xr, p + 13]
+            s14 += X[xr, p + 14]
+            s15 += X[xr, p + 15]
+            p += 16
+        while p < n:
+            s0 += X[xr, p]
+            p += 1
+        return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (
+            ((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))
+        )
+
+    # Hot loops index the 2-D work arrays directly: creating a numba array view inside a loop
+    # costs atomic reference counting, which dominated the step time when rows were sliced.
+
+    @njit(**TRAIN_JIT)
+    def _outer8(X, xr, YT, yc, n):
+        """``sum_p X[xr,p] * YT[p,yc+k]`` for ``k < 8``, each summed in ``p`` order.
+
+        Eight independent accumulators share one ``X`` value per point, so LLVM packs them into one
+        vector; every sum is still the sequential sum over points.
+        """
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+        for p in range(n):
+            a = X[xr, p]
+            s0 += a * YT[p, yc]
+            s1 += a * YT[p, yc + 1]
+            s2 += a * YT[p, yc + 2]
+            s3 += a * YT[p, yc + 3]
+            s4 += a * YT[p, yc + 4]
+            s5 += a * YT[p, yc + 5]
+            s6 += a * YT[p, yc + 6]
+            s7 += a * YT[p, yc + 7]
+        return s0, s1, s2, s3, s4, s5, s6, s7
+
+    @njit(**TRAIN_JIT)
+    def _colsum8(YT, yc, n):
+        """``sum_p YT[p,yc+k]`` for ``k < 8``, each summed in ``p`` order."""
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+        for p in range(n):
+            s0 += YT[p, yc]
+            s1 += YT[p, yc + 1]
+            s2 += YT[p, yc + 2]
+            s3 += YT[p, yc + 3]
+            s4 += YT[p, yc + 4]
+            s5 += YT[p, yc + 5]
+            s6 += YT[p, yc + 6]
+            s7 += YT[p, yc + 7]
+        return s0, s1, s2, s3, s4, s5, s6, s7
+
+    @njit(**TRAIN_JIT)
+    def _dot1(X, xr, Y, yr, n):
+        """``sum_p X[xr,p] * Y[yr,p]`` in ``p`` order."""
+        s = ZERO
+        for p in range(n):
+            s += X[xr, p] * Y[yr, p]
+        return s
+
+    @njit(**TRAIN_JIT)
+    def _sum1(X, xr, n):
+        s = ZERO
+        for p in range(n):
+            s += X[xr, p]
+        return s
+
+    @njit(**TRAIN_JIT)
+    def _axpy4(A, r, w0, w1, w2, w3, S, q, n):
+        """``A[r+k, p] += w_k * S[q, p]`` for ``k < 4``: four rows per pass over the source row."""
+        for p in range(n):
+            a = S[q, p]
+            A[r, p] = A[r, p] + w0 * a
+            A[r + 1, p] = A[r + 1, p] + w1 * a
+            A[r + 2, p] = A[r + 2, p] + w2 * a
+            A[r + 3, p] = A[r + 3, p] + w3 * a
+
+    @njit(**TRAIN_JIT)
+    def _axpy1(A, r, w, S, q, n):
+        for p in range(n):
+            A[r, p] = A[r, p] + w * S[q, p]
 
     @njit(**TRAIN_JIT)
     def _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
-        """Fill the activation rows of ``A`` for the first ``n`` points (input rows preset)."""
+        """Fill the activation rows of ``A`` for the first ``n`` points (input rows preset).
+
+        Output rows are processed four at a time; each element still sums ``b + sum_i w_i a_i``
+        in ``i`` order.
+        """
         for layer in range(n_layers):
             fan_in, fan_out = sizes[layer], sizes[layer + 1]
-            hidden = layer < n_layers - 1
+            a_in, a_out, wo, bo = a_off[layer], a_off[layer + 1], w_off[layer], b_off[layer]
             for j in range(fan_out):
-                row = A[a_off[layer + 1] + j]
-                bj = theta[b_off[layer] + j]
+                bj = theta[bo + j]
                 for p in range(n):
-                    row[p] = bj
+                    A[a_out + j, p] = bj
+            j = 0
+            while j + 4 <= fan_out:
                 for i in range(fan_in):
-                    w = theta[w_off[layer] + i * fan_out + j]
-                    src = A[a_off[layer] + i]
+                    k = wo + i * fan_out + j
+                    _axpy4(A, a_out + j, theta[k], theta[k + 1], theta[k + 2], theta[k + 3],
+                           A, a_in + i, n)  # fmt: skip
+                j += 4
+            while j < fan_out:
+                for i in range(fan_in):
+                    _axpy1(A, a_out + j, theta[wo + i * fan_out + j], A, a_in + i, n)
+                j += 1
+            if layer < n_layers - 1:
+                for r in range(a_out, a_out + fan_out):
                     for p in range(n):
-                        row[p] = row[p] + w * src[p]
-                if hidden:
+                        A[r, p] = rnd(act(A[r, p]))
+            else:
+                for r in range(a_out, a_out + fan_out):
                     for p in range(n):
-                        row[p] = rnd(act(row[p]))
-                else:
-                    for p in range(n):
-                        row[p] = rnd(row[p])
+                        A[r, p] = rnd(A[r, p])
 
     @njit(**TRAIN_JIT)
     def _loss(A, out_row, y, n, scratch):
-        f = A[out_row]
         for p in range(n):
-            scratch[p] = point_loss(f[p], y[p])
-        return _sum8(scratch, n) / dtype(n)
+            scratch[0, p] = point_loss(A[out_row, p], y[p])
+        return _sum16(scratch, 0, n) / dtype(n)
 
     @njit(**TRAIN_JIT)
-    def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, y, n, G):
+    def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G):
         """Gradient of the mean loss over the first ``n`` points into ``G``."""
         out_row = a_off[n_layers]
         c = DELTA_NUMERATOR / dtype(n)
-        drow = D[out_row]
-        f = A[out_row]
         for p in range(n):
-            drow[p] = rnd(c * point_delta(f[p], y[p]))
+            D[out_row, p] = rnd(c * point_delta(A[out_row, p], y[p]))
         for layer in range(n_layers - 1, -1, -1):
             fan_in, fan_out = sizes[layer], sizes[layer + 1]
-            d_out, a_in = a_off[layer + 1], a_off[layer]
-            for j in range(fan_out):
-                src = D[d_out + j]
-                for p in range(n):
-                    DT[p, j] = src[p]
-            gb = G[b_off[layer] : b_off[layer] + fan_out]
-            for j in range(fan_out):
-                gb[j] = ZERO
+            d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
+            # gb[j] = sum_p delta[j,p] and gW[i,j] = sum_p a_in[i,p]*delta[j,p], in p order,
+            # eight weights per pass (blocks of j, then blocks of i for the last fan_out % 8)
             for p in range(n):
-                dt = DT[p]
                 for j in range(fan_out):
-                    gb[j] = gb[j] + dt[j]
-            for i in range(fan_in):
-                gw = G[w_off[layer] + i * fan_out : w_off[layer] + (i + 1) * fan_out]
-                for j in range(fan_out):
-                    gw[j] = ZERO
-                arow = A[a_in + i]
+                    DT[p, j] = D[d_out + j, p]
+            j8 = fan_out - fan_out % 8
+            for j in range(0, j8, 8):
+                s = _colsum8(DT, j, n)
+                for k in range(8):
+                    G[bo + j + k] = s[k]
+                for i in range(fan_in):
+                    s = _outer8(A, a_in + i, DT, j, n)
+                    for k in range(8):
+                        G[wo + i * fan_out + j + k] = s[k]
+            if j8 < fan_out:
                 for p in range(n):
-                    a = arow[p]
-                    dt = DT[p]
-                    for j in range(fan_out):
-                        gw[j] = gw[j] + a * dt[j]
+                    for i in range(fan_in):
+                        AT[p, i] = A[a_in + i, p]
+                i8 = fan_in - fan_in % 8
+                for j in range(j8, fan_out):
+                    G[bo + j] = _sum1(D, d_out + j, n)
+                    for i in range(0, i8, 8):
+                        s = _outer8(D, d_out + j, AT, i, n)
+                        for k in range(8):
+                            G[wo + (i + k) * fan_out + j] = s[k]
+                    for i in range(i8, fan_in):
+                        G[wo + i * fan_out + j] = _dot1(A, a_in + i, D, d_out + j, n)
             if layer == 0:
                 break
-            for i in range(fan_in):
-                row = D[a_in + i]
+            # delta_in[i] = (sum_j W[i,j] * delta[j]) * act'(a_in[i]), summed in j order
+            for r in range(a_in, a_in + fan_in):
                 for p in range(n):
-                    row[p] = ZERO
+                    D[r, p] = ZERO
+            i = 0
+            while i + 4 <= fan_in:
                 for j in range(fan_out):
-                    w = theta[w_off[layer] + i * fan_out + j]
-                    src = D[d_out + j]
-                    for p in range(n):
-                        row[p] = row[p] + w * src[p]
-                arow = A[a_in + i]
+                    k = wo + i * fan_out + j
+                    _axpy4(D, a_in + i, theta[k], theta[k + fan_out], theta[k + 2 * fan_out],
+                           theta[k + 3 * fan_out], D, d_out + j, n)  # fmt: skip
+                i += 4
+            while i < fan_in:
+                for j in range(fan_out):
+                    _axpy1(D, a_in + i, theta[wo + i * fan_out + j], D, d_out + j, n)
+                i += 1
+            for r in range(a_in, a_in + fan_in):
                 for p in range(n):
-                    row[p] = rnd(row[p] * dact(arow[p]))
+                    D[r, p] = rnd(D[r, p] * dact(A[r, p]))
 
     @njit(**TRAIN_JIT)
     def _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale):
@@ -290,10 +401,11 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
         n_b = batch if minibatch else n_data
         A = np.zeros((units, n_data), dtype)
         D = np.zeros((units, n_data), dtype)
+        AT = np.zeros((n_data, width), dtype)  # transposed copies for the gradient sums
         DT = np.zeros((n_data, width), dtype)
-        G = np.zeros(n_params, dtype)
-        S = np.zeros(n_params, dtype)
-        scratch = np.zeros(n_data, dtype)
+        GS = np.zeros((2, n_params), dtype)  # row 0: gradient g, row 1: theta_t - theta_{t-1}
+        G, S = GS[0], GS[1]
+        scratch = np.zeros((1, n_data), dtype)
         yb = np.empty(n_b, dtype)
         for i in range(d_in):
             for p in range(n_data):
@@ -332,18 +444,18 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
                     yb[p] = y[src]
                 pos[0] = 0 if pos[0] + nb >= n_data else pos[0] + nb
                 _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, nb)
-                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, yb, nb, G)
+                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, yb, nb, G)
                 for i in range(d_in):  # restore the full data for the next full-batch loss
                     for p in range(nb):
                         A[i, p] = X[i, p]
             else:
-                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, DT, y, n_data, G)
+                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n_data, G)
             powers[0] = powers[0] * b1
             powers[1] = powers[1] * b2
             _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2,
                   ONE - powers[0], ONE - powers[1], lrk, eps, wd, kscale)  # fmt: skip
-            gn = math.sqrt(_sum8_sq(G, n_params))
-            un = math.sqrt(_sum8_sq(S, n_params))
+            gn = math.sqrt(_dot16(GS, 0, GS, 0, n_params))
+            un = math.sqrt(_dot16(GS, 1, GS, 1, n_params))
             grad_norm[u] = gn
             update_norm[u] = un
             if t % rec_every == 0:

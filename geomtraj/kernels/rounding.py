@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from geomtraj.config import TRAIN_JIT
+
 __all__ = [
     "FORMATS",
     "ROUNDERS",
@@ -47,7 +49,8 @@ __all__ = [
     "round_to_format",
 ]
 
-_JIT = dict(fastmath=False, error_model="numpy", cache=False)
+# fastmath=False, error_model="numpy" (no fused multiply-add, no reassociation, IEEE division)
+_JIT = TRAIN_JIT
 
 FORMATS = ("float64", "float32", "bfloat16", "float16")
 
@@ -214,8 +217,9 @@ def nextafter_format(x, n: int, fmt: str):
     if fmt in ("float64", "float32"):
         dt = STORAGE_DTYPE[fmt]
         target = dt(np.inf) if n > 0 else dt(-np.inf)
-        for _ in range(abs(n)):
-            v = np.nextafter(v, target)
+        with np.errstate(over="ignore"):  # max -> inf is the intended result
+            for _ in range(abs(n)):
+                v = np.nextafter(v, target)
         out = v
     else:
         inf = _INF16[fmt]

@@ -1,0 +1,219 @@
+"""Bit-for-bit reproducibility, thread-count independence and precision discipline."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_spec, make_theta0, train_store
+
+from geomtraj.data import make_dataset
+from geomtraj.experiment import plan_from_config
+from geomtraj.kernels.rounding import round_to_format
+from geomtraj.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = {
+    "steps": 60,
+    "record_every": 2,
+    "chunk_rows": 8,  # several chunks, so region writes and resume checkpoints are exercised
+    "data": {"name": "sincos", "n_points": 32, "seed": 3},
+    "model": {"hidden": "6x4", "activation": "tanh", "loss": "mse"},
+    "optimizer": {"beta1": 0.9, "beta2": [0.99, 0.999], "lr": 1e-2},
+    "runs": {"seeds": [0, 1], "precision": ["float32", "float64"]},
+    "twins": [{"kind": "ulp", "param": "W1[0,3]", "ulps": 1, "step": 7}, {"kind": "scale", "k": 3}],
+}
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_same_config_gives_byte_identical_stores(tmp_path):
+    stores = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    for path in stores:
+        train_store(plan_from_config(CONFIG), path)
+    a, b = (_tree_bytes(p) for p in stores)
+    assert len(a) > 20  # a real store: metadata plus many chunk files
+    assert sorted(a) == sorted(b), set(a) ^ set(b)
+    different = [name for name in a if a[name] != b[name]]
+    assert not different, f"files differ between two identical trainings: {different}"
+
+
+_THREAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numba
+    import numpy as np
+    from geomtraj.data import make_dataset
+    from geomtraj.train import train
+
+    out, threads = sys.argv[1], int(sys.argv[2])
+    assert numba.config.NUMBA_NUM_THREADS == threads, numba.config.NUMBA_NUM_THREADS
+    assert numba.get_num_threads() == threads
+    X, y = make_dataset("sincos", 64, 0)
+    for prec in ("float32", "float64"):
+        ds = train(X, y, hidden=(6, 5), activation="tanh", loss="mse", steps=150,
+                   precision=prec, seed=[0, 1, 2, 3, 4], lr=[1e-3, 3e-3, 1e-2, 3e-2, 0.1],
+                   beta2=0.99, batch_size=[0, 0, 16, 0, 16], record_every=3)
+        for name in ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm",
+                     "theta_final", "m_final", "v_final", "diverged_step"):
+            np.save(f"{out}/{prec}_{name}.npy", ds[name].values)
+    """
+)
+
+
+@pytest.mark.slow
+def test_thread_count_does_not_change_trajectories(tmp_path):
+    procs = {}
+    for threads in (1, 2):
+        out = tmp_path / f"threads{threads}"
+        out.mkdir()
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-c", _THREAD_SCRIPT, str(out), str(threads)]
+        # both at once: compiling dominates and each process compiles on one core
+        procs[threads] = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    for threads, proc in procs.items():
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"NUMBA_NUM_THREADS={threads} failed:\n{log}"
+    files = sorted(p.name for p in (tmp_path / "threads1").iterdir())
+    assert len(files) == 22
+    for name in files:
+        a = np.load(tmp_path / "threads1" / name, allow_pickle=False)
+        b = np.load(tmp_path / "threads2" / name, allow_pickle=False)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), f"{name} differs between 1 and 2 numba threads"
+    # the comparison is not vacuous: the runs trained and (mostly) did not diverge
+    loss = np.load(tmp_path / "threads1" / "float32_train_loss.npy")
+    assert np.isfinite(loss[:, :10]).all()
+    assert (np.load(tmp_path / "threads1" / "float64_diverged_step.npy") == -1).sum() >= 3
+
+
+# ------------------------------------------------------------------ float32 never computes in f64
+
+_DOUBLE_ARITHMETIC = re.compile(
+    r"\bfpext\b"
+    r"|\b(fadd|fsub|fmul|fdiv|frem|fneg)\b[^=]*?\s(<\d+ x )?double\b"
+    r"|\bfcmp\b[^=]*?\s(<\d+ x )?double\b"
+    r"|\b[su]itofp\b.*\bto (<\d+ x )?double\b"
+    r"|@llvm\.[a-z0-9.]*\.(v\d+)?f64\b"
+    r"|@(tanh|exp|expm1|log|log1p|log2|log10|sqrt|pow|sin|cos|atan2|erf|cbrt|hypot|fma)\("
+)
+_FLOAT_ARITHMETIC = re.compile(r"\b(fadd|fmul|fdiv|fsub)\b[^=]*?\s(<\d+ x )?float\b")
+
+
+def _double_arithmetic_lines(ir: str) -> list[str]:
+    return [line.strip() for line in ir.splitlines() if _DOUBLE_ARITHMETIC.search(line)]
+
+
+def test_llvm_checker_detects_double_arithmetic():
+    """The pattern catches the instructions a stray float64 literal would produce."""
+    bad = [
+        "%x = fpext float %a to double",
+        "%y = fmul double %x, 2.000000e+00",
+        "%z = fadd <4 x double> %p, %q",
+        "%c = fcmp olt double %x, 0.0",
+        "%r = call double @llvm.sqrt.f64(double %x)",
+        "%s = call double @tanh(double %x)",
+        "%w = sitofp i64 %n to double",
+    ]
+    good = [
+        "%v = fmul float %a, %b",
+        "%v = fadd <8 x float> %a, %b",
+        "%r = call float @llvm.sqrt.f32(float %x)",
+        "%d = call double @PyFloat_AsDouble(ptr %o)",
+        "%f = fptrunc double %d to float",  # unboxing a Python float argument
+    ]
+    assert len(_double_arithmetic_lines("\n".join(bad))) == len(bad)
+    assert _double_arithmetic_lines("\n".join(good)) == []
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bfloat16"])
+def test_float32_kernel_has_no_double_arithmetic(fmt, sincos):
+    from geomtraj.kernels.mlp import get_train_kernel
+
+    X, y = sincos
+    train(X, y, hidden=(4, 3), activation="tanh", loss="mse", steps=3, precision=fmt)
+    kernel = get_train_kernel(fmt, "tanh", "mse")
+    assert kernel.signatures, "the kernel was never compiled"
+    for sig in kernel.signatures:
+        ir = kernel.inspect_llvm(sig)
+        # the module holds the real work (the outlined prange body with forward/backward/Adam)
+        assert len(_FLOAT_ARITHMETIC.findall(ir)) > 50
+        offending = _double_arithmetic_lines(ir)
+        assert not offending, f"{fmt} kernel computes in double:\n" + "\n".join(offending[:40])
+
+
+# ------------------------------------------------------------- stored values lie in their format
+
+
+def test_stored_values_are_representable_in_their_format(sincos):
+    precisions = ["float64", "float32", "bfloat16", "float16"]
+    X, y = sincos
+    spec = make_spec("tanh", "mse", hidden=(4, 3))
+    theta0 = make_theta0(spec)
+    ds = train(X, y, hidden=spec.hidden, activation="tanh", loss="mse", theta0=theta0[None],
+               steps=40, precision=precisions, lr=1e-2, n_runs=4)  # fmt: skip
+    assert ds["theta"].dtype == np.float64  # widest precision present
+    n = spec.n_params
+    for r, prec in enumerate(precisions):
+        assert ds["precision"].values[r] == prec
+        assert ds["diverged_step"].values[r] == -1
+        arrays = {
+            "theta_init": ds["theta_init"].values[r, :n],
+            "theta": ds["theta"].values[r, :, :n],
+            "m": ds["m"].values[r, :, :n],
+            "v": ds["v"].values[r, :, :n],
+            "theta_final": ds["theta_final"].values[r, :n],
+            "m_final": ds["m_final"].values[r, :n],
+            "v_final": ds["v_final"].values[r, :n],
+        }
+        for name, a in arrays.items():
+            assert np.isfinite(a).all(), (prec, name)
+            if prec == "float64":
+                continue
+            a32 = a.astype(np.float32)
+            assert np.array_equal(a32.astype(np.float64), a), f"{prec} {name} is not float32"
+            if prec != "float32":
+                rounded = round_to_format(a32, prec)
+                bad = np.flatnonzero(rounded != a32)
+                assert bad.size == 0, f"{prec} {name}: {a32.ravel()[bad[:5]]} not in the format"
+        # the loss and norms of emulated runs are float32 values (not rounded to the format)
+        if prec != "float64":
+            for name in ("loss", "train_loss", "grad_norm", "update_norm"):
+                a = ds[name].values[r]
+                assert np.array_equal(a.astype(np.float32).astype(np.float64), a), (prec, name)
+        # and the runs did move: the checks above are about real trajectories
+        assert not np.array_equal(arrays["theta_final"], arrays["theta_init"])
+    # the emulated formats differ from float32 (they really round)
+    th = ds["theta"].values[:, -1, :n]
+    assert not np.array_equal(th[1], th[2]) and not np.array_equal(th[1], th[3])
+    # a cross-check of the rounding against ml_dtypes, independent of geomtraj's bit tricks
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for r, dt in ((2, ml_dtypes.bfloat16), (3, np.float16)):
+        a32 = ds["theta"].values[r, :, :n].astype(np.float32)
+        assert np.array_equal(a32.astype(dt).astype(np.float32), a32)
+
+
+def test_in_memory_and_float32_storage(sincos):
+    """A store without float64 runs stores float32; the same seed means the same start point."""
+    X, y = sincos
+    ds = train(X, y, hidden=(4, 3), steps=5, precision="float32", seed=[0, 1])
+    assert ds["theta"].dtype == np.float32 and ds["loss"].dtype == np.float32
+    again = train(X, y, hidden=(4, 3), steps=5, precision="float32", seed=[0, 1])
+    for name in ("theta", "m", "v", "loss", "train_loss", "theta_final"):
+        assert ds[name].values.tobytes() == again[name].values.tobytes(), name
+    X2, y2 = make_dataset("sincos", 64, 0)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2)
