@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from geomtraj import __version__
 from geomtraj.errors import GeomtrajError
 
@@ -69,7 +71,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "size_mib": round(size / 2**20, 2),
         "diverged": int((div >= 0).sum()),
         "grid": {
-            k: sorted({str(v) for v in ds[k].values.tolist()})
+            k: sorted({str(v) for v in np.asarray(ds[k].values).tolist()})
             for k in ("hidden", "precision", "beta1", "beta2", "lr", "eps", "seed", "perturbation")
         },
     }
@@ -93,11 +95,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(f"{args.store}: {ds.sizes['run']} runs; per-run summary (analyses not yet available)")
     print(f"{'run':>4} {'hidden':>7} {'precision':>9} {'beta1':>6} {'beta2':>7} {'lr':>8} "
           f"{'seed':>5} {'final loss':>11} {'diverged':>8}")  # fmt: skip
-    last = ds["train_loss"].isel(update=-1).values
+    last = ds["train_loss"].isel(iteration=-1).values
     for i in range(ds.sizes["run"]):
         r = ds.isel(run=i)
         div = int(r["diverged_step"])
-        print(f"{i:>4} {str(r['hidden'].values):>7} {str(r['precision'].values):>9} "
+        print(f"{i:>4} {r['hidden'].values.item():>7} {r['precision'].values.item():>9} "
               f"{float(r['beta1']):>6g} {float(r['beta2']):>7g} {float(r['lr']):>8g} "
               f"{int(r['seed']):>5} {last[i]:>11.4g} {div if div >= 0 else '-':>8}")  # fmt: skip
     return 0
@@ -139,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("geomtraj: interrupted; a store can be continued with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in geomtraj, not bad input
+        if os.environ.get("GEOMTRAJ_DEBUG"):
+            raise
+        print(f"geomtraj: internal error: {type(exc).__name__}: {exc} "
+              "(set GEOMTRAJ_DEBUG=1 for the traceback and please report it)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -117,6 +117,11 @@ def read_attrs(path: str | os.PathLike) -> dict:
         ) from None
 
 
+def strings(da: xr.DataArray) -> list[str]:
+    """Values of a string variable as Python ``str`` (zarr may return numpy's ``StringDType``)."""
+    return [str(x) for x in np.asarray(da.values).ravel().tolist()]
+
+
 def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.Dataset:
     """Open a geomtraj store lazily and check it against contract 2.
 
@@ -167,7 +172,7 @@ def validate(ds: xr.Dataset, name: str = "dataset") -> None:
         raise StoreError(f"{name}: missing the int64 `step` coordinate")
     if "param_name" not in ds.variables or ds["param_name"].dims not in PARAM_NAME_DIMS:
         raise StoreError(f"{name}: missing `param_name` with dims (param,) or (run, param)")
-    precisions = set(np.asarray(ds["precision"].values).astype(str))
+    precisions = set(strings(ds["precision"]))
     unknown = precisions - set(PRECISIONS)
     if unknown:
         raise StoreError(f"{name}: unknown precision(s) {sorted(unknown)}; expected {PRECISIONS}")

@@ -11,7 +11,7 @@ Recording (contract 2, with these conventions):
   ``theta``/``m``/``v`` at row ``t`` are the values after update ``t``; ``loss`` at row ``t`` is the
   full-batch loss at ``theta_{t-1}``, the parameters update ``t`` started from. The initial point
   ``theta_0`` is ``theta_init`` (``m_0 = v_0 = 0``).
-* ``update`` holds every update count ``1..steps``; ``train_loss``, ``grad_norm`` and
+* ``iteration`` holds every update count ``1..steps``; ``train_loss``, ``grad_norm`` and
   ``update_norm`` are the full-batch loss at ``theta_{t-1}``, ``||g_t||`` (after weight decay) and
   ``||theta_t - theta_{t-1}||``, computed in the run's precision.
 * ``theta_final``, ``m_final``, ``v_final`` hold the full state after the last update (or at
@@ -465,7 +465,7 @@ def _static_dataset(tr: _Trainer) -> xr.Dataset:
     }
     coords = {
         "step": ("step", np.arange(1, plan.n_rows + 1, dtype=np.int64) * r),
-        "update": ("update", np.arange(1, plan.steps + 1, dtype=np.int64)),
+        "iteration": ("iteration", np.arange(1, plan.steps + 1, dtype=np.int64)),
     }
     attrs = {
         "geomtraj_schema": store_mod.SCHEMA_VERSION,
@@ -499,7 +499,7 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
     plan, sd = tr.plan, tr.sdtype
     n, rows, rec = len(plan.runs), plan.n_rows, tr.n_rec
     n_all = max(run.spec.n_params for run in plan.runs)
-    chunks = {"run": tr.run_chunk, "step": tr.rows, "update": tr.rows * plan.record_every,
+    chunks = {"run": tr.run_chunk, "step": tr.rows, "iteration": tr.rows * plan.record_every,
               "param": rec or 1, "param_all": n_all}  # fmt: skip
     rc, sc, uc = tr.run_chunk, tr.rows, tr.rows * plan.record_every
     ds = _static_dataset(tr)
@@ -507,7 +507,7 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
         ds[name] = (("run", "step", "param"), _lazy((n, rows, rec), sd, (rc, sc, max(rec, 1))))
     ds["loss"] = (("run", "step"), _lazy((n, rows), sd, (rc, sc)))
     for name in ("train_loss", "grad_norm", "update_norm"):
-        ds[name] = (("run", "update"), _lazy((n, plan.steps), sd, (rc, uc)))
+        ds[name] = (("run", "iteration"), _lazy((n, plan.steps), sd, (rc, uc)))
     for name in ("theta_final", "m_final", "v_final"):
         ds[name] = (("run", "param_all"), _lazy((n, n_all), sd, (rc, n_all)))
     ds["diverged_step"] = (("run",), _lazy((n,), np.int64, (rc,)))
@@ -522,7 +522,10 @@ def _chunk_dataset(row0: int, rows: int, buf: dict[str, np.ndarray]):
         {
             **{k: (("run", "step", "param"), buf[k]) for k in _TRAJ},
             "loss": (("run", "step"), buf["loss"]),
-            **{k: (("run", "update"), buf[k]) for k in ("train_loss", "grad_norm", "update_norm")},
+            **{
+                k: (("run", "iteration"), buf[k])
+                for k in ("train_loss", "grad_norm", "update_norm")
+            },
         }
     )
     return part
@@ -663,7 +666,7 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
             store_mod.write_region(
                 path, _chunk_dataset(row0, rows, buf),
                 {"run": slice(None), "step": slice(row0, row0 + rows), "param": slice(None),
-                 "update": slice(u0, u1)},
+                 "iteration": slice(u0, u1)},
             )  # fmt: skip
             _save_checkpoint(path, tr, c + 1)
             bar.update(u1 - u0, _runs_done(tr, u1))

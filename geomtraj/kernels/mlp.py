@@ -9,12 +9,13 @@ Arithmetic order, fixed for every run and independent of thread count:
 * Forward, layer ``l``, unit ``j``: ``z = b[j]``, then ``z = z + W[i,j]*a_in[i]`` for ``i = 0..``;
   hidden layers apply the activation; the output layer is linear.
 * Loss: MSE ``sum_p (f_p - y_p)^2 / n``; BCE ``sum_p (max(f,0) - f*y + log1p(exp(-|f|))) / n``.
-  Sums over points (and the norms below) use :func:`_sum8`, an 8-way interleaved sum combined
-  pairwise: a fixed order, chosen so the CPU can overlap the additions.
+  The sum over points and the gradient/update norms use 16 interleaved partial sums
+  (index mod 16, each in index order; the tail joins the first) combined by a fixed pairwise tree.
 * Output delta: MSE ``(2/n) * (f - y)``; BCE ``(1/n) * (sigmoid(f) - y)``.
-* Gradients: ``gb[j] = sum_p delta[j,p]`` and ``gW[i,j] = sum_p a_in[i,p]*delta[j,p]``, summed over
-  ``p = 0..n-1`` in order; ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])`` with the
-  derivative taken from the activation value (``1-a^2``, ``a*(1-a)``, ``a>0``).
+* Gradients: ``gb[j] = sum_p delta[j,p]`` and ``gW[i,j] = sum_p a_in[i,p]*delta[j,p]``, each a
+  sequential sum over ``p = 0..n-1``; ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])``
+  summed in ``j`` order, with the derivative taken from the activation value (``1-a^2``,
+  ``a*(1-a)``, ``a>0``).
 * Adam (textbook, as ``torch.optim.Adam`` with ``amsgrad=False``), per parameter::
 
       g     = grad + weight_decay * theta

@@ -1,0 +1,38 @@
+# geomtraj: `make demo` and `make test` set everything up themselves from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.geomtraj-installed
+OUT    := out
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Train the default small grid (configs/demo.toml) and analyse it.
+demo: setup
+	rm -rf $(OUT)/demo.zarr $(OUT)/demo.zarr.resume.npz $(OUT)/demo-report
+	mkdir -p $(OUT)
+	$(BIN)/geomtraj train configs/demo.toml --out $(OUT)/demo.zarr
+	$(BIN)/geomtraj info $(OUT)/demo.zarr
+	$(BIN)/geomtraj analyze $(OUT)/demo.zarr --out $(OUT)/demo-report
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
+bench: setup
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""Training speed in network-steps per second, beside a batched PyTorch peer.
+
+Networks: 2 -> 12 -> 24 -> 1 (tanh, MSE), 64 points of the sincos data set, full-batch Adam.
+Each cell trains ``--steps`` updates into a zarr store in a temporary directory (the way users
+train), with recording off (``record_params = 0``: only the per-update loss and norms), 16
+coordinates of theta/m/v every step, or every coordinate every step. Compile time is measured
+once per precision, apart from the timed runs. When torch is installed, the PyTorch peer
+(``benchmarks/peers/torch_adam.py``) runs in the same invocation and the ratio is printed.
+
+Usage::
+
+    python benchmarks/bench_train.py                      # every cell of the issue
+    python benchmarks/bench_train.py --nets 1024 --dtypes float32 --records none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from geomtraj.data import make_dataset
+from geomtraj.train import train
+
+HERE = Path(__file__).resolve().parent
+RECORDS = {"none": 0, "16": 16, "all": "all"}
+
+
+def _store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_geomtraj(n_nets: int, dtype: str, record: str, steps: int, workdir: Path) -> dict:
+    X, y = make_dataset("sincos", 64, 0)
+    out = workdir / f"bench-{n_nets}-{dtype}-{record}.zarr"
+    t0 = time.perf_counter()
+    train(X, y, hidden=(12, 24), steps=steps, precision=dtype, seed=np.arange(n_nets),
+          lr=1e-3, record_params=RECORDS[record], store=out)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    recorded = 0 if record == "none" else (16 if record == "16" else 373)
+    raw = n_nets * steps * (3 * recorded + 4) * np.dtype(dtype).itemsize
+    row = {
+        "impl": "geomtraj", "n_nets": n_nets, "dtype": dtype, "record": record, "steps": steps,
+        "seconds": seconds, "network_steps_per_s": n_nets * steps / seconds,
+        "raw_mb_per_s": raw / seconds / 1e6, "store_mb": _store_bytes(out) / 1e6,
+        "threads": numba.get_num_threads(),
+    }  # fmt: skip
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def compile_seconds(dtype: str, workdir: Path) -> float:
+    X, y = make_dataset("sincos", 64, 0)
+    t0 = time.perf_counter()
+    train(X, y, hidden=(12, 24), steps=2, precision=dtype, store=workdir / f"compile-{dtype}.zarr")
+    return time.perf_counter() - t0
+
+
+def bench_peer(n_nets: int, dtype: str, steps: int) -> dict | None:
+    try:
+        sys.path.insert(0, str(HERE / "peers"))
+        from torch_adam import run_peer
+    except ImportError:
+        return None
+    return run_peer(n_nets, widths=(12, 24), n_points=64, steps=steps, dtype=dtype)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", type=int, nargs="+", default=[64, 1024])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--records", nargs="+", default=["none", "16", "all"], choices=list(RECORDS))
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument(
+        "--peer-steps", type=int, default=None, help="steps for the peer (default: --steps)"
+    )
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--json", type=Path, help="append result rows to this JSON-lines file")
+    args = ap.parse_args()
+
+    print(f"geomtraj training benchmark: {os.cpu_count()} cores, numba {numba.__version__}, "
+          f"{numba.get_num_threads()} threads, {args.steps} steps, widths (12,24), 64 points")  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="geomtraj-bench-") as tmp:
+        work = Path(tmp)
+        for dtype in args.dtypes:
+            print(
+                f"compile {dtype}: {compile_seconds(dtype, work):.1f} s (not in the figures below)"
+            )
+        print(f"{'nets':>5} {'dtype':>8} {'record':>6} {'net-steps/s':>12} {'peer':>10} "
+              f"{'ratio':>6} {'vs off':>7} {'MB/s raw':>9} {'store MB':>9}")  # fmt: skip
+        for n in args.nets:
+            for dtype in args.dtypes:
+                peer = None if args.no_peer else bench_peer(n, dtype, args.peer_steps or args.steps)
+                if peer is not None:
+                    peer["impl"] = "torch"
+                    rows.append(peer)
+                base = None
+                for record in args.records:
+                    row = bench_geomtraj(n, dtype, record, args.steps, work)
+                    rows.append(row)
+                    rate = row["network_steps_per_s"]
+                    base = rate if record == "none" else base
+                    prate = peer["network_steps_per_s"] if peer else float("nan")
+                    slow = f"{(base / rate - 1) * 100:+.0f}%" if base and record != "none" else ""
+                    print(f"{n:>5} {dtype:>8} {record:>6} {rate:>12,.0f} {prate:>10,.0f} "
+                          f"{rate / prate:>6.2f} {slow:>7} {row['raw_mb_per_s']:>9.1f} "
+                          f"{row['store_mb']:>9.1f}", flush=True)  # fmt: skip
+    if peer is None and not args.no_peer:
+        print("(PyTorch not installed: no peer column; `pip install torch` to compare)")
+    if args.json:
+        with open(args.json, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
