@@ -42,17 +42,32 @@ def bench_geomtraj(n_nets: int, dtype: str, record: str, steps: int, workdir: Pa
     X, y = make_dataset("sincos", 64, 0)
     out = workdir / f"bench-{n_nets}-{dtype}-{record}.zarr"
     t0 = time.perf_counter()
-    train(X, y, hidden=(12, 24), steps=steps, precision=dtype, seed=np.arange(n_nets),
-          lr=1e-3, record_params=RECORDS[record], store=out)  # fmt: skip
+    train(
+        X,
+        y,
+        hidden=(12, 24),
+        steps=steps,
+        precision=dtype,
+        seed=np.arange(n_nets),
+        lr=1e-3,
+        record_params=RECORDS[record],
+        store=out,
+    )
     seconds = time.perf_counter() - t0
     recorded = 0 if record == "none" else (16 if record == "16" else 373)
     raw = n_nets * steps * (3 * recorded + 4) * np.dtype(dtype).itemsize
     row = {
-        "impl": "geomtraj", "n_nets": n_nets, "dtype": dtype, "record": record, "steps": steps,
-        "seconds": seconds, "network_steps_per_s": n_nets * steps / seconds,
-        "raw_mb_per_s": raw / seconds / 1e6, "store_mb": _store_bytes(out) / 1e6,
+        "impl": "geomtraj",
+        "n_nets": n_nets,
+        "dtype": dtype,
+        "record": record,
+        "steps": steps,
+        "seconds": seconds,
+        "network_steps_per_s": n_nets * steps / seconds,
+        "raw_mb_per_s": raw / seconds / 1e6,
+        "store_mb": _store_bytes(out) / 1e6,
         "threads": numba.get_num_threads(),
-    }  # fmt: skip
+    }
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -86,8 +101,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="append result rows to this JSON-lines file")
     args = ap.parse_args()
 
-    print(f"geomtraj training benchmark: {os.cpu_count()} cores, numba {numba.__version__}, "
-          f"{numba.get_num_threads()} threads, {args.steps} steps, widths (12,24), 64 points")  # fmt: skip
+    print(
+        f"geomtraj training benchmark: {os.cpu_count()} cores, numba {numba.__version__}, "
+        f"{numba.get_num_threads()} threads, {args.steps} steps, widths (12,24), 64 points"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="geomtraj-bench-") as tmp:
         work = Path(tmp)
@@ -95,8 +112,10 @@ def main() -> None:
             print(
                 f"compile {dtype}: {compile_seconds(dtype, work):.1f} s (not in the figures below)"
             )
-        print(f"{'nets':>5} {'dtype':>8} {'record':>6} {'net-steps/s':>12} {'peer':>10} "
-              f"{'ratio':>6} {'vs off':>7} {'MB/s raw':>9} {'store MB':>9}")  # fmt: skip
+        print(
+            f"{'nets':>5} {'dtype':>8} {'record':>6} {'net-steps/s':>12} {'peer':>10} "
+            f"{'ratio':>6} {'vs off':>7} {'MB/s raw':>9} {'store MB':>9}"
+        )
         for n in args.nets:
             for dtype in args.dtypes:
                 peer = None if args.no_peer else bench_peer(n, dtype, args.peer_steps or args.steps)
@@ -111,9 +130,12 @@ def main() -> None:
                     base = rate if record == "none" else base
                     prate = peer["network_steps_per_s"] if peer else float("nan")
                     slow = f"{(base / rate - 1) * 100:+.0f}%" if base and record != "none" else ""
-                    print(f"{n:>5} {dtype:>8} {record:>6} {rate:>12,.0f} {prate:>10,.0f} "
-                          f"{rate / prate:>6.2f} {slow:>7} {row['raw_mb_per_s']:>9.1f} "
-                          f"{row['store_mb']:>9.1f}", flush=True)  # fmt: skip
+                    print(
+                        f"{n:>5} {dtype:>8} {record:>6} {rate:>12,.0f} {prate:>10,.0f} "
+                        f"{rate / prate:>6.2f} {slow:>7} {row['raw_mb_per_s']:>9.1f} "
+                        f"{row['store_mb']:>9.1f}",
+                        flush=True,
+                    )
     if peer is None and not args.no_peer:
         print("(PyTorch not installed: no peer column; `pip install torch` to compare)")
     if args.json:

@@ -78,9 +78,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{info['store']}: schema {info['schema']}, {info['runs']} runs x {info['steps']} steps, "
-          f"{info['recorded_params']} recorded params every {info['record_every']} step(s), "
-          f"{info['size_mib']} MiB, {info['diverged']} diverged")  # fmt: skip
+    print(
+        f"{info['store']}: schema {info['schema']}, {info['runs']} runs x {info['steps']} steps, "
+        f"{info['recorded_params']} recorded params every {info['record_every']} step(s), "
+        f"{info['size_mib']} MiB, {info['diverged']} diverged"
+    )
     for k, vals in info["grid"].items():
         print(f"  {k:<13} {', '.join(vals)}")
     return 0
@@ -93,15 +95,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     ds = open_store(args.store)
     print(f"{args.store}: {ds.sizes['run']} runs; per-run summary (analyses not yet available)")
-    print(f"{'run':>4} {'hidden':>7} {'precision':>9} {'beta1':>6} {'beta2':>7} {'lr':>8} "
-          f"{'seed':>5} {'final loss':>11} {'diverged':>8}")  # fmt: skip
+    print(
+        f"{'run':>4} {'hidden':>7} {'precision':>9} {'beta1':>6} {'beta2':>7} {'lr':>8} "
+        f"{'seed':>5} {'final loss':>11} {'diverged':>8}"
+    )
     last = ds["train_loss"].isel(iteration=-1).values
     for i in range(ds.sizes["run"]):
         r = ds.isel(run=i)
         div = int(r["diverged_step"])
-        print(f"{i:>4} {r['hidden'].values.item():>7} {r['precision'].values.item():>9} "
-              f"{float(r['beta1']):>6g} {float(r['beta2']):>7g} {float(r['lr']):>8g} "
-              f"{int(r['seed']):>5} {last[i]:>11.4g} {div if div >= 0 else '-':>8}")  # fmt: skip
+        print(
+            f"{i:>4} {r['hidden'].values.item():>7} {r['precision'].values.item():>9} "
+            f"{float(r['beta1']):>6g} {float(r['beta2']):>7g} {float(r['lr']):>8g} "
+            f"{int(r['seed']):>5} {last[i]:>11.4g} {div if div >= 0 else '-':>8}"
+        )
     return 0
 
 
@@ -144,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug in geomtraj, not bad input
         if os.environ.get("GEOMTRAJ_DEBUG"):
             raise
-        print(f"geomtraj: internal error: {type(exc).__name__}: {exc} "
-              "(set GEOMTRAJ_DEBUG=1 for the traceback and please report it)", file=sys.stderr)  # fmt: skip
+        hint = "set GEOMTRAJ_DEBUG=1 for the traceback and please report it"
+        print(f"geomtraj: internal error: {type(exc).__name__}: {exc} ({hint})", file=sys.stderr)
         return 1
 
 

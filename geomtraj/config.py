@@ -41,7 +41,7 @@ SLP_VECTORIZE = os.environ.get("GEOMTRAJ_SLP", "1") != "0"
 
 @contextmanager
 def kernel_compilation():
-    """Context in which geomtraj's kernels are (lazily) compiled: SLP on, numba's setting restored."""
+    """Compile geomtraj's kernels (lazily) with SLP as configured; numba's setting is restored."""
     import numba
 
     saved = numba.config.SLP_VECTORIZE

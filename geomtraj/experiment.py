@@ -58,15 +58,27 @@ from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
 from geomtraj.train import DataSource, Perturbation, Plan, Run
 
 _SECTIONS: dict[str, set[str]] = {
-    "": {"steps", "record_every", "record_params", "chunk_rows", "data", "model", "optimizer",
-         "runs", "grid", "twins", "name", "description"},
+    "": {
+        "steps",
+        "record_every",
+        "record_params",
+        "chunk_rows",
+        "data",
+        "model",
+        "optimizer",
+        "runs",
+        "grid",
+        "twins",
+        "name",
+        "description",
+    },
     "data": {"name", "n_points", "seed", "noise"},
     "model": {"hidden", "activation", "loss"},
     "optimizer": {"beta1", "beta2", "lr", "eps", "weight_decay"},
     "runs": {"seeds", "precision", "batch_size"},
     "grid": {"mode"},
     "twins": {"kind", "param", "ulps", "step", "k"},
-}  # fmt: skip
+}
 
 _DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0}
 
@@ -149,8 +161,10 @@ def plan_from_config(cfg: dict) -> Plan:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.hidden: {exc}") from None
 
-    axes = {k: [_number(v, f"optimizer.{k}") for v in _as_list(opt.get(k, d), k)]
-            for k, d in _DEFAULTS.items()}  # fmt: skip
+    axes = {
+        k: [_number(v, f"optimizer.{k}") for v in _as_list(opt.get(k, d), k)]
+        for k, d in _DEFAULTS.items()
+    }
     seeds = [_number(s, "runs.seeds", int) for s in _as_list(runs_cfg.get("seeds", 0), "seeds")]
     precisions = _as_list(runs_cfg.get("precision", "float64"), "precision")
     for p in precisions:
@@ -176,9 +190,20 @@ def plan_from_config(cfg: dict) -> Plan:
             spec = MLPSpec(datasets[d].X.shape[1], hidden, activation, loss)
             for seed in seeds:
                 for prec in precisions:
-                    runs.append(Run(spec=spec, data=d, beta1=b1, beta2=b2, lr=lr, eps=eps,
-                                    weight_decay=wd, seed=seed, precision=prec,
-                                    batch_size=batch))  # fmt: skip
+                    runs.append(
+                        Run(
+                            spec=spec,
+                            data=d,
+                            beta1=b1,
+                            beta2=b2,
+                            lr=lr,
+                            eps=eps,
+                            weight_decay=wd,
+                            seed=seed,
+                            precision=prec,
+                            batch_size=batch,
+                        )
+                    )
     originals = list(runs)
     twins_cfg = cfg.get("twins", [])
     if not isinstance(twins_cfg, list):
@@ -187,9 +212,12 @@ def plan_from_config(cfg: dict) -> Plan:
         _check_keys(tw, "twins")
         kind = tw.get("kind")
         if kind == "ulp":
-            pert = Perturbation("ulp", param=str(tw.get("param", "")),
-                                ulps=_number(tw.get("ulps", 1), "twins.ulps", int),
-                                step=_number(tw.get("step", 1), "twins.step", int))  # fmt: skip
+            pert = Perturbation(
+                "ulp",
+                param=str(tw.get("param", "")),
+                ulps=_number(tw.get("ulps", 1), "twins.ulps", int),
+                step=_number(tw.get("step", 1), "twins.step", int),
+            )
         elif kind == "scale":
             pert = Perturbation("scale", k=_number(tw.get("k", 1), "twins.k"))
         else:
@@ -203,12 +231,14 @@ def plan_from_config(cfg: dict) -> Plan:
             f"record_params must be 'all', a count or a list of names, got {record!r}"
         )
     plan = Plan(
-        runs=runs, datasets=datasets, steps=steps,
+        runs=runs,
+        datasets=datasets,
+        steps=steps,
         record_every=_number(cfg.get("record_every", 1), "record_every", int),
         record_params=record,
         chunk_rows=cfg.get("chunk_rows"),
         description={k: cfg[k] for k in ("name", "description") if k in cfg},
-    )  # fmt: skip
+    )
     try:
         plan.validate()
         plan.recorded_indices()

@@ -267,9 +267,14 @@ class _Group:
         )
         self.perm = np.tile(np.arange(p_max, dtype=np.int64), (n, 1))
         self.pos = np.zeros(n, np.int64)
-        kscale = [r.perturbation.k if r.perturbation and r.perturbation.kind == "scale" else 1.0
-                  for r in runs]  # fmt: skip
-        hyper = [[r.beta1, r.beta2, r.lr, r.eps, r.weight_decay, k] for r, k in zip(runs, kscale)]
+        kscale = [
+            r.perturbation.k if r.perturbation and r.perturbation.kind == "scale" else 1.0
+            for r in runs
+        ]
+        hyper = [
+            [r.beta1, r.beta2, r.lr, r.eps, r.weight_decay, k]
+            for r, k in zip(runs, kscale, strict=True)
+        ]
         self.hyper = np.array(hyper, np.float64).astype(self.dtype)
         assert self.hyper.shape[1] == len(HYPER_COLUMNS)
         self.theta = np.zeros((n, n_max), self.dtype)
@@ -298,8 +303,15 @@ class _Group:
         for name in self.STATE:
             getattr(self, name)[...] = saved[f"{prefix}{name}"]
 
-    def advance(self, t_begin: int, t_end: int, row_base: int, upd_base: int, rec_every: int,
-                buf: dict[str, np.ndarray]) -> None:  # fmt: skip
+    def advance(
+        self,
+        t_begin: int,
+        t_end: int,
+        row_base: int,
+        upd_base: int,
+        rec_every: int,
+        buf: dict[str, np.ndarray],
+    ) -> None:
         """Run updates ``t_begin+1 .. t_end``, applying ulp perturbations before their update."""
         cuts = sorted({s - 1 for _, _, _, s in self.ulp_events if t_begin <= s - 1 < t_end})
         start = t_begin
@@ -315,14 +327,38 @@ class _Group:
             return
         with kernel_compilation():
             self.kernel(
-                t0, t1, row_base, upd_base, rec_every, self.sizes, self.n_layers,
-                self.data_X, self.data_y, self.data_n, self.data_idx, self.batch, self.rng,
-                self.perm, self.pos, self.hyper, self.theta, self.m, self.v, self.powers,
-                self.loss0, self.diverged, self.rec_idx,
-                buf["theta"], buf["m"], buf["v"], buf["loss"],
-                buf["train_loss"], buf["grad_norm"], buf["update_norm"],
+                t0,
+                t1,
+                row_base,
+                upd_base,
+                rec_every,
+                self.sizes,
+                self.n_layers,
+                self.data_X,
+                self.data_y,
+                self.data_n,
+                self.data_idx,
+                self.batch,
+                self.rng,
+                self.perm,
+                self.pos,
+                self.hyper,
+                self.theta,
+                self.m,
+                self.v,
+                self.powers,
+                self.loss0,
+                self.diverged,
+                self.rec_idx,
+                buf["theta"],
+                buf["m"],
+                buf["v"],
+                buf["loss"],
+                buf["train_loss"],
+                buf["grad_norm"],
+                buf["update_norm"],
                 self.dtype.type(DIVERGENCE_LOSS_FACTOR),
-            )  # fmt: skip
+            )
 
 
 def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -440,7 +476,6 @@ def _static_dataset(tr: _Trainer) -> xr.Dataset:
     """Coordinates, run table, data sets, parameter names and initial parameters."""
     plan = tr.plan
     r = plan.record_every
-    n_all = max(run.spec.n_params for run in plan.runs)
     names = []
     for k, run in enumerate(plan.runs):
         all_names = run.spec.param_names()
@@ -478,7 +513,7 @@ def _static_dataset(tr: _Trainer) -> xr.Dataset:
             plan.record_params
             if not isinstance(plan.record_params, np.integer)
             else int(plan.record_params)
-        ),  # fmt: skip
+        ),
         "datasets": json.dumps([{"name": ds.name, **ds.attrs} for ds in plan.datasets]),
         "divergence_loss_factor": DIVERGENCE_LOSS_FACTOR,
         "init": "Glorot-uniform weights from numpy default_rng(seed), zero biases",
@@ -499,8 +534,13 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
     plan, sd = tr.plan, tr.sdtype
     n, rows, rec = len(plan.runs), plan.n_rows, tr.n_rec
     n_all = max(run.spec.n_params for run in plan.runs)
-    chunks = {"run": tr.run_chunk, "step": tr.rows, "iteration": tr.rows * plan.record_every,
-              "param": rec or 1, "param_all": n_all}  # fmt: skip
+    chunks = {
+        "run": tr.run_chunk,
+        "step": tr.rows,
+        "iteration": tr.rows * plan.record_every,
+        "param": rec or 1,
+        "param_all": n_all,
+    }
     rc, sc, uc = tr.run_chunk, tr.rows, tr.rows * plan.record_every
     ds = _static_dataset(tr)
     for name in ("theta", "m", "v"):
@@ -558,9 +598,14 @@ class _Progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
-                total=total_runs * steps, initial=total_runs * done_steps, unit="net-step",
-                unit_scale=True, desc="train", dynamic_ncols=True, smoothing=0.1,
-            )  # fmt: skip
+                total=total_runs * steps,
+                initial=total_runs * done_steps,
+                unit="net-step",
+                unit_scale=True,
+                desc="train",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
 
     def update(self, n_steps: int, runs_done: int) -> None:
         if self.bar is not None:
@@ -575,8 +620,13 @@ class _Progress:
 # ------------------------------------------------------------------------------ entry points
 
 
-def train_plan(plan: Plan, store: str | os.PathLike | None = None, *, resume: bool = False,
-               progress: bool | None = None) -> xr.Dataset:  # fmt: skip
+def train_plan(
+    plan: Plan,
+    store: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Train every run of ``plan``.
 
     With ``store=None`` the result is returned as an in-memory Dataset. With a path, it is
@@ -664,10 +714,15 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
             row0, rows, buf = tr.run_chunk_steps(c)
             u0, u1 = row0 * plan.record_every, (row0 + rows) * plan.record_every
             store_mod.write_region(
-                path, _chunk_dataset(row0, rows, buf),
-                {"run": slice(None), "step": slice(row0, row0 + rows), "param": slice(None),
-                 "iteration": slice(u0, u1)},
-            )  # fmt: skip
+                path,
+                _chunk_dataset(row0, rows, buf),
+                {
+                    "run": slice(None),
+                    "step": slice(row0, row0 + rows),
+                    "param": slice(None),
+                    "iteration": slice(u0, u1),
+                },
+            )
             _save_checkpoint(path, tr, c + 1)
             bar.update(u1 - u0, _runs_done(tr, u1))
     finally:
@@ -745,8 +800,11 @@ def train(
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ConfigError(f"X must be (n_points, d_in) and y (n_points,), got {X.shape}, {y.shape}")
     spec = MLPSpec(X.shape[1], parse_hidden(hidden), activation, loss)
-    lengths = [len(np.atleast_1d(v)) for v in (beta1, beta2, lr, eps, weight_decay, seed,
-               batch_size) if not isinstance(v, str)]  # fmt: skip
+    lengths = [
+        len(np.atleast_1d(v))
+        for v in (beta1, beta2, lr, eps, weight_decay, seed, batch_size)
+        if not isinstance(v, str)
+    ]
     if not isinstance(precision, str):
         lengths.append(len(precision))
     if theta0 is not None:
@@ -755,22 +813,45 @@ def train(
     if twin_of is not None:
         lengths.append(len(np.atleast_1d(twin_of)))
     n = n_runs or max(lengths)
-    cols = {name: _per_run(val, n, name) for name, val in [
-        ("beta1", beta1), ("beta2", beta2), ("lr", lr), ("eps", eps),
-        ("weight_decay", weight_decay), ("seed", seed), ("precision", precision),
-        ("batch_size", batch_size), ("twin_of", -1 if twin_of is None else twin_of),
-        ("perturbation", perturbation)]}  # fmt: skip
+    cols = {
+        name: _per_run(val, n, name)
+        for name, val in [
+            ("beta1", beta1),
+            ("beta2", beta2),
+            ("lr", lr),
+            ("eps", eps),
+            ("weight_decay", weight_decay),
+            ("seed", seed),
+            ("precision", precision),
+            ("batch_size", batch_size),
+            ("twin_of", -1 if twin_of is None else twin_of),
+            ("perturbation", perturbation),
+        ]
+    }
     runs = [
-        Run(spec=spec, beta1=float(cols["beta1"][i]), beta2=float(cols["beta2"][i]),
-            lr=float(cols["lr"][i]), eps=float(cols["eps"][i]),
-            weight_decay=float(cols["weight_decay"][i]), seed=int(cols["seed"][i]),
-            precision=str(cols["precision"][i]), batch_size=int(cols["batch_size"][i]),
-            twin_of=int(cols["twin_of"][i]), perturbation=cols["perturbation"][i],
-            theta0=None if theta0 is None else theta0[i if theta0.shape[0] > 1 else 0])
+        Run(
+            spec=spec,
+            beta1=float(cols["beta1"][i]),
+            beta2=float(cols["beta2"][i]),
+            lr=float(cols["lr"][i]),
+            eps=float(cols["eps"][i]),
+            weight_decay=float(cols["weight_decay"][i]),
+            seed=int(cols["seed"][i]),
+            precision=str(cols["precision"][i]),
+            batch_size=int(cols["batch_size"][i]),
+            twin_of=int(cols["twin_of"][i]),
+            perturbation=cols["perturbation"][i],
+            theta0=None if theta0 is None else theta0[i if theta0.shape[0] > 1 else 0],
+        )
         for i in range(n)
-    ]  # fmt: skip
-    plan = Plan(runs=runs, datasets=[DataSource(dataset_name, X, y)], steps=int(steps),
-                record_every=int(record_every), record_params=record_params)  # fmt: skip
+    ]
+    plan = Plan(
+        runs=runs,
+        datasets=[DataSource(dataset_name, X, y)],
+        steps=int(steps),
+        record_every=int(record_every),
+        record_params=record_params,
+    )
     return train_plan(plan, store, resume=resume, progress=progress)
 
 

@@ -49,8 +49,17 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def _train_cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "geomtraj.cli", "train", str(cfg), "--out", str(out), "--quiet",
-            *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "geomtraj.cli",
+        "train",
+        str(cfg),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.slow

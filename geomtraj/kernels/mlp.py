@@ -13,9 +13,9 @@ Arithmetic order, fixed for every run and independent of thread count:
   (index mod 16, each in index order; the tail joins the first) combined by a fixed pairwise tree.
 * Output delta: MSE ``(2/n) * (f - y)``; BCE ``(1/n) * (sigmoid(f) - y)``.
 * Gradients: ``gb[j] = sum_p delta[j,p]`` and ``gW[i,j] = sum_p a_in[i,p]*delta[j,p]``, each a
-  sequential sum over ``p = 0..n-1``; ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])``
-  summed in ``j`` order, with the derivative taken from the activation value (``1-a^2``,
-  ``a*(1-a)``, ``a>0``).
+  sequential sum over ``p = 0..n-1``;
+  ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])`` summed in ``j`` order, with the
+  derivative taken from the activation value (``1-a^2``, ``a*(1-a)``, ``a>0``).
 * Adam (textbook, as ``torch.optim.Adam`` with ``amsgrad=False``), per parameter::
 
       g     = grad + weight_decay * theta
@@ -274,8 +274,17 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
             while j + 4 <= fan_out:
                 for i in range(fan_in):
                     k = wo + i * fan_out + j
-                    _axpy4(A, a_out + j, theta[k], theta[k + 1], theta[k + 2], theta[k + 3],
-                           A, a_in + i, n)  # fmt: skip
+                    _axpy4(
+                        A,
+                        a_out + j,
+                        theta[k],
+                        theta[k + 1],
+                        theta[k + 2],
+                        theta[k + 3],
+                        A,
+                        a_in + i,
+                        n,
+                    )
                 j += 4
             while j < fan_out:
                 for i in range(fan_in):
@@ -343,8 +352,17 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
             while i + 4 <= fan_in:
                 for j in range(fan_out):
                     k = wo + i * fan_out + j
-                    _axpy4(D, a_in + i, theta[k], theta[k + fan_out], theta[k + 2 * fan_out],
-                           theta[k + 3 * fan_out], D, d_out + j, n)  # fmt: skip
+                    _axpy4(
+                        D,
+                        a_in + i,
+                        theta[k],
+                        theta[k + fan_out],
+                        theta[k + 2 * fan_out],
+                        theta[k + 3 * fan_out],
+                        D,
+                        d_out + j,
+                        n,
+                    )
                 i += 4
             while i < fan_in:
                 for j in range(fan_out):
@@ -356,7 +374,7 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
 
     @njit(**TRAIN_JIT)
     def _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale):
-        """One Adam update in place; leaves ``g`` in ``G`` and ``theta_t - theta_{t-1}`` in ``S``."""
+        """One Adam update in place; ``G`` ends as ``g``, ``S`` as ``theta_t - theta_{t-1}``."""
         for k in range(n_params):
             th = theta[k]
             g = rnd(G[k] + wd * th)
@@ -379,10 +397,38 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
         return z, x ^ (x >> np.uint64(31))
 
     @njit(**TRAIN_JIT)
-    def _run(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y, n_data,
-             batch, rng, perm, pos, hyper, theta, m, v, powers, loss0, run_state,
-             rec_idx, rec_theta, rec_m, rec_v, rec_loss, step_loss, grad_norm, update_norm,
-             explode):  # fmt: skip
+    def _run(
+        t_begin,
+        t_end,
+        row_base,
+        upd_base,
+        rec_every,
+        sizes,
+        n_layers,
+        X,
+        y,
+        n_data,
+        batch,
+        rng,
+        perm,
+        pos,
+        hyper,
+        theta,
+        m,
+        v,
+        powers,
+        loss0,
+        run_state,
+        rec_idx,
+        rec_theta,
+        rec_m,
+        rec_v,
+        rec_loss,
+        step_loss,
+        grad_norm,
+        update_norm,
+        explode,
+    ):
         """Advance one run from update ``t_begin+1`` to ``t_end``; returns the last update done."""
         n_params = 0
         w_off = np.empty(n_layers, np.int64)
@@ -453,8 +499,24 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
                 _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n_data, G)
             powers[0] = powers[0] * b1
             powers[1] = powers[1] * b2
-            _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2,
-                  ONE - powers[0], ONE - powers[1], lrk, eps, wd, kscale)  # fmt: skip
+            _adam(
+                theta,
+                m,
+                v,
+                G,
+                S,
+                n_params,
+                b1,
+                b2,
+                omb1,
+                omb2,
+                ONE - powers[0],
+                ONE - powers[1],
+                lrk,
+                eps,
+                wd,
+                kscale,
+            )
             gn = math.sqrt(_dot16(GS, 0, GS, 0, n_params))
             un = math.sqrt(_dot16(GS, 1, GS, 1, n_params))
             grad_norm[u] = gn
@@ -474,20 +536,75 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
         return t_end
 
     @njit(**TRAIN_JIT_PARALLEL)
-    def _train_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers,
-                     data_X, data_y, data_n, data_idx, batch, rng, perm, pos, hyper,
-                     theta, m, v, powers, loss0, diverged, rec_idx,
-                     rec_theta, rec_m, rec_v, rec_loss, step_loss, grad_norm, update_norm,
-                     explode):  # fmt: skip
+    def _train_block(
+        t_begin,
+        t_end,
+        row_base,
+        upd_base,
+        rec_every,
+        sizes,
+        n_layers,
+        data_X,
+        data_y,
+        data_n,
+        data_idx,
+        batch,
+        rng,
+        perm,
+        pos,
+        hyper,
+        theta,
+        m,
+        v,
+        powers,
+        loss0,
+        diverged,
+        rec_idx,
+        rec_theta,
+        rec_m,
+        rec_v,
+        rec_loss,
+        step_loss,
+        grad_norm,
+        update_norm,
+        explode,
+    ):
         n_runs = theta.shape[0]
         for r in prange(n_runs):
             if diverged[r] >= 0 or t_end <= t_begin:
                 continue
             d = data_idx[r]
-            _run(t_begin, t_end, row_base, upd_base, rec_every, sizes[r], n_layers[r],
-                 data_X[d], data_y[d], data_n[d], batch[r], rng[r:r + 1], perm[r], pos[r:r + 1],
-                 hyper[r], theta[r], m[r], v[r], powers[r], loss0[r:r + 1], diverged[r:r + 1],
-                 rec_idx[r], rec_theta[r], rec_m[r], rec_v[r], rec_loss[r], step_loss[r],
-                 grad_norm[r], update_norm[r], explode)  # fmt: skip
+            _run(
+                t_begin,
+                t_end,
+                row_base,
+                upd_base,
+                rec_every,
+                sizes[r],
+                n_layers[r],
+                data_X[d],
+                data_y[d],
+                data_n[d],
+                batch[r],
+                rng[r : r + 1],
+                perm[r],
+                pos[r : r + 1],
+                hyper[r],
+                theta[r],
+                m[r],
+                v[r],
+                powers[r],
+                loss0[r : r + 1],
+                diverged[r : r + 1],
+                rec_idx[r],
+                rec_theta[r],
+                rec_m[r],
+                rec_v[r],
+                rec_loss[r],
+                step_loss[r],
+                grad_norm[r],
+                update_norm[r],
+                explode,
+            )
 
     return _train_block
