@@ -35,18 +35,55 @@ the norms stay in float32.
 
 from __future__ import annotations
 
-import math
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
 from functools import cache
+from pathlib import Path
 
-import numpy as np
-from numba import njit, prange
+import llvmlite
+import numba
 
-from geomtraj.config import TRAIN_JIT, TRAIN_JIT_PARALLEL
-from geomtraj.kernels.fpmath import make_fpmath
-from geomtraj.kernels.rounding import ROUNDERS, STORAGE_DTYPE
+from geomtraj import __version__
+from geomtraj.config import SLP_VECTORIZE
 
 #: Columns of the per-run hyper-parameter array passed to the kernel.
 HYPER_COLUMNS = ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
+
+_HERE = Path(__file__).resolve().parent
+_TEMPLATE = _HERE / "_mlp_variant.py"
+#: Sources whose change must invalidate compiled kernels (numba does not track callees).
+_SOURCES = ("_mlp_variant.py", "fpmath.py", "rounding.py", "../config.py")
+
+
+def cache_dir() -> Path:
+    """Where generated kernel modules and numba's compiled code live.
+
+    ``$GEOMTRAJ_CACHE_DIR`` if set, else ``~/.cache/geomtraj``; a temporary directory when neither
+    is writable (then nothing persists between processes).
+    """
+    env = os.environ.get("GEOMTRAJ_CACHE_DIR")
+    root = Path(env) if env else Path.home() / ".cache" / "geomtraj"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.touch()
+        probe.unlink()
+        return root
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="geomtraj-kernels-"))
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((_HERE / name).read_bytes())
+    h.update(
+        f"{__version__} {numba.__version__} {llvmlite.__version__} slp={SLP_VECTORIZE}".encode()
+    )
+    return h.hexdigest()[:16]
 
 
 @cache
@@ -55,556 +92,22 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
 
     The returned function ``_train_block(t_begin, t_end, ...)`` advances every run of a block
     from update ``t_begin`` to ``t_end`` (inclusive), in parallel across runs. See
-    :mod:`geomtraj.train` for the meaning of its arguments.
+    :mod:`geomtraj.train` for the meaning of its arguments. The first call in a fresh cache
+    compiles (10-20 s); later processes load the compiled code from disk.
     """
-    dtype = STORAGE_DTYPE[fmt]
-    fp = make_fpmath(dtype)
-    rnd = ROUNDERS[fmt]
-    fp_tanh, fp_sigmoid, fp_exp_pos = fp.tanh, fp.sigmoid, fp.exp_pos
-    ZERO, ONE, TWO = dtype(0), dtype(1), dtype(2)
-
-    if activation == "tanh":
-
-        @njit(**TRAIN_JIT)
-        def act(z):
-            return fp_tanh(z)
-
-        @njit(**TRAIN_JIT)
-        def dact(a):
-            return ONE - a * a
-
-    elif activation == "sigmoid":
-
-        @njit(**TRAIN_JIT)
-        def act(z):
-            return fp_sigmoid(z)
-
-        @njit(**TRAIN_JIT)
-        def dact(a):
-            return a * (ONE - a)
-
-    elif activation == "relu":
-
-        @njit(**TRAIN_JIT)
-        def act(z):
-            # written so that NaN passes through instead of being clipped to zero
-            return ZERO if z <= ZERO else z
-
-        @njit(**TRAIN_JIT)
-        def dact(a):
-            return ONE if a > ZERO else ZERO
-
-    else:
-        raise ValueError(f"unknown activation {activation!r}")
-
-    if loss == "mse":
-
-        @njit(**TRAIN_JIT)
-        def point_loss(f, y):
-            r = f - y
-            return r * r
-
-        @njit(**TRAIN_JIT)
-        def point_delta(f, y):
-            return f - y
-
-        DELTA_NUMERATOR = TWO
-    elif loss == "bce":
-
-        @njit(**TRAIN_JIT)
-        def point_loss(f, y):
-            af = f if f >= ZERO else -f
-            pos = f if f > ZERO else ZERO
-            return pos - f * y + math.log1p(ONE / fp_exp_pos(af))
-
-        @njit(**TRAIN_JIT)
-        def point_delta(f, y):
-            return fp_sigmoid(f) - y
-
-        DELTA_NUMERATOR = ONE
-    else:
-        raise ValueError(f"unknown loss {loss!r}")
-
-    @njit(**TRAIN_JIT)
-    def _dot16(X, xr, Y, yr, n):
-        """``sum_p X[xr,p]*Y[yr,p]`` over ``p < n`` in a fixed order: 16 interleaved partial sums
-        (``p mod 16``, in ``p`` order), the tail added to the first, then a pairwise tree."""
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
-        p = 0
-        while p + 16 <= n:
-            s0 += X[xr, p] * Y[yr, p]
-            s1 += X[xr, p + 1] * Y[yr, p + 1]
-            s2 += X[xr, p + 2] * Y[yr, p + 2]
-            s3 += X[xr, p + 3] * Y[yr, p + 3]
-            s4 += X[xr, p + 4] * Y[yr, p + 4]
-            s5 += X[xr, p + 5] * Y[yr, p + 5]
-            s6 += X[xr, p + 6] * Y[yr, p + 6]
-            s7 += X[xr, p + 7] * Y[yr, p + 7]
-            s8 += X[xr, p + 8] * Y[yr, p + 8]
-            s9 += X[xr, p + 9] * Y[yr, p + 9]
-            s10 += X[xr, p + 10] * Y[yr, p + 10]
-            s11 += X[xr, p + 11] * Y[yr, p + 11]
-            s12 += X[xr, p + 12] * Y[yr, p + 12]
-            s13 += X[xr, p + 13] * Y[yr, p + 13]
-            s14 += X[xr, p + 14] * Y[yr, p + 14]
-            s15 += X[xr, p + 15] * Y[yr, p + 15]
-            p += 16
-        while p < n:
-            s0 += X[xr, p] * Y[yr, p]
-            p += 1
-        return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (
-            ((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))
-        )
-
-    @njit(**TRAIN_JIT)
-    def _sum16(X, xr, n):
-        """``sum_p X[xr,p]`` over ``p < n`` in the fixed order of :func:`_dot16`."""
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
-        p = 0
-        while p + 16 <= n:
-            s0 += X[xr, p]
-            s1 += X[xr, p + 1]
-            s2 += X[xr, p + 2]
-            s3 += X[xr, p + 3]
-            s4 += X[xr, p + 4]
-            s5 += X[xr, p + 5]
-            s6 += X[xr, p + 6]
-            s7 += X[xr, p + 7]
-            s8 += X[xr, p + 8]
-            s9 += X[xr, p + 9]
-            s10 += X[xr, p + 10]
-            s11 += X[xr, p + 11]
-            s12 += X[xr, p + 12]
-            s13 += X[xr, p + 13]
-            s14 += X[xr, p + 14]
-            s15 += X[xr, p + 15]
-            p += 16
-        while p < n:
-            s0 += X[xr, p]
-            p += 1
-        return (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + (
-            ((s8 + s9) + (s10 + s11)) + ((s12 + s13) + (s14 + s15))
-        )
-
-    # Hot loops index the 2-D work arrays directly: creating a numba array view inside a loop
-    # costs atomic reference counting, which dominated the step time when rows were sliced.
-
-    @njit(**TRAIN_JIT)
-    def _outer8(X, xr, YT, yc, n):
-        """``sum_p X[xr,p] * YT[p,yc+k]`` for ``k < 8``, each summed in ``p`` order.
-
-        Eight independent accumulators share one ``X`` value per point, so LLVM packs them into one
-        vector; every sum is still the sequential sum over points.
-        """
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        for p in range(n):
-            a = X[xr, p]
-            s0 += a * YT[p, yc]
-            s1 += a * YT[p, yc + 1]
-            s2 += a * YT[p, yc + 2]
-            s3 += a * YT[p, yc + 3]
-            s4 += a * YT[p, yc + 4]
-            s5 += a * YT[p, yc + 5]
-            s6 += a * YT[p, yc + 6]
-            s7 += a * YT[p, yc + 7]
-        return s0, s1, s2, s3, s4, s5, s6, s7
-
-    @njit(**TRAIN_JIT)
-    def _colsum8(YT, yc, n):
-        """``sum_p YT[p,yc+k]`` for ``k < 8``, each summed in ``p`` order."""
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-        for p in range(n):
-            s0 += YT[p, yc]
-            s1 += YT[p, yc + 1]
-            s2 += YT[p, yc + 2]
-            s3 += YT[p, yc + 3]
-            s4 += YT[p, yc + 4]
-            s5 += YT[p, yc + 5]
-            s6 += YT[p, yc + 6]
-            s7 += YT[p, yc + 7]
-        return s0, s1, s2, s3, s4, s5, s6, s7
-
-    @njit(**TRAIN_JIT)
-    def _dot1(X, xr, Y, yr, n):
-        """``sum_p X[xr,p] * Y[yr,p]`` in ``p`` order."""
-        s = ZERO
-        for p in range(n):
-            s += X[xr, p] * Y[yr, p]
-        return s
-
-    @njit(**TRAIN_JIT)
-    def _sum1(X, xr, n):
-        s = ZERO
-        for p in range(n):
-            s += X[xr, p]
-        return s
-
-    @njit(**TRAIN_JIT)
-    def _axpy4(A, r, w0, w1, w2, w3, S, q, n):
-        """``A[r+k, p] += w_k * S[q, p]`` for ``k < 4``: four rows per pass over the source row."""
-        for p in range(n):
-            a = S[q, p]
-            A[r, p] = A[r, p] + w0 * a
-            A[r + 1, p] = A[r + 1, p] + w1 * a
-            A[r + 2, p] = A[r + 2, p] + w2 * a
-            A[r + 3, p] = A[r + 3, p] + w3 * a
-
-    @njit(**TRAIN_JIT)
-    def _axpy1(A, r, w, S, q, n):
-        for p in range(n):
-            A[r, p] = A[r, p] + w * S[q, p]
-
-    @njit(**TRAIN_JIT)
-    def _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
-        """Fill the activation rows of ``A`` for the first ``n`` points (input rows preset).
-
-        Output rows are processed four at a time; each element still sums ``b + sum_i w_i a_i``
-        in ``i`` order.
-        """
-        for layer in range(n_layers):
-            fan_in, fan_out = sizes[layer], sizes[layer + 1]
-            a_in, a_out, wo, bo = a_off[layer], a_off[layer + 1], w_off[layer], b_off[layer]
-            for j in range(fan_out):
-                bj = theta[bo + j]
-                for p in range(n):
-                    A[a_out + j, p] = bj
-            j = 0
-            while j + 4 <= fan_out:
-                for i in range(fan_in):
-                    k = wo + i * fan_out + j
-                    _axpy4(
-                        A,
-                        a_out + j,
-                        theta[k],
-                        theta[k + 1],
-                        theta[k + 2],
-                        theta[k + 3],
-                        A,
-                        a_in + i,
-                        n,
-                    )
-                j += 4
-            while j < fan_out:
-                for i in range(fan_in):
-                    _axpy1(A, a_out + j, theta[wo + i * fan_out + j], A, a_in + i, n)
-                j += 1
-            if layer < n_layers - 1:
-                for r in range(a_out, a_out + fan_out):
-                    for p in range(n):
-                        A[r, p] = rnd(act(A[r, p]))
-            else:
-                for r in range(a_out, a_out + fan_out):
-                    for p in range(n):
-                        A[r, p] = rnd(A[r, p])
-
-    @njit(**TRAIN_JIT)
-    def _loss(A, out_row, y, n, scratch):
-        for p in range(n):
-            scratch[0, p] = point_loss(A[out_row, p], y[p])
-        return _sum16(scratch, 0, n) / dtype(n)
-
-    @njit(**TRAIN_JIT)
-    def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G):
-        """Gradient of the mean loss over the first ``n`` points into ``G``."""
-        out_row = a_off[n_layers]
-        c = DELTA_NUMERATOR / dtype(n)
-        for p in range(n):
-            D[out_row, p] = rnd(c * point_delta(A[out_row, p], y[p]))
-        for layer in range(n_layers - 1, -1, -1):
-            fan_in, fan_out = sizes[layer], sizes[layer + 1]
-            d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
-            # gb[j] = sum_p delta[j,p] and gW[i,j] = sum_p a_in[i,p]*delta[j,p], in p order,
-            # eight weights per pass (blocks of j, then blocks of i for the last fan_out % 8)
-            for p in range(n):
-                for j in range(fan_out):
-                    DT[p, j] = D[d_out + j, p]
-            j8 = fan_out - fan_out % 8
-            for j in range(0, j8, 8):
-                s = _colsum8(DT, j, n)
-                for k in range(8):
-                    G[bo + j + k] = s[k]
-                for i in range(fan_in):
-                    s = _outer8(A, a_in + i, DT, j, n)
-                    for k in range(8):
-                        G[wo + i * fan_out + j + k] = s[k]
-            if j8 < fan_out:
-                for p in range(n):
-                    for i in range(fan_in):
-                        AT[p, i] = A[a_in + i, p]
-                i8 = fan_in - fan_in % 8
-                for j in range(j8, fan_out):
-                    G[bo + j] = _sum1(D, d_out + j, n)
-                    for i in range(0, i8, 8):
-                        s = _outer8(D, d_out + j, AT, i, n)
-                        for k in range(8):
-                            G[wo + (i + k) * fan_out + j] = s[k]
-                    for i in range(i8, fan_in):
-                        G[wo + i * fan_out + j] = _dot1(A, a_in + i, D, d_out + j, n)
-            if layer == 0:
-                break
-            # delta_in[i] = (sum_j W[i,j] * delta[j]) * act'(a_in[i]), summed in j order
-            for r in range(a_in, a_in + fan_in):
-                for p in range(n):
-                    D[r, p] = ZERO
-            i = 0
-            while i + 4 <= fan_in:
-                for j in range(fan_out):
-                    k = wo + i * fan_out + j
-                    _axpy4(
-                        D,
-                        a_in + i,
-                        theta[k],
-                        theta[k + fan_out],
-                        theta[k + 2 * fan_out],
-                        theta[k + 3 * fan_out],
-                        D,
-                        d_out + j,
-                        n,
-                    )
-                i += 4
-            while i < fan_in:
-                for j in range(fan_out):
-                    _axpy1(D, a_in + i, theta[wo + i * fan_out + j], D, d_out + j, n)
-                i += 1
-            for r in range(a_in, a_in + fan_in):
-                for p in range(n):
-                    D[r, p] = rnd(D[r, p] * dact(A[r, p]))
-
-    @njit(**TRAIN_JIT)
-    def _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale):
-        """One Adam update in place; ``G`` ends as ``g``, ``S`` as ``theta_t - theta_{t-1}``."""
-        for k in range(n_params):
-            th = theta[k]
-            g = rnd(G[k] + wd * th)
-            mk = rnd(b1 * m[k] + omb1 * g)
-            vk = rnd(b2 * v[k] + omb2 * (g * g))
-            u = (mk / bc1) / (math.sqrt(vk / bc2) + eps)
-            new = rnd(th - rnd(lrk * (u / kscale)))
-            m[k] = mk
-            v[k] = vk
-            theta[k] = new
-            G[k] = g
-            S[k] = new - th
-
-    @njit(**TRAIN_JIT)
-    def _splitmix64(state):
-        z = state + np.uint64(0x9E3779B97F4A7C15)
-        x = z
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z, x ^ (x >> np.uint64(31))
-
-    @njit(**TRAIN_JIT)
-    def _run(
-        t_begin,
-        t_end,
-        row_base,
-        upd_base,
-        rec_every,
-        sizes,
-        n_layers,
-        X,
-        y,
-        n_data,
-        batch,
-        rng,
-        perm,
-        pos,
-        hyper,
-        theta,
-        m,
-        v,
-        powers,
-        loss0,
-        run_state,
-        rec_idx,
-        rec_theta,
-        rec_m,
-        rec_v,
-        rec_loss,
-        step_loss,
-        grad_norm,
-        update_norm,
-        explode,
-    ):
-        """Advance one run from update ``t_begin+1`` to ``t_end``; returns the last update done."""
-        n_params = 0
-        w_off = np.empty(n_layers, np.int64)
-        b_off = np.empty(n_layers, np.int64)
-        a_off = np.empty(n_layers + 1, np.int64)
-        units, width = 0, 0
-        for layer in range(n_layers):
-            w_off[layer] = n_params
-            b_off[layer] = n_params + sizes[layer] * sizes[layer + 1]
-            n_params = b_off[layer] + sizes[layer + 1]
-        for layer in range(n_layers + 1):
-            a_off[layer] = units
-            units += sizes[layer]
-            width = max(width, sizes[layer])
-        d_in = sizes[0]
-        minibatch = 0 < batch < n_data
-        n_b = batch if minibatch else n_data
-        A = np.zeros((units, n_data), dtype)
-        D = np.zeros((units, n_data), dtype)
-        AT = np.zeros((n_data, width), dtype)  # transposed copies for the gradient sums
-        DT = np.zeros((n_data, width), dtype)
-        GS = np.zeros((2, n_params), dtype)  # row 0: gradient g, row 1: theta_t - theta_{t-1}
-        G, S = GS[0], GS[1]
-        scratch = np.zeros((1, n_data), dtype)
-        yb = np.empty(n_b, dtype)
-        for i in range(d_in):
-            for p in range(n_data):
-                A[i, p] = X[i, p]
-        b1, b2, lr, eps, wd, kscale = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
-        omb1, omb2, lrk = ONE - b1, ONE - b2, lr * kscale
-        n_rec = rec_idx.shape[0]
-        out_row = a_off[n_layers]
-        for t in range(t_begin + 1, t_end + 1):
-            # full-batch loss at theta_{t-1}, as contract 2 defines `loss`
-            _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n_data)
-            loss = _loss(A, out_row, y, n_data, scratch)
-            if t == 1:
-                loss0[0] = loss
-            u = t - upd_base - 1
-            step_loss[u] = loss
-            exploded = loss0[0] > ZERO and loss > explode * loss0[0]
-            if exploded or not math.isfinite(loss):
-                run_state[0] = t
-                return t
-            if minibatch:
-                if pos[0] == 0:
-                    state = rng[0]
-                    for i in range(n_data - 1, 0, -1):  # Fisher-Yates with a multiply-shift draw
-                        state, r64 = _splitmix64(state)
-                        j = np.int64(((r64 >> np.uint64(32)) * np.uint64(i + 1)) >> np.uint64(32))
-                        tmp = perm[i]
-                        perm[i] = perm[j]
-                        perm[j] = tmp
-                    rng[0] = state
-                nb = min(batch, n_data - pos[0])
-                for p in range(nb):
-                    src = perm[pos[0] + p]
-                    for i in range(d_in):
-                        A[i, p] = X[i, src]
-                    yb[p] = y[src]
-                pos[0] = 0 if pos[0] + nb >= n_data else pos[0] + nb
-                _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, nb)
-                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, yb, nb, G)
-                for i in range(d_in):  # restore the full data for the next full-batch loss
-                    for p in range(nb):
-                        A[i, p] = X[i, p]
-            else:
-                _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n_data, G)
-            powers[0] = powers[0] * b1
-            powers[1] = powers[1] * b2
-            _adam(
-                theta,
-                m,
-                v,
-                G,
-                S,
-                n_params,
-                b1,
-                b2,
-                omb1,
-                omb2,
-                ONE - powers[0],
-                ONE - powers[1],
-                lrk,
-                eps,
-                wd,
-                kscale,
-            )
-            gn = math.sqrt(_dot16(GS, 0, GS, 0, n_params))
-            un = math.sqrt(_dot16(GS, 1, GS, 1, n_params))
-            grad_norm[u] = gn
-            update_norm[u] = un
-            if t % rec_every == 0:
-                row = t // rec_every - 1 - row_base
-                rec_loss[row] = loss
-                for q in range(n_rec):
-                    k = rec_idx[q]
-                    if k >= 0:
-                        rec_theta[row, q] = theta[k]
-                        rec_m[row, q] = m[k]
-                        rec_v[row, q] = v[k]
-            if not (math.isfinite(gn) and math.isfinite(un)):
-                run_state[0] = t
-                return t
-        return t_end
-
-    @njit(**TRAIN_JIT_PARALLEL)
-    def _train_block(
-        t_begin,
-        t_end,
-        row_base,
-        upd_base,
-        rec_every,
-        sizes,
-        n_layers,
-        data_X,
-        data_y,
-        data_n,
-        data_idx,
-        batch,
-        rng,
-        perm,
-        pos,
-        hyper,
-        theta,
-        m,
-        v,
-        powers,
-        loss0,
-        diverged,
-        rec_idx,
-        rec_theta,
-        rec_m,
-        rec_v,
-        rec_loss,
-        step_loss,
-        grad_norm,
-        update_norm,
-        explode,
-    ):
-        n_runs = theta.shape[0]
-        for r in prange(n_runs):
-            if diverged[r] >= 0 or t_end <= t_begin:
-                continue
-            d = data_idx[r]
-            _run(
-                t_begin,
-                t_end,
-                row_base,
-                upd_base,
-                rec_every,
-                sizes[r],
-                n_layers[r],
-                data_X[d],
-                data_y[d],
-                data_n[d],
-                batch[r],
-                rng[r : r + 1],
-                perm[r],
-                pos[r : r + 1],
-                hyper[r],
-                theta[r],
-                m[r],
-                v[r],
-                powers[r],
-                loss0[r : r + 1],
-                diverged[r : r + 1],
-                rec_idx[r],
-                rec_theta[r],
-                rec_m[r],
-                rec_v[r],
-                rec_loss[r],
-                step_loss[r],
-                grad_norm[r],
-                update_norm[r],
-                explode,
-            )
-
-    return _train_block
+    name = f"mlp_{fmt}_{activation}_{loss}_{_fingerprint()}"
+    path = cache_dir() / "kernels" / f"{name}.py"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = _TEMPLATE.read_text().splitlines(keepends=True)
+        first = f"FMT, ACTIVATION, LOSS = {fmt!r}, {activation!r}, {loss!r}  # generated\n"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(first + "".join(lines[1:]))
+        os.replace(tmp, path)  # atomic: concurrent processes see a whole file or none
+    module_name = f"geomtraj._kernels.{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]._train_block

@@ -200,9 +200,10 @@ def nextafter_format(x, n: int, fmt: str):
 
     ``x`` is first rounded to the format (``round_to_format``); then the result
     is the ``|n|``-th representable neighbour above (``n > 0``) or below (``n < 0``).
-    Zero crosses to the smallest subnormal of the opposite sign, the largest
+    ``+-0`` steps to the smallest subnormal in the direction of ``n``, the largest
     finite value steps to ``inf``, ``inf`` stays ``inf`` going outward, NaN stays
-    NaN -- as repeated ``np.nextafter`` towards ``+-inf`` does.
+    NaN -- as repeated ``np.nextafter`` towards ``+-inf`` does.  ``n = 0`` just
+    rounds.
 
     Returns the format's storage dtype (float64, float32; float32 holding the
     emulated value for bfloat16/float16); an array for array input, a NumPy
