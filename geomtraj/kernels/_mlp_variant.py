@@ -196,6 +196,31 @@ def _colsum8(YT, yc, n):
 
 
 @njit(**_JIT)
+def _outer4(X, xr, YT, yc, n):
+    """:func:`_outer8` for four columns."""
+    s0 = s1 = s2 = s3 = ZERO
+    for p in range(n):
+        a = X[xr, p]
+        s0 += a * YT[p, yc]
+        s1 += a * YT[p, yc + 1]
+        s2 += a * YT[p, yc + 2]
+        s3 += a * YT[p, yc + 3]
+    return s0, s1, s2, s3
+
+
+@njit(**_JIT)
+def _colsum4(YT, yc, n):
+    """:func:`_colsum8` for four columns."""
+    s0 = s1 = s2 = s3 = ZERO
+    for p in range(n):
+        s0 += YT[p, yc]
+        s1 += YT[p, yc + 1]
+        s2 += YT[p, yc + 2]
+        s3 += YT[p, yc + 3]
+    return s0, s1, s2, s3
+
+
+@njit(**_JIT)
 def _dot1(X, xr, Y, yr, n):
     """``sum_p X[xr,p] * Y[yr,p]`` in ``p`` order."""
     s = ZERO
@@ -291,7 +316,7 @@ def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
         d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
         # gb[j] = sum_p delta[j,p] and gW[i,j] = sum_p a_in[i,p]*delta[j,p], in p order,
-        # eight weights per pass (blocks of j, then blocks of i for the last fan_out % 8)
+        # eight (or four) weights per pass over j, then blocks of i for the last fan_out % 4
         for p in range(n):
             for j in range(fan_out):
                 DT[p, j] = D[d_out + j, p]
@@ -304,6 +329,15 @@ def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G
                 s = _outer8(A, a_in + i, DT, j, n)
                 for k in range(8):
                     G[wo + i * fan_out + j + k] = s[k]
+        if j8 + 4 <= fan_out:  # a block of four more outputs
+            s = _colsum4(DT, j8, n)
+            for k in range(4):
+                G[bo + j8 + k] = s[k]
+            for i in range(fan_in):
+                s = _outer4(A, a_in + i, DT, j8, n)
+                for k in range(4):
+                    G[wo + i * fan_out + j8 + k] = s[k]
+            j8 += 4
         if j8 < fan_out:
             for p in range(n):
                 for i in range(fan_in):
