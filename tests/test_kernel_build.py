@@ -1,0 +1,69 @@
+"""How kernels are compiled must not change what they compute.
+
+geomtraj turns on LLVM's SLP vectoriser (numba leaves it off) and caches compiled kernel variants
+on disk. Both are performance choices; these tests check they leave every bit of a trajectory
+unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomtraj.kernels import mlp
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from geomtraj.data import make_dataset
+    from geomtraj.train import train
+
+    X, y = make_dataset("sincos", 40, 3)
+    ds = train(X, y, hidden=(13, 9), steps=300, precision=["float32", "float64", "bfloat16"],
+               seed=[0, 1, 2], beta2=0.99, lr=1e-2)
+    np.savez(sys.argv[1], **{k: ds[k].values for k in
+             ("theta", "m", "v", "train_loss", "grad_norm", "update_norm")})
+    """
+)
+
+
+def _train_in_subprocess(tmp: Path, tag: str, slp: str) -> dict[str, np.ndarray]:
+    cache = tmp / f"cache-{tag}"
+    env = {**os.environ, "GEOMTRAJ_CACHE_DIR": str(cache), "GEOMTRAJ_SLP": slp}
+    out = tmp / f"{tag}.npz"
+    subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], env=env, check=True, timeout=600)
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.slow
+def test_slp_vectorisation_does_not_change_results(tmp_path: Path) -> None:
+    with_slp = _train_in_subprocess(tmp_path, "slp", "1")
+    without = _train_in_subprocess(tmp_path, "noslp", "0")
+    for name, a in with_slp.items():
+        b = without[name]
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes(), f"{name} differs with and without SLP"
+    assert np.isfinite(with_slp["theta"]).all()
+
+
+def test_generated_kernel_modules_are_keyed_by_their_sources(tmp_path, monkeypatch) -> None:
+    """A change in any kernel source gives a new module name, so stale compiled code is unused."""
+    before = mlp._fingerprint()
+    fake = tmp_path / "kernels"
+    fake.mkdir()
+    for name in mlp._SOURCES:
+        target = fake / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((mlp._HERE / name).read_bytes())
+    monkeypatch.setattr(mlp, "_HERE", fake)
+    assert mlp._fingerprint() == before
+    (fake / "fpmath.py").write_bytes((fake / "fpmath.py").read_bytes() + b"\n# changed\n")
+    assert mlp._fingerprint() != before
