@@ -55,7 +55,7 @@ ADAM_STEPS = 100
 
 @functools.cache
 def adam_float64(activation: str, loss: str):
-    """``(spec, X, y, theta0 (runs, n), ds)``: float64 kernel trajectories, all params every step."""
+    """``(spec, X, y, theta0, ds)``: float64 kernel trajectories, all params every step."""
     spec = make_spec(activation, loss)
     X, y = data_for(loss)
     theta0 = np.stack([make_theta0(spec, seed) for seed in range(len(ADAM_HYPER))])
@@ -63,27 +63,3 @@ def adam_float64(activation: str, loss: str):
     ds = train(X, y, hidden=spec.hidden, activation=activation, loss=loss, theta0=theta0,
                steps=ADAM_STEPS, precision="float64", **cols)  # fmt: skip
     return spec, X, y, theta0, ds
-
-
-def train_store(plan, path):
-    """``train_plan(plan, store=path)``, tolerating only the known StringDType bug of ``validate``.
-
-    geomtraj.store.validate casts the string variable ``precision`` with ``.astype(str)``, which
-    numpy 2 refuses for the StringDType arrays that xarray returns from zarr v3 ("cannot cast dtype
-    StringDType() to StrDType"); train_plan then raises *after* the store is complete on disk.
-    tests/test_store.py holds the strict xfail for that bug; the other tests still check what the
-    trainer wrote. Once the bug is fixed this falls through to the normal path.
-    """
-    from geomtraj import store as store_mod
-    from geomtraj.train import train_plan
-
-    try:
-        return train_plan(plan, store=path)
-    except TypeError as exc:
-        if "StringDType" not in str(exc):
-            raise
-        attrs = store_mod.read_attrs(path)
-        assert attrs["geomtraj_status"] == store_mod.STATUS_COMPLETE
-        import xarray as xr
-
-        return xr.open_zarr(path, consolidated=False, zarr_format=3)

@@ -6,7 +6,8 @@ so tests compare them with the kernels to a tolerance (summation order differs),
 * Parameters use the contract-1 flat layout: per layer ``W`` of shape ``(fan_in, fan_out)`` in
   row-major order, then ``b`` of shape ``(fan_out,)``.
 * Hidden layers apply ``tanh``/``sigmoid``/``relu``; the output layer is linear.
-* ``mse`` is ``mean((f - y)**2)`` (no 1/2); ``bce`` is ``mean(softplus(f) - y*f)`` of the logit ``f``.
+* ``mse`` is ``mean((f - y)**2)`` (no 1/2); ``bce`` is ``mean(softplus(f) - y*f)`` of the
+  logit ``f``.
 * Adam is the textbook one (``torch.optim.Adam``, ``amsgrad=False``), weight decay added to ``g``.
 """
 

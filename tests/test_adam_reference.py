@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ADAM_HYPER, ADAM_STEPS, adam_float64
-from naive import adam_reference
+from naive import adam_reference, loss_and_grad
 
 CASES = [("tanh", "mse"), ("sigmoid", "bce"), ("relu", "mse")]
 
@@ -35,7 +35,11 @@ def test_kernel_matches_naive_adam(activation, loss, run):
     np.testing.assert_allclose(ds["loss"].values[run], ref["losses"], rtol=1e-12, atol=0)
     np.testing.assert_allclose(ds["train_loss"].values[run], ref["losses"], rtol=1e-12, atol=0)
     assert ref["losses"][-1] < ref["losses"][0]  # and it trains
-    # the recorded norms belong to the same updates
+    # the recorded norms belong to the same updates: ||g_t|| (after weight decay) and the step
+    starts = np.vstack([theta0[run], ref["theta"][:-1]])
+    wd = ADAM_HYPER[run]["weight_decay"]
+    g_norm = [np.linalg.norm(loss_and_grad(th, spec, X, y)[1] + wd * th) for th in starts]
+    np.testing.assert_allclose(ds["grad_norm"].values[run], g_norm, rtol=1e-12)
     steps_taken = np.diff(np.vstack([theta0[run], ref["theta"]]), axis=0)
     np.testing.assert_allclose(
         ds["update_norm"].values[run], np.linalg.norm(steps_taken, axis=1), rtol=1e-9

@@ -43,7 +43,9 @@ def test_naive_gradient_matches_finite_differences(activation, loss):
         # inputs and activations of order 1, a step h moves any pre-activation by ~1e-5 or less
         acts, _ = forward(theta, spec, X)
         hidden_layers = unflatten(theta, spec)[:-1]
-        z_min = min(np.abs(a @ W + b).min() for a, (W, b) in zip(acts[:-1], hidden_layers, strict=True))
+        z_min = min(
+            np.abs(a @ W + b).min() for a, (W, b) in zip(acts[:-1], hidden_layers, strict=True)
+        )
         assert z_min > 1e-3, "choose another theta0: a relu kink lies too close"
     loss_val, grad = loss_and_grad(theta, spec, X, y)
     assert np.isclose(loss_val, loss_value(theta, spec, X, y), rtol=1e-15, atol=0)
