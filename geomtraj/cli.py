@@ -30,7 +30,8 @@ _REFERENCE_WORK = 373 * 64
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from geomtraj.experiment import load_config, plan_from_config
-    from geomtraj.train import estimate, train_plan
+    from geomtraj.plan import estimate
+    from geomtraj.train import train_plan
 
     plan = plan_from_config(load_config(args.config))
     if args.dry_run:

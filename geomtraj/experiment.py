@@ -55,7 +55,7 @@ from geomtraj.data import DATASETS, dataset_attrs, make_dataset
 from geomtraj.errors import ConfigError
 from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
-from geomtraj.train import DataSource, Perturbation, Plan, Run
+from geomtraj.plan import DataSource, Perturbation, Plan, Run
 
 _SECTIONS: dict[str, set[str]] = {
     "": {

@@ -25,13 +25,10 @@ rows up to ``T-1`` equal its original's. A rescaling twin (``scale:k=K``) comput
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,197 +36,14 @@ import xarray as xr
 
 from geomtraj import __version__
 from geomtraj import store as store_mod
-from geomtraj.config import (
-    CHUNK_TARGET_BYTES,
-    DIVERGENCE_LOSS_FACTOR,
-    RECORD_BUFFER_BYTES,
-    kernel_compilation,
-)
+from geomtraj.config import DIVERGENCE_LOSS_FACTOR, kernel_compilation
 from geomtraj.errors import ConfigError, StoreError
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_train_kernel
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
+from geomtraj.plan import DataSource, Perturbation, Plan, Run
 
 __all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """One data set of a store: the arrays and a JSON-able description that rebuilds them."""
-
-    name: str
-    X: np.ndarray
-    y: np.ndarray
-    attrs: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """A twin's difference from its original: ``ulp`` (nextafter) or ``scale`` (Sun's k)."""
-
-    kind: str
-    param: str = ""
-    ulps: int = 1
-    step: int = 1
-    k: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("ulp", "scale"):
-            raise ConfigError(f"perturbation kind {self.kind!r} unknown; use 'ulp' or 'scale'")
-        if self.kind == "ulp" and (self.ulps == 0 or self.step < 1 or not self.param):
-            raise ConfigError(
-                f"ulp perturbation needs a parameter name, ulps != 0 and step >= 1, got {self}"
-            )
-        if self.kind == "scale" and not (self.k > 0 and np.isfinite(self.k)):
-            raise ConfigError(f"scale perturbation needs a positive finite k, got k={self.k}")
-
-    @property
-    def label(self) -> str:
-        if self.kind == "ulp":
-            return f"ulp:{self.ulps:+d}@{self.param}@t={self.step}"
-        return f"scale:k={self.k:g}"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One network to train: architecture, data, hyper-parameters, seed, precision, twin."""
-
-    spec: MLPSpec
-    data: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr: float = 1e-3
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    seed: int = 0
-    precision: str = "float64"
-    batch_size: int = 0
-    twin_of: int = -1
-    perturbation: Perturbation | None = None
-    theta0: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass
-class Plan:
-    """Everything ``train_plan`` needs: runs, their data sets, steps and recording settings.
-
-    ``record_params`` is ``"all"``, an integer ``N`` (``N`` coordinates evenly spread over the flat
-    vector, ``round(linspace(0, n_params-1, N))``), or a list of parameter names.
-    """
-
-    runs: list[Run]
-    datasets: list[DataSource]
-    steps: int
-    record_every: int = 1
-    record_params: str | int | list[str] = "all"
-    chunk_rows: int | None = None
-    run_chunk: int | None = None
-    description: dict = field(default_factory=dict)
-
-    # ----------------------------------------------------------------- checks and derived layout
-    def validate(self) -> None:
-        if not self.runs:
-            raise ConfigError("the plan has no runs")
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.record_every < 1 or self.steps % self.record_every:
-            raise ConfigError(
-                f"record_every={self.record_every} must be >= 1 and divide steps={self.steps}"
-            )
-        d_in = {ds.X.shape[1] for ds in self.datasets}
-        if len(d_in) != 1:
-            raise ConfigError(f"all data sets of one store need the same input width, got {d_in}")
-        for i, r in enumerate(self.runs):
-            where = f"run {i}"
-            if r.precision not in STORAGE_DTYPE:
-                raise ConfigError(
-                    f"{where}: precision {r.precision!r} unknown; choose from {list(STORAGE_DTYPE)}"
-                )
-            if not 0 <= r.data < len(self.datasets):
-                raise ConfigError(f"{where}: data index {r.data} out of range")
-            if r.spec.d_in != self.datasets[r.data].X.shape[1]:
-                raise ConfigError(f"{where}: network input width != data set input width")
-            if not (0 <= r.beta1 < 1 and 0 <= r.beta2 < 1):
-                raise ConfigError(f"{where}: beta1={r.beta1}, beta2={r.beta2} must lie in [0, 1)")
-            if not (r.lr > 0 and r.eps >= 0 and r.weight_decay >= 0):
-                raise ConfigError(f"{where}: need lr > 0, eps >= 0, weight_decay >= 0")
-            if r.batch_size < 0:
-                raise ConfigError(f"{where}: batch_size must be >= 0 (0 = full batch)")
-            if r.twin_of >= 0:
-                if not r.twin_of < len(self.runs) or self.runs[r.twin_of].twin_of >= 0:
-                    raise ConfigError(f"{where}: twin_of={r.twin_of} must name an original run")
-                if r.perturbation is None:
-                    raise ConfigError(f"{where}: a twin needs a perturbation")
-            p = r.perturbation
-            if p is not None and p.kind == "ulp":
-                r.spec.param_index(p.param)  # raises a clear ValueError for a bad name
-                if p.step > self.steps:
-                    raise ConfigError(f"{where}: perturbation step {p.step} > steps {self.steps}")
-            if r.theta0 is not None and np.shape(r.theta0) != (r.spec.n_params,):
-                raise ConfigError(
-                    f"{where}: theta0 has shape {np.shape(r.theta0)}, expected ({r.spec.n_params},)"
-                )
-
-    @property
-    def n_rows(self) -> int:
-        return self.steps // self.record_every
-
-    @property
-    def storage_dtype(self) -> np.dtype:
-        """Widest precision present: float64 if any run computes in float64, else float32."""
-        wide = any(STORAGE_DTYPE[r.precision] == np.float64 for r in self.runs)
-        return np.dtype(np.float64 if wide else np.float32)
-
-    def recorded_indices(self) -> np.ndarray:
-        """``(n_runs, n_recorded)`` flat indices of the recorded coordinates, -1 as padding."""
-        per_run = []
-        for r in self.runs:
-            n = r.spec.n_params
-            sel = self.record_params
-            if isinstance(sel, str):
-                if sel != "all":
-                    raise ConfigError(f"record params {sel!r}: use 'all', a count or a name list")
-                idx = np.arange(n)
-            elif isinstance(sel, int | np.integer):
-                if sel < 0:
-                    raise ConfigError(f"record params count must be >= 0, got {sel}")
-                idx = np.unique(np.round(np.linspace(0, n - 1, min(int(sel), n))).astype(np.int64))
-            else:
-                idx = np.array([r.spec.param_index(name) for name in sel], dtype=np.int64)
-            per_run.append(idx)
-        width = max(len(i) for i in per_run)
-        out = np.full((len(self.runs), width), -1, dtype=np.int64)
-        for k, idx in enumerate(per_run):
-            out[k, : len(idx)] = idx
-        return out
-
-    def chunking(self, n_recorded: int) -> tuple[int, int]:
-        """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers."""
-        n_runs, item = len(self.runs), self.storage_dtype.itemsize
-        run_chunk = self.run_chunk or min(n_runs, 8)
-        if self.chunk_rows:
-            return run_chunk, min(self.chunk_rows, self.n_rows)
-        per_row_chunk = max(1, run_chunk * n_recorded * item)
-        rows = max(1, CHUNK_TARGET_BYTES // per_row_chunk)
-        per_row_buffer = n_runs * (3 * n_recorded * item + item + 3 * self.record_every * item)
-        rows = min(rows, max(1, RECORD_BUFFER_BYTES // per_row_buffer), self.n_rows)
-        # keep the per-update scalars' chunks (rows*record_every updates) at a sensible size too
-        rows = max(1, min(rows, max(1, 2**20 // self.record_every)))
-        return run_chunk, int(rows)
-
-    def fingerprint(self) -> str:
-        """Hash of everything that determines the store's content (resume refuses a mismatch)."""
-        h = hashlib.sha256()
-        h.update(repr((self.steps, self.record_every, self.record_params)).encode())
-        h.update(repr(self.chunking(self.recorded_indices().shape[1])).encode())
-        for ds in self.datasets:
-            h.update(np.ascontiguousarray(ds.X, np.float64).tobytes())
-            h.update(np.ascontiguousarray(ds.y, np.float64).tobytes())
-        for r in self.runs:
-            h.update(repr(r).encode())
-            if r.theta0 is not None:
-                h.update(np.ascontiguousarray(r.theta0, np.float64).tobytes())
-        return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------- run state
@@ -853,19 +667,3 @@ def train(
         record_params=record_params,
     )
     return train_plan(plan, store, resume=resume, progress=progress)
-
-
-def estimate(plan: Plan, net_steps_per_s: float) -> dict:
-    """Grid size, uncompressed store size and a time estimate for ``--dry-run``."""
-    rec = plan.recorded_indices().shape[1]
-    n, item = len(plan.runs), plan.storage_dtype.itemsize
-    traj = 3 * n * plan.n_rows * rec * item
-    scalars = n * (plan.n_rows + 3 * plan.steps) * item
-    return {
-        "runs": n,
-        "steps": plan.steps,
-        "recorded_params": rec,
-        "store_bytes_uncompressed": int(traj + scalars),
-        "seconds_estimate": n * plan.steps / net_steps_per_s,
-        "time": time.strftime("%H:%M:%S", time.gmtime(n * plan.steps / net_steps_per_s)),
-    }
