@@ -17,13 +17,15 @@ import numpy as np
 from geomtraj import __version__
 from geomtraj.errors import GeomtrajError
 
-#: Network-steps per second per core for a (12,24) network on 64 points, measured with
-#: benchmarks/bench_train.py; ``--dry-run`` scales it by parameter count and data size.
+#: Network-steps per second on one core for a (12,24) network on 64 points, measured with
+#: NUMBA_NUM_THREADS=1 on the 2-core reference machine (benchmarks/bench_train.py); ``--dry-run``
+#: scales it by parameter count and data size. float16 uses the bfloat16 figure: its runs often
+#: diverge early, which makes a measured rate look optimistic.
 _REFERENCE_RATE = {
-    "float64": 18_000.0,
-    "float32": 28_000.0,
-    "bfloat16": 12_000.0,
-    "float16": 12_000.0,
+    "float64": 48_000.0,
+    "float32": 77_000.0,
+    "bfloat16": 71_000.0,
+    "float16": 71_000.0,
 }
 _REFERENCE_WORK = 373 * 64
 
@@ -36,14 +38,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     plan = plan_from_config(load_config(args.config))
     if args.dry_run:
         cores = os.cpu_count() or 1
-        work = sum(r.spec.n_params * 64 for r in plan.runs) / len(plan.runs)
+        work = sum(r.spec.n_params * len(plan.datasets[r.data].y) for r in plan.runs) / len(
+            plan.runs
+        )
         rate = min(_REFERENCE_RATE[r.precision] for r in plan.runs) * cores * _REFERENCE_WORK / work
         est = estimate(plan, rate)
         print(
             f"grid: {est['runs']} runs x {est['steps']} steps, {est['recorded_params']} recorded "
             f"parameters per run\nstore: about {est['store_bytes_uncompressed'] / 2**20:,.1f} MiB "
-            f"before compression\ntime: about {est['time']} on {cores} cores (plus ~12 s "
-            "compile per precision)"
+            f"before compression\ntime: about {est['time']} on {cores} cores (plus 10-20 s to "
+            "compile each new kernel variant once per machine)"
         )
         return 0
     if args.out is None:
