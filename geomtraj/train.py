@@ -38,10 +38,15 @@ from geomtraj import __version__
 from geomtraj import store as store_mod
 from geomtraj.config import DIVERGENCE_LOSS_FACTOR, kernel_compilation
 from geomtraj.errors import ConfigError, StoreError
-from geomtraj.kernels.mlp import HYPER_COLUMNS, get_train_kernel
+from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
 from geomtraj.plan import DataSource, Perturbation, Plan, Run
+
+#: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
+#: vector axis) when there are at least this many of them; fewer train one run per thread.
+#: Both kernels give bit-identical results, so this only changes speed.
+LANE_MIN_RUNS = 8
 
 __all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
 
@@ -57,7 +62,7 @@ class _Group:
         self.members = members
         self.fmt = fmt
         self.dtype = np.dtype(STORAGE_DTYPE[fmt])
-        self.kernel = get_train_kernel(fmt, runs[0].spec.activation, runs[0].spec.loss)
+        self.kernels = get_kernels(fmt, runs[0].spec.activation, runs[0].spec.loss)
         n = len(runs)
         max_layers = max(r.spec.n_layers for r in runs)
         self.sizes = np.zeros((n, max_layers + 1), np.int64)
@@ -107,6 +112,7 @@ class _Group:
             for k, r in enumerate(runs)
             if r.perturbation is not None and r.perturbation.kind == "ulp"
         ]
+        self._plan_lanes(runs)
 
     STATE = ("theta", "m", "v", "powers", "loss0", "diverged", "rng", "perm", "pos")
 
@@ -136,43 +142,97 @@ class _Group:
                     self.theta[k, idx] = nextafter_format(self.theta[k, idx], ulps, self.fmt)
             start = cut
 
+    # per-run arrays the kernels read or update, and the recording buffers they fill
+    _RUN_ARRAYS = ("sizes", "n_layers", "data_idx", "batch", "rng", "perm", "pos", "hyper",
+                   "theta", "m", "v", "powers", "loss0", "diverged", "rec_idx")  # fmt: skip
+    _UPDATED = ("rng", "perm", "pos", "theta", "m", "v", "powers", "loss0", "diverged")
+
+    def _plan_lanes(self, runs) -> None:
+        """Split the group into lane blocks and runs for the per-run kernel.
+
+        Full-batch runs that share architecture and data set, at least ``LANE_MIN_RUNS`` of
+        them, train in blocks of ``LANES`` with the run as the vector axis; a last partial block
+        is padded with copies of a real run, whose results are discarded.
+        """
+        width = self.kernels.LANES
+        by_key: dict[tuple, list[int]] = {}
+        for k, r in enumerate(runs):
+            full = r.batch_size == 0 or r.batch_size >= self.data_n[r.data]
+            key = (r.spec.sizes, r.data) if full else ("solo", k)
+            by_key.setdefault(key, []).append(k)
+        self.lane_sets, solo = [], []
+        for key, idx in by_key.items():
+            if key[0] == "solo" or len(idx) < LANE_MIN_RUNS:
+                solo += idx
+                continue
+            pad = (-len(idx)) % width
+            padded = np.array(idx + [idx[-1]] * pad, np.int64)
+            real = np.arange(len(padded)) < len(idx)
+            self.lane_sets.append((padded, real, key[1]))
+        self.solo = np.array(sorted(solo), np.int64)
+
     def _call(self, t0, t1, row_base, upd_base, rec_every, buf) -> None:
         if t1 <= t0:
             return
+        factor = self.dtype.type(DIVERGENCE_LOSS_FACTOR)
         with kernel_compilation():
-            self.kernel(
-                t0,
-                t1,
-                row_base,
-                upd_base,
-                rec_every,
-                self.sizes,
-                self.n_layers,
-                self.data_X,
-                self.data_y,
-                self.data_n,
-                self.data_idx,
-                self.batch,
-                self.rng,
-                self.perm,
-                self.pos,
-                self.hyper,
-                self.theta,
-                self.m,
-                self.v,
-                self.powers,
-                self.loss0,
-                self.diverged,
-                self.rec_idx,
-                buf["theta"],
-                buf["m"],
-                buf["v"],
-                buf["loss"],
-                buf["train_loss"],
-                buf["grad_norm"],
-                buf["update_norm"],
-                self.dtype.type(DIVERGENCE_LOSS_FACTOR),
-            )
+            if len(self.solo):
+                self._call_runs(self.solo, t0, t1, row_base, upd_base, rec_every, buf, factor)
+            for padded, real, data in self.lane_sets:
+                self._call_lanes(padded, real, data, t0, t1, row_base, upd_base, rec_every,
+                                 buf, factor)  # fmt: skip
+
+    def _call_runs(self, idx, t0, t1, row_base, upd_base, rec_every, buf, factor) -> None:
+        """The per-run kernel on the runs ``idx`` of this group (gathered, then scattered back)."""
+        whole = len(idx) == len(self.members)
+        arr = {k: getattr(self, k) if whole else getattr(self, k)[idx] for k in self._RUN_ARRAYS}
+        sub = buf if whole else {k: v[idx] for k, v in buf.items()}
+        self.kernels._train_block(
+            t0, t1, row_base, upd_base, rec_every, arr["sizes"], arr["n_layers"],
+            self.data_X, self.data_y, self.data_n, arr["data_idx"], arr["batch"], arr["rng"],
+            arr["perm"], arr["pos"], arr["hyper"], arr["theta"], arr["m"], arr["v"],
+            arr["powers"], arr["loss0"], arr["diverged"], arr["rec_idx"],
+            sub["theta"], sub["m"], sub["v"], sub["loss"],
+            sub["train_loss"], sub["grad_norm"], sub["update_norm"], factor,
+        )  # fmt: skip
+        if not whole:
+            for k in self._UPDATED:
+                getattr(self, k)[idx] = arr[k]
+            for k, v in sub.items():
+                buf[k][idx] = v
+
+    def _call_lanes(self, padded, real, data, t0, t1, row_base, upd_base, rec_every, buf,
+                    factor) -> None:  # fmt: skip
+        """The lane kernel on one lane set: state transposed to (block, ..., lane) and back."""
+        width = self.kernels.LANES
+        nb = len(padded) // width
+
+        def lanes(a):  # (runs, ...) -> (block, ..., lane)
+            g = a[padded].reshape(nb, width, *a.shape[1:])
+            return np.ascontiguousarray(np.moveaxis(g, 1, -1))
+
+        def runs(a):  # inverse of lanes()
+            return np.moveaxis(a, -1, 1).reshape(nb * width, *a.shape[1:-1])
+
+        k0 = padded[0]
+        n_layers = int(self.n_layers[k0])
+        state = {k: lanes(getattr(self, k)) for k in ("hyper", "theta", "m", "v", "powers",
+                                                       "loss0", "diverged")}  # fmt: skip
+        sub = {k: np.ascontiguousarray(v[padded].reshape(nb, width, *v.shape[1:]))
+               for k, v in buf.items()}  # fmt: skip
+        self.kernels._train_lanes(
+            t0, t1, row_base, upd_base, rec_every, self.sizes[k0, : n_layers + 1], n_layers,
+            self.data_X[data], self.data_y[data], int(self.data_n[data]),
+            state["hyper"], state["theta"], state["m"], state["v"], state["powers"],
+            state["loss0"], state["diverged"], self.rec_idx[k0],
+            sub["theta"], sub["m"], sub["v"], sub["loss"],
+            sub["train_loss"], sub["grad_norm"], sub["update_norm"], factor,
+        )  # fmt: skip
+        keep = padded[real]
+        for k in ("theta", "m", "v", "powers", "loss0", "diverged"):
+            getattr(self, k)[keep] = runs(state[k])[real]
+        for k, v in sub.items():
+            buf[k][keep] = v.reshape(nb * width, *v.shape[2:])[real]
 
 
 def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:

@@ -67,3 +67,42 @@ def test_generated_kernel_modules_are_keyed_by_their_sources(tmp_path, monkeypat
     assert mlp._fingerprint() == before
     (fake / "fpmath.py").write_bytes((fake / "fpmath.py").read_bytes() + b"\n# changed\n")
     assert mlp._fingerprint() != before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "float64", "bfloat16"])
+def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypatch) -> None:
+    """Runs trained with the run as the vector axis equal runs trained one per thread.
+
+    The grid mixes what the lane path must handle: a lane block padded with copies, two
+    architectures (one too small for lanes), last-bit twins, a scale twin and a diverging run.
+    """
+    import geomtraj.train as train_mod
+    from geomtraj.data import make_dataset
+    from geomtraj.models import MLPSpec
+    from geomtraj.plan import DataSource, Perturbation, Plan, Run
+
+    X, y = make_dataset("sincos", 24, 5)
+    wide, narrow = MLPSpec(2, (7, 5)), MLPSpec(2, (3,))
+    runs = [Run(spec=wide, seed=s, lr=1e-2, beta2=0.99, precision=precision) for s in range(19)]
+    runs += [Run(spec=narrow, seed=s, lr=1e-2, precision=precision) for s in range(3)]
+    runs.append(Run(spec=wide, seed=40, lr=60.0, precision=precision))  # diverges
+    runs.append(Run(spec=wide, seed=0, lr=1e-2, beta2=0.99, precision=precision, twin_of=0,
+                    perturbation=Perturbation("ulp", param="W1[0,3]", step=37)))  # fmt: skip
+    runs.append(Run(spec=wide, seed=1, lr=1e-2, beta2=0.99, precision=precision, twin_of=1,
+                    perturbation=Perturbation("scale", k=3.0)))  # fmt: skip
+    plan = Plan(runs=runs, datasets=[DataSource("sincos", X, y)], steps=120, record_every=3,
+                record_params=6, chunk_rows=13)  # fmt: skip
+
+    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 10**9)
+    per_run = train_mod.train_plan(plan)
+    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 8)
+    trainer = train_mod._Trainer(plan)
+    assert trainer.groups[0].lane_sets, "the grid should use the lane kernel"
+    lanes = train_mod.train_plan(plan)
+
+    assert (per_run["diverged_step"].values >= 0).sum() == 1
+    for name in ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm",
+                 "theta_final", "m_final", "v_final", "diverged_step"):  # fmt: skip
+        a, b = per_run[name].values, lanes[name].values
+        assert a.tobytes() == b.tobytes(), f"{precision}: {name} differs between kernels"

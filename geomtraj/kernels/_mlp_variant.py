@@ -619,3 +619,433 @@ def _train_block(
             update_norm[r],
             explode,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Lane kernel: SIMD across runs. A block of LANES runs of the same architecture and data set
+# (full batch) is laid out with the run as the innermost axis, so every operation is a whole
+# vector and no sum is ever split. Each run performs exactly the operation sequence of the
+# per-run kernel above (bias then inputs in i order; gradients summed sequentially over points;
+# deltas summed in j order; loss and norms in the 16-way order of _sum16/_dot16), so the two
+# kernels give bit-identical trajectories (tests/test_kernel_build.py checks this).
+
+#: Runs per lane block: two 256-bit vectors of the run's dtype.
+LANES = 16 if dtype is np.float32 else 8
+
+
+@njit(**_JIT)
+def _lane_dot16(X, xr, Y, yr, n, out, k):
+    """``out[k, w] = sum_p X[xr,p,w] * Y[yr,p,w]`` for every lane, summed in ``p`` order."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
+    for p in range(n):
+        s0 += X[xr, p, 0] * Y[yr, p, 0]
+        s1 += X[xr, p, 1] * Y[yr, p, 1]
+        s2 += X[xr, p, 2] * Y[yr, p, 2]
+        s3 += X[xr, p, 3] * Y[yr, p, 3]
+        s4 += X[xr, p, 4] * Y[yr, p, 4]
+        s5 += X[xr, p, 5] * Y[yr, p, 5]
+        s6 += X[xr, p, 6] * Y[yr, p, 6]
+        s7 += X[xr, p, 7] * Y[yr, p, 7]
+        s8 += X[xr, p, 8] * Y[yr, p, 8]
+        s9 += X[xr, p, 9] * Y[yr, p, 9]
+        s10 += X[xr, p, 10] * Y[yr, p, 10]
+        s11 += X[xr, p, 11] * Y[yr, p, 11]
+        s12 += X[xr, p, 12] * Y[yr, p, 12]
+        s13 += X[xr, p, 13] * Y[yr, p, 13]
+        s14 += X[xr, p, 14] * Y[yr, p, 14]
+        s15 += X[xr, p, 15] * Y[yr, p, 15]
+    out[k, 0] = s0
+    out[k, 1] = s1
+    out[k, 2] = s2
+    out[k, 3] = s3
+    out[k, 4] = s4
+    out[k, 5] = s5
+    out[k, 6] = s6
+    out[k, 7] = s7
+    out[k, 8] = s8
+    out[k, 9] = s9
+    out[k, 10] = s10
+    out[k, 11] = s11
+    out[k, 12] = s12
+    out[k, 13] = s13
+    out[k, 14] = s14
+    out[k, 15] = s15
+
+
+@njit(**_JIT)
+def _lane_sum16(X, xr, n, out, k):
+    """``out[k, w] = sum_p X[xr,p,w]`` for every lane, summed in ``p`` order."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
+    for p in range(n):
+        s0 += X[xr, p, 0]
+        s1 += X[xr, p, 1]
+        s2 += X[xr, p, 2]
+        s3 += X[xr, p, 3]
+        s4 += X[xr, p, 4]
+        s5 += X[xr, p, 5]
+        s6 += X[xr, p, 6]
+        s7 += X[xr, p, 7]
+        s8 += X[xr, p, 8]
+        s9 += X[xr, p, 9]
+        s10 += X[xr, p, 10]
+        s11 += X[xr, p, 11]
+        s12 += X[xr, p, 12]
+        s13 += X[xr, p, 13]
+        s14 += X[xr, p, 14]
+        s15 += X[xr, p, 15]
+    out[k, 0] = s0
+    out[k, 1] = s1
+    out[k, 2] = s2
+    out[k, 3] = s3
+    out[k, 4] = s4
+    out[k, 5] = s5
+    out[k, 6] = s6
+    out[k, 7] = s7
+    out[k, 8] = s8
+    out[k, 9] = s9
+    out[k, 10] = s10
+    out[k, 11] = s11
+    out[k, 12] = s12
+    out[k, 13] = s13
+    out[k, 14] = s14
+    out[k, 15] = s15
+
+
+@njit(**_JIT)
+def _lane_comb16(theta, k0, stride, S, q0, count, p, out, r, init):
+    """``out[r, p, w] = init[w] + sum_i theta[k0 + i*stride, w] * S[q0 + i, p, w]``, ``i`` in order.
+
+    ``init`` is the bias row (forward pass) or a row of zeros (back-propagated deltas).
+    """
+    s0 = init[0]
+    s1 = init[1]
+    s2 = init[2]
+    s3 = init[3]
+    s4 = init[4]
+    s5 = init[5]
+    s6 = init[6]
+    s7 = init[7]
+    s8 = init[8]
+    s9 = init[9]
+    s10 = init[10]
+    s11 = init[11]
+    s12 = init[12]
+    s13 = init[13]
+    s14 = init[14]
+    s15 = init[15]
+    for i in range(count):
+        k = k0 + i * stride
+        q = q0 + i
+        s0 += theta[k, 0] * S[q, p, 0]
+        s1 += theta[k, 1] * S[q, p, 1]
+        s2 += theta[k, 2] * S[q, p, 2]
+        s3 += theta[k, 3] * S[q, p, 3]
+        s4 += theta[k, 4] * S[q, p, 4]
+        s5 += theta[k, 5] * S[q, p, 5]
+        s6 += theta[k, 6] * S[q, p, 6]
+        s7 += theta[k, 7] * S[q, p, 7]
+        s8 += theta[k, 8] * S[q, p, 8]
+        s9 += theta[k, 9] * S[q, p, 9]
+        s10 += theta[k, 10] * S[q, p, 10]
+        s11 += theta[k, 11] * S[q, p, 11]
+        s12 += theta[k, 12] * S[q, p, 12]
+        s13 += theta[k, 13] * S[q, p, 13]
+        s14 += theta[k, 14] * S[q, p, 14]
+        s15 += theta[k, 15] * S[q, p, 15]
+    out[r, p, 0] = s0
+    out[r, p, 1] = s1
+    out[r, p, 2] = s2
+    out[r, p, 3] = s3
+    out[r, p, 4] = s4
+    out[r, p, 5] = s5
+    out[r, p, 6] = s6
+    out[r, p, 7] = s7
+    out[r, p, 8] = s8
+    out[r, p, 9] = s9
+    out[r, p, 10] = s10
+    out[r, p, 11] = s11
+    out[r, p, 12] = s12
+    out[r, p, 13] = s13
+    out[r, p, 14] = s14
+    out[r, p, 15] = s15
+
+
+@njit(**_JIT)
+def _lane_dot8(X, xr, Y, yr, n, out, k):
+    """``out[k, w] = sum_p X[xr,p,w] * Y[yr,p,w]`` for every lane, summed in ``p`` order."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+    for p in range(n):
+        s0 += X[xr, p, 0] * Y[yr, p, 0]
+        s1 += X[xr, p, 1] * Y[yr, p, 1]
+        s2 += X[xr, p, 2] * Y[yr, p, 2]
+        s3 += X[xr, p, 3] * Y[yr, p, 3]
+        s4 += X[xr, p, 4] * Y[yr, p, 4]
+        s5 += X[xr, p, 5] * Y[yr, p, 5]
+        s6 += X[xr, p, 6] * Y[yr, p, 6]
+        s7 += X[xr, p, 7] * Y[yr, p, 7]
+    out[k, 0] = s0
+    out[k, 1] = s1
+    out[k, 2] = s2
+    out[k, 3] = s3
+    out[k, 4] = s4
+    out[k, 5] = s5
+    out[k, 6] = s6
+    out[k, 7] = s7
+
+
+@njit(**_JIT)
+def _lane_sum8(X, xr, n, out, k):
+    """``out[k, w] = sum_p X[xr,p,w]`` for every lane, summed in ``p`` order."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+    for p in range(n):
+        s0 += X[xr, p, 0]
+        s1 += X[xr, p, 1]
+        s2 += X[xr, p, 2]
+        s3 += X[xr, p, 3]
+        s4 += X[xr, p, 4]
+        s5 += X[xr, p, 5]
+        s6 += X[xr, p, 6]
+        s7 += X[xr, p, 7]
+    out[k, 0] = s0
+    out[k, 1] = s1
+    out[k, 2] = s2
+    out[k, 3] = s3
+    out[k, 4] = s4
+    out[k, 5] = s5
+    out[k, 6] = s6
+    out[k, 7] = s7
+
+
+@njit(**_JIT)
+def _lane_comb8(theta, k0, stride, S, q0, count, p, out, r, init):
+    """``out[r, p, w] = init[w] + sum_i theta[k0 + i*stride, w] * S[q0 + i, p, w]``, ``i`` in order.
+
+    ``init`` is the bias row (forward pass) or a row of zeros (back-propagated deltas).
+    """
+    s0 = init[0]
+    s1 = init[1]
+    s2 = init[2]
+    s3 = init[3]
+    s4 = init[4]
+    s5 = init[5]
+    s6 = init[6]
+    s7 = init[7]
+    for i in range(count):
+        k = k0 + i * stride
+        q = q0 + i
+        s0 += theta[k, 0] * S[q, p, 0]
+        s1 += theta[k, 1] * S[q, p, 1]
+        s2 += theta[k, 2] * S[q, p, 2]
+        s3 += theta[k, 3] * S[q, p, 3]
+        s4 += theta[k, 4] * S[q, p, 4]
+        s5 += theta[k, 5] * S[q, p, 5]
+        s6 += theta[k, 6] * S[q, p, 6]
+        s7 += theta[k, 7] * S[q, p, 7]
+    out[r, p, 0] = s0
+    out[r, p, 1] = s1
+    out[r, p, 2] = s2
+    out[r, p, 3] = s3
+    out[r, p, 4] = s4
+    out[r, p, 5] = s5
+    out[r, p, 6] = s6
+    out[r, p, 7] = s7
+
+
+if LANES == 16:
+    _lane_dot, _lane_sum, _lane_comb = _lane_dot16, _lane_sum16, _lane_comb16
+else:
+    _lane_dot, _lane_sum, _lane_comb = _lane_dot8, _lane_sum8, _lane_comb8
+
+
+@njit(**_JIT)
+def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
+    for layer in range(n_layers):
+        fan_in, fan_out = sizes[layer], sizes[layer + 1]
+        a_in, a_out, wo, bo = a_off[layer], a_off[layer + 1], w_off[layer], b_off[layer]
+        for j in range(fan_out):
+            r = a_out + j
+            bias = theta[bo + j]
+            for p in range(n):
+                _lane_comb(theta, wo + j, fan_out, A, a_in, fan_in, p, A, r, bias)
+            if layer < n_layers - 1:
+                for p in range(n):
+                    for w in range(LANES):
+                        A[r, p, w] = rnd(act(A[r, p, w]))
+            else:
+                for p in range(n):
+                    for w in range(LANES):
+                        A[r, p, w] = rnd(A[r, p, w])
+
+
+@njit(**_JIT)
+def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, G, zeros):
+    out_row = a_off[n_layers]
+    c = DELTA_NUMERATOR / dtype(n)
+    for p in range(n):
+        for w in range(LANES):
+            D[out_row, p, w] = rnd(c * point_delta(A[out_row, p, w], y[p]))
+    for layer in range(n_layers - 1, -1, -1):
+        fan_in, fan_out = sizes[layer], sizes[layer + 1]
+        d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
+        for j in range(fan_out):
+            _lane_sum(D, d_out + j, n, G, bo + j)
+        for i in range(fan_in):
+            for j in range(fan_out):
+                _lane_dot(A, a_in + i, D, d_out + j, n, G, wo + i * fan_out + j)
+        if layer == 0:
+            break
+        for i in range(fan_in):
+            r = a_in + i
+            for p in range(n):
+                _lane_comb(theta, wo + i * fan_out, 1, D, d_out, fan_out, p, D, r, zeros)
+                for w in range(LANES):
+                    D[r, p, w] = rnd(D[r, p, w] * dact(A[r, p, w]))
+
+
+@njit(**_JIT)
+def _lane_loss_sum(X, n, w):
+    """Lane ``w`` of ``X[:n, w]`` summed in the order of :func:`_sum16`."""
+    s = np.zeros(16, dtype)
+    p = 0
+    while p + 16 <= n:
+        for k in range(16):
+            s[k] += X[p + k, w]
+        p += 16
+    while p < n:
+        s[0] += X[p, w]
+        p += 1
+    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
+        ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
+    )
+
+
+@njit(**_JIT)
+def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y, n_data,
+                hyper, theta, m, v, powers, loss0, diverged, rec_idx, rec_theta, rec_m, rec_v,
+                rec_loss, step_loss, grad_norm, update_norm, explode):  # fmt: skip
+    """Advance one lane block (arrays with runs as the last axis) from ``t_begin`` to ``t_end``."""
+    n_params = 0
+    w_off = np.empty(n_layers, np.int64)
+    b_off = np.empty(n_layers, np.int64)
+    a_off = np.empty(n_layers + 1, np.int64)
+    units = 0
+    for layer in range(n_layers):
+        w_off[layer] = n_params
+        b_off[layer] = n_params + sizes[layer] * sizes[layer + 1]
+        n_params = b_off[layer] + sizes[layer + 1]
+    for layer in range(n_layers + 1):
+        a_off[layer] = units
+        units += sizes[layer]
+    A = np.zeros((units, n_data, LANES), dtype)
+    D = np.zeros((units, n_data, LANES), dtype)
+    G = np.zeros((n_params, LANES), dtype)
+    S = np.zeros((n_params, LANES), dtype)
+    PL = np.zeros((n_data, LANES), dtype)  # per-point losses
+    zeros = np.zeros(LANES, dtype)
+    for i in range(sizes[0]):
+        for p in range(n_data):
+            for w in range(LANES):
+                A[i, p, w] = X[i, p]
+    omb1 = np.empty(LANES, dtype)
+    omb2 = np.empty(LANES, dtype)
+    lrk = np.empty(LANES, dtype)
+    for w in range(LANES):
+        omb1[w] = ONE - hyper[0, w]
+        omb2[w] = ONE - hyper[1, w]
+        lrk[w] = hyper[2, w] * hyper[5, w]
+    n_rec = rec_idx.shape[0]
+    out_row = a_off[n_layers]
+    active = np.empty(LANES, np.bool_)
+    for t in range(t_begin + 1, t_end + 1):
+        _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n_data)
+        for p in range(n_data):
+            for w in range(LANES):
+                PL[p, w] = point_loss(A[out_row, p, w], y[p])
+        u = t - upd_base - 1
+        n_active = 0
+        for w in range(LANES):
+            active[w] = diverged[w] < 0
+            if not active[w]:
+                continue
+            loss = _lane_loss_sum(PL, n_data, w) / dtype(n_data)
+            if t == 1:
+                loss0[w] = loss
+            step_loss[w, u] = loss
+            if t % rec_every == 0:
+                rec_loss[w, t // rec_every - 1 - row_base] = loss
+            exploded = loss0[w] > ZERO and loss > explode * loss0[w]
+            if exploded or not math.isfinite(loss):
+                diverged[w] = t
+                active[w] = False
+                if t % rec_every == 0:  # as the per-run kernel: no loss recorded for this row
+                    rec_loss[w, t // rec_every - 1 - row_base] = np.nan
+            else:
+                n_active += 1
+        if n_active == 0:
+            return
+        _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, G, zeros)
+        for w in range(LANES):
+            powers[0, w] = powers[0, w] * hyper[0, w]
+            powers[1, w] = powers[1, w] * hyper[1, w]
+        for k in range(n_params):
+            for w in range(LANES):
+                th = theta[k, w]
+                g = rnd(G[k, w] + hyper[4, w] * th)
+                mk = rnd(hyper[0, w] * m[k, w] + omb1[w] * g)
+                vk = rnd(hyper[1, w] * v[k, w] + omb2[w] * (g * g))
+                uu = (mk / (ONE - powers[0, w])) / (
+                    math.sqrt(vk / (ONE - powers[1, w])) + hyper[3, w]
+                )
+                new = rnd(th - rnd(lrk[w] * (uu / hyper[5, w])))
+                if active[w]:
+                    m[k, w] = mk
+                    v[k, w] = vk
+                    theta[k, w] = new
+                G[k, w] = g
+                S[k, w] = new - th
+        for w in range(LANES):
+            if not active[w]:
+                continue
+            gn = math.sqrt(_lane_norm_sq(G, n_params, w))
+            un = math.sqrt(_lane_norm_sq(S, n_params, w))
+            grad_norm[w, u] = gn
+            update_norm[w, u] = un
+            if t % rec_every == 0:
+                row = t // rec_every - 1 - row_base
+                for q in range(n_rec):
+                    k = rec_idx[q]
+                    if k >= 0:
+                        rec_theta[w, row, q] = theta[k, w]
+                        rec_m[w, row, q] = m[k, w]
+                        rec_v[w, row, q] = v[k, w]
+            if not (math.isfinite(gn) and math.isfinite(un)):
+                diverged[w] = t
+
+
+@njit(**_JIT)
+def _lane_norm_sq(X, n, w):
+    """Lane ``w`` of ``sum_k X[k,w]^2`` over ``k < n`` in the order of :func:`_dot16`."""
+    s = np.zeros(16, dtype)
+    k = 0
+    while k + 16 <= n:
+        for l in range(16):
+            s[l] += X[k + l, w] * X[k + l, w]
+        k += 16
+    while k < n:
+        s[0] += X[k, w] * X[k, w]
+        k += 1
+    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
+        ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
+    )
+
+
+@njit(**_JIT_PARALLEL)
+def _train_lanes(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y, n_data,
+                 hyper, theta, m, v, powers, loss0, diverged, rec_idx, rec_theta, rec_m, rec_v,
+                 rec_loss, step_loss, grad_norm, update_norm, explode):  # fmt: skip
+    """Advance lane blocks (first axis) in parallel; all blocks share architecture and data."""
+    for b in prange(theta.shape[0]):
+        _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y,
+                    n_data, hyper[b], theta[b], m[b], v[b], powers[b], loss0[b], diverged[b],
+                    rec_idx, rec_theta[b], rec_m[b], rec_v[b], rec_loss[b], step_loss[b],
+                    grad_norm[b], update_norm[b], explode)  # fmt: skip

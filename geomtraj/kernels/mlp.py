@@ -87,13 +87,13 @@ def _fingerprint() -> str:
 
 
 @cache
-def get_train_kernel(fmt: str, activation: str, loss: str):
-    """Return the compiled block kernel for one precision format, activation and loss.
+def get_kernels(fmt: str, activation: str, loss: str):
+    """The compiled kernel module for one precision format, activation and loss.
 
-    The returned function ``_train_block(t_begin, t_end, ...)`` advances every run of a block
-    from update ``t_begin`` to ``t_end`` (inclusive), in parallel across runs. See
-    :mod:`geomtraj.train` for the meaning of its arguments. The first call in a fresh cache
-    compiles (10-20 s); later processes load the compiled code from disk.
+    Its ``_train_block`` advances runs one per thread (any architectures); its ``_train_lanes``
+    advances blocks of ``LANES`` runs of one architecture with the run as the vector axis. Both
+    perform the same operations in the same order for every run. The first call in a fresh cache
+    compiles (10-20 s per kernel); later processes load the compiled code from disk.
     """
     name = f"mlp_{fmt}_{activation}_{loss}_{_fingerprint()}"
     path = cache_dir() / "kernels" / f"{name}.py"
@@ -110,4 +110,9 @@ def get_train_kernel(fmt: str, activation: str, loss: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    return sys.modules[module_name]._train_block
+    return sys.modules[module_name]
+
+
+def get_train_kernel(fmt: str, activation: str, loss: str):
+    """The per-run block kernel ``_train_block`` of :func:`get_kernels`."""
+    return get_kernels(fmt, activation, loss)._train_block
