@@ -903,9 +903,9 @@ def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, G, z
 
 
 @njit(**_JIT)
-def _lane_loss_sum(X, n, w):
-    """Lane ``w`` of ``X[:n, w]`` summed in the order of :func:`_sum16`."""
-    s = np.zeros(16, dtype)
+def _lane_loss_sum(X, n, w, s):
+    """Lane ``w`` of ``X[:n, w]`` summed in the order of :func:`_sum16` (``s``: 16 scratch)."""
+    s[:] = ZERO
     p = 0
     while p + 16 <= n:
         for k in range(16):
@@ -942,6 +942,7 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     S = np.zeros((n_params, LANES), dtype)
     PL = np.zeros((n_data, LANES), dtype)  # per-point losses
     zeros = np.zeros(LANES, dtype)
+    acc16 = np.zeros(16, dtype)  # partial sums of the 16-way loss and norm order
     for i in range(sizes[0]):
         for p in range(n_data):
             for w in range(LANES):
@@ -967,7 +968,7 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
             active[w] = diverged[w] < 0
             if not active[w]:
                 continue
-            loss = _lane_loss_sum(PL, n_data, w) / dtype(n_data)
+            loss = _lane_loss_sum(PL, n_data, w, acc16) / dtype(n_data)
             if t == 1:
                 loss0[w] = loss
             step_loss[w, u] = loss
@@ -1006,8 +1007,8 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
         for w in range(LANES):
             if not active[w]:
                 continue
-            gn = math.sqrt(_lane_norm_sq(G, n_params, w))
-            un = math.sqrt(_lane_norm_sq(S, n_params, w))
+            gn = math.sqrt(_lane_norm_sq(G, n_params, w, acc16))
+            un = math.sqrt(_lane_norm_sq(S, n_params, w, acc16))
             grad_norm[w, u] = gn
             update_norm[w, u] = un
             if t % rec_every == 0:
@@ -1023,9 +1024,9 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
 
 
 @njit(**_JIT)
-def _lane_norm_sq(X, n, w):
+def _lane_norm_sq(X, n, w, s):
     """Lane ``w`` of ``sum_k X[k,w]^2`` over ``k < n`` in the order of :func:`_dot16`."""
-    s = np.zeros(16, dtype)
+    s[:] = ZERO
     k = 0
     while k + 16 <= n:
         for l in range(16):
