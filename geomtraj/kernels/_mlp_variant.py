@@ -998,10 +998,10 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
                     math.sqrt(vk / (ONE - powers[1, w])) + hyper[3, w]
                 )
                 new = rnd(th - rnd(lrk[w] * (uu / hyper[5, w])))
-                if active[w]:
-                    m[k, w] = mk
-                    v[k, w] = vk
-                    theta[k, w] = new
+                keep = active[w]  # select, not branch, so the loop vectorises
+                m[k, w] = mk if keep else m[k, w]
+                v[k, w] = vk if keep else v[k, w]
+                theta[k, w] = new if keep else th
                 G[k, w] = g
                 S[k, w] = new - th
         for w in range(LANES):
