@@ -629,8 +629,8 @@ def _train_block(
 # deltas summed in j order; loss and norms in the 16-way order of _sum16/_dot16), so the two
 # kernels give bit-identical trajectories (tests/test_kernel_build.py checks this).
 
-#: Runs per lane block: two 256-bit vectors of the run's dtype.
-LANES = 16 if dtype is np.float32 else 8
+#: Runs per lane block: two (float32) or four (float64) 256-bit vectors.
+LANES = 16
 
 
 @njit(**_JIT)
@@ -771,93 +771,6 @@ def _lane_comb16(theta, k0, stride, S, q0, count, p, out, r, init):
 
 
 @njit(**_JIT)
-def _lane_dot8(X, xr, Y, yr, n, out, k):
-    """``out[k, w] = sum_p X[xr,p,w] * Y[yr,p,w]`` for every lane, summed in ``p`` order."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-    for p in range(n):
-        s0 += X[xr, p, 0] * Y[yr, p, 0]
-        s1 += X[xr, p, 1] * Y[yr, p, 1]
-        s2 += X[xr, p, 2] * Y[yr, p, 2]
-        s3 += X[xr, p, 3] * Y[yr, p, 3]
-        s4 += X[xr, p, 4] * Y[yr, p, 4]
-        s5 += X[xr, p, 5] * Y[yr, p, 5]
-        s6 += X[xr, p, 6] * Y[yr, p, 6]
-        s7 += X[xr, p, 7] * Y[yr, p, 7]
-    out[k, 0] = s0
-    out[k, 1] = s1
-    out[k, 2] = s2
-    out[k, 3] = s3
-    out[k, 4] = s4
-    out[k, 5] = s5
-    out[k, 6] = s6
-    out[k, 7] = s7
-
-
-@njit(**_JIT)
-def _lane_sum8(X, xr, n, out, k):
-    """``out[k, w] = sum_p X[xr,p,w]`` for every lane, summed in ``p`` order."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-    for p in range(n):
-        s0 += X[xr, p, 0]
-        s1 += X[xr, p, 1]
-        s2 += X[xr, p, 2]
-        s3 += X[xr, p, 3]
-        s4 += X[xr, p, 4]
-        s5 += X[xr, p, 5]
-        s6 += X[xr, p, 6]
-        s7 += X[xr, p, 7]
-    out[k, 0] = s0
-    out[k, 1] = s1
-    out[k, 2] = s2
-    out[k, 3] = s3
-    out[k, 4] = s4
-    out[k, 5] = s5
-    out[k, 6] = s6
-    out[k, 7] = s7
-
-
-@njit(**_JIT)
-def _lane_comb8(theta, k0, stride, S, q0, count, p, out, r, init):
-    """``out[r, p, w] = init[w] + sum_i theta[k0 + i*stride, w] * S[q0 + i, p, w]``, ``i`` in order.
-
-    ``init`` is the bias row (forward pass) or a row of zeros (back-propagated deltas).
-    """
-    s0 = init[0]
-    s1 = init[1]
-    s2 = init[2]
-    s3 = init[3]
-    s4 = init[4]
-    s5 = init[5]
-    s6 = init[6]
-    s7 = init[7]
-    for i in range(count):
-        k = k0 + i * stride
-        q = q0 + i
-        s0 += theta[k, 0] * S[q, p, 0]
-        s1 += theta[k, 1] * S[q, p, 1]
-        s2 += theta[k, 2] * S[q, p, 2]
-        s3 += theta[k, 3] * S[q, p, 3]
-        s4 += theta[k, 4] * S[q, p, 4]
-        s5 += theta[k, 5] * S[q, p, 5]
-        s6 += theta[k, 6] * S[q, p, 6]
-        s7 += theta[k, 7] * S[q, p, 7]
-    out[r, p, 0] = s0
-    out[r, p, 1] = s1
-    out[r, p, 2] = s2
-    out[r, p, 3] = s3
-    out[r, p, 4] = s4
-    out[r, p, 5] = s5
-    out[r, p, 6] = s6
-    out[r, p, 7] = s7
-
-
-if LANES == 16:
-    _lane_dot, _lane_sum, _lane_comb = _lane_dot16, _lane_sum16, _lane_comb16
-else:
-    _lane_dot, _lane_sum, _lane_comb = _lane_dot8, _lane_sum8, _lane_comb8
-
-
-@njit(**_JIT)
 def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
     for layer in range(n_layers):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
@@ -866,7 +779,7 @@ def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
             r = a_out + j
             bias = theta[bo + j]
             for p in range(n):
-                _lane_comb(theta, wo + j, fan_out, A, a_in, fan_in, p, A, r, bias)
+                _lane_comb16(theta, wo + j, fan_out, A, a_in, fan_in, p, A, r, bias)
             if layer < n_layers - 1:
                 for p in range(n):
                     for w in range(LANES):
@@ -888,16 +801,16 @@ def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, G, z
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
         d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
         for j in range(fan_out):
-            _lane_sum(D, d_out + j, n, G, bo + j)
+            _lane_sum16(D, d_out + j, n, G, bo + j)
         for i in range(fan_in):
             for j in range(fan_out):
-                _lane_dot(A, a_in + i, D, d_out + j, n, G, wo + i * fan_out + j)
+                _lane_dot16(A, a_in + i, D, d_out + j, n, G, wo + i * fan_out + j)
         if layer == 0:
             break
         for i in range(fan_in):
             r = a_in + i
             for p in range(n):
-                _lane_comb(theta, wo + i * fan_out, 1, D, d_out, fan_out, p, D, r, zeros)
+                _lane_comb16(theta, wo + i * fan_out, 1, D, d_out, fan_out, p, D, r, zeros)
                 for w in range(LANES):
                     D[r, p, w] = rnd(D[r, p, w] * dact(A[r, p, w]))
 
