@@ -96,22 +96,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     # The analyses (bursts, periods, spirals, twins, diffusion) are separate work items; until they
     # land this command checks the store and prints its per-run summary.
-    from geomtraj.store import open_store
+    from geomtraj.store import open_store, strings
 
     ds = open_store(args.store)
     print(f"{args.store}: {ds.sizes['run']} runs; per-run summary (analyses not yet available)")
     print(
         f"{'run':>4} {'hidden':>7} {'precision':>9} {'beta1':>6} {'beta2':>7} {'lr':>8} "
-        f"{'seed':>5} {'final loss':>11} {'diverged':>8}"
+        f"{'seed':>5} {'perturbation':<24} {'final loss':>11} {'diverged':>8}"
     )
+    hidden, precision, pert = (strings(ds[k]) for k in ("hidden", "precision", "perturbation"))
+    beta1, beta2, lr, seed, div = (ds[k].values for k in ("beta1", "beta2", "lr", "seed",
+                                                          "diverged_step"))  # fmt: skip
     last = ds["train_loss"].isel(iteration=-1).values
     for i in range(ds.sizes["run"]):
-        r = ds.isel(run=i)
-        div = int(r["diverged_step"])
         print(
-            f"{i:>4} {r['hidden'].values.item():>7} {r['precision'].values.item():>9} "
-            f"{float(r['beta1']):>6g} {float(r['beta2']):>7g} {float(r['lr']):>8g} "
-            f"{int(r['seed']):>5} {last[i]:>11.4g} {div if div >= 0 else '-':>8}"
+            f"{i:>4} {hidden[i]:>7} {precision[i]:>9} {beta1[i]:>6g} {beta2[i]:>7g} {lr[i]:>8g} "
+            f"{seed[i]:>5} {pert[i]:<24} {last[i]:>11.4g} {div[i] if div[i] >= 0 else '-':>8}"
         )
     return 0
 
