@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numba
 import numpy as np
 import xarray as xr
 
@@ -44,9 +45,10 @@ from geomtraj.models import MLPSpec, init_params, parse_hidden
 from geomtraj.plan import DataSource, Perturbation, Plan, Run
 
 #: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
-#: vector axis) when there are at least this many of them; fewer train one run per thread.
-#: Both kernels give bit-identical results, so this only changes speed.
-LANE_MIN_RUNS = 8
+#: vector axis) when there are at least this many of them; fewer train one run per thread. None
+#: means one lane block per thread (``LANES * numba.get_num_threads()``), so that both cores stay
+#: busy. Both kernels give bit-identical results, so this only changes speed.
+LANE_MIN_RUNS: int | None = None
 
 __all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
 
@@ -150,11 +152,12 @@ class _Group:
     def _plan_lanes(self, runs) -> None:
         """Split the group into lane blocks and runs for the per-run kernel.
 
-        Full-batch runs that share architecture and data set, at least ``LANE_MIN_RUNS`` of
-        them, train in blocks of ``LANES`` with the run as the vector axis; a last partial block
-        is padded with copies of a real run, whose results are discarded.
+        Full-batch runs that share architecture and data set, when there are enough of them (see
+        :data:`LANE_MIN_RUNS`), train in blocks of ``LANES`` with the run as the vector axis; a
+        last partial block is padded with copies of a real run, whose results are discarded.
         """
         width = self.kernels.LANES
+        min_runs = LANE_MIN_RUNS if LANE_MIN_RUNS is not None else width * numba.get_num_threads()
         by_key: dict[tuple, list[int]] = {}
         for k, r in enumerate(runs):
             full = r.batch_size == 0 or r.batch_size >= self.data_n[r.data]
@@ -162,7 +165,7 @@ class _Group:
             by_key.setdefault(key, []).append(k)
         self.lane_sets, solo = [], []
         for key, idx in by_key.items():
-            if key[0] == "solo" or len(idx) < LANE_MIN_RUNS:
+            if key[0] == "solo" or len(idx) < min_runs:
                 solo += idx
                 continue
             pad = (-len(idx)) % width
