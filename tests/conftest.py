@@ -1,7 +1,8 @@
 """Shared fixtures: small data sets, initial parameters and trained trajectories.
 
-Compiling one kernel variant (precision x activation x loss) takes ~12 s and kernels are cached per
-process, so the suite sticks to few variants and shares trained results through session fixtures.
+Compiling one kernel variant (precision x activation x loss) takes 10-20 s the first time on a
+machine (later processes load it from the disk cache), so the suite sticks to few variants and
+shares trained results through session fixtures.
 """
 
 from __future__ import annotations
