@@ -1,0 +1,188 @@
+"""One run's arrays from a store, loaded lazily and cut at divergence.
+
+Every per-run analysis reads a store through :class:`RunData`, so memory stays bounded by one run
+(and, for ``theta``/``m``/``v``, by the recorded parameters of that run) whatever the store's size.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import xarray as xr
+
+from geomtraj.store import strings
+
+#: Hyper-parameters and labels copied from the store for every run, with their Python types.
+RUN_FIELDS: dict[str, type] = {
+    "beta1": float,
+    "beta2": float,
+    "lr": float,
+    "eps": float,
+    "weight_decay": float,
+    "precision": str,
+    "hidden": str,
+    "activation": str,
+    "dataset": str,
+    "seed": int,
+    "n_params": int,
+    "twin_of": int,
+    "perturbation": str,
+    "diverged_step": int,
+}
+
+
+class RunData:
+    """Lazy view of run ``run`` of a store opened with :func:`geomtraj.store.open_store`.
+
+    Arrays are loaded on first access and truncated before the divergence step, so analyses see
+    only finite values of a diverged run ("analysed up to that step", SCIENCE.md section 3).
+
+    Attributes
+    ----------
+    run : int
+        Index of the run in the store.
+    hyper : dict
+        The run's hyper-parameters and labels (:data:`RUN_FIELDS`).
+    iteration : ndarray of int64
+        Update counts ``t`` of the per-step series (``update_norm``, ``train_loss``), up to the last
+        finite step.
+    update_norm, train_loss : ndarray of float64
+        ``||theta_t - theta_{t-1}||`` and the loss at ``theta_{t-1}``, per step.
+    step : ndarray of int64
+        Update counts of the recorded rows of ``theta``, ``m`` and ``v`` (finite rows only).
+    theta, m, v : ndarray of float64, shape (len(step), n_recorded)
+        Recorded parameters and raw Adam moments.
+    param_names : list of str
+        Names (contract 1) of the recorded parameters, the columns of ``theta``, ``m``, ``v``.
+    """
+
+    def __init__(self, ds: xr.Dataset, run: int):
+        self.ds = ds
+        self.run = int(run)
+        self._one = ds.isel(run=self.run)
+        hyper = {}
+        for name, kind in RUN_FIELDS.items():
+            var = self._one[name]
+            hyper[name] = strings(var)[0] if kind is str else kind(var.values)
+        self.hyper = hyper
+
+    def __repr__(self) -> str:
+        h = self.hyper
+        return (
+            f"RunData(run={self.run}, {h['precision']}, {h['hidden']}, beta1={h['beta1']}, "
+            f"beta2={h['beta2']}, lr={h['lr']}, seed={h['seed']})"
+        )
+
+    # -- per-step series -------------------------------------------------------------------------
+    @property
+    def diverged_step(self) -> int | None:
+        d = self.hyper["diverged_step"]
+        return None if d < 0 else d
+
+    @property
+    def steps(self) -> int:
+        """Number of updates the run was trained for (the store's ``steps``)."""
+        return int(self.ds.attrs.get("steps", int(self.ds["step"].values[-1])))
+
+    @cached_property
+    def _per_step(self) -> dict[str, np.ndarray]:
+        if "iteration" not in self.ds.dims:
+            return {
+                "iteration": np.zeros(0, np.int64),
+                "update_norm": np.zeros(0),
+                "train_loss": np.zeros(0),
+            }
+        it = np.asarray(self.ds["iteration"].values, dtype=np.int64)
+        un = np.asarray(self._one["update_norm"].values, dtype=np.float64)
+        tl = np.asarray(self._one["train_loss"].values, dtype=np.float64)
+        keep = self._before_divergence(it) & np.isfinite(un) & np.isfinite(tl)
+        n = _leading_true(keep)
+        return {"iteration": it[:n], "update_norm": un[:n], "train_loss": tl[:n]}
+
+    @property
+    def iteration(self) -> np.ndarray:
+        return self._per_step["iteration"]
+
+    @property
+    def update_norm(self) -> np.ndarray:
+        return self._per_step["update_norm"]
+
+    @property
+    def train_loss(self) -> np.ndarray:
+        return self._per_step["train_loss"]
+
+    # -- recorded trajectories -------------------------------------------------------------------
+    @cached_property
+    def _columns(self) -> np.ndarray:
+        """Indices along ``param`` that hold real (not padded) recorded parameters."""
+        names = self.ds["param_name"]
+        if "run" in names.dims:
+            names = names.isel(run=self.run)
+        labels = strings(names)
+        return np.array([i for i, s in enumerate(labels) if s], dtype=np.int64)
+
+    @cached_property
+    def param_names(self) -> list[str]:
+        names = self.ds["param_name"]
+        if "run" in names.dims:
+            names = names.isel(run=self.run)
+        labels = strings(names)
+        return [labels[i] for i in self._columns]
+
+    @cached_property
+    def step(self) -> np.ndarray:
+        st = np.asarray(self.ds["step"].values, dtype=np.int64)
+        return st[: self._n_rows]
+
+    @cached_property
+    def _n_rows(self) -> int:
+        st = np.asarray(self.ds["step"].values, dtype=np.int64)
+        keep = self._before_divergence(st)
+        return _leading_true(keep)
+
+    def _recorded(self, name: str) -> np.ndarray:
+        var = self._one[name].isel(step=slice(0, self._n_rows))
+        arr = np.asarray(var.values, dtype=np.float64)
+        cols = self._columns
+        if len(cols) != arr.shape[1]:
+            arr = arr[:, cols]
+        return arr
+
+    @cached_property
+    def theta(self) -> np.ndarray:
+        return self._recorded("theta")
+
+    @cached_property
+    def m(self) -> np.ndarray:
+        return self._recorded("m")
+
+    @cached_property
+    def v(self) -> np.ndarray:
+        return self._recorded("v")
+
+    @cached_property
+    def loss(self) -> np.ndarray:
+        """Recorded-row loss (contract 2), finite rows only."""
+        return np.asarray(self._one["loss"].values[: self._n_rows], dtype=np.float64)
+
+    @property
+    def record_every(self) -> int:
+        return int(self.ds.attrs.get("record_every", 1))
+
+    def _before_divergence(self, t: np.ndarray) -> np.ndarray:
+        d = self.diverged_step
+        return np.ones(t.shape, bool) if d is None else t < d
+
+
+def _leading_true(mask: np.ndarray) -> int:
+    """Length of the leading run of True values in ``mask``."""
+    bad = np.flatnonzero(~mask)
+    return int(bad[0]) if bad.size else int(mask.size)
+
+
+def iter_runs(ds: xr.Dataset, runs=None):
+    """Yield :class:`RunData` for ``runs`` (all by default), one at a time."""
+    indices = range(ds.sizes["run"]) if runs is None else runs
+    for r in indices:
+        yield RunData(ds, int(r))
