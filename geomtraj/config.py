@@ -1,7 +1,9 @@
 """Named constants and numba flag sets, in one place.
 
-Nothing else in geomtraj hard-codes ``fastmath=`` or a threshold: modules import them from here so
-that a reader can audit every numerical choice in one file.
+Nothing else in geomtraj hard-codes ``fastmath=``: kernels import their flag sets from here. Training
+thresholds live here too; each analysis keeps its thresholds in one documented, frozen ``*Params``
+dataclass at the top of its module (``geomtraj.analysis.events.BurstParams``, ...), so that a reader
+finds every numerical choice of an analysis in one place.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ TRAIN_JIT = {"fastmath": False, "error_model": "numpy", "nogil": True}
 
 #: Same as :data:`TRAIN_JIT` with run-level parallelism (``prange`` over independent runs only).
 TRAIN_JIT_PARALLEL = {**TRAIN_JIT, "parallel": True}
+
+#: Flags for analysis kernels. They read stored trajectories and never feed back into training, but
+#: ``fastmath`` stays off here too: it would let the compiler assume no NaN/inf, and analyses must
+#: handle the non-finite values of diverged runs exactly.
+ANALYSIS_JIT = {"fastmath": False, "error_model": "numpy", "nogil": True, "cache": True}
 
 #: A run counts as diverged when its full-batch loss exceeds this multiple of its initial loss
 #: (or when the loss or any parameter is non-finite).
