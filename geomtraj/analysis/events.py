@@ -1,0 +1,240 @@
+"""Burst (event) detection on per-step signals: the update norm or the log loss.
+
+A burst (SCIENCE.md section 3) is a stretch of steps in which the signal jumps above a multiple of
+its rolling median, counted once thanks to hysteresis. Detection works on ``y = log(signal)``:
+
+1. the baseline is the centred rolling median of ``y`` over :attr:`BurstParams.baseline_window`
+   steps (robust to the bursts themselves as long as they fill less than half the window);
+2. the excess ``r = y - baseline`` is compared with two levels, ``on`` and ``off``, each the larger
+   of a fixed factor over the median (``log(on_factor)``, ``log(off_factor)``) and a multiple of the
+   white-noise level of ``y`` (``noise_z * sigma``, ``off_z * sigma``), so that a noisy signal needs
+   a proportionally larger jump. ``sigma`` is the robust spread of the step-to-step differences,
+   ``1.4826 * MAD(diff(y)) / sqrt(2)``: it measures sample-to-sample noise and is blind to the slow
+   rise and fall of a relaxation oscillation, whose bursts are the signal;
+3. a burst is triggered when ``r`` stays above ``on`` for :attr:`~BurstParams.min_duration`
+   steps; its onset is where ``r`` last rose above ``off`` before that, its end is where ``r``
+   falls back below ``off``, its peak is the maximum of ``r`` in between. Bursts closer than
+   :attr:`~BurstParams.merge_gap` steps are merged.
+
+Non-finite values (diverged runs) end the analysed signal: everything from the first NaN or inf on
+is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geomtraj.errors import GeomtrajError
+from geomtraj.kernels.events import _hysteresis_events, _rolling_median
+
+
+@dataclass(frozen=True)
+class BurstParams:
+    """Thresholds of burst detection, with their defaults.
+
+    Attributes
+    ----------
+    baseline_window : int
+        Width, in samples, of the centred rolling median that serves as baseline (default 501).
+        It must be several times longer than one burst (a burst of Adam with beta1 = 0.9 lasts a few
+        tens of steps) so that bursts do not drag the median up, and shorter than the slow drift of
+        the quiet level. Rounded up to an odd number.
+    on_factor : float
+        A burst needs the signal above ``on_factor`` times its rolling median (default 4: a clear
+        jump, beyond the step-to-step spread of update norms in quiet phases).
+    off_factor : float
+        A burst ends when the signal falls below ``off_factor`` times the median (default 2). The
+        gap between ``on`` and ``off`` is the hysteresis that counts one burst once.
+    noise_z : float
+        The ``on`` level is at least ``noise_z`` times the white-noise level of the log signal
+        (default 5). For white noise, exceeding 5 sigma for ``min_duration`` consecutive samples has
+        a probability below 1e-15 per sample, so noise gives no bursts. A log signal that itself
+        wanders like a random walk with large steps (tens of percent per step) is not covered by
+        this guard: its excursions from the rolling median can exceed ``on_factor``.
+    off_z : float
+        The ``off`` level is at least ``off_z`` times the white-noise level (default 2).
+    min_duration : int
+        Consecutive samples above ``on`` needed to trigger a burst (default 3): a single outlier is
+        not a burst, while a flip of Adam keeps the update norm high on every step.
+    merge_gap : int
+        Bursts separated by fewer than this many samples below ``off`` count as one (default 5).
+    floor : float
+        Values below ``floor`` are raised to it before taking logs (an exact zero update would
+        otherwise give ``-inf``).
+    """
+
+    baseline_window: int = 501
+    on_factor: float = 4.0
+    off_factor: float = 2.0
+    noise_z: float = 5.0
+    off_z: float = 2.0
+    min_duration: int = 3
+    merge_gap: int = 5
+    floor: float = 1e-300
+
+    def __post_init__(self) -> None:
+        if self.baseline_window < 3:
+            raise GeomtrajError(f"baseline_window={self.baseline_window}; expected >= 3 samples")
+        if not self.on_factor > self.off_factor >= 1.0:
+            raise GeomtrajError(
+                f"on_factor={self.on_factor}, off_factor={self.off_factor}; expected "
+                "on_factor > off_factor >= 1 (the gap is the hysteresis)"
+            )
+        if self.noise_z <= self.off_z or self.off_z < 0:
+            raise GeomtrajError(
+                f"noise_z={self.noise_z}, off_z={self.off_z}; expected noise_z > off_z >= 0"
+            )
+        if self.min_duration < 1 or self.merge_gap < 0:
+            raise GeomtrajError(
+                f"min_duration={self.min_duration}, merge_gap={self.merge_gap}; "
+                "expected min_duration >= 1 and merge_gap >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class Bursts:
+    """Bursts found in one signal.
+
+    Attributes
+    ----------
+    onset, peak, end : ndarray of int64
+        Steps (or sample indices when no steps were given) of each burst's onset, peak and last
+        step (inclusive).
+    steps : ndarray of int64
+        The steps of the analysed samples (finite prefix of the signal).
+    log_baseline : ndarray of float64
+        The rolling median of the log signal, per analysed sample.
+    on_level, off_level : float
+        The two thresholds on the log excess that were applied.
+    sigma : float
+        White-noise level of the log signal (robust spread of its differences over sqrt(2)).
+    """
+
+    onset: np.ndarray
+    peak: np.ndarray
+    end: np.ndarray
+    steps: np.ndarray
+    log_baseline: np.ndarray
+    on_level: float
+    off_level: float
+    sigma: float
+
+    def __len__(self) -> int:
+        return int(self.onset.size)
+
+    @property
+    def last_step(self) -> int | None:
+        """Last analysed step (None for an empty signal)."""
+        return int(self.steps[-1]) if self.steps.size else None
+
+    def mask(self, steps: np.ndarray) -> np.ndarray:
+        """True at each of ``steps`` that lies inside a burst (onset to end, inclusive)."""
+        steps = np.asarray(steps)
+        inside = np.zeros(steps.shape, dtype=bool)
+        for a, b in zip(self.onset, self.end, strict=True):
+            inside |= (steps >= a) & (steps <= b)
+        return inside
+
+    def intervals(self) -> np.ndarray:
+        """Steps between successive onsets."""
+        return np.diff(self.onset)
+
+
+def finite_prefix(signal: np.ndarray) -> int:
+    """Number of leading finite values of ``signal`` (analysis stops at the first NaN or inf)."""
+    bad = np.flatnonzero(~np.isfinite(signal))
+    return int(bad[0]) if bad.size else int(signal.size)
+
+
+def white_noise_level(y: np.ndarray) -> float:
+    """Robust standard deviation of the sample-to-sample noise of ``y``.
+
+    ``1.4826 * MAD(diff(y)) / sqrt(2)``: for white noise of standard deviation s this estimates s,
+    while smooth structure (trends, slow oscillations, bursts that rise over several samples)
+    hardly moves it.
+    """
+    if y.size < 3:
+        return 0.0
+    d = np.diff(y)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+
+
+def rolling_median(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred rolling median of a finite 1-D array over ``window`` samples (clipped at ends)."""
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if y.ndim != 1:
+        raise GeomtrajError(f"rolling_median needs a 1-D array, got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise GeomtrajError("rolling_median needs finite values; cut the signal at its first NaN")
+    return _rolling_median(y, int(window) // 2)
+
+
+def detect_bursts(
+    signal: np.ndarray, steps: np.ndarray | None = None, params: BurstParams = BurstParams()
+) -> Bursts:
+    """Find bursts in a positive per-step signal (update norm, or loss).
+
+    Parameters
+    ----------
+    signal : array_like, 1-D
+        Positive values, one per step. Analysis stops at the first non-finite value.
+    steps : array_like of int, optional
+        The step of each sample (default: sample indices).
+    params : BurstParams
+        Thresholds.
+
+    Returns
+    -------
+    Bursts
+    """
+    x = np.asarray(signal, dtype=np.float64)
+    if x.ndim != 1:
+        raise GeomtrajError(f"detect_bursts needs a 1-D signal, got shape {x.shape}")
+    if steps is None:
+        steps = np.arange(x.size, dtype=np.int64)
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.shape != x.shape:
+        raise GeomtrajError(f"steps has shape {steps.shape}, signal has shape {x.shape}")
+    n = finite_prefix(x)
+    x, steps = x[:n], steps[:n]
+    if np.any(x < 0):
+        raise GeomtrajError("detect_bursts needs a non-negative signal (a norm or a loss)")
+    y = np.log(np.maximum(x, params.floor))
+    half = params.baseline_window // 2
+    base = _rolling_median(y, half) if n else np.zeros(0)
+    r = y - base
+    sigma = white_noise_level(y)
+    on = max(np.log(params.on_factor), params.noise_z * sigma)
+    off = max(np.log(params.off_factor), params.off_z * sigma)
+    on_i, peak_i, end_i = _hysteresis_events(
+        r, on, off, int(params.min_duration), int(params.merge_gap)
+    )
+    if on_i.size and on_i[0] == 0:
+        on_i, peak_i, end_i = on_i[1:], peak_i[1:], end_i[1:]
+    return Bursts(
+        onset=steps[on_i],
+        peak=steps[peak_i],
+        end=steps[end_i],
+        steps=steps,
+        log_baseline=base,
+        on_level=float(on),
+        off_level=float(off),
+        sigma=sigma,
+    )
+
+
+#: Per-step signals of a run that bursts can be detected on.
+SIGNALS = ("update_norm", "train_loss")
+
+
+def run_bursts(run, signal: str = "update_norm", params: BurstParams = BurstParams()) -> Bursts:
+    """Bursts of one run (:class:`geomtraj.analysis.base.RunData`) on a per-step signal.
+
+    ``signal`` is ``"update_norm"`` (default: ``||theta_t - theta_{t-1}||``) or ``"train_loss"``.
+    Steps are optimizer steps; a diverged run is analysed up to its divergence step.
+    """
+    if signal not in SIGNALS:
+        raise GeomtrajError(f"unknown burst signal {signal!r}; expected one of {SIGNALS}")
+    return detect_bursts(getattr(run, signal), run.iteration, params)

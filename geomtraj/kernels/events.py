@@ -1,0 +1,108 @@
+"""JIT-compiled kernels of burst detection (:mod:`geomtraj.analysis.events`).
+
+Pure arrays in, arrays out; the public wrappers in ``geomtraj.analysis.events`` validate and
+allocate. Slow NumPy twins live in ``tests/naive_events.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from geomtraj.config import ANALYSIS_JIT
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _rolling_median(y, half):
+    """Centred rolling median of ``y`` over ``[i-half, i+half]``, clipped to the array (JIT).
+
+    Keeps the window sorted: each step inserts one value and removes one with a binary search and
+    a shift, O(n * window) with a small constant, and exact (no approximation). ``y`` must be
+    finite. For an even number of values (near the ends) the lower-middle and upper-middle values
+    are averaged, as ``numpy.median`` does.
+    """
+    n = y.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    if n == 0:
+        return out
+    buf = np.empty(2 * half + 1, dtype=np.float64)
+    size = 0
+    lo = 0  # first index in the window
+    hi = -1  # last index in the window
+    for i in range(n):
+        new_hi = min(n - 1, i + half)
+        new_lo = max(0, i - half)
+        while hi < new_hi:
+            hi += 1
+            x = y[hi]
+            k = np.searchsorted(buf[:size], x)
+            for j in range(size, k, -1):
+                buf[j] = buf[j - 1]
+            buf[k] = x
+            size += 1
+        while lo < new_lo:
+            x = y[lo]
+            k = np.searchsorted(buf[:size], x)
+            for j in range(k, size - 1):
+                buf[j] = buf[j + 1]
+            size -= 1
+            lo += 1
+        mid = size // 2
+        if size % 2 == 1:
+            out[i] = buf[mid]
+        else:
+            out[i] = 0.5 * (buf[mid - 1] + buf[mid])
+    return out
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _hysteresis_events(excess, on, off, min_duration, merge_gap):
+    """Bursts of ``excess`` by a two-level threshold with hysteresis (JIT-compiled).
+
+    A burst is triggered when ``excess`` stays above ``on`` for ``min_duration`` consecutive
+    samples. Its onset is the last sample before the trigger at which ``excess`` rose above ``off``
+    (so the onset marks the start of the rise, not the moment it became obvious); it ends at the
+    last sample before ``excess`` falls below ``off``. Bursts separated by fewer than
+    ``merge_gap`` samples below ``off`` are merged. The peak is the arg-max of ``excess`` within
+    the burst.
+
+    Returns ``(onset, peak, end)`` index arrays; ``end`` is inclusive.
+    """
+    n = excess.shape[0]
+    onset = np.empty(n, dtype=np.int64)
+    peak = np.empty(n, dtype=np.int64)
+    end = np.empty(n, dtype=np.int64)
+    count = 0
+    i = 0
+    while i < n:
+        if excess[i] <= on:
+            i += 1
+            continue
+        # run of samples above `on` starting at i
+        j = i
+        while j < n and excess[j] > on:
+            j += 1
+        if j - i < min_duration:
+            i = j
+            continue
+        start = i
+        while start > 0 and excess[start - 1] > off:
+            start -= 1
+        stop = j  # first index after the run above `on`
+        while stop < n and excess[stop] > off:
+            stop += 1
+        last = stop - 1
+        if count > 0 and start - end[count - 1] - 1 < merge_gap:
+            # too close to the previous burst: extend it
+            count -= 1
+            start = onset[count]
+        best = start
+        for k in range(start, last + 1):
+            if excess[k] > excess[best]:
+                best = k
+        onset[count] = start
+        peak[count] = best
+        end[count] = last
+        count += 1
+        i = stop
+    return onset[:count], peak[:count], end[:count]

@@ -1,0 +1,120 @@
+"""Burst detection: kernels against NumPy twins, and detection on signals with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from naive_events import hysteresis_events, rolling_median
+from synth_periods import noise_trajectory, random_walk_trajectory, relaxation_oscillation
+
+from geomtraj.analysis.events import BurstParams, detect_bursts
+from geomtraj.errors import GeomtrajError
+from geomtraj.kernels.events import _hysteresis_events, _rolling_median
+
+
+@pytest.mark.parametrize("half", [0, 1, 2, 7, 50])
+def test_rolling_median_matches_numpy(half):
+    rng = np.random.default_rng(half)
+    y = rng.normal(size=400)
+    y[::17] = y[3]  # ties
+    np.testing.assert_array_equal(_rolling_median(y, half), rolling_median(y, half))
+
+
+def test_rolling_median_window_longer_than_signal():
+    y = np.array([3.0, 1.0, 2.0])
+    np.testing.assert_array_equal(_rolling_median(y, 10), np.full(3, 2.0))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hysteresis_matches_naive(seed):
+    rng = np.random.default_rng(seed)
+    excess = np.convolve(rng.normal(size=3000), np.ones(5) / 2, mode="same")
+    for on, off, dur, gap in [(1.0, 0.3, 1, 0), (1.2, 0.5, 3, 5), (0.8, 0.0, 2, 20)]:
+        got = _hysteresis_events(excess, on, off, dur, gap)
+        want = hysteresis_events(excess, on, off, dur, gap)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_one_burst_counts_once_despite_dips():
+    # a burst whose level dips between the two thresholds stays one burst (hysteresis)
+    x = np.ones(3000)
+    x[1000:1060] = 50.0
+    x[1030:1034] = 3.0  # above off (2x), below on (4x)
+    b = detect_bursts(x)
+    assert len(b) == 1
+    assert b.onset[0] == 1000 and b.end[0] == 1059
+
+
+def test_onset_peak_end_of_a_known_burst():
+    n = 5000
+    x = np.full(n, 1e-3)
+    t = np.arange(n)
+    shape = 1e-3 * (1 + 100 * np.exp(-0.5 * ((t - 2500) / 10.0) ** 2))
+    x = np.maximum(x, shape)
+    b = detect_bursts(x, steps=t + 1)
+    assert len(b) == 1
+    assert b.peak[0] == 2501
+    # excess above 2x (off) starts where 100*exp(-z^2/2) > 1, i.e. |t-2500| < 10*sqrt(2 ln 100)
+    half_width = 10.0 * np.sqrt(2 * np.log(100.0))
+    assert abs(b.onset[0] - (2501 - half_width)) <= 1
+    assert abs(b.end[0] - (2501 + half_width)) <= 1
+
+
+def test_onsets_of_a_relaxation_oscillation():
+    rise = 4.0
+    tr = relaxation_oscillation(n_steps=20_000, slow_period=500.0, rise=rise, seed=3)
+    b = detect_bursts(tr.update_norm, tr.steps)
+    assert len(b) == len(tr.onsets)
+    # The detected onset is where the growing flip crosses the off level (2x the quiet norm): a lag
+    # after the true start. The background noise moves that crossing; the flip grows by e every
+    # `rise` steps, so the lag may wander by up to one rise time, never more.
+    lag = b.onset - tr.onsets
+    assert np.all(lag >= 0)
+    assert np.ptp(lag) <= rise
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_bursts_on_noise_and_random_walks(seed):
+    for tr in (noise_trajectory(seed=seed), random_walk_trajectory(seed=seed)):
+        assert len(detect_bursts(tr.update_norm, tr.steps)) == 0
+        assert len(detect_bursts(tr.loss, tr.steps)) == 0
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.5, 1.0, 2.0])
+def test_no_bursts_on_lognormal_noise(sigma):
+    rng = np.random.default_rng(int(sigma * 10))
+    x = np.exp(rng.normal(0.0, sigma, size=50_000))
+    assert len(detect_bursts(x)) == 0
+
+
+def test_analysis_stops_at_first_nonfinite_value():
+    tr = relaxation_oscillation(n_steps=20_000, slow_period=500.0, seed=1)
+    x = tr.update_norm.copy()
+    x[10_000] = np.nan
+    x[10_001:] = 1e30  # garbage after divergence must be ignored
+    b = detect_bursts(x, tr.steps)
+    assert b.last_step == tr.steps[9_999]
+    assert np.all(b.end < tr.steps[10_000])
+    full = detect_bursts(tr.update_norm[:10_000], tr.steps[:10_000])
+    np.testing.assert_array_equal(b.onset, full.onset)
+
+
+def test_mask_marks_burst_steps():
+    x = np.ones(3000)
+    x[1000:1050] = 100.0
+    b = detect_bursts(x, steps=np.arange(3000) + 1)
+    m = b.mask(np.arange(3000) + 1)
+    assert m.sum() == 50 and m[1000] and not m[999]
+
+
+def test_bad_input_and_params():
+    with pytest.raises(GeomtrajError, match="1-D"):
+        detect_bursts(np.ones((3, 3)))
+    with pytest.raises(GeomtrajError, match="non-negative"):
+        detect_bursts(-np.ones(10))
+    with pytest.raises(GeomtrajError, match="steps has shape"):
+        detect_bursts(np.ones(10), steps=np.arange(9))
+    with pytest.raises(GeomtrajError, match="hysteresis"):
+        BurstParams(on_factor=2.0, off_factor=3.0)
+    assert len(detect_bursts(np.zeros(0))) == 0

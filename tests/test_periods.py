@@ -1,0 +1,182 @@
+"""Period estimators on signals with known answers, the grid test, and real trainer output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from synth_periods import noise_trajectory, random_walk_trajectory, relaxation_oscillation
+
+from geomtraj.analysis import periods as P
+from geomtraj.analysis.events import detect_bursts
+from geomtraj.data import make_dataset
+from geomtraj.train import train
+
+#: (slow period, e-folding time, beta2) of the synthetic relaxation oscillations: the slow period
+#: near 1/(1-beta2) as SCIENCE.md describes, and e-folding times around 2/(1-beta1) for beta1 in
+#: 0.5 ... 0.95.
+CASES = [(1000.0, 20.0, 0.999), (200.0, 20.0, 0.995), (100.0, 10.0, 0.99), (2000.0, 40.0, 0.9995),
+         (500.0, 5.0, 0.998)]  # fmt: skip
+
+
+def _measure(tr):
+    b = detect_bursts(tr.update_norm, tr.steps)
+    return b, P.slow_period(b.onset), P.efold_times(tr.update_norm, tr.steps, b)
+
+
+@pytest.mark.parametrize("slow, efold, beta2", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_accuracy_on_relaxation_oscillations(slow, efold, beta2, seed):
+    tr = relaxation_oscillation(
+        n_steps=int(max(30_000, 40 * slow)), slow_period=slow, efold=efold, beta2=beta2, seed=seed
+    )
+    b, sp, ef = _measure(tr)
+    assert len(b) == len(tr.onsets)
+    # the issue's bars: slow period within 5%, e-folding time within 15%, v slope within 2%
+    assert abs(sp.period / slow - 1) < 0.05
+    assert sp.ci[0] <= sp.period <= sp.ci[1]
+    assert abs(ef.efold / efold - 1) < 0.15
+    vd = P.v_decay_slope(tr.v, tr.steps, b)
+    assert abs(vd.slope / np.log(beta2) - 1) < 0.02
+    # the flip of the generator has period 2
+    flip, _ = P.flip_period(tr.theta, tr.steps, b)
+    assert abs(flip - 2.0) < 0.1
+    # with >= 10 bursts, Welch on the log loss agrees with the event estimate within 10%
+    spec = P.spectral_period(np.log(tr.loss))
+    assert abs(spec.period / sp.period - 1) < 0.10
+
+
+def test_ci_covers_the_truth_in_most_realisations():
+    # The bootstrap CI of the median interval must cover the generator's median interval in
+    # roughly 95% of realisations; with 20 realisations allow a few misses (binomial: P(>=4
+    # misses) < 2% at 95% coverage).
+    misses = 0
+    for seed in range(20):
+        tr = relaxation_oscillation(n_steps=20_000, slow_period=500.0, jitter=0.2, seed=100 + seed)
+        _, sp, _ = _measure(tr)
+        if not sp.ci[0] <= np.median(np.diff(tr.onsets)) <= sp.ci[1]:
+            misses += 1
+    assert misses <= 3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nulls_give_no_periods(seed):
+    for tr in (noise_trajectory(seed=seed), random_walk_trajectory(seed=seed)):
+        b, sp, ef = _measure(tr)
+        assert len(b) == 0
+        assert sp.period is None and sp.ci is None and "bursts" in sp.note
+        assert ef.efold is None
+        assert P.v_decay_slope(tr.v, tr.steps, b).slope is None
+
+
+def test_spectral_peak_of_a_sine_with_parabolic_refinement():
+    # a period that falls between frequency bins is recovered to well under one bin
+    period = 337.3
+    t = np.arange(40_000)
+    x = np.sin(2 * np.pi * t / period) + 0.1 * np.random.default_rng(0).normal(size=t.size)
+    spec = P.spectral_period(x)
+    bin_width_period = period**2 / 8192  # one bin of 1/8192 cycles/step, as a period
+    assert abs(spec.period - period) < 0.25 * bin_width_period
+    # Parseval-style check of the scaling: the density integrates to the variance
+    df = spec.freq[1] - spec.freq[0]
+    assert abs(spec.power.sum() * df / x.var() - 1) < 0.05
+
+
+def test_spectrum_with_sample_spacing():
+    period = 400.0
+    steps = np.arange(0, 40_000, 4)  # recorded every 4 steps
+    x = np.sin(2 * np.pi * steps / period)
+    spec = P.spectral_period(x, spacing=4.0)
+    assert abs(spec.period / period - 1) < 0.01
+
+
+def test_red_spectrum_has_no_peak():
+    x = np.cumsum(np.random.default_rng(1).normal(size=30_000))
+    spec = P.spectral_period(x)
+    assert spec.period is None and "lowest frequency" in spec.note
+
+
+def _grid(slope, noise, n_seeds=5, seed=0):
+    rng = np.random.default_rng(seed)
+    pred = np.repeat([100.0, 200.0, 500.0, 1000.0, 2000.0], n_seeds)
+    seeds = np.tile(np.arange(n_seeds), 5)
+    period = 3.0 * pred**slope * np.exp(rng.normal(0.0, noise, pred.size))
+    return period, pred, seeds
+
+
+def test_grid_fit_recovers_proportional_scaling():
+    fit = P.grid_fit(*_grid(1.0, 0.05))
+    assert fit.verdict == "proportional"
+    assert abs(fit.slope - 1.0) < 0.05
+    assert fit.ci[0] < 1.0 < fit.ci[1]
+
+
+def test_grid_fit_recovers_another_exponent():
+    fit = P.grid_fit(*_grid(0.5, 0.05))
+    assert fit.verdict.startswith("power-law (slope 0.5")
+    assert fit.ci[1] < 1.0
+
+
+def test_grid_fit_insufficient_cases():
+    period, pred, seeds = _grid(1.0, 0.05)
+    assert P.grid_fit(period[:3], pred[:3], seeds[:3]).verdict == "insufficient"
+    one_pred = P.grid_fit(period[:5], np.full(5, 100.0), seeds[:5])
+    assert one_pred.verdict == "insufficient" and one_pred.slope is None
+    one_seed = P.grid_fit(period, pred, np.zeros_like(seeds))
+    assert one_seed.verdict == "insufficient" and one_seed.ci is None
+    nan = period.copy()
+    nan[:] = np.nan
+    assert P.grid_fit(nan, pred, seeds).n_runs == 0
+
+
+def test_grid_fit_with_group_intercepts():
+    # two groups with different prefactors but the same exponent: a pooled fit without group
+    # intercepts would be biased, the fixed-effects slope is not
+    p1, pred, seeds = _grid(0.7, 0.02, seed=1)
+    p2, _, _ = _grid(0.7, 0.02, seed=2)
+    period = np.concatenate([p1, 10 * p2])
+    pred2 = np.concatenate([pred, pred * 1.5])
+    group = np.repeat([0, 1], pred.size)
+    fit = P.grid_fit(period, pred2, np.concatenate([seeds, seeds]), group)
+    assert abs(fit.slope - 0.7) < 0.03
+
+
+@pytest.fixture(scope="module")
+def real_store():
+    """A small grid trained by geomtraj: 12x24 tanh nets on sincos, two beta2, two seeds."""
+    X, y = make_dataset("sincos", 64, 0)
+    beta2 = np.repeat([0.998, 0.999], 2)
+    seeds = np.tile([0, 1], 2)
+    return train(X, y, hidden=(12, 24), beta2=beta2, lr=0.01, steps=20_000,
+                 precision="float64", seed=seeds, record_params=16, n_runs=4)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mechanism_check_on_trainer_output(real_store):
+    res = P.analyze(real_store)
+    assert np.all(res["n_bursts"].values >= 50)
+    ratio = res["v_slope"].values / res["v_slope_expected"].values
+    # At beta2 = 0.999 the measured decay of v between bursts is ln(beta2) within 2% (the bar the
+    # synthetic check uses). At 0.998 the slope is reported too; it is a few percent shallower,
+    # because the quiet-phase gradients still feed v (see the closing note of the periods work).
+    at_999 = res["beta2"].values == 0.999
+    assert np.all(np.abs(ratio[at_999] - 1) < 0.02)
+    # every field of the report is JSON-serialisable and follows contract 4
+    rep = P.report(res)
+    json.dumps(rep)
+    entry = rep["runs"][0]
+    assert set(entry) >= {"n_bursts", "slow", "fast", "v_decay"}
+    assert entry["slow"]["predicted"] == pytest.approx(1 / (1 - 0.998))
+    assert entry["fast"]["linear_prediction"] == pytest.approx(-1 / np.log(np.sqrt(0.9)))
+    assert rep["grid"]["slow"]["n_runs"] == 4
+
+
+def test_analyze_blocks_concatenate(real_store):
+    import xarray as xr
+
+    whole = P.analyze(real_store)
+    parts = xr.concat([P.analyze(real_store, runs=[0, 1]), P.analyze(real_store, runs=[2, 3])],
+                      dim="run")  # fmt: skip
+    for name in ("n_bursts", "slow_period", "efold", "v_slope", "burst_onset"):
+        np.testing.assert_array_equal(whole[name].values, parts[name].values)
