@@ -50,7 +50,18 @@ from geomtraj.plan import DataSource, Perturbation, Plan, Run
 #: busy. Both kernels give bit-identical results, so this only changes speed.
 LANE_MIN_RUNS: int | None = None
 
-__all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
+__all__ = [
+    "DataSource",
+    "Perturbation",
+    "Run",
+    "Plan",
+    "train",
+    "train_plan",
+    "run_blocks",
+    "create_store",
+    "train_block",
+    "finish_store",
+]
 
 
 # --------------------------------------------------------------------------------- run state
@@ -59,9 +70,19 @@ __all__ = ["DataSource", "Perturbation", "Run", "Plan", "train", "train_plan"]
 class _Group:
     """Runs that share one compiled kernel: same precision format, activation and loss."""
 
-    def __init__(self, plan: Plan, members: np.ndarray, rec_idx: np.ndarray, fmt: str):
+    def __init__(
+        self,
+        plan: Plan,
+        members: np.ndarray,
+        rec_idx: np.ndarray,
+        fmt: str,
+        slots: np.ndarray | None = None,
+    ):
         runs = [plan.runs[i] for i in members]
         self.members = members
+        # rows of the trainer's buffers that hold these runs (their plan indices when it trains
+        # the whole plan; positions within the block when it trains a block of runs)
+        self.slots = members if slots is None else slots
         self.fmt = fmt
         self.dtype = np.dtype(STORAGE_DTYPE[fmt])
         self.kernels = get_kernels(fmt, runs[0].spec.activation, runs[0].spec.loss)
@@ -248,26 +269,37 @@ def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:
 
 
 class _Trainer:
-    """Chunk loop shared by the in-memory and the zarr paths."""
+    """Chunk loop shared by the in-memory and the zarr paths.
 
-    def __init__(self, plan: Plan):
+    ``runs`` (a contiguous ``range`` of plan indices, default all) restricts training to a block of
+    runs; buffers and gathered state then hold that block only, in run order. Layout (recorded
+    coordinates, chunking, storage dtype) always comes from the whole plan, so a block's values
+    land in the same places of the same store as they would in a whole-plan run.
+    """
+
+    def __init__(self, plan: Plan, runs: range | None = None):
         plan.validate()
         self.plan = plan
+        self.runs = range(len(plan.runs)) if runs is None else runs
+        self.n_all = max(r.spec.n_params for r in plan.runs)
         self.rec_idx = plan.recorded_indices()
         self.n_rec = self.rec_idx.shape[1]
         self.run_chunk, self.rows = plan.chunking(self.n_rec)
         self.n_chunks = -(-plan.n_rows // self.rows)
         self.sdtype = plan.storage_dtype
         keys: dict[tuple, list[int]] = {}
-        for i, r in enumerate(plan.runs):
+        for i in self.runs:
+            r = plan.runs[i]
             keys.setdefault((r.precision, r.spec.activation, r.spec.loss), []).append(i)
+        first = self.runs.start
         self.groups = [
-            _Group(plan, np.array(idx), self.rec_idx, fmt) for (fmt, _, _), idx in keys.items()
+            _Group(plan, np.array(idx), self.rec_idx, fmt, np.array(idx) - first)
+            for (fmt, _, _), idx in keys.items()
         ]
 
     # -- buffers ---------------------------------------------------------------------------
     def new_buffers(self, rows: int) -> dict[str, np.ndarray]:
-        n, upd = len(self.plan.runs), rows * self.plan.record_every
+        n, upd = len(self.runs), rows * self.plan.record_every
         nan = self.sdtype.type(np.nan)
         return {
             "theta": np.full((n, rows, self.n_rec), nan, self.sdtype),
@@ -288,26 +320,29 @@ class _Trainer:
         t_begin, t_end = row0 * r, (row0 + rows) * r
         for g in self.groups:
             # each group fills its own contiguous buffers; scatter them back in run order
-            sub = {k: np.ascontiguousarray(v[g.members]) for k, v in buf.items()}
+            sub = {k: np.ascontiguousarray(v[g.slots]) for k, v in buf.items()}
             g.advance(t_begin, t_end, row0, t_begin, r, sub)
             for k, v in sub.items():
-                buf[k][g.members] = v
+                buf[k][g.slots] = v
         return row0, rows, buf
 
     # -- state in run order ----------------------------------------------------------------
     def gather(self, name: str) -> np.ndarray:
         """A per-run state array of all groups, in run order, cast to the storage dtype."""
         first = getattr(self.groups[0], name)
-        shape = (len(self.plan.runs), *first.shape[1:])
+        # parameter vectors are padded to the widest network of the whole plan (the store's
+        # param_all), whichever runs this trainer holds
+        vector = name in ("theta_init", "theta", "m", "v")
+        shape = (len(self.runs), self.n_all) if vector else (len(self.runs), *first.shape[1:])
         dtype = first.dtype if first.dtype.kind in "iu" else self.sdtype
         fill = -1 if dtype.kind in "iu" else np.nan
         out = np.full(shape, fill, dtype)
         for g in self.groups:
             vals = getattr(g, name)
             if vals.ndim == 1:
-                out[g.members] = vals
+                out[g.slots] = vals
             else:
-                out[g.members, ..., : vals.shape[-1]] = vals
+                out[g.slots, ..., : vals.shape[-1]] = vals
         return out
 
     def checkpoint(self) -> dict[str, np.ndarray]:
@@ -519,7 +554,7 @@ def train_plan(
 
 def _runs_done(tr: _Trainer, t_end: int) -> int:
     div = tr.gather("diverged")
-    return int(np.sum(div >= 0)) if t_end < tr.plan.steps else len(tr.plan.runs)
+    return int(np.sum(div >= 0)) if t_end < tr.plan.steps else len(tr.runs)
 
 
 def _train_in_memory(tr: _Trainer, progress) -> xr.Dataset:
@@ -605,9 +640,102 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
     finally:
         bar.close()
     store_mod.write_region(path, _final_dataset(tr), {"run": slice(None), "param_all": slice(None)})
+    return _finish(path)
+
+
+def _finish(path: Path) -> xr.Dataset:
     store_mod.set_attrs(path, geomtraj_status=store_mod.STATUS_COMPLETE)
     store_mod.resume_path(path).unlink(missing_ok=True)
     return store_mod.open_store(path)
+
+
+# ------------------------------------------------- training one store from several processes
+#
+# ``geomtraj train --scheduler`` splits a plan into blocks of runs that match the store's run
+# chunks: the parent writes the template (``create_store``), each worker trains one block and
+# writes only that block's chunks (``train_block``), and the parent marks the store complete
+# (``finish_store``). No two writers touch the same chunk, and every run computes exactly what it
+# computes in a whole-plan ``train_plan``, so the finished store is byte-identical to one.
+
+
+def run_blocks(plan: Plan) -> list[range]:
+    """Consecutive runs, one block per run-chunk of the store: the units of :func:`train_block`."""
+    run_chunk, _ = plan.chunking(plan.recorded_indices().shape[1])
+    n = len(plan.runs)
+    return [range(a, min(a + run_chunk, n)) for a in range(0, n, run_chunk)]
+
+
+def create_store(plan: Plan, store: str | os.PathLike) -> None:
+    """Write the full-size, not yet trained store of ``plan`` (status ``training``).
+
+    Raises
+    ------
+    StoreError
+        If ``store`` already exists.
+    """
+    path = Path(store)
+    if path.exists():
+        raise StoreError(f"{path} already exists; choose another --out, or --resume to continue it")
+    template, chunks = _template(_Trainer(plan))
+    store_mod.create(path, template, chunks)
+
+
+def train_block(plan: Plan, store: str | os.PathLike, runs: range) -> np.ndarray:
+    """Train the runs ``runs`` of ``plan`` into ``store`` made by :func:`create_store`.
+
+    ``runs`` must start on a run-chunk boundary of the store and end on one (or at the last run),
+    e.g. an element of :func:`run_blocks`, so that blocks trained by different processes never
+    write the same chunk. Training a block again rewrites the same values.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        ``diverged_step`` of the block's runs.
+    """
+    path = Path(store)
+    n = len(plan.runs)
+    run_chunk, _ = plan.chunking(plan.recorded_indices().shape[1])
+    runs = range(runs.start, runs.stop)
+    if not (
+        0 <= runs.start < runs.stop <= n
+        and runs.start % run_chunk == 0
+        and (runs.stop % run_chunk == 0 or runs.stop == n)
+    ):
+        raise ConfigError(
+            f"runs {runs.start}..{runs.stop - 1} do not align with the store's run chunks of "
+            f"{run_chunk} (of {n} runs); use geomtraj.train.run_blocks(plan)"
+        )
+    attrs = store_mod.read_attrs(path)
+    if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
+        raise StoreError(f"{path} was created from a different plan; cannot train a block into it")
+    if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
+        raise StoreError(f"{path} is already complete; nothing to train")
+    tr = _Trainer(plan, runs)
+    run_region = slice(runs.start, runs.stop)
+    for c in range(tr.n_chunks):
+        row0, rows, buf = tr.run_chunk_steps(c)
+        u0, u1 = row0 * plan.record_every, (row0 + rows) * plan.record_every
+        store_mod.write_region(
+            path,
+            _chunk_dataset(row0, rows, buf),
+            {
+                "run": run_region,
+                "step": slice(row0, row0 + rows),
+                "param": slice(None),
+                "iteration": slice(u0, u1),
+            },
+        )
+    store_mod.write_region(path, _final_dataset(tr), {"run": run_region, "param_all": slice(None)})
+    return tr.gather("diverged").astype(np.int64)
+
+
+def finish_store(plan: Plan, store: str | os.PathLike) -> xr.Dataset:
+    """Mark ``store`` complete once every block of :func:`run_blocks` is trained; open it."""
+    path = Path(store)
+    attrs = store_mod.read_attrs(path)
+    if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
+        raise StoreError(f"{path} was created from a different plan; cannot finish it")
+    return _finish(path)
 
 
 def _per_run(value, n: int, name: str) -> list:
