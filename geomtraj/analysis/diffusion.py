@@ -1,0 +1,801 @@
+"""Anomalous diffusion after convergence (Kunin et al., arXiv 2107.09133), and phase-space rotation.
+
+After the loss has converged, parameters keep moving. Kunin et al. find that the mean squared
+displacement grows as a power of the lag, ``MSD(k) ~ k^c``, and that motion in the phase space
+(theta, velocity) rotates. This module measures both on the recorded parameters of each run
+(SCIENCE.md section 3).
+
+Analysis window (the post-convergence segment)
+    The loss is smoothed by a centred rolling median of ``log(train_loss)`` over
+    :attr:`DiffusionParams.loss_smooth_steps` steps (so bursts, which last tens of steps, do not
+    count). Its final level is the median of the smoothed log loss over the last
+    :attr:`~DiffusionParams.final_frac` of the run. The window starts at the first step at which
+    the smoothed loss comes within :attr:`~DiffusionParams.loss_factor` of that level (the first
+    crossing: a rule "stays within" would let one late burst void the whole window), and ends at
+    the last recorded (finite) row. A window shorter than
+    :attr:`~DiffusionParams.min_window_rows` rows is not analysed.
+Mean squared displacement
+    ``MSD(k) = mean_t ||theta_{t+k} - theta_t||^2`` over all pairs in the window (summed over the
+    recorded coordinates), computed for every lag at once by the FFT method: ``sum_t (x_{t+k} -
+    x_t)^2`` is split into two sums of squares (prefix sums) and a correlation
+    (:func:`scipy.signal.fftconvolve`). Coordinates are centred first; the MSD does not change, and
+    the correlation loses no precision to a large mean.
+Detrending
+    Under full-batch training a slow drift dominates the raw displacement (``v^2 k^2``). The
+    detrended MSD is that of the residual after subtracting, per coordinate, the least-squares line
+    ``a + b*t`` over the analysis window: a constant drift velocity is removed, and what remains is
+    the fluctuation about it. Detrending also removes the part of a genuine fluctuation that looks
+    linear over the window, which lowers the MSD at lags approaching the window length; the fit
+    range stops at :attr:`~DiffusionParams.fit_lag_max_frac` of the window for that reason.
+Exponent ``c``
+    Ordinary least squares of ``log MSD`` on ``log k`` over :attr:`~DiffusionParams.n_fit_lags`
+    log-spaced lags from :attr:`~DiffusionParams.fit_lag_min` steps to ``fit_lag_max_frac`` of the
+    window (log spacing weights every decade alike; all integer lags would let the longest, noisiest
+    lags dominate). The lower end skips the first ~1/(1 - beta1) steps, where momentum correlates
+    successive steps and makes short-lag motion ballistic; the exponent describes longer times.
+Confidence interval: a block bootstrap over time
+    The window is cut into :attr:`~DiffusionParams.n_blocks` consecutive blocks of start times. For
+    each block and fit lag, the sum of squared displacements of the pairs that *start* in the
+    block, and their number, are kept; a bootstrap resample draws blocks with replacement, the MSD
+    is the ratio of the summed sums to the summed counts, and the exponent is refitted. The
+    percentile interval of :attr:`~DiffusionParams.n_boot` resamples is the CI. Blocks over time,
+    not coordinates, are the resampled unit because the question is how the estimate would vary
+    over another stretch of the same dynamics, and because the coordinates of one network are
+    strongly coupled (every burst moves all of them at once), so treating them as independent
+    replicates would overstate the information. With the defaults a block (a tenth of the window)
+    is as long as the longest fit lag, so pairs from different blocks overlap little. Increments of
+    a long-memory process are correlated across blocks, which makes the interval somewhat too
+    narrow; the trend is fitted once on the whole window, and its uncertainty is not resampled.
+Phase space
+    The detrended window is projected on its top :attr:`~DiffusionParams.n_components` principal
+    directions. Along direction ``j``, ``x_t`` is the projection and ``y_t = (x_{t+1} - x_t) / dt``
+    the velocity per step. The rotation per step is the mean signed angle between successive points
+    ``(x_t/sd(x), y_t/sd(y))`` (radians per step; positive is counter-clockwise in the (theta,
+    velocity) plane, so an oscillation, which turns clockwise there, gives a negative value, and a
+    period-2 flip gives about ±pi). The probability-current rate is ``0.5*<x_t*y_{t+1} -
+    x_{t+1}*y_t>`` (signed area swept per row, divided by ``dt^2``), also reported normalised by
+    ``sd(x)*sd(y)``. Read both with their kinematic baseline in mind: with the forward-difference
+    velocity, ``x_t*y_{t+1} - x_{t+1}*y_t = x_t*x_{t+2} - x_{t+1}^2`` exactly, so for any stationary
+    series the current is ``-MSD(2)/4`` in expectation: (theta, velocity) space turns clockwise for
+    every motion, reversible or not, because position grows where velocity is positive.
+Position-space current (detailed-balance test)
+    The signed area swept per step in the plane of the top two principal components,
+    ``0.5*<p1_t*p2_{t+1} - p1_{t+1}*p2_t>`` normalised by ``sd(p1)*sd(p2)`` (the Levy-area rate),
+    changes sign under time reversal, so it vanishes in expectation for a process in detailed
+    balance; a non-zero value is a rotational probability current in parameter space (Kunin et
+    al.'s broken detailed balance). Its CI is a percentile block bootstrap over the same
+    :attr:`~DiffusionParams.n_blocks` time blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy.ndimage import median_filter
+from scipy.signal import fftconvolve
+
+from geomtraj.analysis.base import RunData
+from geomtraj.errors import GeomtrajError
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    """Thresholds of the diffusion analysis, with their defaults.
+
+    Attributes
+    ----------
+    loss_factor : float
+        The analysis window starts where the smoothed loss first comes within this factor of its
+        final level (default 10: the loss has come down to within one decade of where it ends, so
+        the fast initial descent, whose displacement is not diffusion, is left out).
+    loss_smooth_steps : int
+        Width of the rolling median of the log loss (default 501 steps, as the burst baseline: many
+        times a burst's length, so bursts do not decide where convergence begins).
+    final_frac : float
+        Fraction of the run at its end that defines the final loss level (default 0.1).
+    min_window_rows : int
+        Fewest recorded rows in the window (default 1000): with ``n_blocks`` blocks and fit lags up
+        to a tenth of the window, fewer rows leave too few pairs per lag.
+    fit_lag_min : int
+        Smallest lag of the exponent fit, in steps (default 10, about ``1/(1-beta1)`` for
+        ``beta1 = 0.9``: below it momentum makes motion ballistic).
+    fit_lag_max_frac : float
+        Largest fit lag as a fraction of the window (default 0.1, so detrending and the shrinking
+        number of pairs barely bias the MSD there).
+    n_fit_lags : int
+        Number of log-spaced lags in the fit (default 30; fewer when the range has fewer integers).
+    max_lag_frac : float
+        The stored MSD curves go up to this fraction of the window (default 0.5, for figures).
+    n_curve_lags : int
+        Points of the stored MSD curves (log-spaced; default 64).
+    n_blocks : int
+        Blocks of the time bootstrap (default 10; see the module docstring).
+    n_boot : int
+        Bootstrap resamples (default 1000).
+    ci : float
+        Coverage of the bootstrap interval (default 0.95).
+    n_components : int
+        Principal directions for the phase-space statistics (default 2).
+    seed : int
+        Seed of the bootstrap's random generator.
+    """
+
+    loss_factor: float = 10.0
+    loss_smooth_steps: int = 501
+    final_frac: float = 0.1
+    min_window_rows: int = 1000
+    fit_lag_min: int = 10
+    fit_lag_max_frac: float = 0.1
+    n_fit_lags: int = 30
+    max_lag_frac: float = 0.5
+    n_curve_lags: int = 64
+    n_blocks: int = 10
+    n_boot: int = 1000
+    ci: float = 0.95
+    n_components: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss_factor <= 1 or not 0 < self.final_frac <= 1:
+            raise GeomtrajError(
+                f"loss_factor={self.loss_factor}, final_frac={self.final_frac}; expected "
+                "loss_factor > 1 and 0 < final_frac <= 1"
+            )
+        if not 0 < self.fit_lag_max_frac <= self.max_lag_frac < 1:
+            raise GeomtrajError(
+                f"fit_lag_max_frac={self.fit_lag_max_frac}, max_lag_frac={self.max_lag_frac}; "
+                "expected 0 < fit_lag_max_frac <= max_lag_frac < 1"
+            )
+        if self.fit_lag_min < 1 or self.n_fit_lags < 3 or self.n_curve_lags < 2:
+            raise GeomtrajError(
+                f"fit_lag_min={self.fit_lag_min}, n_fit_lags={self.n_fit_lags}, n_curve_lags="
+                f"{self.n_curve_lags}; expected >= 1, >= 3 and >= 2"
+            )
+        if self.n_blocks < 2 or self.n_boot < 100 or not 0 < self.ci < 1:
+            raise GeomtrajError(
+                f"n_blocks={self.n_blocks}, n_boot={self.n_boot}, ci={self.ci}; expected "
+                "n_blocks >= 2, n_boot >= 100 and 0 < ci < 1"
+            )
+        if self.n_components < 1 or self.min_window_rows < 10:
+            raise GeomtrajError(
+                f"n_components={self.n_components}, min_window_rows={self.min_window_rows}; "
+                "expected >= 1 and >= 10"
+            )
+
+
+# ----------------------------------------------------------------------------------- MSD
+
+
+def _as_trajectory(x: np.ndarray, name: str = "x") -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise GeomtrajError(
+            f"{name} has shape {x.shape}; expected (n_times >= 2, n_coords) or (n_times,)"
+        )
+    if not np.all(np.isfinite(x)):
+        raise GeomtrajError(f"{name} holds non-finite values; cut the trajectory at divergence")
+    return x
+
+
+def msd_block_sums(
+    x: np.ndarray, lags: np.ndarray, n_blocks: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of squared displacements at ``lags``, split by the block of the pair's start time.
+
+    ``S[b, i]`` is the sum of ``||x_{t+lags[i]} - x_t||^2`` over start times ``t`` in block ``b``
+    with ``t + lags[i] < n``, and ``N[b, i]`` the number of such pairs, for ``n_blocks``
+    consecutive blocks of start times of (nearly) equal length. ``S.sum(0) / N.sum(0)`` is the
+    MSD. The cross term is a correlation computed with :func:`scipy.signal.fftconvolve`; the
+    squares come from prefix sums.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, n_coords) or (n,)
+        Trajectory sampled at equal intervals.
+    lags : array_like of int
+        Lags in samples, each in ``0 .. n-1``.
+    n_blocks : int
+        Number of blocks of start times.
+
+    Returns
+    -------
+    S, N : ndarray, shape (n_blocks, len(lags))
+    """
+    x = _as_trajectory(x)
+    n = x.shape[0]
+    lags = np.asarray(lags, dtype=np.int64)
+    if lags.ndim != 1 or lags.size == 0 or lags.min() < 0 or lags.max() >= n:
+        raise GeomtrajError(f"lags must be integers in 0..{n - 1}, got {lags!r}")
+    if not 1 <= n_blocks <= n:
+        raise GeomtrajError(f"n_blocks={n_blocks}; expected 1..{n} for {n} samples")
+    x = x - x.mean(axis=0)
+    sq = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", x, x))])  # prefix sums of ||x||^2
+    kmax = int(lags.max())
+    edges = np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
+    S = np.zeros((n_blocks, lags.size))
+    N = np.zeros((n_blocks, lags.size))
+    for b in range(n_blocks):
+        a, e = edges[b], edges[b + 1]
+        if e <= a:
+            continue
+        first = x[a:e]
+        second = x[a : min(e + kmax, n)]
+        # corr[k] = sum_{i} first[i] . second[i + k] over i with i + k < len(second)
+        full = fftconvolve(second, first[::-1], mode="full", axes=0).sum(axis=1)
+        u = np.minimum(e, n - lags)  # pairs start at a .. u-1
+        cnt = np.maximum(u - a, 0)
+        has = cnt > 0
+        k = lags[has]
+        u = u[has]
+        corr = full[first.shape[0] - 1 + k]
+        S[b, has] = (sq[u] - sq[a]) + (sq[u + k] - sq[a + k]) - 2.0 * corr
+        N[b] = cnt
+    return S, N
+
+
+def msd(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """Mean squared displacement ``mean_t ||x_{t+k} - x_t||^2`` at each lag ``k`` (FFT method).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, n_coords) or (n,)
+        Trajectory sampled at equal intervals.
+    lags : array_like of int
+        Lags in samples, ``0 .. n-1``.
+
+    Returns
+    -------
+    ndarray, shape (len(lags),)
+    """
+    S, N = msd_block_sums(x, lags, 1)
+    return S[0] / N[0]
+
+
+def detrend_linear(x: np.ndarray) -> np.ndarray:
+    """Residual of each coordinate after subtracting its least-squares line ``a + b*t``."""
+    x = _as_trajectory(x)
+    t = np.arange(x.shape[0], dtype=np.float64)
+    t -= t.mean()
+    design = np.stack([np.ones_like(t), t], axis=1)
+    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
+    return x - design @ coef
+
+
+def log_lags(lo: float, hi: float, n: int) -> np.ndarray:
+    """Up to ``n`` distinct integers spaced evenly in ``log`` from ``lo`` to ``hi`` (inclusive)."""
+    lo, hi = max(1, int(np.ceil(lo))), int(np.floor(hi))
+    if hi < lo:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.geomspace(lo, hi, n).round().astype(np.int64))
+
+
+def fit_power_law(lags: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Exponent and prefactor of ``values ~ A * lags^c``: least squares in log-log coordinates."""
+    lags = np.asarray(lags, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    ok = (lags > 0) & (values > 0) & np.isfinite(values)
+    if ok.sum() < 2:
+        return float("nan"), float("nan")
+    c, log_a = np.polyfit(np.log(lags[ok]), np.log(values[ok]), 1)
+    return float(c), float(np.exp(log_a))
+
+
+@dataclass(frozen=True)
+class ExponentFit:
+    """Diffusion exponent of one trajectory.
+
+    Attributes
+    ----------
+    exponent : float
+        ``c`` of ``MSD ~ k^c`` over the fit lags.
+    prefactor : float
+        ``A`` of ``MSD ~ A k^c`` (lags in the units of ``dt``).
+    ci : tuple of float
+        Block-bootstrap percentile interval of ``c``.
+    fit_lags : ndarray
+        Lags used in the fit, in samples.
+    r2 : float
+        Coefficient of determination of the log-log fit (how close the MSD is to one power law).
+    exponent_low, exponent_high : float
+        Exponents fitted separately over the lower and upper halves of the fit lags (in log lag);
+        their difference shows curvature that a single exponent hides.
+    """
+
+    exponent: float
+    prefactor: float
+    ci: tuple[float, float]
+    fit_lags: np.ndarray
+    r2: float
+    exponent_low: float
+    exponent_high: float
+
+
+def diffusion_exponent(
+    x: np.ndarray,
+    *,
+    detrend: bool = True,
+    dt: float = 1.0,
+    params: DiffusionParams = DiffusionParams(),
+    rng: np.random.Generator | None = None,
+) -> ExponentFit:
+    """Exponent ``c`` of ``MSD(k) ~ k^c`` with a block-bootstrap CI (module docstring).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, n_coords) or (n,)
+        The trajectory over the analysis window, one row every ``dt`` steps.
+    detrend : bool
+        Subtract each coordinate's linear fit first (default True).
+    dt : float
+        Steps between rows (the store's ``record_every``); fit lags are chosen in steps.
+    params : DiffusionParams
+    rng : numpy.random.Generator, optional
+        Bootstrap generator (default: seeded with ``params.seed``).
+
+    Returns
+    -------
+    ExponentFit
+    """
+    x = _as_trajectory(x)
+    if detrend:
+        x = detrend_linear(x)
+    n = x.shape[0]
+    lags = log_lags(params.fit_lag_min / dt, params.fit_lag_max_frac * n, params.n_fit_lags)
+    if lags.size < 3:
+        raise GeomtrajError(
+            f"only {lags.size} fit lags between {params.fit_lag_min} steps and "
+            f"{params.fit_lag_max_frac:g} x {n} rows; use a longer window or lower fit_lag_min"
+        )
+    S, N = msd_block_sums(x, lags, params.n_blocks)
+    curve = S.sum(0) / N.sum(0)
+    c, a = fit_power_law(lags * dt, curve)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resid = np.log(curve) - np.log(a) - c * np.log(lags * dt)
+        spread = np.log(curve) - np.mean(np.log(curve))
+    r2 = 1.0 - float(resid @ resid) / float(spread @ spread) if np.all(curve > 0) else np.nan
+    half = lags.size // 2
+    c_low, _ = fit_power_law(lags[: half + 1] * dt, curve[: half + 1])
+    c_high, _ = fit_power_law(lags[half:] * dt, curve[half:])
+    rng = rng or np.random.default_rng(params.seed)
+    pick = rng.integers(0, params.n_blocks, size=(params.n_boot, params.n_blocks))
+    num = S[pick].sum(axis=1)
+    den = N[pick].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot_msd = num / den
+    log_k = np.log(lags * dt)
+    log_k = log_k - log_k.mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ly = np.log(boot_msd)
+    good = np.all(np.isfinite(ly), axis=1)
+    slopes = (ly[good] - ly[good].mean(axis=1, keepdims=True)) @ log_k / (log_k @ log_k)
+    alpha = (1 - params.ci) / 2
+    ci = (float(np.quantile(slopes, alpha)), float(np.quantile(slopes, 1 - alpha)))
+    return ExponentFit(c, a, ci, lags, r2, c_low, c_high)
+
+
+# ---------------------------------------------------------------------------- phase space
+
+
+def phase_space(x: np.ndarray, *, dt: float = 1.0) -> dict[str, float]:
+    """Rotation per step and probability-current rate of one coordinate in (x, velocity).
+
+    Parameters
+    ----------
+    x : array_like, shape (n,)
+        A coordinate (e.g. a principal component of the detrended trajectory), one row every
+        ``dt`` steps.
+    dt : float
+        Steps between rows.
+
+    Returns
+    -------
+    dict
+        ``rotation`` (mean signed angle per step between successive normalised phase points,
+        radians, counter-clockwise positive), ``current`` (``0.5*<x_t*y_{t+1} - x_{t+1}*y_t>`` per
+        step, in units of x^2/step^2), ``current_normalised`` (``current / (sd(x)*sd(y))``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.size < 4 or not np.all(np.isfinite(x)):
+        raise GeomtrajError(f"phase_space needs a finite 1-D series of >= 4 values, got {x.shape}")
+    y = np.diff(x) / dt
+    p = x[:-1]
+    sx, sy = p.std(), y.std()
+    nan = float("nan")
+    if sx == 0 or sy == 0:
+        return {"rotation": nan, "current": nan, "current_normalised": nan}
+    z = p / sx + 1j * y / sy
+    nz = z != 0
+    turn = np.angle(z[1:][nz[1:] & nz[:-1]] * np.conj(z[:-1][nz[1:] & nz[:-1]]))
+    current = 0.5 * np.mean(p[:-1] * y[1:] - p[1:] * y[:-1]) / dt
+    return {
+        "rotation": float(turn.mean() / dt) if turn.size else nan,
+        "current": float(current),
+        "current_normalised": float(current * dt / (sx * sy)),
+    }
+
+
+def levy_area_rate(
+    p1: np.ndarray,
+    p2: np.ndarray,
+    *,
+    dt: float = 1.0,
+    n_blocks: int = 10,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, tuple[float, float]]:
+    """Normalised signed area swept per step in the ``(p1, p2)`` plane, with a block-bootstrap CI.
+
+    ``0.5*<p1_t*p2_{t+1} - p1_{t+1}*p2_t> / (sd(p1)*sd(p2)) / dt``: zero in expectation for a
+    process in detailed balance (time reversal flips its sign), non-zero for a rotational
+    probability current. The CI resamples ``n_blocks`` consecutive blocks of time with replacement.
+    """
+    p1 = np.asarray(p1, dtype=np.float64)
+    p2 = np.asarray(p2, dtype=np.float64)
+    if p1.ndim != 1 or p1.shape != p2.shape or p1.size < 2 * n_blocks + 1:
+        raise GeomtrajError(
+            f"levy_area_rate needs two 1-D series of one length >= {2 * n_blocks + 1}, got "
+            f"{p1.shape} and {p2.shape}"
+        )
+    s1, s2 = p1.std(), p2.std()
+    if s1 == 0 or s2 == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    area = 0.5 * (p1[:-1] * p2[1:] - p1[1:] * p2[:-1]) / (s1 * s2 * dt)
+    edges = np.linspace(0, area.size, n_blocks + 1).round().astype(np.int64)
+    sums = np.add.reduceat(area, edges[:-1])
+    counts = np.diff(edges).astype(np.float64)
+    rng = rng or np.random.default_rng(0)
+    pick = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
+    boot = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    alpha = (1 - ci) / 2
+    return float(area.mean()), (
+        float(np.quantile(boot, alpha)),
+        float(np.quantile(boot, 1 - alpha)),
+    )
+
+
+def principal_directions(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top principal directions of a (centred) trajectory and their explained-variance fractions."""
+    x = _as_trajectory(x)
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    var = s**2
+    return vt[:k], var[:k] / var.sum() if var.sum() > 0 else np.full(k, np.nan)
+
+
+# ------------------------------------------------------------------------ analysis window
+
+
+def convergence_window(
+    loss: np.ndarray, steps: np.ndarray, params: DiffusionParams = DiffusionParams()
+) -> int | None:
+    """First step at which the smoothed loss has come within ``loss_factor`` of its final level.
+
+    Parameters
+    ----------
+    loss : array_like
+        Per-step loss (finite), e.g. ``RunData.train_loss``.
+    steps : array_like of int
+        Steps of ``loss``.
+
+    Returns
+    -------
+    int or None
+        The step, or None for an empty series.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    steps = np.asarray(steps, dtype=np.int64)
+    if loss.shape != steps.shape or loss.ndim != 1:
+        raise GeomtrajError(f"loss {loss.shape} and steps {steps.shape} must be 1-D of one length")
+    if loss.size == 0:
+        return None
+    y = np.log(np.maximum(loss, 1e-300))
+    w = min(params.loss_smooth_steps | 1, loss.size if loss.size % 2 else loss.size - 1)
+    smooth = median_filter(y, size=max(w, 1), mode="nearest")
+    tail = max(1, int(round(params.final_frac * loss.size)))
+    final = np.median(smooth[-tail:])
+    # first crossing, not "stays below": a single late burst would otherwise void the window
+    start = int(np.argmax(smooth <= final + np.log(params.loss_factor)))
+    return int(steps[start])
+
+
+# ------------------------------------------------------------------------------ protocol
+
+
+def _progress_callback(progress, total: int):
+    """``progress``: None/False (silent), True (tqdm bar) or a callable taking each run index."""
+    if callable(progress):
+        return progress, lambda: None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="diffusion", unit="run")
+        return (lambda _r: bar.update(1)), bar.close
+    return (lambda _r: None), lambda: None
+
+
+_SCALARS = (
+    "window_start",
+    "window_end",
+    "window_rows",
+    "exponent",
+    "ci_low",
+    "ci_high",
+    "prefactor",
+    "exponent_raw",
+    "ci_raw_low",
+    "ci_raw_high",
+    "prefactor_raw",
+    "fit_lag_min",
+    "fit_lag_max",
+    "fit_r2",
+    "exponent_low",
+    "exponent_high",
+    "drift_speed",
+    "pc_current",
+    "pc_current_ci_low",
+    "pc_current_ci_high",
+)
+
+
+def analyze(
+    ds: xr.Dataset,
+    runs: Iterable[int] | None = None,
+    *,
+    progress=None,
+    params: DiffusionParams | None = None,
+) -> xr.Dataset:
+    """MSD curves, diffusion exponents and phase-space statistics of ``runs`` (all by default).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A store opened with :func:`geomtraj.store.open_store`.
+    runs : iterable of int, optional
+        Store run indices.
+    progress : None, bool or callable
+        False/None: silent; True: a progress bar; a callable is called with each finished run.
+    params : DiffusionParams, optional
+
+    Returns
+    -------
+    xarray.Dataset
+        Over ``run``: the window (``window_start``, ``window_end`` steps, ``window_rows``), the
+        detrended exponent ``exponent`` with ``ci_low``/``ci_high`` and ``prefactor``, the same for
+        the raw MSD (``*_raw``), the fit range in steps with ``fit_r2``, ``exponent_low`` and
+        ``exponent_high``, ``drift_speed`` (norm of the fitted drift velocity per step),
+        ``pc_current`` with its CI (position-space current of the top two directions), ``note``;
+        over (``run``, ``lag``): ``msd`` and ``msd_raw`` at log-spaced lags in steps (NaN beyond a
+        run's window); over (``run``, ``component``): ``rotation``,
+        ``current``, ``current_normalised`` and ``explained_variance``.
+    """
+    params = params or DiffusionParams()
+    n_runs = ds.sizes["run"]
+    indices = list(range(n_runs)) if runs is None else [int(r) for r in runs]
+    if not indices:
+        raise GeomtrajError("runs is empty; pass at least one run index (or None for all)")
+    for r in indices:
+        if not 0 <= r < n_runs:
+            raise GeomtrajError(f"run {r} not in the store (it has runs 0..{n_runs - 1})")
+    record_every = int(ds.attrs.get("record_every", 1))
+    n_rows = ds.sizes["step"]
+    # one lag grid for the whole store, so blocks of runs concatenate
+    lag_rows = log_lags(1, params.max_lag_frac * n_rows, params.n_curve_lags)
+    lag_steps = lag_rows * record_every
+    nc = params.n_components
+    scal = {k: np.full(len(indices), np.nan) for k in _SCALARS}
+    notes = [""] * len(indices)
+    curves = {k: np.full((len(indices), lag_rows.size), np.nan) for k in ("msd", "msd_raw")}
+    phase = {
+        k: np.full((len(indices), nc), np.nan)
+        for k in ("rotation", "current", "current_normalised", "explained_variance")
+    }
+    tick, close = _progress_callback(progress, len(indices))
+    try:
+        for i, r in enumerate(indices):
+            notes[i] = _one_run(RunData(ds, r), params, lag_rows, i, scal, curves, phase)
+            tick(r)
+    finally:
+        close()
+    data = {k: (("run",), v) for k, v in scal.items()}
+    data["note"] = (("run",), np.asarray(notes, dtype=object))
+    for k, v in curves.items():
+        data[k] = (("run", "lag"), v)
+    for k, v in phase.items():
+        data[k] = (("run", "component"), v)
+    out = xr.Dataset(
+        data,
+        coords={
+            "run": np.asarray(indices, dtype=np.int64),
+            "lag": lag_steps,
+            "component": np.arange(nc),
+        },
+    )
+    out.attrs["analysis"] = "diffusion"
+    out.attrs["params"] = repr(asdict(params))
+    out["lag"].attrs["units"] = "steps"
+    out["msd"].attrs["method"] = "FFT, linear trend per coordinate removed over the window"
+    out["msd_raw"].attrs["method"] = "FFT, no detrending"
+    out["rotation"].attrs["units"] = "radians per step, counter-clockwise in (theta, velocity)"
+    return out
+
+
+def _one_run(run: RunData, params, lag_rows, i, scal, curves, phase) -> str:
+    dt = float(run.record_every)
+    steps = run.step
+    if run.iteration.size == 0 or steps.size == 0:
+        return "no finite recorded rows"
+    start = convergence_window(run.train_loss, run.iteration, params)
+    rows = steps >= start
+    theta = run.theta[rows]
+    n = theta.shape[0]
+    scal["window_start"][i] = start
+    scal["window_end"][i] = steps[-1]
+    scal["window_rows"][i] = n
+    if n < params.min_window_rows:
+        return (
+            f"post-convergence window has {n} rows (from step {start}); needs "
+            f"{params.min_window_rows}: train longer or lower loss_factor"
+        )
+    if theta.shape[1] == 0:
+        return "no recorded parameters"
+    rng = np.random.default_rng(params.seed)
+    resid = detrend_linear(theta)
+    drift = (theta - resid)[-1] - (theta - resid)[0]
+    scal["drift_speed"][i] = np.linalg.norm(drift) / (dt * (n - 1))
+    ok = lag_rows < n * params.max_lag_frac
+    lags_here = lag_rows[ok]
+    curves["msd"][i, ok] = msd(resid, lags_here)
+    curves["msd_raw"][i, ok] = msd(theta, lags_here)
+    try:
+        det = diffusion_exponent(resid, detrend=False, dt=dt, params=params, rng=rng)
+        raw = diffusion_exponent(theta, detrend=False, dt=dt, params=params, rng=rng)
+    except GeomtrajError as err:
+        return str(err)
+    scal["exponent"][i], scal["prefactor"][i] = det.exponent, det.prefactor
+    scal["ci_low"][i], scal["ci_high"][i] = det.ci
+    scal["exponent_raw"][i], scal["prefactor_raw"][i] = raw.exponent, raw.prefactor
+    scal["ci_raw_low"][i], scal["ci_raw_high"][i] = raw.ci
+    scal["fit_lag_min"][i] = det.fit_lags[0] * dt
+    scal["fit_lag_max"][i] = det.fit_lags[-1] * dt
+    scal["fit_r2"][i] = det.r2
+    scal["exponent_low"][i], scal["exponent_high"][i] = det.exponent_low, det.exponent_high
+    directions, explained = principal_directions(resid, params.n_components)
+    proj = (resid - resid.mean(axis=0)) @ directions.T
+    for j in range(directions.shape[0]):
+        ps = phase_space(proj[:, j], dt=dt)
+        phase["rotation"][i, j] = ps["rotation"]
+        phase["current"][i, j] = ps["current"]
+        phase["current_normalised"][i, j] = ps["current_normalised"]
+        phase["explained_variance"][i, j] = explained[j]
+    if directions.shape[0] >= 2:
+        boot = {"n_blocks": params.n_blocks, "n_boot": params.n_boot, "ci": params.ci}
+        cur, (lo, hi) = levy_area_rate(proj[:, 0], proj[:, 1], dt=dt, rng=rng, **boot)
+        scal["pc_current"][i] = cur
+        scal["pc_current_ci_low"][i], scal["pc_current_ci_high"][i] = lo, hi
+    return ""
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def report(result: xr.Dataset) -> dict:
+    """Contract-4 ``diffusion`` section and per-run fields.
+
+    ``diffusion`` lists, per run: ``exponent`` (detrended) with its block-bootstrap ``ci``,
+    ``detrended: true``, ``exponent_raw`` and ``ci_raw``, the ``fit_lags`` range and the
+    ``window`` (steps), the fit diagnostics ``fit_r2``, ``exponent_low`` and ``exponent_high``
+    (lower and upper half of the fit lags), ``drift_speed``, per principal direction
+    ``rotation_per_step``, ``probability_current`` and ``probability_current_normalised`` in the
+    (theta, velocity) plane, and ``pc_current`` with ``pc_current_ci``, the position-space current
+    between the top two principal directions (see the module docstring for how to read each).
+    """
+    entries, runs_out = [], {}
+    for i, r in enumerate(result["run"].values.tolist()):
+        v = {k: result[k].values[i] for k in _SCALARS}
+        exp = _num(v["exponent"])
+        entry = {
+            "run": int(r),
+            "exponent": exp,
+            "ci": [_num(v["ci_low"]), _num(v["ci_high"])] if exp is not None else None,
+            "detrended": True,
+            "exponent_raw": _num(v["exponent_raw"]),
+            "ci_raw": (
+                [_num(v["ci_raw_low"]), _num(v["ci_raw_high"])]
+                if _num(v["exponent_raw"]) is not None
+                else None
+            ),
+            "fit_lags": (
+                [int(v["fit_lag_min"]), int(v["fit_lag_max"])]
+                if np.isfinite(v["fit_lag_min"])
+                else None
+            ),
+            "window": (
+                [int(v["window_start"]), int(v["window_end"])]
+                if np.isfinite(v["window_start"])
+                else None
+            ),
+            "fit_r2": _num(v["fit_r2"]),
+            "exponent_low": _num(v["exponent_low"]),
+            "exponent_high": _num(v["exponent_high"]),
+            "drift_speed": _num(v["drift_speed"]),
+            "rotation_per_step": [_num(x) for x in result["rotation"].values[i]],
+            "probability_current": [_num(x) for x in result["current"].values[i]],
+            "probability_current_normalised": [
+                _num(x) for x in result["current_normalised"].values[i]
+            ],
+            "pc_current": _num(v["pc_current"]),
+            "pc_current_ci": (
+                [_num(v["pc_current_ci_low"]), _num(v["pc_current_ci_high"])]
+                if _num(v["pc_current"]) is not None
+                else None
+            ),
+            "note": str(result["note"].values[i]),
+        }
+        entries.append(entry)
+        runs_out[int(r)] = {"diffusion": {"exponent": exp, "ci": entry["ci"]}}
+    return {"runs": runs_out, "diffusion": entries}
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12) -> list[Path]:
+    """MSD against lag on log-log axes, raw and detrended, with the fitted power law.
+
+    One PNG per ``per_figure`` runs: ``diffusion_msd_<k>.png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    lags = result["lag"].values.astype(float)
+    idx = np.arange(result.sizes["run"])
+    paths = []
+    for k0 in range(0, idx.size, per_figure):
+        chunk = idx[k0 : k0 + per_figure]
+        ncol = min(4, chunk.size)
+        nrow = int(np.ceil(chunk.size / ncol))
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
+        for ax in axes.flat[chunk.size :]:
+            ax.set_visible(False)
+        for ax, i in zip(axes.flat, chunk, strict=False):
+            _draw_msd(ax, result, int(i), lags)
+        fig.tight_layout()
+        p = outdir / f"diffusion_msd_{k0 // per_figure}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def _draw_msd(ax, result, i, lags):
+    r = int(result["run"].values[i])
+    ax.loglog(lags, result["msd_raw"].values[i], "o", ms=2, color="C1", label="raw")
+    ax.loglog(lags, result["msd"].values[i], "o", ms=2, color="C0", label="detrended")
+    lo, hi = result["fit_lag_min"].values[i], result["fit_lag_max"].values[i]
+    if np.isfinite(lo):
+        kk = np.geomspace(lo, hi, 20)
+        for pre, c, col, name in (
+            ("prefactor", "exponent", "C0", "c"),
+            ("prefactor_raw", "exponent_raw", "C1", "c_raw"),
+        ):
+            a, e = result[pre].values[i], result[c].values[i]
+            ax.loglog(kk, a * kk**e, "-", color=col, lw=1.2, label=f"{name} = {e:.2f}")
+        ax.axvspan(lo, hi, color="gray", alpha=0.1)
+    ax.set_title(f"run {r}", fontsize=8)
+    ax.set_xlabel("lag (steps)")
+    ax.set_ylabel("MSD")
+    ax.legend(fontsize=6)
