@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from synth_periods import noise_trajectory, random_walk_trajectory, relaxation_oscillation
 
+from geomtraj.analysis import combine
 from geomtraj.analysis import periods as P
 from geomtraj.analysis.events import detect_bursts
 from geomtraj.data import make_dataset
@@ -173,10 +174,7 @@ def test_mechanism_check_on_trainer_output(real_store):
 
 
 def test_analyze_blocks_concatenate(real_store):
-    import xarray as xr
-
     whole = P.analyze(real_store)
-    parts = xr.concat([P.analyze(real_store, runs=[0, 1]), P.analyze(real_store, runs=[2, 3])],
-                      dim="run")  # fmt: skip
+    parts = combine([P.analyze(real_store, runs=[0, 1]), P.analyze(real_store, runs=[2, 3])])
     for name in ("n_bursts", "slow_period", "efold", "v_slope", "burst_onset"):
         np.testing.assert_array_equal(whole[name].values, parts[name].values)

@@ -268,9 +268,10 @@ def flip_period(
 ) -> tuple[float | None, str]:
     """Median over bursts of the dominant period of the parameter motion inside each burst.
 
-    Per burst, the per-step parameter changes are projected on their leading principal direction
-    (SVD), and the period is that of the largest peak of the periodogram, refined by parabolic
-    interpolation. Needs every step recorded; returns ``(None, note)`` otherwise.
+    Per burst, the periodograms of the per-step changes of every recorded parameter are summed
+    (the trace of the cross-spectral matrix, which does not depend on the direction of the motion),
+    and the period is that of the largest peak, refined by parabolic interpolation. Needs every
+    step recorded; returns ``(None, note)`` otherwise.
     """
     steps = np.asarray(steps)
     if steps.size < 2 or np.any(np.diff(steps) != 1):
@@ -284,9 +285,10 @@ def flip_period(
         d = d - d.mean(axis=0)
         if not np.any(d):
             continue
-        u, s, _ = np.linalg.svd(d, full_matrices=False)
-        proj = u[:, 0] * s[0]
-        freq, power = sps.periodogram(proj, detrend=False, window="hann")
+        # total power over the coordinates: the trace of the cross-spectral matrix, which peaks
+        # at the frequency of the dominant motion whatever its direction
+        freq, power = sps.periodogram(d, detrend=False, window="hann", axis=0)
+        power = power.sum(axis=1)
         if freq.size < 3:
             continue
         k = int(np.argmax(power[1:]) + 1)
