@@ -161,8 +161,12 @@ def test_mechanism_check_on_trainer_output(real_store):
     # At beta2 = 0.999 the measured decay of v between bursts is ln(beta2) within 2% (the bar the
     # synthetic check uses). At 0.998 the slope is reported too; it is a few percent shallower,
     # because the quiet-phase gradients still feed v (see the closing note of the periods work).
-    at_999 = res["beta2"].values == 0.999
-    assert np.all(np.abs(ratio[at_999] - 1) < 0.02)
+    # In the quiet phases of these runs g**2 << v (the premise), and the measured decay of v
+    # between bursts is ln(beta2) within 2%, the bar of the synthetic check. (At beta2 <= 0.995
+    # this net's quiet phases have g**2/v of 0.1-0.25 and the slope is 10-25% shallower; that is
+    # reported, not tested, because the premise fails there.)
+    assert np.all(res["quiet_g2_over_v"].values < 0.05)
+    assert np.all(np.abs(ratio - 1) < 0.02)
     # every field of the report is JSON-serialisable and follows contract 4
     rep = P.report(res)
     json.dumps(rep)
@@ -178,3 +182,14 @@ def test_analyze_blocks_concatenate(real_store):
     parts = combine([P.analyze(real_store, runs=[0, 1]), P.analyze(real_store, runs=[2, 3])])
     for name in ("n_bursts", "slow_period", "efold", "v_slope", "burst_onset"):
         np.testing.assert_array_equal(whole[name].values, parts[name].values)
+
+
+def test_gradient_recovered_from_the_first_moment():
+    # quiet_gradient_ratio recovers g_t from m; check that identity on the trainer's own gradient
+    # norm (a per-step record) for a run with every parameter recorded at every step
+    X, y = make_dataset("sincos", 64, 0)
+    ds = train(X, y, hidden=(5, 7), beta1=0.8, lr=0.01, steps=300, precision="float64")
+    m = ds["m"].values[0]
+    g = (m[1:] - 0.8 * m[:-1]) / (1 - 0.8)
+    grad_norm = ds["grad_norm"].values[0, 1:]
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), grad_norm, rtol=1e-9)

@@ -310,37 +310,74 @@ class VDecay:
     note: str = ""
 
 
+def _quiet_rows(steps: np.ndarray, bursts: Bursts, params: PeriodParams) -> list[np.ndarray]:
+    """Row selections of the quiet segments between successive bursts (trimmed, long enough)."""
+    out = []
+    margin = params.quiet_margin
+    for k in range(len(bursts) - 1):
+        a, b = bursts.end[k] + margin, bursts.onset[k + 1] - margin
+        sel = np.flatnonzero((steps >= a) & (steps <= b))
+        if sel.size >= params.min_quiet:
+            out.append(sel)
+    return out
+
+
 def v_decay_slope(
     v: np.ndarray, steps: np.ndarray, bursts: Bursts, params: PeriodParams = PeriodParams()
 ) -> VDecay:
     """Median slope of ``log v`` per step over the quiet segments between bursts.
 
     Quiet segments run from a burst's end to the next burst's onset, trimmed by
-    ``params.quiet_margin`` steps at both sides. In each one with at least ``params.min_quiet``
-    recorded samples, ``log v`` of every recorded parameter is fitted by least squares against the
-    step; the result is the median of those slopes. While ``g**2 << v`` Adam gives
-    ``v_t = beta2 * v_{t-1}``, a slope of ``ln(beta2)``.
+    ``params.quiet_margin`` steps at both sides, and need ``params.min_quiet`` recorded samples.
+    The slope is the median, over every recorded parameter and every pair of successive recorded
+    rows in those segments, of ``(log v_b - log v_a) / (step_b - step_a)``. The median ignores
+    the upward kicks that small sub-threshold events give ``v`` and measures the free decay in
+    between: while ``g**2 << v`` Adam gives ``v_t = beta2 * v_{t-1}``, a slope of ``ln(beta2)``.
+    Whether that premise holds is measured by :func:`quiet_gradient_ratio`.
     """
     v = np.asarray(v, dtype=np.float64)
     steps = np.asarray(steps, dtype=np.float64)
-    slopes = []
-    margin = params.quiet_margin
-    for k in range(len(bursts) - 1):
-        a, b = bursts.end[k] + margin, bursts.onset[k + 1] - margin
-        sel = (steps >= a) & (steps <= b)
-        if np.count_nonzero(sel) < params.min_quiet:
-            continue
+    rates = []
+    for sel in _quiet_rows(steps, bursts, params):
         seg = v[sel]
         ok = np.all(seg > 0, axis=0) & np.all(np.isfinite(seg), axis=0)
         if not np.any(ok):
             continue
-        t = steps[sel] - steps[sel].mean()
-        y = np.log(seg[:, ok])
-        slopes.append((t @ (y - y.mean(axis=0))) / (t @ t))
-    if not slopes:
+        dlog = np.diff(np.log(seg[:, ok]), axis=0)
+        rates.append((dlog / np.diff(steps[sel])[:, None]).ravel())
+    if not rates:
         return VDecay(None, 0, "no quiet segment between bursts long enough for a v slope")
-    allslopes = np.concatenate(slopes)
-    return VDecay(float(np.median(allslopes)), int(allslopes.size))
+    allrates = np.concatenate(rates)
+    return VDecay(float(np.median(allrates)), int(allrates.size))
+
+
+def quiet_gradient_ratio(
+    m: np.ndarray,
+    v: np.ndarray,
+    steps: np.ndarray,
+    beta1: float,
+    bursts: Bursts,
+    params: PeriodParams = PeriodParams(),
+) -> float | None:
+    """Median of ``g_t**2 / v_t`` over the quiet segments: the premise of the mechanism check.
+
+    The gradient is recovered exactly from Adam's first moment, ``g_t = (m_t - beta1*m_{t-1}) /
+    (1 - beta1)``, so this needs every step recorded (``None`` otherwise). ``v`` decays freely with
+    slope ``ln(beta2)`` only where this ratio is much smaller than 1.
+    """
+    steps = np.asarray(steps)
+    if steps.size < 2 or np.any(np.diff(steps) != 1):
+        return None
+    ratios = []
+    for sel in _quiet_rows(steps, bursts, params):
+        sel = sel[sel >= 1]
+        g = (m[sel] - beta1 * m[sel - 1]) / (1.0 - beta1)
+        vv = v[sel]
+        ok = vv > 0
+        ratios.append((g[ok] ** 2) / vv[ok])
+    if not ratios:
+        return None
+    return float(np.median(np.concatenate(ratios)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +482,7 @@ RESULT_VARIABLES = {
     "flip_period": "median dominant period of the motion inside bursts (steps)",
     "v_slope": "median slope of log v per step between bursts",
     "v_slope_expected": "ln(beta2)",
+    "quiet_g2_over_v": "median g**2/v between bursts (the free-decay premise holds when << 1)",
 }
 
 
@@ -479,6 +517,11 @@ def analyze_run(run: RunData, params: PeriodParams = PeriodParams()) -> dict:
     if flip_note:
         notes.append(f"flip: {flip_note}")
     vd = v_decay_slope(v, run.step, bursts, params)
+    g2v = (
+        quiet_gradient_ratio(run.m, v, run.step, h["beta1"], bursts, params)
+        if len(bursts)
+        else None
+    )
     if vd.note:
         notes.append(f"v_decay: {vd.note}")
     agreement = ""
@@ -514,6 +557,7 @@ def analyze_run(run: RunData, params: PeriodParams = PeriodParams()) -> dict:
         "flip_period": flip if flip is not None else nan,
         "v_slope": vd.slope if vd.slope is not None else nan,
         "v_slope_expected": float(np.log(b2)) if b2 > 0 else nan,
+        "quiet_g2_over_v": g2v if g2v is not None else nan,
         "note": "; ".join(notes),
         "_bursts": bursts,
     }
@@ -650,7 +694,11 @@ def report(result: xr.Dataset, params: PeriodParams = PeriodParams()) -> dict:
                 "linear_prediction": _num(r["linear_prediction"]),
                 "flip_period": _num(r["flip_period"]),
             },
-            "v_decay": {"slope": _num(r["v_slope"]), "expected": _num(r["v_slope_expected"])},
+            "v_decay": {
+                "slope": _num(r["v_slope"]),
+                "expected": _num(r["v_slope_expected"]),
+                "quiet_g2_over_v": _num(r["quiet_g2_over_v"]),
+            },
         }
         if note:
             entry["note"] = note
