@@ -1,0 +1,1017 @@
+"""Edge of stability: Adam's preconditioned sharpness against its stability threshold.
+
+Cohen et al. (arXiv 2207.14484) write full-batch Adam as
+``theta_{t+1} = theta_t - lr * P_t^{-1} m_t`` with the raw (not bias-corrected) momentum
+``m_t = beta1*m_{t-1} + (1-beta1)*g_t``, ``g_t = grad L(theta_t)``, and the diagonal preconditioner
+
+    ``P_t = (1 - beta1^t) * diag(sqrt(v_t / (1 - beta2^t)) + eps)``,
+
+where ``v_t`` already contains ``g_t**2``. This is contract 3's update exactly
+(``lr*m_hat/(sqrt(v_hat)+eps) = lr*m/((1-beta1^t)(sqrt(v_hat)+eps))``). Linearising the update
+with ``P`` frozen, a quadratic direction of curvature ``lambda`` of ``P^{-1} H`` is stable when
+``lambda < (2 + 2*beta1) / ((1 - beta1) * lr)`` (38/lr for beta1 = 0.9), the *threshold*; Cohen et
+al. find that the *preconditioned sharpness* ``lambda_max(P_t^{-1} H_t)`` rises to it and hovers
+there.
+
+Indexing in this module. geomtraj stores the state *after* update ``t`` (``theta_t``, ``m_t``,
+``v_t``, contract 2). At a checkpoint ``t`` this module measures the curvature the *next* update
+(``t+1``) sees: ``H = H(theta_t)`` and the preconditioner of that update,
+
+    ``P = (1 - beta1^(t+1)) * (sqrt(v' / (1 - beta2^(t+1))) + eps)``,
+    ``v' = beta2*v_t + (1 - beta2)*g(theta_t)**2``,
+
+with ``g`` recomputed in float64 (weight decay included, as in the trainer). This is Cohen et al.'s
+``P_t^{-1} H_t`` in their indexing. The eigenvalue is computed on the symmetric matrix
+``P^{-1/2} H P^{-1/2}``, which has the same spectrum as ``P^{-1} H``. ``H`` comes from exact
+Hessian-vector products (:mod:`geomtraj.hessian`) in float64 on the run's data, rounded first to the
+run's number format as the trainer rounded it.
+
+Where the full state lives. ``lambda_max`` needs every coordinate of ``theta``, ``m``, ``v``:
+
+* ``theta_init`` (step 0, ``m = v = 0``) and ``theta_final``/``m_final``/``v_final`` (the last step,
+  or step ``diverged_step - 1`` of a diverged run) always hold it;
+* the recorded rows hold it when the run recorded every parameter (``record_params = "all"``,
+  checked through ``param_index``);
+* otherwise, with ``retrain=True``, the run is trained again from ``theta_init`` with
+  :func:`geomtraj.train.train` (same hyper-parameters, precision, seed, batch size and perturbation,
+  every parameter recorded at the checkpoint stride). The trainer is bit-for-bit reproducible, and
+  the retrained trajectory is compared with the stored recorded coordinates; any difference is
+  reported in ``note``. Without ``retrain`` only steps 0 and the final step are measured, and
+  ``note`` says so.
+
+Bursts against crossings. The sharpness ratio ``lambda_max / threshold`` is interpolated linearly
+between checkpoints to find *upward crossings* of 1. A burst (:func:`.events.run_bursts` on the
+update norm) *starts at a crossing* when an upward crossing lies in
+``[onset - max_lag, onset + resolution]`` (``resolution`` = checkpoint spacing). The fraction of
+onsets that do is compared with its chance level, the fraction of analysed steps covered by those
+windows around all crossings, with a one-sided binomial test; the lag ``onset - crossing`` is
+reported too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from threadpoolctl import threadpool_limits
+
+from geomtraj.analysis.base import RunData
+from geomtraj.errors import GeomtrajError
+from geomtraj.hessian import MLPObjective
+from geomtraj.models import MLPSpec, parse_hidden
+from geomtraj.store import strings
+
+__all__ = [
+    "StabilityParams",
+    "stability_threshold",
+    "adam_preconditioner",
+    "update_ratio",
+    "preconditioned_sharpness",
+    "power_iteration",
+    "upward_crossings",
+    "onsets_vs_crossings",
+    "CheckpointStates",
+    "checkpoint_states",
+    "analyze",
+    "report",
+    "figures",
+]
+
+
+@dataclass(frozen=True)
+class StabilityParams:
+    """Settings of the edge-of-stability analysis.
+
+    Attributes
+    ----------
+    max_checkpoints : int
+        At most this many checkpoints per run, spread evenly over the steps that hold the full
+        state (default 2000). Burst onsets can only be matched with crossings when the spacing of
+        checkpoints is well below ``max_lag``; 2000 checkpoints over a 20000-step run that records
+        every step gives a spacing of 10 steps, one momentum time for beta1 = 0.9.
+    large_update_ratio : float
+        A coordinate's update is *large* when ``|m_hat/(sqrt(v_hat)+eps)| > large_update_ratio``
+        (default 0.5). The ratio is 1 for a gradient of constant sign and size (a full ``lr`` step)
+        and near 0 when the gradient flips sign every step (the momentum cancels), so 0.5
+        separates coordinates that move at a sizeable fraction of the maximal Adam step from those
+        that do not.
+    eig_method : str
+        ``"auto"`` (default): a dense symmetric eigensolver when the network has at most
+        ``dense_max_params`` parameters (its Hessian from ``n_params`` HVPs, exact and fast for
+        tiny nets), otherwise Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on HVPs;
+        ``"dense"``, ``"eigsh"`` or ``"power"`` force a method.
+    dense_max_params : int
+        Largest network solved densely by ``"auto"`` (default 1000: a 1000x1000 ``eigvalsh`` takes
+        about 0.1 s, comparable with a Lanczos solve).
+    eig_tol : float
+        Relative tolerance of the iterative solvers (default 1e-8, far below the 1 % at which a
+        crossing could move).
+    power_iters : int
+        Iteration cap of the power method (default 2000).
+    max_lag_momentum : float
+        A burst starts at a crossing when an upward crossing precedes its onset by at most
+        ``max_lag_momentum / (1 - beta1)`` steps (default 10, i.e. 100 steps for beta1 = 0.9).
+        Just above the threshold the unstable flip grows by a factor only slightly above 1 per
+        step and must rise from the rounding floor by many orders of magnitude, which takes tens of
+        momentum times' worth of steps at most; the test is against the chance level of the same
+        window, so a longer window does not by itself favour "coincidence".
+    verdict_fraction : float
+        The verdict says bursts start at crossings when at least this fraction of onsets do
+        (default 0.8) *and* the binomial test against chance gives ``p < verdict_alpha``.
+    verdict_alpha : float
+        Significance level of that binomial test (default 0.01).
+    min_onsets : int
+        Fewest burst onsets inside the checkpointed range for a verdict (default 3).
+    retrain : bool
+        Rebuild intermediate checkpoints by training the run again from ``theta_init`` when the
+        store did not record every parameter (default False: it costs a full training run).
+    burst_signal : str
+        Per-step series bursts are detected on (default ``"update_norm"``).
+    seed : int
+        Seed of the random start vector of the iterative eigensolvers (default 0).
+    """
+
+    max_checkpoints: int = 2000
+    large_update_ratio: float = 0.5
+    eig_method: str = "auto"
+    dense_max_params: int = 1000
+    eig_tol: float = 1e-8
+    power_iters: int = 2000
+    max_lag_momentum: float = 10.0
+    verdict_fraction: float = 0.8
+    verdict_alpha: float = 0.01
+    min_onsets: int = 3
+    retrain: bool = False
+    burst_signal: str = "update_norm"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_checkpoints < 2:
+            raise GeomtrajError(f"max_checkpoints={self.max_checkpoints}; expected at least 2")
+        if self.eig_method not in ("auto", "dense", "eigsh", "power"):
+            raise GeomtrajError(
+                f"eig_method={self.eig_method!r}; expected 'auto', 'dense', 'eigsh' or 'power'"
+            )
+        if not self.large_update_ratio > 0:
+            raise GeomtrajError(f"large_update_ratio={self.large_update_ratio}; expected > 0")
+        if not (self.max_lag_momentum > 0 and 0 < self.verdict_fraction <= 1):
+            raise GeomtrajError(
+                f"max_lag_momentum={self.max_lag_momentum}, verdict_fraction="
+                f"{self.verdict_fraction}; expected > 0 and in (0, 1]"
+            )
+
+
+# ----------------------------------------------------------------------------- the formulas
+
+
+def stability_threshold(beta1: float, lr: float) -> float:
+    """Adam's stability threshold ``(2 + 2*beta1) / ((1 - beta1) * lr)`` (Cohen et al.)."""
+    if not (0 <= beta1 < 1 and lr > 0):
+        raise GeomtrajError(f"beta1={beta1}, lr={lr}; expected 0 <= beta1 < 1 and lr > 0")
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+
+
+def adam_preconditioner(
+    v: np.ndarray, grad: np.ndarray, t: int, beta1: float, beta2: float, eps: float
+) -> np.ndarray:
+    """Diagonal of Cohen et al.'s ``P`` for the update that starts from the state after ``t``.
+
+    ``P = (1 - beta1^(t+1)) * (sqrt(v' / (1 - beta2^(t+1))) + eps)`` with
+    ``v' = beta2*v + (1 - beta2)*grad**2``; ``v`` is the raw second moment after update ``t``
+    (zero at ``t = 0``) and ``grad`` the gradient at ``theta_t``.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    grad = np.asarray(grad, dtype=np.float64)
+    if v.shape != grad.shape or t < 0:
+        raise GeomtrajError(f"v {v.shape} and grad {grad.shape} must match and t={t} be >= 0")
+    nxt = beta2 * v + (1.0 - beta2) * grad * grad
+    s = t + 1
+    return (1.0 - beta1**s) * (np.sqrt(nxt / (1.0 - beta2**s)) + eps)
+
+
+def update_ratio(
+    m: np.ndarray, v: np.ndarray, t: int, beta1: float, beta2: float, eps: float
+) -> np.ndarray:
+    """``|m_hat / (sqrt(v_hat) + eps)|`` per coordinate after update ``t`` (NaN at ``t = 0``)."""
+    m = np.asarray(m, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if t < 1:
+        return np.full(m.shape, np.nan)
+    m_hat = m / (1.0 - beta1**t)
+    v_hat = v / (1.0 - beta2**t)
+    return np.abs(m_hat / (np.sqrt(v_hat) + eps))
+
+
+def power_iteration(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    iters: int = 2000,
+    tol: float = 1e-8,
+    seed: int = 0,
+) -> tuple[float, bool]:
+    """Largest *algebraic* eigenvalue of a symmetric operator by the power method.
+
+    The plain power method converges to the eigenvalue of largest magnitude; when that one is
+    negative the method is run again on ``A + |mu| I``, whose top eigenvalue is the largest
+    algebraic one of ``A`` shifted by ``|mu|``. Returns ``(eigenvalue, converged)``.
+    """
+
+    def top_magnitude(op) -> tuple[float, bool]:
+        x = np.random.default_rng(seed).standard_normal(n)
+        x /= np.linalg.norm(x)
+        lam = 0.0
+        for _ in range(iters):
+            y = op(x)
+            new = float(x @ y)  # Rayleigh quotient of the unit vector x
+            norm = np.linalg.norm(y)
+            if norm == 0.0:
+                return 0.0, True
+            x = y / norm
+            if abs(new - lam) <= tol * max(abs(new), 1e-300):
+                return new, True
+            lam = new
+        return lam, False
+
+    mu, ok = top_magnitude(matvec)
+    if mu >= 0:
+        return mu, ok
+    shift = abs(mu)
+    top, ok2 = top_magnitude(lambda x: matvec(x) + shift * x)
+    return top - shift, ok and ok2
+
+
+def preconditioned_sharpness(
+    hvp: Callable[[np.ndarray], np.ndarray],
+    precond: np.ndarray,
+    *,
+    method: str = "auto",
+    dense_max_params: int = 1000,
+    tol: float = 1e-8,
+    power_iters: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """``lambda_max(P^{-1} H)`` and ``lambda_max(H)`` from Hessian-vector products.
+
+    Parameters
+    ----------
+    hvp : callable
+        ``hvp(V)`` returns ``H @ V`` for ``V`` of shape ``(n,)`` or ``(k, n)`` (rows are vectors).
+    precond : ndarray, shape (n,)
+        The positive diagonal of ``P``.
+    method : str
+        ``"dense"`` (eigenvalues of the matrix built from ``n`` HVPs), ``"eigsh"`` (Lanczos,
+        largest algebraic), ``"power"`` (:func:`power_iteration`) or ``"auto"`` (dense up to
+        ``dense_max_params``).
+
+    Returns
+    -------
+    (float, float)
+        The largest algebraic eigenvalue of ``P^{-1/2} H P^{-1/2}`` (the spectrum of ``P^{-1} H``)
+        and of ``H`` itself.
+    """
+    P = np.asarray(precond, dtype=np.float64)
+    if P.ndim != 1 or not (np.all(np.isfinite(P)) and np.all(P > 0)):
+        raise GeomtrajError("the preconditioner must be a 1-D array of positive finite values")
+    n = P.size
+    if method == "auto":
+        method = "dense" if n <= dense_max_params else "eigsh"
+    d = 1.0 / np.sqrt(P)
+    if method == "dense":
+        H = np.asarray(hvp(np.eye(n)), dtype=np.float64)
+        H = 0.5 * (H + H.T)
+        S = d[:, None] * H * d[None, :]
+        return float(np.linalg.eigvalsh(S)[-1]), float(np.linalg.eigvalsh(H)[-1])
+    if method == "eigsh":
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        v0 = np.random.default_rng(seed).standard_normal(n)
+
+        def top(scale: np.ndarray) -> float:
+            def mv(x):
+                return scale * hvp(scale * np.ravel(x))
+
+            op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+            if n < 3:  # ARPACK needs k < n
+                return float(np.linalg.eigvalsh(op @ np.eye(n))[-1])
+            return float(eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)[0])
+
+        return top(d), top(np.ones(n))
+    if method == "power":
+        s, _ = power_iteration(lambda x: d * hvp(d * x), n, iters=power_iters, tol=tol, seed=seed)
+        h, _ = power_iteration(hvp, n, iters=power_iters, tol=tol, seed=seed)
+        return s, h
+    raise GeomtrajError(f"method={method!r}; expected 'auto', 'dense', 'eigsh' or 'power'")
+
+
+# ------------------------------------------------------------------- crossings against bursts
+
+
+def upward_crossings(steps: np.ndarray, ratio: np.ndarray, level: float = 1.0) -> np.ndarray:
+    """Steps where ``ratio`` rises through ``level``, interpolated linearly between samples.
+
+    Non-finite samples break the series: no crossing is drawn across them.
+    """
+    s = np.asarray(steps, dtype=np.float64)
+    r = np.asarray(ratio, dtype=np.float64)
+    a, b = r[:-1], r[1:]
+    ok = np.isfinite(a) & np.isfinite(b) & (a < level) & (b >= level)
+    i = np.flatnonzero(ok)
+    frac = (level - a[i]) / (b[i] - a[i])
+    return s[i] + frac * (s[i + 1] - s[i])
+
+
+def onsets_vs_crossings(
+    steps: np.ndarray, ratio: np.ndarray, onsets: np.ndarray, max_lag: float
+) -> dict:
+    """Whether burst onsets follow upward crossings of the sharpness ratio through 1.
+
+    Parameters
+    ----------
+    steps, ratio : ndarray
+        Checkpoint steps (increasing) and ``lambda_max(P^-1 H) / threshold`` there.
+    onsets : ndarray
+        Burst onsets (steps).
+    max_lag : float
+        Largest lag ``onset - crossing`` (steps) that counts as "at the crossing".
+
+    Returns
+    -------
+    dict
+        ``n_onsets`` (onsets inside the checkpointed range), ``n_crossings``, ``n_at_crossing``,
+        ``fraction_at_crossing``, ``chance_fraction`` (fraction of the range covered by the same
+        windows around the crossings), ``p_value`` (one-sided binomial), ``lags`` (``onset -
+        latest crossing at or before onset + resolution``, NaN where none), ``ratio_at_onset``,
+        ``fraction_above_at_onset`` and ``fraction_time_above`` (its chance level) with their
+        one-sided binomial ``p_value_above``, and ``resolution`` (median checkpoint spacing).
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    ratio = np.asarray(ratio, dtype=np.float64)
+    ok = np.isfinite(ratio)
+    steps, ratio = steps[ok], ratio[ok]
+    out: dict = {
+        "n_onsets": 0, "n_crossings": 0, "n_at_crossing": 0, "fraction_at_crossing": None,
+        "chance_fraction": None, "p_value": None, "lags": np.zeros(0),
+        "ratio_at_onset": np.zeros(0), "fraction_above_at_onset": None,
+        "fraction_time_above": None, "p_value_above": None, "resolution": None,
+    }  # fmt: skip
+    if steps.size < 2:
+        return out
+    resolution = float(np.median(np.diff(steps)))
+    lo, hi = steps[0], steps[-1]
+    onsets = np.asarray(onsets, dtype=np.float64)
+    onsets = onsets[(onsets >= lo) & (onsets <= hi)]
+    cross = upward_crossings(steps, ratio)
+    # a crossing c "explains" onsets in [c - resolution, c + max_lag]
+    starts, stops = cross - resolution, cross + max_lag
+    at = np.array([bool(np.any((starts <= o) & (o <= stops))) for o in onsets], dtype=bool)
+    covered = _union_length(np.clip(starts, lo, hi), np.clip(stops, lo, hi))
+    chance = covered / (hi - lo) if hi > lo else 0.0
+    lags = np.full(onsets.size, np.nan)
+    for k, o in enumerate(onsets):
+        before = cross[cross <= o + resolution]
+        if before.size:
+            lags[k] = o - before[-1]
+    r_on = np.interp(onsets, steps, ratio)
+    grid = np.linspace(lo, hi, max(int(hi - lo) + 1, 2))
+    above_time = float(np.mean(np.interp(grid, steps, ratio) >= 1.0))
+    out.update(
+        n_onsets=int(onsets.size),
+        n_crossings=int(cross.size),
+        n_at_crossing=int(at.sum()),
+        chance_fraction=float(chance),
+        lags=lags,
+        ratio_at_onset=r_on,
+        fraction_time_above=above_time,
+        resolution=resolution,
+    )
+    if onsets.size:
+        out["fraction_at_crossing"] = float(at.mean())
+        out["fraction_above_at_onset"] = float(np.mean(r_on >= 1.0))
+        out["p_value"] = _binomial_p(int(at.sum()), onsets.size, chance)
+        out["p_value_above"] = _binomial_p(int(np.sum(r_on >= 1.0)), onsets.size, above_time)
+    return out
+
+
+def _binomial_p(k: int, n: int, chance: float) -> float:
+    """One-sided binomial p-value of ``k`` or more successes in ``n`` at success rate ``chance``."""
+    from scipy.stats import binomtest
+
+    if chance <= 0.0:
+        return 0.0 if k > 0 else 1.0
+    if chance >= 1.0:
+        return 1.0
+    return float(binomtest(k, n, chance, "greater").pvalue)
+
+
+def _union_length(starts: np.ndarray, stops: np.ndarray) -> float:
+    """Total length of the union of intervals ``[starts_i, stops_i]``."""
+    if starts.size == 0:
+        return 0.0
+    order = np.argsort(starts)
+    total, cur_a, cur_b = 0.0, starts[order[0]], stops[order[0]]
+    for a, b in zip(starts[order[1:]], stops[order[1:]], strict=True):
+        if a > cur_b:
+            total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return float(total + cur_b - cur_a)
+
+
+# ------------------------------------------------------------------------ states from a store
+
+
+@dataclass
+class CheckpointStates:
+    """Full Adam states of one run at its checkpoints.
+
+    Attributes
+    ----------
+    steps : ndarray of int64, shape (k,)
+        Update counts ``t`` (state after update ``t``; 0 is the initial point).
+    theta, m, v : ndarray, shape (k, n_params)
+        Full state in the contract-1 layout, float64 (``m = v = 0`` at step 0).
+    source : str
+        ``"recorded"`` (recorded rows with every parameter), ``"init+final"`` (only the two
+        states a store always holds) or ``"retrained"``.
+    note : str
+        What limited the checkpoints, or "" when nothing did.
+    """
+
+    steps: np.ndarray
+    theta: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    source: str
+    note: str = ""
+
+
+def run_spec(ds: xr.Dataset, run: int) -> MLPSpec:
+    """The network of store run ``run`` (:class:`~geomtraj.models.MLPSpec`)."""
+    one = ds.isel(run=run)
+    d_in = int(ds.sizes["feature"])
+    return MLPSpec(
+        d_in,
+        parse_hidden(strings(one["hidden"])[0]),
+        strings(one["activation"])[0],
+        strings(one["loss_fn"])[0],
+    )
+
+
+def run_data_arrays(ds: xr.Dataset, run: int, *, rounded: bool = True):
+    """The data ``(X, y)`` run ``run`` trained on, float64; rounded to its format if ``rounded``."""
+    from geomtraj.kernels.rounding import round_to_format
+
+    one = ds.isel(run=run)
+    d = int(one["data_index"].values)
+    n = int(ds["data_n"].values[d])
+    X = np.asarray(ds["data_x"].values[d, :n], dtype=np.float64)
+    y = np.asarray(ds["data_y"].values[d, :n], dtype=np.float64)
+    if rounded:
+        fmt = strings(one["precision"])[0]
+        X = round_to_format(X, fmt).astype(np.float64)
+        y = round_to_format(y, fmt).astype(np.float64)
+    return X, y
+
+
+def _full_columns(ds: xr.Dataset, run: int, n_params: int) -> np.ndarray | None:
+    """Column of ``param`` holding each flat index, when every parameter is recorded; else None."""
+    pidx = ds["param_index"]
+    if "run" in pidx.dims:
+        pidx = pidx.isel(run=run)
+    idx = np.asarray(pidx.values, dtype=np.int64)
+    where = np.full(n_params, -1, np.int64)
+    for col, flat in enumerate(idx):
+        if 0 <= flat < n_params:
+            where[flat] = col
+    return where if np.all(where >= 0) else None
+
+
+def _even_subset(values: np.ndarray, k: int) -> np.ndarray:
+    if values.size <= k:
+        return values
+    pick = np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(np.int64))
+    return values[pick]
+
+
+_PERTURBATION = re.compile(r"^ulp:([+-]?\d+)@(.+)@t=(\d+)$")
+
+
+def _parse_perturbation(label: str):
+    """The :class:`geomtraj.plan.Perturbation` a store's ``perturbation`` label describes."""
+    from geomtraj.plan import Perturbation
+
+    if label in ("", "none"):
+        return None
+    m = _PERTURBATION.match(label)
+    if m:
+        return Perturbation("ulp", param=m.group(2), ulps=int(m.group(1)), step=int(m.group(3)))
+    if label.startswith("scale:k="):
+        return Perturbation("scale", k=float(label.split("=", 1)[1]))
+    raise GeomtrajError(
+        f"perturbation label {label!r} not understood; expected 'none', 'ulp:+N@NAME@t=T' or "
+        "'scale:k=K'"
+    )
+
+
+def checkpoint_states(
+    ds: xr.Dataset,
+    run: int,
+    *,
+    steps: Sequence[int] | None = None,
+    max_checkpoints: int = 2000,
+    retrain: bool = False,
+) -> CheckpointStates:
+    """Full ``theta``, ``m``, ``v`` of run ``run`` at checkpoints (see the module docstring).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A store.
+    run : int
+        Store run index.
+    steps : sequence of int, optional
+        Requested checkpoints; by default up to ``max_checkpoints`` evenly spread over all steps
+        that hold the full state. Requested steps that hold no full state are dropped and named
+        in ``note`` (or rebuilt when ``retrain``).
+    retrain : bool
+        Rebuild missing checkpoints by training again from ``theta_init``.
+    """
+    rd = RunData(ds, run)
+    n = rd.hyper["n_params"]
+    one = ds.isel(run=run)
+    final_step = rd.steps if rd.diverged_step is None else rd.diverged_step - 1
+    if rd.diverged_step is not None and rd.diverged_step <= 1:
+        final_step = 0
+    cols = _full_columns(ds, run, n)
+    rec_steps = rd.step if cols is not None else np.zeros(0, np.int64)
+    avail = np.unique(np.concatenate([[0], rec_steps, [final_step]])).astype(np.int64)
+    notes = []
+    if steps is None:
+        wanted = _even_subset(avail, max_checkpoints)
+    else:
+        wanted = np.unique(np.asarray(steps, dtype=np.int64))
+        bad = wanted[(wanted < 0) | (wanted > final_step)]
+        if bad.size:
+            notes.append(f"steps {bad.tolist()[:5]} lie outside 0..{final_step}, dropped")
+        wanted = wanted[(wanted >= 0) & (wanted <= final_step)]
+
+    missing = np.setdiff1d(wanted, avail)
+    source = "recorded" if cols is not None else "init+final"
+    if steps is None and cols is None:
+        if retrain:
+            stride = max(1, math.ceil(final_step / (max_checkpoints - 1))) if final_step else 1
+            missing = np.arange(stride, final_step + 1, stride, dtype=np.int64)
+            wanted = np.unique(np.concatenate([[0], missing, [final_step]]))
+        else:
+            notes.append(
+                "the store records only a subset of parameters, so the full state exists only at "
+                "step 0 and the final step; pass retrain=True to rebuild intermediate checkpoints"
+            )
+    retrained: dict[int, tuple] = {}
+    if missing.size and retrain:
+        retrained, msg = _retrain(ds, run, rd, missing)
+        source = "retrained"
+        if msg:
+            notes.append(msg)
+    elif missing.size:
+        notes.append(
+            f"{missing.size} requested checkpoints (e.g. {missing[:3].tolist()}) hold no full "
+            "state in the store; dropped (retrain=True rebuilds them)"
+        )
+        wanted = np.setdiff1d(wanted, missing)
+
+    theta = np.empty((wanted.size, n))
+    m = np.zeros((wanted.size, n))
+    v = np.zeros((wanted.size, n))
+    row_of = {int(s): i for i, s in enumerate(rd.step)}
+    rows_needed = [
+        (k, row_of[int(s)])
+        for k, s in enumerate(wanted)
+        if cols is not None and int(s) in row_of and int(s) not in (0, final_step)
+    ]
+    if rows_needed:
+        ks, rows = zip(*rows_needed, strict=True)
+        ks = np.array(ks)
+        for name, out in (("theta", theta), ("m", m), ("v", v)):
+            block = np.asarray(one[name].isel(step=list(rows)).values, dtype=np.float64)
+            out[ks] = block[:, cols]
+    for k, s in enumerate(wanted):
+        s = int(s)
+        if s == 0:
+            theta[k] = np.asarray(one["theta_init"].values[:n], dtype=np.float64)
+        elif s == final_step:
+            theta[k] = np.asarray(one["theta_final"].values[:n], dtype=np.float64)
+            m[k] = np.asarray(one["m_final"].values[:n], dtype=np.float64)
+            v[k] = np.asarray(one["v_final"].values[:n], dtype=np.float64)
+        elif s in retrained:
+            theta[k], m[k], v[k] = retrained[s]
+    return CheckpointStates(wanted, theta, m, v, source, "; ".join(notes))
+
+
+def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray):
+    """Train run ``run`` again from ``theta_init`` and return its full state at ``steps``."""
+    from geomtraj.train import train
+
+    h = rd.hyper
+    n = h["n_params"]
+    one = ds.isel(run=run)
+    spec = run_spec(ds, run)
+    X, y = run_data_arrays(ds, run, rounded=False)
+    steps = np.asarray(steps, dtype=np.int64)
+    last = int(steps.max())
+    stride = int(np.gcd.reduce(steps))
+    pert = _parse_perturbation(h["perturbation"])
+    if pert is not None and pert.kind == "ulp" and pert.step > last:
+        pert = None  # it would act after the last checkpoint
+    out = train(
+        X, y, hidden=spec.hidden, activation=spec.activation, loss=spec.loss,
+        theta0=np.asarray(one["theta_init"].values[:n], dtype=np.float64)[None, :],
+        beta1=h["beta1"], beta2=h["beta2"], lr=h["lr"], eps=h["eps"],
+        weight_decay=h["weight_decay"], steps=last, precision=h["precision"],
+        record_every=stride, seed=h["seed"], batch_size=int(one["batch_size"].values),
+        record_params="all", perturbation=[pert], progress=False,
+    )  # fmt: skip
+    st = np.asarray(out["step"].values, dtype=np.int64)
+    states = {}
+    for s in steps:
+        i = int(np.searchsorted(st, s))
+        states[int(s)] = tuple(
+            np.asarray(out[k].values[0, i, :n], dtype=np.float64) for k in ("theta", "m", "v")
+        )
+    # check the rebuilt trajectory against what the store recorded
+    msg = ""
+    common = np.intersect1d(rd.step, st)
+    if common.size:
+        names = rd.param_names
+        flat = [spec.param_index(nm) for nm in names]
+        rows_st = np.searchsorted(st, common)
+        rows_rd = np.searchsorted(rd.step, common)
+        rebuilt = np.asarray(out["theta"].values[0][rows_st][:, flat], dtype=np.float64)
+        stored = rd.theta[rows_rd]
+        diff = float(np.max(np.abs(rebuilt - stored))) if stored.size else 0.0
+        if diff != 0.0:
+            msg = (
+                f"retrained trajectory differs from the stored one by up to {diff:.3g} on the "
+                "recorded coordinates; its checkpoints are approximate"
+            )
+    return states, msg
+
+
+# ---------------------------------------------------------------------------- the analysis
+
+
+#: Per-checkpoint outputs of :func:`analyze` and the key :func:`_fill_checkpoints` fills them under.
+_CHECKPOINT_COLUMNS = {
+    "sharpness": "sharpness",
+    "hessian_max": "hessian_max",
+    "large_update_fraction": "large_fraction",
+    "update_ratio_median": "ratio_median",
+    "update_ratio_max": "ratio_max",
+    "checkpoint_loss": "loss",
+}
+#: Per-run float outputs; entries 2..-2 come straight from :func:`onsets_vs_crossings`.
+_RUN_SCALARS = (
+    "threshold",
+    "median_lag",
+    "fraction_at_crossing",
+    "chance_fraction",
+    "p_value",
+    "fraction_above_at_onset",
+    "fraction_time_above",
+    "p_value_above",
+    "resolution",
+    "max_lag",
+)
+_RUN_COUNTS = ("n_bursts", "n_onsets", "n_crossings", "n_at_crossing", "n_checkpoints")
+
+
+def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
+    """All per-checkpoint measurements and the burst comparison of one run."""
+    from geomtraj.analysis.events import run_bursts
+
+    rd = RunData(ds, run)
+    h = rd.hyper
+    spec = run_spec(ds, run)
+    X, y = run_data_arrays(ds, run)
+    objective = MLPObjective(spec, X, y, h["weight_decay"])
+    states = checkpoint_states(
+        ds, run, steps=checkpoints, max_checkpoints=params.max_checkpoints, retrain=params.retrain
+    )
+    b1 = h["beta1"]
+    threshold = stability_threshold(b1, h["lr"])
+    k = states.steps.size
+    cols = {name: np.full(k, np.nan) for name in _CHECKPOINT_COLUMNS.values()}
+    # tiny matrices: BLAS threads only add synchronisation (40x slower on a busy 2-core machine)
+    with threadpool_limits(1):
+        _fill_checkpoints(states, objective, params, h, cols)
+    ratio = cols["sharpness"] / threshold
+    bursts = run_bursts(rd, params.burst_signal)
+    max_lag = params.max_lag_momentum / (1.0 - b1)
+    cmp = onsets_vs_crossings(states.steps, ratio, bursts.onset, max_lag)
+    return states, cols, ratio, threshold, bursts, cmp, max_lag
+
+
+def _fill_checkpoints(states, objective, params, h, cols) -> None:
+    b1, b2, eps = h["beta1"], h["beta2"], h["eps"]
+    for i, t in enumerate(states.steps):
+        t = int(t)
+        if not np.all(np.isfinite(states.theta[i])):
+            continue
+        lin = objective.at(states.theta[i])
+        P = adam_preconditioner(states.v[i], lin.grad, t, b1, b2, eps)
+        s, hmax = preconditioned_sharpness(
+            lin, P, method=params.eig_method, dense_max_params=params.dense_max_params,
+            tol=params.eig_tol, power_iters=params.power_iters, seed=params.seed,
+        )  # fmt: skip
+        cols["sharpness"][i], cols["hessian_max"][i], cols["loss"][i] = s, hmax, lin.loss
+        if t >= 1:
+            u = update_ratio(states.m[i], states.v[i], t, b1, b2, eps)
+            cols["large_fraction"][i] = float(np.mean(u > params.large_update_ratio))
+            cols["ratio_median"][i] = float(np.median(u))
+            cols["ratio_max"][i] = float(np.max(u))
+
+
+def analyze(
+    ds: xr.Dataset,
+    runs: Sequence[int] | None = None,
+    *,
+    progress: Callable[[int], object] | None = None,
+    params: StabilityParams | None = None,
+    checkpoints: Sequence[int] | None = None,
+    **overrides,
+) -> xr.Dataset:
+    """Preconditioned sharpness at checkpoints, and burst onsets against threshold crossings.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A store (:func:`geomtraj.store.open_store`).
+    runs : sequence of int, optional
+        Store run indices (all by default).
+    progress : callable, optional
+        Called with 1 after each run (for example ``tqdm.update``).
+    params : StabilityParams, optional
+        Settings; keyword ``overrides`` replace single fields (``retrain=True``, ...).
+    checkpoints : sequence of int, optional
+        Steps to measure at (default: up to ``params.max_checkpoints`` evenly spread).
+
+    Returns
+    -------
+    xarray.Dataset
+        Over ``run`` and ``checkpoint`` (``params.max_checkpoints`` slots, or as many as requested,
+        padded with NaN and step -1): ``checkpoint_step``, ``sharpness`` (``lambda_max(P^-1 H)``),
+        ``sharpness_ratio`` (over the threshold), ``hessian_max`` (``lambda_max(H)``),
+        ``large_update_fraction``, ``update_ratio_median``, ``update_ratio_max``,
+        ``checkpoint_loss``; per run ``threshold``, ``checkpoint_source``, ``n_bursts``,
+        ``n_onsets``, ``n_crossings``, ``n_at_crossing``, ``fraction_at_crossing``,
+        ``chance_fraction``, ``p_value``, ``median_lag``, ``fraction_above_at_onset``,
+        ``fraction_time_above``, ``p_value_above``, ``resolution``, ``max_lag`` and ``note``.
+    """
+    params = params or StabilityParams()
+    if overrides:
+        try:
+            params = replace(params, **overrides)
+        except TypeError as exc:
+            raise GeomtrajError(f"stability.analyze: {exc}; see StabilityParams") from None
+    run_list = list(range(ds.sizes["run"])) if runs is None else [int(r) for r in runs]
+    slots = params.max_checkpoints if checkpoints is None else len(set(checkpoints)) + 2
+    data = {name: np.full((len(run_list), slots), np.nan) for name in _CHECKPOINT_COLUMNS}
+    data["sharpness_ratio"] = np.full((len(run_list), slots), np.nan)
+    ck_step = np.full((len(run_list), slots), -1, np.int64)
+    scalars = {name: np.full(len(run_list), np.nan) for name in _RUN_SCALARS}
+    counts = {name: np.zeros(len(run_list), np.int64) for name in _RUN_COUNTS}
+    source = np.empty(len(run_list), dtype=object)
+    note = np.empty(len(run_list), dtype=object)
+    for j, r in enumerate(run_list):
+        states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(ds, r, params, checkpoints)
+        k = min(states.steps.size, slots)
+        ck_step[j, :k] = states.steps[:k]
+        for name, key in _CHECKPOINT_COLUMNS.items():
+            data[name][j, :k] = cols[key][:k]
+        data["sharpness_ratio"][j, :k] = ratio[:k]
+        scalars["threshold"][j] = threshold
+        scalars["max_lag"][j] = max_lag
+        for key in _RUN_SCALARS[2:-1]:
+            if cmp[key] is not None:
+                scalars[key][j] = cmp[key]
+        lags = cmp["lags"][np.isfinite(cmp["lags"])]
+        if lags.size:
+            scalars["median_lag"][j] = float(np.median(lags))
+        counts["n_bursts"][j] = len(bursts)
+        counts["n_checkpoints"][j] = states.steps.size
+        for key in ("n_onsets", "n_crossings", "n_at_crossing"):
+            counts[key][j] = cmp[key]
+        source[j] = states.source
+        notes = [states.note] if states.note else []
+        if cmp["resolution"] is not None and cmp["resolution"] > max_lag:
+            notes.append(
+                f"checkpoints are {cmp['resolution']:g} steps apart, coarser than the "
+                f"{max_lag:g}-step lag window; onsets cannot be matched with crossings"
+            )
+        note[j] = "; ".join(notes)
+        if progress is not None:
+            progress(1)
+    variables = {name: (("run", "checkpoint"), arr) for name, arr in data.items()}
+    variables["checkpoint_step"] = (("run", "checkpoint"), ck_step)
+    variables.update({name: (("run",), arr) for name, arr in scalars.items()})
+    variables.update({name: (("run",), arr) for name, arr in counts.items()})
+    variables["checkpoint_source"] = (("run",), source)
+    variables["note"] = (("run",), note)
+    for name in ("beta1", "beta2", "lr", "eps", "precision", "hidden"):
+        variables[name] = (("run",), ds[name].values[run_list])
+    out = xr.Dataset(variables, coords={"run": np.array(run_list, np.int64)})
+    out.attrs.update(
+        analysis="stability",
+        params=repr(params),
+        verdict_fraction=params.verdict_fraction,
+        verdict_alpha=params.verdict_alpha,
+        min_onsets=params.min_onsets,
+        preconditioner=(
+            "P = (1-beta1^(t+1)) * (sqrt(v'/(1-beta2^(t+1))) + eps), "
+            "v' = beta2*v_t + (1-beta2)*g(theta_t)^2 (Cohen et al. 2207.14484)"
+        ),
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------- the report
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _run_entry(res: xr.Dataset, j: int) -> dict:
+    one = res.isel(run=j)
+    ratio = np.asarray(one["sharpness_ratio"].values)
+    finite = ratio[np.isfinite(ratio)]
+    n_on = int(one["n_onsets"])
+    frac = _num(one["fraction_at_crossing"])
+    p = _num(one["p_value"])
+    notes = [str(one["note"].values)] if str(one["note"].values) else []
+    verdict_fraction, alpha, min_onsets = _verdict_settings(res)
+    if n_on < min_onsets or frac is None:
+        verdict = "too few bursts"
+        notes.append(f"{n_on} burst onsets inside the checkpointed range (< {min_onsets})")
+    elif frac >= verdict_fraction and p is not None and p < alpha:
+        verdict = "bursts start at crossings"
+    else:
+        verdict = "bursts do not start at crossings"
+    return {
+        "run": int(one["run"]),
+        "threshold": _num(one["threshold"]),
+        "n_checkpoints": int(one["n_checkpoints"]),
+        "checkpoint_source": str(one["checkpoint_source"].values),
+        "sharpness_ratio_median": float(np.median(finite)) if finite.size else None,
+        "sharpness_ratio_max": float(np.max(finite)) if finite.size else None,
+        "fraction_time_above": _num(one["fraction_time_above"]),
+        "large_update_fraction_median": _num(np.nanmedian(one["large_update_fraction"].values))
+        if np.isfinite(one["large_update_fraction"].values).any()
+        else None,
+        "n_bursts": int(one["n_bursts"]),
+        "n_onsets": n_on,
+        "n_crossings": int(one["n_crossings"]),
+        "n_at_crossing": int(one["n_at_crossing"]),
+        "fraction_at_crossing": frac,
+        "chance_fraction": _num(one["chance_fraction"]),
+        "p_value": p,
+        "median_lag": _num(one["median_lag"]),
+        "fraction_above_at_onset": _num(one["fraction_above_at_onset"]),
+        "p_value_above": _num(one["p_value_above"]),
+        "max_lag": _num(one["max_lag"]),
+        "verdict": verdict,
+        "note": "; ".join(notes),
+    }
+
+
+def _verdict_settings(result: xr.Dataset) -> tuple[float, float, int]:
+    """The verdict settings the result was computed with (defaults when absent)."""
+    d = StabilityParams()
+    a = result.attrs
+    return (
+        float(a.get("verdict_fraction", d.verdict_fraction)),
+        float(a.get("verdict_alpha", d.verdict_alpha)),
+        int(a.get("min_onsets", d.min_onsets)),
+    )
+
+
+def report(result: xr.Dataset) -> dict:
+    """Contract-4 style fields: per-run entries and a ``stability`` section.
+
+    ``stability`` holds ``runs`` (one entry per run: threshold, sharpness ratio statistics, burst
+    onsets against crossings, a verdict and a note) and ``overall`` (onsets pooled over runs with
+    a verdict, against the pooled chance level).
+    """
+    from scipy.stats import binomtest
+
+    entries = [_run_entry(result, j) for j in range(result.sizes["run"])]
+    verdict_fraction, alpha, min_onsets = _verdict_settings(result)
+    usable = [e for e in entries if e["fraction_at_crossing"] is not None]
+    n_on = sum(e["n_onsets"] for e in usable)
+    n_at = sum(e["n_at_crossing"] for e in usable)
+    chance = sum(e["chance_fraction"] * e["n_onsets"] for e in usable) / n_on if n_on else None
+    overall: dict = {"n_runs": len(usable), "n_onsets": n_on, "n_at_crossing": n_at,
+                     "fraction_at_crossing": n_at / n_on if n_on else None,
+                     "chance_fraction": chance, "p_value": None}  # fmt: skip
+    if n_on >= min_onsets and chance is not None and 0 < chance < 1:
+        overall["p_value"] = float(binomtest(n_at, n_on, chance, "greater").pvalue)
+        good = overall["fraction_at_crossing"] >= verdict_fraction and overall["p_value"] < alpha
+        overall["verdict"] = (
+            "bursts start at crossings" if good else ("bursts do not start at crossings")
+        )
+        overall["note"] = ""
+    else:
+        overall["verdict"] = "too few bursts"
+        overall["note"] = f"{n_on} burst onsets inside checkpointed ranges over all runs"
+    runs = {
+        e["run"]: {"stability": {k: e[k] for k in ("threshold", "sharpness_ratio_median",
+                                                  "fraction_at_crossing", "verdict")}}
+        for e in entries
+    }  # fmt: skip
+    return {"runs": runs, "stability": {"runs": entries, "overall": overall}}
+
+
+# ------------------------------------------------------------------------------- the figures
+
+
+def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) -> list[Path]:
+    """Sharpness ratio against the threshold over steps, with burst onsets, one panel per run.
+
+    Draws ``stability_sharpness.png`` for up to ``max_runs`` runs (those with the most onsets
+    first) and, for the first of them, ``stability_zoom.png`` around its first three bursts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geomtraj.analysis.events import run_bursts
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-np.asarray(result["n_onsets"].values), kind="stable")[:max_runs]
+    if order.size == 0:
+        return []
+    fig, axes = plt.subplots(len(order), 1, figsize=(10, 2.4 * len(order)), squeeze=False)
+    zoom = None
+    for ax, j in zip(axes[:, 0], order, strict=True):
+        one = result.isel(run=int(j))
+        run = int(one["run"])
+        st = np.asarray(one["checkpoint_step"].values)
+        keep = st >= 0
+        ratio = np.asarray(one["sharpness_ratio"].values)[keep]
+        ax.plot(st[keep], ratio, lw=0.8, color="C0", label=r"$\lambda_{max}(P^{-1}H)$ / threshold")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--", label="threshold")
+        rd = RunData(ds, run)
+        b = run_bursts(rd)
+        for o in b.onset:
+            ax.axvline(o, color="C3", lw=0.6, alpha=0.6)
+        ax2 = ax.twinx()
+        ax2.semilogy(rd.iteration, rd.update_norm, color="0.6", lw=0.4)
+        ax2.set_ylabel("update norm", fontsize=7)
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_ylabel("sharpness ratio")
+        ax.set_title(
+            f"run {run}: lr={float(one['lr']):g}, beta2={float(one['beta2']):g}, "
+            f"{str(one['precision'].values)}, {len(b)} bursts (red lines: onsets)",
+            fontsize=8,
+        )
+        if zoom is None and len(b):
+            zoom = (run, st[keep], ratio, b, rd)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    paths = [outdir / "stability_sharpness.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    if zoom is not None:
+        run, st, ratio, b, rd = zoom
+        a = max(int(b.onset[0]) - 300, int(st[0]))
+        z = min(int(b.end[min(2, len(b) - 1)]) + 100, int(st[-1]))
+        fig, ax = plt.subplots(figsize=(10, 3))
+        sel = (st >= a) & (st <= z)
+        ax.plot(st[sel], ratio[sel], ".-", ms=2, lw=0.8, label="sharpness / threshold")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        for o in b.onset[(b.onset >= a) & (b.onset <= z)]:
+            ax.axvline(o, color="C3", lw=0.8)
+        ax2 = ax.twinx()
+        it = (rd.iteration >= a) & (rd.iteration <= z)
+        ax2.semilogy(rd.iteration[it], rd.update_norm[it], color="0.5", lw=0.6)
+        ax2.set_ylabel("update norm")
+        ax.set_xlabel("step")
+        ax.set_ylabel("sharpness ratio")
+        ax.set_title(f"run {run}: first bursts (red: onsets)", fontsize=9)
+        fig.tight_layout()
+        paths.append(outdir / "stability_zoom.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

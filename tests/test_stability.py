@@ -1,0 +1,256 @@
+"""Edge of stability: the threshold, Cohen et al.'s preconditioner, lambda_max(P^-1 H) on problems
+with known spectra, burst onsets against crossings, and the analysis on trained stores."""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+import scipy.linalg
+from conftest import make_spec, make_theta0
+from synth_stability import (
+    frozen_adam_on_quadratic,
+    quadratic_problem,
+    real_runs,
+    sawtooth_ratio,
+)
+
+from geomtraj.analysis import stability
+from geomtraj.analysis.stability import (
+    StabilityParams,
+    adam_preconditioner,
+    checkpoint_states,
+    onsets_vs_crossings,
+    power_iteration,
+    preconditioned_sharpness,
+    stability_threshold,
+    update_ratio,
+    upward_crossings,
+)
+from geomtraj.data import make_dataset
+from geomtraj.errors import GeomtrajError
+from geomtraj.hessian import MLPObjective
+from geomtraj.train import train
+
+# ------------------------------------------------------------------------------- the formulas
+
+
+def test_threshold_is_38_over_lr_for_beta1_09():
+    assert stability_threshold(0.9, 0.01) == pytest.approx(3800.0, rel=1e-12)
+    assert stability_threshold(0.0, 0.1) == pytest.approx(20.0, rel=1e-12)  # plain GD: 2/lr
+    with pytest.raises(GeomtrajError, match="beta1"):
+        stability_threshold(1.0, 0.01)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 0.9])
+def test_frozen_adam_on_a_quadratic_is_stable_exactly_below_the_threshold(beta1):
+    lr = 0.01
+    thr = stability_threshold(beta1, lr)
+    below = frozen_adam_on_quadratic(0.99 * thr, beta1, lr, 500)
+    above = frozen_adam_on_quadratic(1.01 * thr, beta1, lr, 500)
+    assert below[-1] < 1e-3 * below.max()
+    assert above[-1] > 1e3
+
+
+def test_preconditioner_reproduces_the_adam_step():
+    """theta_{t+1} - theta_t = -lr * m_{t+1} / P(v_t, g(theta_t), t), from the NumPy reference."""
+    spec = make_spec("tanh", "mse")
+    X, y = make_dataset("sincos", 64, 0)
+    theta0 = make_theta0(spec)
+    b1, b2, lr, eps = 0.9, 0.99, 0.01, 1e-8
+    ref = naive.adam_reference(theta0, spec, X, y, 6, b1, b2, lr, eps)
+    objective = MLPObjective(spec, X, y)
+    thetas = np.vstack([theta0, ref["theta"]])
+    ms = np.vstack([np.zeros(spec.n_params), ref["m"]])
+    vs = np.vstack([np.zeros(spec.n_params), ref["v"]])
+    for t in range(6):  # state after update t (t = 0: the initial point)
+        g = objective.loss_and_grad(thetas[t])[1]
+        P = adam_preconditioner(vs[t], g, t, b1, b2, eps)
+        m_next = b1 * ms[t] + (1 - b1) * g
+        np.testing.assert_allclose(thetas[t + 1] - thetas[t], -lr * m_next / P, rtol=1e-10)
+
+
+def test_update_ratio_is_one_for_a_constant_gradient():
+    g = np.array([0.3, -2.0, 1e-3])
+    b1, b2, t = 0.9, 0.999, 50
+    m = (1 - b1**t) * g  # the raw moments after t steps of the same gradient
+    v = (1 - b2**t) * g * g
+    np.testing.assert_allclose(update_ratio(m, v, t, b1, b2, 0.0), 1.0, rtol=1e-12)
+    assert np.isnan(update_ratio(m, v, 0, b1, b2, 0.0)).all()
+
+
+# ----------------------------------------------------------- lambda_max on known quadratics
+
+
+@pytest.mark.parametrize("method", ["dense", "eigsh", "power"])
+@pytest.mark.parametrize("negative", [0, 3])
+def test_lambda_max_of_a_quadratic_with_known_hessian_within_1_percent(method, negative):
+    hvp, P, lam = quadratic_problem(40, seed=5, negative=negative)
+    top, hmax = preconditioned_sharpness(hvp, P, method=method, tol=1e-12)
+    assert top == pytest.approx(lam.max(), rel=0.01)
+    H = hvp(np.eye(40))
+    assert hmax == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=0.01)
+    # and tighter than 1 %: all three methods are exact to solver tolerance here
+    assert top == pytest.approx(lam.max(), rel=1e-6)
+
+
+def test_power_iteration_finds_the_largest_algebraic_eigenvalue():
+    A = np.diag([3.0, 1.0, -10.0])  # the largest magnitude is negative
+    top, ok = power_iteration(lambda x: A @ x, 3, tol=1e-14)
+    assert ok and top == pytest.approx(3.0, rel=1e-8)
+
+
+def test_sharpness_matches_a_generalised_eigenproblem_on_an_mlp():
+    spec = make_spec("tanh", "mse")
+    X, y = make_dataset("sincos", 64, 0)
+    lin = MLPObjective(spec, X, y).at(make_theta0(spec))
+    P = np.random.default_rng(0).uniform(0.01, 1.0, spec.n_params)
+    top, _ = preconditioned_sharpness(lin, P, method="eigsh", tol=1e-12)
+    H = lin(np.eye(spec.n_params))
+    ref = scipy.linalg.eigh(0.5 * (H + H.T), np.diag(P), eigvals_only=True)[-1]
+    assert top == pytest.approx(ref, rel=1e-8)
+
+
+def test_bad_preconditioner_is_an_error():
+    hvp, P, _ = quadratic_problem(5, seed=0)
+    with pytest.raises(GeomtrajError, match="positive"):
+        preconditioned_sharpness(hvp, -P)
+    with pytest.raises(GeomtrajError, match="method"):
+        preconditioned_sharpness(hvp, P, method="lobpcg")
+
+
+# ------------------------------------------------------------------ onsets against crossings
+
+
+def test_upward_crossings_are_interpolated():
+    steps, ratio, crossings, _ = sawtooth_ratio(period=200, n_periods=5, lag=0, stride=10)
+    found = upward_crossings(steps, ratio)
+    np.testing.assert_allclose(found, crossings, atol=1e-9)
+
+
+def test_onsets_a_fixed_lag_after_crossings_are_at_crossings():
+    steps, ratio, crossings, onsets = sawtooth_ratio(period=300, n_periods=20, lag=40, stride=5)
+    out = onsets_vs_crossings(steps, ratio, onsets, max_lag=100)
+    assert out["n_onsets"] == out["n_at_crossing"] == out["n_crossings"] == 20
+    np.testing.assert_allclose(out["lags"], 40.0, atol=1e-9)
+    # the windows [c - 5, c + 100] cover 105 of every 300 steps
+    assert out["chance_fraction"] == pytest.approx(105 / 300, abs=0.02)
+    assert out["p_value"] < 1e-6
+    assert out["fraction_above_at_onset"] == 1.0
+    assert out["fraction_time_above"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_random_onsets_are_at_crossings_only_by_chance():
+    steps, ratio, _, _ = sawtooth_ratio(period=300, n_periods=60, lag=0, stride=5)
+    onsets = np.random.default_rng(1).integers(0, steps[-1], 200)
+    out = onsets_vs_crossings(steps, ratio, onsets, max_lag=100)
+    assert out["fraction_at_crossing"] == pytest.approx(out["chance_fraction"], abs=0.1)
+    assert out["p_value"] > 0.01
+
+
+# ---------------------------------------------------------------------------- stored runs
+
+
+@pytest.fixture(scope="module")
+def small_store():
+    """Two float64 runs of a (5, 7) tanh net, every parameter recorded every 5 steps."""
+    X, y = make_dataset("sincos", 64, 0)
+    return train(X, y, hidden=(5, 7), lr=[0.01, 0.03], beta2=0.99, steps=400, record_every=5,
+                 record_params="all", precision="float64", seed=3)  # fmt: skip
+
+
+def test_store_sharpness_matches_a_direct_computation(small_store):
+    ds = small_store
+    res = stability.analyze(ds, max_checkpoints=9)
+    spec = make_spec("tanh", "mse", (5, 7))
+    X, y = make_dataset("sincos", 64, 0)
+    j = 1
+    steps = res["checkpoint_step"].values[j]
+    assert steps[0] == 0 and steps[8] == 400 and np.all(steps[9:] == -1)
+    t = int(steps[4])
+    row = int(np.flatnonzero(ds["step"].values == t)[0])
+    theta = ds["theta"].values[j, row]
+    v = ds["v"].values[j, row]
+    lin = MLPObjective(spec, X, y).at(theta)
+    b1, b2, lr, eps = 0.9, 0.99, 0.03, 1e-8
+    v_next = b2 * v + (1 - b2) * lin.grad**2
+    P = (1 - b1 ** (t + 1)) * (np.sqrt(v_next / (1 - b2 ** (t + 1))) + eps)
+    H = lin(np.eye(spec.n_params))
+    ref = scipy.linalg.eigh(0.5 * (H + H.T), np.diag(P), eigvals_only=True)[-1]
+    assert res["sharpness"].values[j, 4] == pytest.approx(ref, rel=1e-8)
+    assert res["threshold"].values[j] == pytest.approx((2 + 2 * b1) / ((1 - b1) * lr))
+    assert res["sharpness_ratio"].values[j, 4] == pytest.approx(ref / res["threshold"].values[j])
+    assert str(res["checkpoint_source"].values[j]) == "recorded"
+
+
+def test_subset_store_has_only_init_and_final_unless_retrained(small_store):
+    X, y = make_dataset("sincos", 64, 0)
+    sub = train(X, y, hidden=(5, 7), lr=[0.01, 0.03], beta2=0.99, steps=400, record_every=5,
+                record_params=4, precision="float64", seed=3)  # fmt: skip
+    states = checkpoint_states(sub, 1, max_checkpoints=9)
+    assert states.source == "init+final" and states.steps.tolist() == [0, 400]
+    assert "retrain=True" in states.note
+    rebuilt = checkpoint_states(sub, 1, max_checkpoints=9, retrain=True)
+    assert rebuilt.source == "retrained" and rebuilt.note == ""
+    full = checkpoint_states(small_store, 1, steps=rebuilt.steps)
+    assert rebuilt.steps.tolist() == full.steps.tolist() == [0, 50, 100, 150, 200, 250, 300,
+                                                              350, 400]  # fmt: skip
+    for name in ("theta", "m", "v"):  # the trainer is bit-for-bit reproducible
+        assert getattr(rebuilt, name).tobytes() == getattr(full, name).tobytes(), name
+
+
+def test_requested_checkpoints_without_state_are_dropped_with_a_note():
+    X, y = make_dataset("sincos", 64, 0)
+    ds = train(X, y, hidden=(5, 7), lr=0.01, steps=100, record_every=10, record_params="all",
+               precision="float64")  # fmt: skip
+    states = checkpoint_states(ds, 0, steps=[0, 10, 15, 100, 500])
+    assert states.steps.tolist() == [0, 10, 100]
+    assert "outside" in states.note and "hold no full state" in states.note
+
+
+def test_diverged_run_is_measured_up_to_its_last_finite_state():
+    X, y = make_dataset("sincos", 64, 0)
+    ds = train(X, y, hidden=(5, 7), lr=[0.01, 50.0], steps=40, record_params="all",
+               precision="float32")  # fmt: skip
+    d = int(ds["diverged_step"].values[1])
+    assert d > 1
+    states = checkpoint_states(ds, 1)
+    assert states.steps[-1] == d - 1
+    assert np.isfinite(states.theta).all()
+
+
+def test_report_has_a_verdict_and_notes_for_too_few_bursts(small_store):
+    res = stability.analyze(small_store, max_checkpoints=20)
+    rep = stability.report(res)
+    assert set(rep["runs"]) == {0, 1}
+    entry = rep["stability"]["runs"][0]
+    assert entry["verdict"] == "too few bursts" and "onsets" in entry["note"]
+    assert rep["stability"]["overall"]["verdict"] == "too few bursts"
+    assert entry["threshold"] == pytest.approx(3800.0)
+
+
+def test_unknown_setting_is_a_one_line_error(small_store):
+    with pytest.raises(GeomtrajError, match="StabilityParams"):
+        stability.analyze(small_store, wrong_setting=1)
+    with pytest.raises(GeomtrajError, match="eig_method"):
+        StabilityParams(eig_method="qr")
+
+
+# -------------------------------------------------------------------------- the real runs
+
+
+@pytest.mark.slow
+def test_bursts_begin_where_sharpness_crosses_the_threshold(tmp_path):
+    """8x8 tanh nets at three learning rates: every burst onset follows an upward crossing."""
+    ds = real_runs(steps=8000)
+    res = stability.analyze(ds, max_checkpoints=1600)
+    rep = stability.report(res)
+    overall = rep["stability"]["overall"]
+    assert overall["n_onsets"] >= 30
+    assert overall["verdict"] == "bursts start at crossings"
+    for e in rep["stability"]["runs"]:
+        # bursts start while the sharpness is above threshold, far more often than chance
+        assert e["fraction_above_at_onset"] > e["fraction_time_above"]
+        assert e["p_value_above"] < 0.01
+    paths = stability.figures(ds, res, tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
