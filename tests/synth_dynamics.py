@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,3 +157,43 @@ def harmonic_phase(n: int, omega: float, amplitude: float = 1.0, phase: float = 
     """``x_t = amplitude * cos(omega*t + phase)``, t = 0..n-1: a phase-space circle."""
     t = np.arange(n, dtype=np.float64)
     return amplitude * np.cos(omega * t + phase)
+
+
+# ------------------------------------------------------------------- a real grid with twins
+
+#: A small grid trained by geomtraj: two beta2 values x three seeds x float32/float64, each with
+#: a last-bit twin (W1[0,3] moved by one ulp just before update 500). Runs 0..11 are originals.
+TWIN_GRID_TOML = """
+steps = 3000
+record_every = 1
+record_params = 16
+[data]
+name = "sincos"
+n_points = 64
+[model]
+hidden = ["12x24"]
+activation = "tanh"
+loss = "mse"
+[optimizer]
+beta2 = [0.99, 0.995]
+lr = 0.01
+[runs]
+seeds = [0, 1, 2]
+precision = ["float32", "float64"]
+[[twins]]
+kind = "ulp"
+param = "W1[0,3]"
+ulps = 1
+step = 500
+"""
+
+
+@functools.cache
+def twin_grid():
+    """The grid of :data:`TWIN_GRID_TOML`, trained in memory once per test process."""
+    import tomllib
+
+    from geomtraj.experiment import plan_from_config
+    from geomtraj.train import train_plan
+
+    return train_plan(plan_from_config(tomllib.loads(TWIN_GRID_TOML)), progress=False)

@@ -46,6 +46,13 @@ Confidence interval: a block bootstrap over time
     is as long as the longest fit lag, so pairs from different blocks overlap little. Increments of
     a long-memory process are correlated across blocks, which makes the interval somewhat too
     narrow; the trend is fitted once on the whole window, and its uncertainty is not resampled.
+Measured accuracy (tests/test_diffusion.py, 30 realisations of 16-coordinate fBm, 20000 steps)
+    Detrended ``c - 2H``: mean -0.001 (H = 0.25), -0.010 (H = 0.5), -0.053 (H = 0.75), standard
+    deviation 0.012 to 0.020. The bias at large H is what detrending costs: a superdiffusive
+    fluctuation is partly linear over the window, and one realisation cannot tell it from drift.
+    CI coverage of 2H is about 0.8 for H <= 0.5 (nominal 0.95) and poor (0.13) at H = 0.75, where
+    the bias exceeds the interval's width. Read a CI as the sampling spread of the estimate, not
+    as a guarantee about the exponent.
 Phase space
     The detrended window is projected on its top :attr:`~DiffusionParams.n_components` principal
     directions. Along direction ``j``, ``x_t`` is the projection and ``y_t = (x_{t+1} - x_t) / dt``
@@ -262,9 +269,9 @@ def detrend_linear(x: np.ndarray) -> np.ndarray:
     x = _as_trajectory(x)
     t = np.arange(x.shape[0], dtype=np.float64)
     t -= t.mean()
-    design = np.stack([np.ones_like(t), t], axis=1)
-    coef, *_ = np.linalg.lstsq(design, x, rcond=None)
-    return x - design @ coef
+    # with centred t the normal equations decouple: a = mean(x), b = <t, x> / <t, t>
+    slope = (t @ (x - x.mean(axis=0))) / (t @ t)
+    return x - x.mean(axis=0) - np.outer(t, slope)
 
 
 def log_lags(lo: float, hi: float, n: int) -> np.ndarray:
@@ -461,13 +468,19 @@ def levy_area_rate(
 
 
 def principal_directions(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top principal directions of a (centred) trajectory and their explained-variance fractions."""
+    """Top principal directions of a trajectory (rows) and their explained-variance fractions.
+
+    Eigen-decomposition of the ``n_coords x n_coords`` covariance (:func:`numpy.linalg.eigh`),
+    which is cheaper than an SVD of the long ``n_times x n_coords`` matrix.
+    """
     x = _as_trajectory(x)
     xc = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = min(n_components, vt.shape[0])
-    var = s**2
-    return vt[:k], var[:k] / var.sum() if var.sum() > 0 else np.full(k, np.nan)
+    var, vecs = np.linalg.eigh(xc.T @ xc)
+    order = np.argsort(var)[::-1]
+    var, vecs = np.clip(var[order], 0.0, None), vecs[:, order]
+    k = min(n_components, var.size)
+    total = var.sum()
+    return vecs[:, :k].T, var[:k] / total if total > 0 else np.full(k, np.nan)
 
 
 # ------------------------------------------------------------------------ analysis window
