@@ -125,7 +125,7 @@ def test_phase_space_current_is_the_lag_two_identity():
     assert phase_space(x)["current"] == pytest.approx(expected, rel=1e-10)
 
 
-def test_position_current_detects_rotation_and_not_reversible_noise():
+def test_levy_area_detects_rotation_and_not_reversible_noise():
     rng = np.random.default_rng(3)
     n = 40000
     theta = 0.05
@@ -140,6 +140,28 @@ def test_position_current_detects_rotation_and_not_reversible_noise():
     assert cur > 0 and lo > 0
     cur0, (lo0, hi0) = levy_area_rate(q[:, 0], q[:, 1])
     assert lo0 < 0 < hi0 and abs(cur0) < 0.2 * cur
+    # the increments of the rotating process carry the current too
+    vel = np.diff(p, axis=0)
+    assert levy_area_rate(vel[:, 0], vel[:, 1])[1][0] > 0
+
+
+def test_velocity_current_of_a_random_walk_is_null_where_positions_are_not():
+    """An isotropic random walk is reversible: its velocity current's CI covers 0 in most
+    realisations, while the position-space area of its top two PCs is the cosine artefact,
+    about 3.3/N per step in magnitude, whatever the seed."""
+    n, coords = 15000, 16
+    covered, position_area = 0, []
+    for seed in range(10):
+        x = np.cumsum(np.random.default_rng(seed).standard_normal((n, coords)), axis=0)
+        resid = detrend_linear(x)
+        dirs, _ = principal_directions(resid, 2)
+        proj = (resid - resid.mean(axis=0)) @ dirs.T
+        vel = np.diff(proj, axis=0)
+        _, (lo, hi) = levy_area_rate(vel[:, 0], vel[:, 1])
+        covered += lo < 0 < hi
+        position_area.append(abs(levy_area_rate(proj[:, 0], proj[:, 1])[0]))
+    assert covered >= 7  # nominal 95%; the 10-block bootstrap covers about 85-90%
+    assert np.median(position_area) == pytest.approx(3.3 / n, rel=0.6)
 
 
 def test_principal_directions_find_the_dominant_axis():
@@ -182,7 +204,7 @@ def test_real_runs_report(grid):
         assert 0 <= e["window"][0] < e["window"][1] == steps
         assert e["ci"][0] <= e["exponent"] <= e["ci"][1]
         assert e["ci_raw"][0] <= e["exponent_raw"] <= e["ci_raw"][1]
-        assert len(e["rotation_per_step"]) == 2 and e["pc_current_ci"] is not None
+        assert len(e["rotation_per_step"]) == 2 and e["velocity_current_ci"] is not None
 
 
 def test_short_window_is_a_note_not_an_error(grid):
@@ -197,3 +219,12 @@ def test_figures_are_written(grid, tmp_path):
     paths = diffusion.figures(ds, res, tmp_path)
     assert [p.name for p in paths] == ["diffusion_msd_0.png"]
     assert paths[0].stat().st_size > 10_000
+
+
+def test_principal_directions_have_a_fixed_orientation():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 4)) * np.array([5.0, 3.0, 1.0, 0.5])
+    for sign in (1.0, -1.0):
+        dirs, _ = principal_directions(sign * x, 2)
+        lead = dirs[np.arange(2), np.argmax(np.abs(dirs), axis=1)]
+        assert np.all(lead > 0)

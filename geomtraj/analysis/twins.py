@@ -79,6 +79,18 @@ SEED_GROUP_KEYS = (
     "dataset",
 )
 
+#: Further per-run store variables that must agree too, where the store has them.
+SEED_GROUP_EXTRA = ("loss_fn", "batch_size", "data_index")
+
+
+def _config_label(run: RunData) -> str:
+    """Every setting of a run except its seed: equal labels make seeds of one configuration."""
+    parts = [f"{k}={run.hyper[k]!r}" for k in SEED_GROUP_KEYS]
+    for k in SEED_GROUP_EXTRA:
+        if k in run.ds:
+            parts.append(f"{k}={np.asarray(run.ds[k].isel(run=run.run).values).item()!r}")
+    return "|".join(parts)
+
 
 @dataclass(frozen=True)
 class TwinParams:
@@ -590,8 +602,9 @@ def analyze(
         Over ``run``: the scalars of :class:`TwinFit` (NaN where not measurable; ``saturation_step``
         -1), ``lyapunov_l1`` (growth slope of Sun's L1 curve), ``final_distance`` (last common row)
         and ``final_distance_full`` (relative L2 of ``theta_final`` over all parameters),
-        ``final_loss`` and ``final_loss_window``, ``note``, the labels needed to group runs by seed,
-        and the curves ``divergence_l2`` and ``divergence_l1`` over ``div_step`` (at most
+        ``final_loss`` and ``final_loss_window``, ``note``, ``config`` (every setting but the
+        seed, which groups originals into seeds of one configuration), the run labels, and the
+        curves ``divergence_l2`` and ``divergence_l1`` over ``div_step`` (at most
         ``curve_points`` of the store's steps).
     """
     params = params or TwinParams()
@@ -617,6 +630,7 @@ def analyze(
             out = {k: np.nan for k in _SCALARS}
             out["saturation_step"] = -1
             out["note"] = ""
+            out["config"] = _config_label(run)
             out["final_loss"], out["final_loss_window"] = _final_losses(
                 run, params.final_window_frac
             )
@@ -714,7 +728,8 @@ def _to_dataset(indices, rows, div_step, curves_l2, curves_l1, params) -> xr.Dat
         data[k] = (("run",), np.asarray(vals, dtype=dtype))
     for k in ("final_loss", "final_loss_window"):
         data[k] = (("run",), np.asarray([out[k] for _, out in rows], dtype=np.float64))
-    data["note"] = (("run",), np.asarray([out["note"] for _, out in rows], dtype=object))
+    for k in ("note", "config"):
+        data[k] = (("run",), np.asarray([out[k] for _, out in rows], dtype=object))
     for k in ("twin_of", "seed", "diverged_step"):
         data[k] = (("run",), np.asarray([run.hyper[k] for run, _ in rows], dtype=np.int64))
     for k in SEED_GROUP_KEYS + ("perturbation",):
@@ -808,7 +823,7 @@ def _spread_sections(result: xr.Dataset, params: TwinParams) -> dict:
         keys = {}
         for r in runs:
             if twin_of[r] < 0 and r in usable:
-                key = tuple(str(result[k].values[runs.index(r)]) for k in SEED_GROUP_KEYS)
+                key = str(result["config"].values[runs.index(r)])
                 keys.setdefault(key, []).append(r)
         by_prec = {}
         for p in sorted(set(prec.values())):
@@ -819,7 +834,7 @@ def _spread_sections(result: xr.Dataset, params: TwinParams) -> dict:
                 members = [o] + [r for r in runs if twin_of[r] == o and r in usable]
                 if len(members) >= 2:
                     pert.append(np.array([val[r] for r in members]))
-            seeds = [np.array([val[r] for r in g]) for k, g in keys.items() if k[0] == p]
+            seeds = [np.array([val[r] for r in g]) for g in keys.values() if prec[g[0]] == p]
             sec = spread_comparison(
                 pert, seeds, n_boot=params.n_boot, ci=params.ci, seed=params.seed
             )
