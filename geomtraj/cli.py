@@ -53,7 +53,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.out is None:
         raise GeomtrajError("geomtraj train needs --out STORE (or --dry-run)")
     progress = False if args.quiet else None
-    ds = train_plan(plan, args.out, resume=args.resume, progress=progress)
+    if args.scheduler:
+        from geomtraj.runner import train_distributed
+
+        ds = train_distributed(
+            plan, args.out, args.scheduler, resume=args.resume, progress=progress
+        )
+    else:
+        ds = train_plan(plan, args.out, resume=args.resume, progress=progress)
     n_div = int((ds["diverged_step"].values >= 0).sum())
     if not args.quiet:
         print(f"wrote {args.out}: {ds.sizes['run']} runs x {plan.steps} steps, {n_div} diverged")
@@ -61,20 +68,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from geomtraj.store import open_store
+    from geomtraj.store import check_integrity, open_store, strings
 
     ds = open_store(args.store)
+    check_integrity(args.store, ds)
     size = sum(f.stat().st_size for f in Path(args.store).rglob("*") if f.is_file())
-    div = ds["diverged_step"].values
+    div = np.asarray(ds["diverged_step"].values)
+    diverged = {int(i): int(div[i]) for i in np.flatnonzero(div >= 0)}
+    precision = strings(ds["precision"])
+    dtypes = {v: str(ds[v].dtype) for v in ("theta", "m", "v", "loss")}
     info = {
         "store": str(args.store),
         "schema": ds.attrs["geomtraj_schema"],
+        "check": "ok",
+        "status": ds.attrs.get("geomtraj_status"),
         "runs": int(ds.sizes["run"]),
         "steps": int(ds.attrs.get("steps", ds["step"].values[-1])),
         "recorded_params": int(ds.sizes["param"]),
         "record_every": int(ds.attrs.get("record_every", 1)),
         "size_mib": round(size / 2**20, 2),
-        "diverged": int((div >= 0).sum()),
+        "storage_dtype": dtypes,
+        "diverged": len(diverged),
+        "diverged_steps": diverged,
+        "precision_counts": {p: precision.count(p) for p in sorted(set(precision))},
         "grid": {
             k: sorted({str(v) for v in np.asarray(ds[k].values).tolist()})
             for k in ("hidden", "precision", "beta1", "beta2", "lr", "eps", "seed", "perturbation")
@@ -88,31 +104,80 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"{info['recorded_params']} recorded params every {info['record_every']} step(s), "
         f"{info['size_mib']} MiB, {info['diverged']} diverged"
     )
+    print(
+        f"  check         ok (schema, run table, storage {dtypes['theta']} for "
+        f"{', '.join(f'{n} {p}' for p, n in info['precision_counts'].items())}, chunks present)"
+    )
     for k, vals in info["grid"].items():
         print(f"  {k:<13} {', '.join(vals)}")
+    if diverged:
+        shown = ", ".join(f"{r}@{t}" for r, t in list(diverged.items())[:20])
+        more = f", ... ({len(diverged) - 20} more)" if len(diverged) > 20 else ""
+        print(f"  {'divergences':<13} run@update: {shown}{more}")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    # The analyses (bursts, periods, spirals, twins, diffusion) are separate work items; until they
-    # land this command checks the store and prints its per-run summary.
-    from geomtraj.store import open_store, strings
+    from geomtraj.report import make_report, terminal_summary
+    from geomtraj.runner import AnalyzeParams, estimate_run_bytes, human_bytes
+    from geomtraj.store import open_store
 
+    if args.jobs < 1:
+        raise GeomtrajError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.memory_limit <= 0:
+        raise GeomtrajError(f"--memory-limit must be > 0 MiB, got {args.memory_limit}")
+    params = AnalyzeParams(memory_budget_bytes=int(args.memory_limit * 2**20))
     ds = open_store(args.store)
-    print(f"{args.store}: {ds.sizes['run']} runs; per-run summary (analyses not yet available)")
-    print(
-        f"{'run':>4} {'hidden':>7} {'precision':>9} {'beta1':>6} {'beta2':>7} {'lr':>8} "
-        f"{'seed':>5} {'perturbation':<24} {'final loss':>11} {'diverged':>8}"
-    )
-    hidden, precision, pert = (strings(ds[k]) for k in ("hidden", "precision", "perturbation"))
-    beta1, beta2, lr, seed, div = (ds[k].values for k in ("beta1", "beta2", "lr", "seed",
-                                                          "diverged_step"))  # fmt: skip
-    last = ds["train_loss"].isel(iteration=-1).values
-    for i in range(ds.sizes["run"]):
+    per_run = estimate_run_bytes(ds)
+    if per_run > params.memory_budget_bytes:
         print(
-            f"{i:>4} {hidden[i]:>7} {precision[i]:>9} {beta1[i]:>6g} {beta2[i]:>7g} {lr[i]:>8g} "
-            f"{seed[i]:>5} {pert[i]:<24} {last[i]:>11.4g} {div[i] if div[i] >= 0 else '-':>8}"
+            f"geomtraj: warning: one run holds {human_bytes(per_run)} of trajectories, more than "
+            f"--memory-limit {args.memory_limit:g} MiB; analyses read one whole run at a time, "
+            "so memory will exceed the limit (use --steps to analyse a range)",
+            file=sys.stderr,
         )
+    rep = make_report(
+        args.store,
+        args.out,
+        analyses=args.analyses,
+        runs=args.runs,
+        steps=args.steps,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        progress=False if args.quiet else None,
+        params=params,
+    )
+    if not args.quiet:
+        print(terminal_summary(rep.doc, out_dir=str(rep.out)))
+    if rep.schema_errors:
+        print(
+            f"geomtraj: internal error: report.json breaks its schema ({rep.schema_errors[0]}); "
+            f"written to {rep.out} anyway, please report it",
+            file=sys.stderr,
+        )
+        return 1
+    if rep.doc["errors"]:
+        first = rep.doc["errors"][0]
+        print(
+            f"geomtraj: internal error in {len(rep.doc['errors'])} analysis task(s), first: "
+            f"{first['analysis']} runs {first.get('runs', [])}: {first['error']}; their fields "
+            f"are null in {rep.out}, please report it",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from geomtraj.report.plots import plot_run
+    from geomtraj.runner import parse_steps, select_steps
+    from geomtraj.store import open_store
+
+    ds = select_steps(open_store(args.store), parse_steps(args.steps))
+    out = args.out or f"run{args.run}_{args.kind}.png"
+    path = plot_run(ds, args.run, args.kind, out)
+    if not args.quiet:
+        print(f"wrote {path}")
     return 0
 
 
@@ -127,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted store")
     p.add_argument("--dry-run", action="store_true", help="print grid size, store size and time")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="train blocks of runs on the workers of this dask.distributed scheduler",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="check a store and describe its grid")
@@ -134,10 +204,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("analyze", help="analyse a store (currently: per-run summary)")
+    p = sub.add_parser(
+        "analyze",
+        help="analyse a store: report.json, report.md, report.html and figures",
+        description="Analyse a store and write DIR/report.json, report.md, report.html and "
+        "figures/*.png. Exit status 0 when analysed, 2 for unusable input, 1 for an internal "
+        "error (the report is still written).",
+    )
     p.add_argument("store")
-    p.add_argument("--out", help="report directory (reserved for the report)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: STORE-report)")
+    p.add_argument(
+        "--runs",
+        help="runs to analyse: indices (0,3,8-15) and/or queries (beta2>0.99, precision=float32)",
+    )
+    p.add_argument("--steps", help="update range FIRST:LAST (inclusive; FIRST: or :LAST)")
+    p.add_argument("--analyses", help="comma-separated analyses to run (default: all available)")
+    p.add_argument("--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler's workers"
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=float,
+        default=256,
+        metavar="MIB",
+        help="store data one process holds at a time (default 256 MiB)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=_cmd_analyze)
+
+    from geomtraj.report.plots import KINDS
+
+    p = sub.add_parser("plot", help="one quick-look figure of one run")
+    p.add_argument("store")
+    p.add_argument("--run", type=int, required=True, help="run index")
+    p.add_argument("--kind", choices=list(KINDS), default="loss", help="what to draw")
+    p.add_argument("--steps", help="update range FIRST:LAST")
+    p.add_argument("--out", help="PNG file (default: runN_KIND.png)")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=_cmd_plot)
     return parser
 
 
@@ -150,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geomtraj: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("geomtraj: interrupted; a store can be continued with --resume", file=sys.stderr)
+        hint = "; a store can be continued with --resume" if args.command == "train" else ""
+        print(f"geomtraj: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in geomtraj, not bad input
         if os.environ.get("GEOMTRAJ_DEBUG"):

@@ -179,3 +179,133 @@ def validate(ds: xr.Dataset, name: str = "dataset") -> None:
     for var in ("theta", "m", "v", "loss"):
         if not np.issubdtype(ds[var].dtype, np.floating):
             raise StoreError(f"{name}: variable {var!r} has dtype {ds[var].dtype}, expected float")
+
+
+# ------------------------------------------------------------------ deeper checks (analyze, info)
+
+#: Variables that hold a run's values at every recorded step (or update) before it diverges, so a
+#: chunk file of theirs can be missing only where every run of its run block had already diverged.
+DATA_VARIABLES = ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm")
+
+#: Container dtype of each precision (emulated bfloat16/float16 compute in float32).
+_CONTAINER = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
+              "float16": np.float32}  # fmt: skip
+
+
+def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
+    """Checks beyond :func:`validate` that catch damage a lazy open cannot see.
+
+    ``open_store`` reads only metadata; these checks read the per-run table and list the chunk
+    files, without reading trajectories:
+
+    * there are recorded steps;
+    * hyper-parameters are valid numbers (a lost chunk of the run table reads as a fill value);
+    * trajectories are stored at least as wide as every run's precision (lossless, contract 2);
+    * no chunk file that must hold data is missing or empty. zarr reads a missing chunk as its
+      fill value (NaN), which would silently cut a run short.
+
+    Chunks that cannot be decoded are found when they are read (see ``geomtraj.runner``).
+
+    Raises
+    ------
+    StoreError
+        With a one-line message naming the problem and the fix.
+    """
+    name = str(path)
+    if ds.sizes.get("step", 0) == 0 or ds.sizes.get("run", 0) == 0:
+        raise StoreError(
+            f"{name}: the store has {ds.sizes.get('run', 0)} runs and "
+            f"{ds.sizes.get('step', 0)} recorded steps; nothing to analyse, re-train it"
+        )
+    _check_hyper(ds, name)
+    _check_storage_dtype(ds, name)
+    _check_chunks(Path(path), ds, name)
+
+
+def _check_hyper(ds: xr.Dataset, name: str) -> None:
+    vals = {k: np.asarray(ds[k].values, dtype=np.float64) for k in ("beta1", "beta2", "lr", "eps")}
+    ok = {
+        "beta1": (vals["beta1"] >= 0) & (vals["beta1"] < 1),
+        "beta2": (vals["beta2"] >= 0) & (vals["beta2"] < 1),
+        "lr": np.isfinite(vals["lr"]) & (vals["lr"] > 0),
+        "eps": np.isfinite(vals["eps"]) & (vals["eps"] >= 0),
+    }
+    for key, good in ok.items():
+        bad = np.flatnonzero(~good)
+        if bad.size:
+            r = int(bad[0])
+            raise StoreError(
+                f"{name}: run {r} has {key}={vals[key][r]!r}, not a valid hyper-parameter "
+                f"({len(bad)} run(s) affected); the run table is damaged, restore or re-train it"
+            )
+
+
+def _check_storage_dtype(ds: xr.Dataset, name: str) -> None:
+    precisions = strings(ds["precision"])
+    need = max(np.dtype(_CONTAINER[p]).itemsize for p in precisions)
+    for var in DATA_VARIABLES:
+        if var not in ds.variables:
+            continue
+        have = ds[var].dtype
+        if have.itemsize < need:
+            r = next(i for i, p in enumerate(precisions) if np.dtype(_CONTAINER[p]).itemsize > 4)
+            raise StoreError(
+                f"{name}: {var!r} is stored as {have} but run {r} computed in {precisions[r]}, "
+                "so its values were rounded when stored (mixed precisions); re-train into a "
+                "fresh store, which stores the widest precision present"
+            )
+
+
+def _chunk_file(meta: dict, key: tuple[int, ...]) -> str | None:
+    """Relative path of chunk ``key`` under an array's folder, or None for an unknown encoding."""
+    enc = meta.get("chunk_key_encoding", {})
+    sep = enc.get("configuration", {}).get("separator")
+    if enc.get("name") == "default":
+        return (sep or "/").join(["c", *map(str, key)])
+    if enc.get("name") == "v2":
+        return (sep or ".").join(map(str, key))
+    return None
+
+
+def _check_chunks(path: Path, ds: xr.Dataset, name: str) -> None:
+    import itertools
+
+    diverged = np.asarray(ds["diverged_step"].values, dtype=np.int64)
+    for var in DATA_VARIABLES:
+        meta_path = path / var / "zarr.json"
+        if var not in ds.variables or not meta_path.is_file():
+            continue
+        meta = json.loads(meta_path.read_text())
+        codecs = [c.get("name") for c in meta.get("codecs", [])]
+        if "sharding_indexed" in codecs or meta.get("chunk_grid", {}).get("name") != "regular":
+            continue  # geomtraj writes neither; such a store is checked when read
+        shape = meta["shape"]
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        if 0 in shape or _chunk_file(meta, (0,) * len(shape)) is None:
+            continue
+        time_dim = ds[var].dims[1]
+        times = np.asarray(ds[time_dim].values, dtype=np.int64)
+        counts = [-(-s // c) for s, c in zip(shape, chunk, strict=True)]
+        for i in range(counts[0]):
+            block = diverged[i * chunk[0] : (i + 1) * chunk[0]]
+            for j in range(counts[1]):
+                t0 = int(times[j * chunk[1]])
+                # some run of the block is still finite at the chunk's first step: data expected
+                if not np.any((block < 0) | (block > t0)):
+                    continue
+                for rest in itertools.product(*(range(c) for c in counts[2:])):
+                    rel = _chunk_file(meta, (i, j, *rest))
+                    f = path / var / rel
+                    if not f.is_file():
+                        what = "missing"
+                    elif f.stat().st_size == 0:
+                        what = "empty (truncated)"
+                    else:
+                        continue
+                    r1 = min((i + 1) * chunk[0], shape[0]) - 1
+                    t1 = int(times[min((j + 1) * chunk[1], shape[1]) - 1])
+                    raise StoreError(
+                        f"{name}: chunk {var}/{rel} (runs {i * chunk[0]}-{r1}, {time_dim} "
+                        f"{t0}-{t1}) is {what}; the store is damaged: restore it from a copy "
+                        "or re-train it"
+                    )

@@ -1,0 +1,277 @@
+"""The analysis report (contract 4): ``report.json``, ``report.md``, ``report.html``, figures.
+
+:func:`make_report` is what ``geomtraj analyze`` runs: it checks the store, runs the selected
+analyses over blocks of runs (:func:`geomtraj.runner.run_analyses`), asks each analysis for its
+``report`` and ``figures``, assembles ``report.json`` (validated against the JSON Schema
+``schema.json`` of this package, ``geomtraj.report/1``) and renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+
+from geomtraj.errors import GeomtrajError
+from geomtraj.report.assemble import (
+    RUN_SECTION_OWNER,
+    SCHEMA_ID,
+    TOP_SECTION_OWNER,
+    build_report,
+    to_jsonable,
+)
+from geomtraj.report.render import html_page, markdown, terminal_summary
+
+__all__ = [
+    "SCHEMA_ID",
+    "Report",
+    "load_schema",
+    "validate_report",
+    "make_report",
+    "write_report",
+    "build_report",
+    "terminal_summary",
+    "markdown",
+    "html_page",
+]
+
+
+@cache
+def load_schema() -> dict:
+    """The JSON Schema of ``report.json`` (``geomtraj/report/schema.json``)."""
+    text = resources.files("geomtraj.report").joinpath("schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def validate_report(doc: dict) -> list[str]:
+    """Schema violations of ``doc`` as one-line strings (empty when it is valid)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
+    ]
+
+
+@dataclass
+class Report:
+    """What :func:`make_report` produced.
+
+    Attributes
+    ----------
+    doc : dict
+        The ``report.json`` document.
+    out : Path
+        The report directory.
+    files : list of Path
+        ``report.json``, ``report.md``, ``report.html`` and the figures.
+    results : dict
+        Per analysis, its concatenated result Dataset (None when it measured nothing).
+    schema_errors : list of str
+        Violations of the schema (empty for a valid report).
+    """
+
+    doc: dict
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    schema_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every analysis ran without internal error and the report is valid."""
+        return not self.doc["errors"] and not self.schema_errors
+
+
+def _analysis_status(
+    selected: dict[str, ModuleType],
+    registry: dict[str, ModuleType],
+    outcome,
+    failed: set[str],
+) -> dict[str, dict]:
+    """Status of every analysis the report knows of: registered ones and the contract's owners."""
+    known = list(registry) + [
+        n for n in (*RUN_SECTION_OWNER.values(), *TOP_SECTION_OWNER.values()) if n not in registry
+    ]
+    status: dict[str, dict] = {}
+    for name in dict.fromkeys(known):
+        if name not in registry:
+            status[name] = {"status": "not available", "note": "module not present"}
+        elif name not in selected:
+            status[name] = {"status": "not selected", "note": "left out by --analyses"}
+        else:
+            res = outcome.results.get(name)
+            n = int(res.sizes.get("run", 0)) if res is not None else 0
+            errs = [f for f in outcome.failures if f["analysis"] == name]
+            st = {"n_runs": n, "seconds": round(outcome.seconds.get(name, 0.0), 3), "note": None}
+            if name in failed:
+                st["status"] = "failed"
+                st["note"] = "report() or figures() raised; see errors"
+            elif res is None and not errs:
+                st["status"] = "no runs"
+                st["note"] = "no run was usable for this analysis"
+            elif res is None:
+                st["status"] = "failed"
+                st["note"] = f"failed on {len(errs)} block/run(s); see errors"
+            elif errs:
+                st["status"] = "partial"
+                st["note"] = f"failed on {len(errs)} run(s); see errors"
+            else:
+                st["status"] = "ok"
+            status[name] = st
+    return status
+
+
+def _figure_entries(paths, figdir: Path, analysis: str, errors: list[dict]) -> list[dict]:
+    out = []
+    for p in paths or []:
+        p = Path(p)
+        if p.suffix != ".png" or p.parent.resolve() != figdir.resolve() or not p.is_file():
+            errors.append(
+                {"analysis": analysis, "runs": [], "error": f"figure {p} is not a PNG in {figdir}"}
+            )
+            continue
+        out.append({"file": f"figures/{p.name}", "analysis": analysis, "title": p.stem})
+    return out
+
+
+def make_report(
+    store: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    analyses=None,
+    runs=None,
+    steps=None,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    params=None,
+    analysis_params: dict[str, dict] | None = None,
+    registry: dict[str, ModuleType] | None = None,
+    figures: bool = True,
+) -> Report:
+    """Analyse ``store`` and write the report into ``out`` (default: ``STORE-report`` beside it).
+
+    Parameters are those of :func:`geomtraj.runner.run_analyses`; ``runs`` may be a selection
+    string such as ``"beta2>0.99"`` and ``steps`` a range such as ``"1000:5000"``.
+
+    Raises
+    ------
+    GeomtrajError
+        For an unusable store or selection (the CLI turns it into exit status 2).
+    """
+    from geomtraj import runner
+    from geomtraj.report.plots import overview_figure
+    from geomtraj.store import open_store
+
+    params = params or runner.AnalyzeParams()
+    store = Path(store)
+    if out is None:
+        out = store.with_name(store.name.removesuffix(".zarr") + "-report")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GeomtrajError(f"--out {out} exists and is not a directory; choose another --out")
+    registry = runner.available_analyses() if registry is None else dict(registry)
+    selected = runner.select_analyses(analyses, registry)
+    step_range = runner.parse_steps(steps)
+
+    # check everything that can be checked before the long part
+    ds = open_store(store)
+    picked = runner.select_runs(ds, runs)
+    runner.select_steps(ds, step_range)
+
+    outcome = runner.run_analyses(
+        store,
+        list(selected),
+        picked,
+        step_range,
+        jobs=jobs,
+        scheduler=scheduler,
+        progress=progress,
+        params=params,
+        analysis_params=analysis_params,
+        registry=registry,
+    )
+    view = runner.select_steps(ds, step_range)
+    errors = list(outcome.failures)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    for old in figdir.glob("*.png"):
+        old.unlink()
+    reports: dict[str, dict | None] = {}
+    fig_entries: list[dict] = []
+    failed: set[str] = set()
+    for name, mod in selected.items():
+        result = outcome.results.get(name)
+        if result is None:
+            continue
+        try:
+            reports[name] = mod.report(result)
+        except Exception as exc:
+            failed.add(name)
+            errors.append(runner._failure(name, [], exc) | {"error": f"report(): {exc}"})
+            continue
+        if figures:
+            try:
+                paths = mod.figures(view, result, figdir)
+            except Exception as exc:
+                failed.add(name)
+                errors.append(runner._failure(name, [], exc) | {"error": f"figures(): {exc}"})
+                continue
+            fig_entries += _figure_entries(paths, figdir, name, errors)
+    hyper = {
+        r: {"beta2": float(ds["beta2"].values[r]), "precision": p}
+        for r, p in zip(picked, _strings_at(ds, "precision", picked), strict=True)
+    }
+    if figures:
+        overview = {r: outcome.health[r].overview for r in picked}
+        path = overview_figure(picked, hyper, overview, figdir / "overview_loss.png")
+        fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
+                               "title": "loss of the analysed runs"})  # fmt: skip
+    status = _analysis_status(selected, registry, outcome, failed)
+    options = {
+        "runs": runs if runs is None or isinstance(runs, str) else list(runs),
+        "steps": list(step_range) if step_range else None,
+        "analyses": list(selected),
+        "jobs": jobs,
+        "scheduler": scheduler,
+        "memory_budget_bytes": params.memory_budget_bytes,
+    }
+    doc = build_report(
+        ds,
+        store=str(store),
+        runs=picked,
+        health=outcome.health,
+        reports=reports,
+        status=status,
+        run_notes=outcome.run_notes,
+        figures=fig_entries,
+        errors=errors,
+        options=options,
+    )
+    schema_errors = validate_report(doc)
+    files = write_report(doc, out)
+    files += [out / f["file"] for f in doc["figures"]]
+    return Report(doc, out, files, dict(outcome.results), schema_errors)
+
+
+def _strings_at(ds, name: str, runs: list[int]) -> list[str]:
+    from geomtraj.store import strings
+
+    return strings(ds[name].isel(run=runs))
+
+
+def write_report(doc: dict, out: str | os.PathLike) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` (figures must be in ``out``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md", out / "report.html"]
+    paths[0].write_text(json.dumps(to_jsonable(doc), indent=1, allow_nan=False) + "\n")
+    paths[1].write_text(markdown(doc))
+    paths[2].write_text(html_page(doc, out / "figures"))
+    return paths

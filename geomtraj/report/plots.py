@@ -1,0 +1,276 @@
+"""Quick-look figures of one run (``geomtraj plot``) and the report's overview figure.
+
+These are looks at the raw data, not measurements: the analyses draw their own figures. Every
+figure reads one run through :class:`~geomtraj.analysis.base.RunData` (memory bounded by one run)
+and is drawn with matplotlib's Agg backend, imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from geomtraj.analysis.base import RunData
+from geomtraj.errors import GeomtrajError
+
+
+@dataclass(frozen=True)
+class PlotParams:
+    """Choices of the quick-look figures.
+
+    Attributes
+    ----------
+    spiral_window : int
+        Recorded rows shown by the ``spiral`` look when no step range is given (the last ones).
+        2000 covers a few slow periods of the demo grid (1/(1-beta2) up to 1000).
+    spiral_smooth : int
+        Width, in recorded rows, of the moving average removed from theta before the ``spiral``
+        projection (SCIENCE.md: "residual of theta from its local moving average"). 16 is several
+        flip periods (2 steps) yet short against a slow period.
+    welch_segments : int
+        Welch segments of the ``spectrum`` look: 8 halves the variance relative to 2 while keeping
+        periods up to n/8 steps resolved.
+    max_params : int
+        Recorded parameters drawn by the ``theta``/``moments`` looks (more make an unreadable
+        figure).
+    """
+
+    spiral_window: int = 2000
+    spiral_smooth: int = 16
+    welch_segments: int = 8
+    max_params: int = 8
+
+
+def _figure(nrows: int = 1, ncols: int = 1, size=(8.0, 4.5)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _title(rd: RunData, what: str) -> str:
+    h = rd.hyper
+    return (
+        f"run {rd.run}: {what} ({h['precision']}, {h['hidden']}, beta1={h['beta1']:g}, "
+        f"beta2={h['beta2']:g}, lr={h['lr']:g})"
+    )
+
+
+def _need(n: int, minimum: int, rd: RunData, what: str) -> None:
+    if n < minimum:
+        raise GeomtrajError(
+            f"run {rd.run} has {n} finite {what} in the selected steps, {minimum} needed for this "
+            "figure; choose another run or a wider --steps range"
+        )
+
+
+def _loss(rd: RunData, ax, p: PlotParams) -> str:
+    _need(rd.iteration.size, 1, rd, "updates")
+    loss = rd.train_loss
+    ax.plot(rd.iteration, np.where(loss > 0, loss, np.nan), lw=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("update t")
+    ax.set_ylabel("full-batch loss at theta_{t-1}")
+    if rd.diverged_step is not None:
+        ax.axvline(rd.diverged_step, color="r", ls="--", lw=0.8, label="diverged")
+        ax.legend()
+    return "loss"
+
+
+def _series(name: str, label: str) -> Callable:
+    def draw(rd: RunData, ax, p: PlotParams) -> str:
+        _need(rd.iteration.size, 1, rd, "updates")
+        if name not in rd.ds.variables:
+            raise GeomtrajError(f"the store has no {name!r}; it was written by an older geomtraj")
+        vals = np.asarray(rd.ds[name].isel(run=rd.run).values, dtype=np.float64)
+        vals = vals[: rd.iteration.size]
+        ax.plot(rd.iteration, np.where(vals > 0, vals, np.nan), lw=0.6)
+        ax.set_yscale("log")
+        ax.set_xlabel("update t")
+        ax.set_ylabel(label)
+        return name.replace("_", " ")
+
+    return draw
+
+
+def _theta(rd: RunData, ax, p: PlotParams) -> str:
+    _need(rd.step.size, 1, rd, "recorded rows")
+    k = min(p.max_params, rd.theta.shape[1])
+    for j in range(k):
+        ax.plot(rd.step, rd.theta[:, j], lw=0.6, label=rd.param_names[j])
+    ax.set_xlabel("update t")
+    ax.set_ylabel("theta")
+    ax.legend(fontsize=7, ncol=2)
+    return "recorded parameters"
+
+
+def _spiral_rows(rd: RunData, p: PlotParams) -> slice:
+    n = rd.step.size
+    return slice(max(0, n - p.spiral_window), n)
+
+
+def _spiral(rd: RunData, axes, p: PlotParams) -> str:
+    from scipy.ndimage import uniform_filter1d
+    from sklearn.decomposition import PCA
+
+    rows = _spiral_rows(rd, p)
+    theta = rd.theta[rows]
+    _need(theta.shape[0], max(3 * p.spiral_smooth, 8), rd, "recorded rows")
+    if theta.shape[1] < 2:
+        raise GeomtrajError(
+            f"run {rd.run} records {theta.shape[1]} parameter(s); a spiral look needs 2 or more "
+            "(train with record_params >= 2)"
+        )
+    resid = theta - uniform_filter1d(theta, size=p.spiral_smooth, axis=0, mode="nearest")
+    z = PCA(n_components=2).fit_transform(resid)
+    steps = rd.step[rows]
+    sign = np.where(steps % 2 == 0, 1.0, -1.0)[:, None]
+    for ax, data, what in ((axes[0], z, "residual"), (axes[1], sign * z, "(-1)^t x residual")):
+        pts = ax.scatter(data[:, 0], data[:, 1], c=steps, s=3, cmap="viridis")
+        ax.plot(data[:, 0], data[:, 1], lw=0.2, color="0.6")
+        ax.set_xlabel("PC1")
+        ax.set_ylabel("PC2")
+        ax.set_title(what, fontsize=9)
+    axes[1].figure.colorbar(pts, ax=axes[1], label="update t")
+    return f"theta residual on its top 2 PCs, updates {steps[0]}-{steps[-1]}"
+
+
+def _moments(rd: RunData, axes, p: PlotParams) -> str:
+    _need(rd.step.size, 1, rd, "recorded rows")
+    k = min(p.max_params, rd.m.shape[1])
+    for j in range(k):
+        axes[0].plot(rd.step, rd.m[:, j], lw=0.6, label=rd.param_names[j])
+        axes[1].plot(rd.step, np.where(rd.v[:, j] > 0, rd.v[:, j], np.nan), lw=0.6)
+    axes[0].set_ylabel("m (raw)")
+    axes[1].set_ylabel("v (raw)")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("update t")
+    axes[0].legend(fontsize=7, ncol=2)
+    return "Adam moments"
+
+
+def _spectrum(rd: RunData, ax, p: PlotParams) -> str:
+    from scipy.signal import welch
+
+    loss = rd.train_loss
+    _need(int(np.sum(loss > 0)), 16, rd, "positive losses")
+    x = np.log(loss[loss > 0])
+    nperseg = max(8, x.size // max(1, p.welch_segments // 2 + 1))
+    nperseg = min(nperseg, x.size)
+    # scipy clamps nperseg but not noverlap (PITFALLS): set both
+    f, pxx = welch(x, fs=1.0, nperseg=nperseg, noverlap=nperseg // 2, detrend="linear")
+    keep = f > 0
+    ax.loglog(1.0 / f[keep], pxx[keep], lw=0.8)
+    b1, b2 = rd.hyper["beta1"], rd.hyper["beta2"]
+    for val, lab, col in ((1 / (1 - b2), "1/(1-beta2)", "C1"), (1 / (1 - b1), "1/(1-beta1)", "C2")):
+        ax.axvline(val, color=col, ls="--", lw=0.8, label=f"{lab} = {val:g}")
+    ax.set_xlabel("period (updates)")
+    ax.set_ylabel("Welch PSD of log loss")
+    ax.legend(fontsize=8)
+    return "spectrum of log loss"
+
+
+def _phase(rd: RunData, ax, p: PlotParams) -> str:
+    _need(rd.step.size, 3, rd, "recorded rows")
+    th = rd.theta[:, 0]
+    vel = np.diff(th)
+    pts = ax.scatter(th[1:] - th.mean(), vel, c=rd.step[1:], s=2, cmap="viridis")
+    ax.set_xlabel(f"{rd.param_names[0]} - mean")
+    ax.set_ylabel("velocity per recorded row")
+    ax.figure.colorbar(pts, ax=ax, label="update t")
+    return f"phase space of {rd.param_names[0]}"
+
+
+#: ``kind -> (draw function, number of panels)``.
+KINDS: dict[str, tuple[Callable, int]] = {
+    "loss": (_loss, 1),
+    "update": (_series("update_norm", "||theta_t - theta_{t-1}||"), 1),
+    "grad": (_series("grad_norm", "||g_t||"), 1),
+    "theta": (_theta, 1),
+    "moments": (_moments, 2),
+    "spiral": (_spiral, 2),
+    "spectrum": (_spectrum, 1),
+    "phase": (_phase, 1),
+}
+
+
+def plot_run(
+    ds: xr.Dataset, run: int, kind: str, path: str | Path, params: PlotParams = PlotParams()
+) -> Path:
+    """Draw the quick look ``kind`` (one of :data:`KINDS`) of run ``run`` into ``path`` (PNG).
+
+    Raises
+    ------
+    GeomtrajError
+        For an unknown kind, a run out of range, or too little data for the figure.
+    """
+    if kind not in KINDS:
+        raise GeomtrajError(f"unknown plot kind {kind!r}; choose from {', '.join(KINDS)}")
+    n = int(ds.sizes["run"])
+    if not 0 <= run < n:
+        raise GeomtrajError(f"run {run} out of range; the store has runs 0..{n - 1}")
+    draw, panels = KINDS[kind]
+    rd = RunData(ds, run)
+    if panels == 1:
+        fig, axes = _figure()
+        what = draw(rd, axes[0, 0], params)
+    elif kind == "moments":
+        fig, axes = _figure(2, 1, (8.0, 6.0))
+        what = draw(rd, axes[:, 0], params)
+    else:
+        fig, axes = _figure(1, 2, (11.0, 4.8))
+        what = draw(rd, axes[0], params)
+    fig.suptitle(_title(rd, what), fontsize=10)
+    return _save(fig, Path(path))
+
+
+def overview_figure(
+    runs: list[int], hyper: Mapping[int, Mapping], overview: Mapping[int, tuple], path: Path
+) -> Path:
+    """Loss curves of all analysed runs on one plot, coloured by beta2, dashed for float32."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+
+    fig, axes = _figure(1, 1, (9.0, 4.8))
+    ax = axes[0, 0]
+    b2 = sorted({float(hyper[r]["beta2"]) for r in runs})
+    cmap = colormaps["viridis"]
+    styles = {"float64": "-", "float32": "--", "bfloat16": ":", "float16": "-."}
+    for r in runs:
+        it, loss = overview[r]
+        if len(it) == 0:
+            continue
+        h = hyper[r]
+        c = cmap(b2.index(float(h["beta2"])) / max(1, len(b2) - 1))
+        y = np.where(np.asarray(loss) > 0, loss, np.nan)
+        ax.plot(it, y, lw=0.5, color=c, ls=styles.get(h["precision"], "-"), alpha=0.8)
+    for k, v in enumerate(b2):
+        ax.plot([], [], color=cmap(k / max(1, len(b2) - 1)), label=f"beta2={v:g}")
+    for prec, ls in styles.items():
+        if any(hyper[r]["precision"] == prec for r in runs):
+            ax.plot([], [], color="0.3", ls=ls, label=prec)
+    ax.set_yscale("log")
+    ax.set_xlabel("update t")
+    ax.set_ylabel("full-batch loss (strided sample)")
+    ax.set_title(f"loss of the {len(runs)} analysed runs", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)

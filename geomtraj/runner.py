@@ -1,0 +1,872 @@
+"""Run analyses over blocks of runs: in this process, in local processes, or on a dask cluster.
+
+``geomtraj analyze`` and the ``ds.geomtraj`` accessor meet the analyses here. The work unit is a
+*block*: the selected runs of one run-chunk of the store. A block task opens the store itself
+(so it can run in any process that sees the path), reads the block's trajectories once, chunk by
+chunk, to check them (:func:`scan_block`), then calls every selected analysis on the block's
+usable runs. Per-block results are concatenated over ``run`` in the parent, which is why the
+result does not depend on how blocks were spread over processes.
+
+Memory per process is bounded by :attr:`AnalyzeParams.memory_budget_bytes`: a block whose
+trajectories fit in half the budget is held in memory while its analyses run (each on-disk chunk is
+then decoded once instead of once per run); a larger block is streamed and the analyses read one
+run at a time through :class:`geomtraj.analysis.base.RunData`.
+
+``geomtraj train --scheduler`` uses :func:`train_distributed`: the workers train blocks of runs
+into their own regions of one store (see :func:`geomtraj.train.train_block`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import operator
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import xarray as xr
+
+from geomtraj.errors import GeomtrajError, StoreError
+from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
+
+__all__ = [
+    "AnalyzeParams",
+    "RunHealth",
+    "BlockResult",
+    "Outcome",
+    "available_analyses",
+    "select_analyses",
+    "select_runs",
+    "parse_steps",
+    "select_steps",
+    "plan_blocks",
+    "scan_block",
+    "analyze_block",
+    "run_analyses",
+    "train_distributed",
+]
+
+
+@dataclass(frozen=True)
+class AnalyzeParams:
+    """Limits of the analysis runner.
+
+    Attributes
+    ----------
+    min_finite_steps : int
+        A run with fewer finite per-step values (``train_loss``, ``update_norm``) than this, in the
+        selected step range, is ``insufficient``: no analysis can measure anything on it. 2,
+        because a single point has no interval, slope or spectrum; each analysis applies its own,
+        stricter minimum and says so in a note.
+    memory_budget_bytes : int
+        Store data one process may hold at a time: a block of runs is loaded whole only when its
+        trajectories take at most half of this (the other half is left for the analyses' own
+        arrays); otherwise it is streamed. 256 MiB keeps several ``--jobs`` processes well below
+        the 1.5 GB the project allows, and is 64 on-disk chunks of the default 4 MiB.
+    overview_points : int
+        Points per run kept for the report's overview figure of the loss. 1000 resolves the
+        bursts of a 20000-step run to 20 steps while the figure stays small.
+    """
+
+    min_finite_steps: int = 2
+    memory_budget_bytes: int = 256 * 2**20
+    overview_points: int = 1000
+
+
+# ------------------------------------------------------------------------------- analyses
+
+
+def available_analyses() -> dict[str, ModuleType]:
+    """Analyses registered in :mod:`geomtraj.analysis` (``ANALYSES``), in registry order."""
+    import geomtraj.analysis as registry
+
+    return dict(getattr(registry, "ANALYSES", {}) or {})
+
+
+def select_analyses(
+    names: str | Sequence[str] | None, registry: dict[str, ModuleType] | None = None
+) -> dict[str, ModuleType]:
+    """The analyses named in ``names`` (a comma-separated string or a list; all by default).
+
+    Raises
+    ------
+    GeomtrajError
+        For a name that is not registered.
+    """
+    registry = available_analyses() if registry is None else registry
+    if names is None:
+        return dict(registry)
+    wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    wanted = [n for n in wanted if n]
+    unknown = [n for n in wanted if n not in registry]
+    if unknown:
+        have = ", ".join(registry) or "none installed"
+        raise GeomtrajError(f"unknown analysis {', '.join(map(repr, unknown))}; available: {have}")
+    return {n: registry[n] for n in dict.fromkeys(wanted)}
+
+
+# ---------------------------------------------------------------------------- run selection
+
+_OPS: dict[str, Callable] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "!=": operator.ne,
+    "==": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+    "=": operator.eq,
+}
+_QUERY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|!=|==|>|<|=)\s*(.+?)\s*$")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
+
+
+def _run_fields(ds: xr.Dataset) -> list[str]:
+    return sorted(k for k, v in ds.variables.items() if v.dims == ("run",) and k != "run")
+
+
+def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
+    """Run indices picked by ``spec``.
+
+    ``spec`` is None (all runs), a list of indices, or a string of terms separated by ``,`` or
+    ``and``. Index terms (``3``, ``0-7``) are united; query terms on per-run variables
+    (``beta2>0.99``, ``precision=float32``, ``hidden==12x24``) all have to hold.
+
+    Raises
+    ------
+    GeomtrajError
+        For a malformed term, an unknown variable, an index out of range, or an empty selection.
+    """
+    n = int(ds.sizes["run"])
+    if spec is None:
+        return list(range(n))
+    if not isinstance(spec, str):
+        picked = sorted({int(i) for i in spec})
+        bad = [i for i in picked if not 0 <= i < n]
+        if bad:
+            raise GeomtrajError(f"run index {bad[0]} out of range; the store has runs 0..{n - 1}")
+        return picked
+    terms = [t for t in re.split(r",|\band\b", spec) if t.strip()]
+    if not terms:
+        raise GeomtrajError(f"--runs {spec!r} is empty; give indices (0-7) or a query (beta2>0.99)")
+    indices: set[int] | None = None
+    keep = np.ones(n, bool)
+    fields = _run_fields(ds)
+    for term in terms:
+        t = term.strip()
+        if t.isdigit() or _RANGE.match(t):
+            m = _RANGE.match(t)
+            lo, hi = (int(m.group(1)), int(m.group(2))) if m else (int(t), int(t))
+            if not (0 <= lo <= hi < n):
+                raise GeomtrajError(
+                    f"--runs term {t!r} is out of range; the store has runs 0..{n - 1}"
+                )
+            indices = (indices or set()) | set(range(lo, hi + 1))
+            continue
+        m = _QUERY.match(t)
+        if not m:
+            raise GeomtrajError(
+                f"--runs term {t!r} not understood; use indices (3, 0-7) or NAME OP VALUE "
+                "(beta2>0.99, precision=float32)"
+            )
+        name, op, raw = m.groups()
+        if name not in fields:
+            raise GeomtrajError(
+                f"--runs: no per-run variable {name!r} in the store; "
+                f"choose from {', '.join(fields)}"
+            )
+        var = ds[name]
+        if var.dtype.kind in "biuf":
+            try:
+                value = float(raw)
+            except ValueError:
+                raise GeomtrajError(f"--runs: {name} is numeric, {raw!r} is not a number") from None
+            keep &= _OPS[op](np.asarray(var.values, dtype=np.float64), value)
+        else:
+            if op not in ("=", "==", "!="):
+                raise GeomtrajError(f"--runs: {name} holds text; compare it with = or !=")
+            labels = np.array(strings(var), dtype=object)
+            keep &= _OPS[op](labels, raw.strip("'\""))
+    picked = sorted(i for i in (indices if indices is not None else range(n)) if keep[i])
+    if not picked:
+        raise GeomtrajError(f"--runs {spec!r} selects no runs of the store's {n}")
+    return picked
+
+
+def parse_steps(spec: str | tuple | None) -> tuple[int | None, int | None] | None:
+    """``"A:B"`` (or ``A-B``, ``A:``, ``:B``) as inclusive update counts; None for all steps."""
+    if spec is None or isinstance(spec, tuple):
+        return spec
+    m = re.fullmatch(r"\s*(\d*)\s*(?::|-|\.\.)\s*(\d*)\s*", spec)
+    if not m or not (m.group(1) or m.group(2)):
+        raise GeomtrajError(f"--steps {spec!r} not understood; use FIRST:LAST, FIRST: or :LAST")
+    lo = int(m.group(1)) if m.group(1) else None
+    hi = int(m.group(2)) if m.group(2) else None
+    if lo is not None and hi is not None and hi < lo:
+        raise GeomtrajError(f"--steps {spec!r}: the last step is before the first")
+    return lo, hi
+
+
+def select_steps(ds: xr.Dataset, steps: tuple[int | None, int | None] | None) -> xr.Dataset:
+    """``ds`` restricted to updates ``steps`` (inclusive) on ``step`` and ``iteration``."""
+    if steps is None:
+        return ds
+    lo, hi = steps
+    sel = {"step": slice(lo, hi)}
+    if "iteration" in ds.dims:
+        sel["iteration"] = slice(lo, hi)
+    out = ds.sel(sel)
+    if out.sizes["step"] == 0:
+        st = ds["step"].values
+        raise GeomtrajError(
+            f"--steps {lo}:{hi} selects no recorded steps; the store records steps "
+            f"{int(st[0])}..{int(st[-1])}"
+        )
+    out.attrs = {**ds.attrs, "step_range": [lo, hi]}
+    return out
+
+
+# ----------------------------------------------------------------------------------- blocks
+
+
+def _run_chunk(ds: xr.Dataset) -> int:
+    chunks = ds["theta"].encoding.get("chunks") or ds["theta"].encoding.get("preferred_chunks")
+    if isinstance(chunks, dict):
+        chunks = [chunks.get("run")]
+    size = chunks[0] if chunks and chunks[0] else None
+    return int(size) if size else max(1, int(ds.sizes["run"]))
+
+
+def plan_blocks(ds: xr.Dataset, runs: Sequence[int]) -> list[list[int]]:
+    """Selected runs grouped by the store's run-chunk, in run order (one block per chunk)."""
+    size = _run_chunk(ds)
+    blocks: dict[int, list[int]] = {}
+    for r in sorted(runs):
+        blocks.setdefault(r // size, []).append(int(r))
+    return list(blocks.values())
+
+
+# ------------------------------------------------------------------------------------- scan
+
+
+@dataclass
+class RunHealth:
+    """What :func:`scan_block` found about one run.
+
+    Attributes
+    ----------
+    status : str
+        ``"ok"``, ``"diverged"`` or ``"insufficient"``.
+    note : str or None
+        Why a run is insufficient.
+    n_steps : int
+        Finite per-step values (updates) in the step range, before divergence.
+    final_loss : float or None
+        Last finite ``train_loss`` in the step range.
+    overview : tuple of (ndarray, ndarray)
+        A strided sample ``(iteration, train_loss)`` for the overview figure.
+    """
+
+    run: int
+    status: str = "ok"
+    note: str | None = None
+    n_steps: int = 0
+    final_loss: float | None = None
+    overview: tuple[np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0))
+    )
+
+
+def _real_columns(ds: xr.Dataset, r0: int, r1: int) -> np.ndarray:
+    """``(r1-r0, n_param)`` mask of recorded (not padded) columns."""
+    names = ds["param_name"]
+    if "run" in names.dims:
+        labels = np.array(strings(names.isel(run=slice(r0, r1))), dtype=object)
+        return (labels != "").reshape(r1 - r0, -1)
+    labels = np.array(strings(names), dtype=object)
+    return np.broadcast_to(labels != "", (r1 - r0, labels.size))
+
+
+def _chunk_bounds(var: xr.DataArray, dim: str) -> list[tuple[int, int]]:
+    """Contiguous index ranges along ``dim`` matching the on-disk chunks of ``var``."""
+    n = var.sizes[dim]
+    chunks = var.chunksizes.get(dim) if var.chunks is not None else None
+    if not chunks:
+        return [(0, n)] if n else []
+    out, a = [], 0
+    for c in chunks:
+        out.append((a, a + c))
+        a += c
+    return out
+
+
+def _read(var: xr.DataArray, name: str, where: str) -> np.ndarray:
+    """Load ``var``; a chunk that fails to decode becomes a one-line :class:`StoreError`."""
+    try:
+        return np.asarray(var.values)
+    except (RuntimeError, ValueError, OSError, EOFError, TypeError) as exc:
+        raise StoreError(
+            f"{name}: cannot decode {where} ({type(exc).__name__}: {exc}); the store is "
+            "damaged: restore it from a copy or re-train it"
+        ) from None
+
+
+def scan_block(
+    ds: xr.Dataset,
+    runs: Sequence[int],
+    params: AnalyzeParams = AnalyzeParams(),
+    *,
+    name: str = "store",
+    keep: bool = False,
+) -> tuple[dict[int, RunHealth], dict[str, np.ndarray]]:
+    """Read the data of the run-chunk holding ``runs`` once, chunk by chunk, and check it.
+
+    A run is ``insufficient`` when it has fewer than ``params.min_finite_steps`` finite updates
+    in the step range, or when it holds NaN at a step before its ``diverged_step`` (the store
+    never writes NaN there, so its data is missing). Chunks that cannot be decoded raise.
+
+    Parameters
+    ----------
+    keep
+        Also return the block's data (``{variable: array over runs r0..r1}``), so that analyses
+        can run on it without reading the store again.
+
+    Returns
+    -------
+    health : dict
+        :class:`RunHealth` per run of ``runs``.
+    data : dict
+        The loaded arrays when ``keep`` (else empty), with ``data["_runs"] = [r0, r1]``.
+    """
+    runs = sorted(int(r) for r in runs)
+    r0, r1 = runs[0], runs[-1] + 1
+    size = _run_chunk(ds)
+    r0, r1 = (r0 // size) * size, min(int(ds.sizes["run"]), ((r1 - 1) // size + 1) * size)
+    diverged = np.asarray(ds["diverged_step"].values[r0:r1], dtype=np.int64)
+    limit = np.where(diverged < 0, np.iinfo(np.int64).max, diverged)
+    first_nan = np.full(r1 - r0, np.iinfo(np.int64).max)  # earliest NaN step before divergence
+    nan_var = [""] * (r1 - r0)
+    all_nan = np.ones(r1 - r0, bool)
+    n_steps = np.zeros(r1 - r0, np.int64)
+    final_loss = np.full(r1 - r0, np.nan)
+    data: dict[str, np.ndarray] = {}
+    sample_at = None
+    samples: list[tuple[list, list]] = [([], []) for _ in range(r1 - r0)]
+    real = _real_columns(ds, r0, r1)
+
+    for var_name in DATA_VARIABLES:
+        if var_name not in ds.variables:
+            continue
+        var = ds[var_name].isel(run=slice(r0, r1))
+        time_dim = var.dims[1]
+        times = np.asarray(ds[time_dim].values, dtype=np.int64)
+        if keep:
+            data[var_name] = np.empty(var.shape, var.dtype)
+        if var_name == "train_loss" and times.size:
+            k = min(params.overview_points, times.size)
+            sample_at = np.unique(np.linspace(0, times.size - 1, k).round().astype(np.int64))
+        for a, b in _chunk_bounds(var, time_dim):
+            where = f"{var_name} runs {r0}-{r1 - 1}, {time_dim} {times[a]}-{times[b - 1]}"
+            part = _read(var.isel({time_dim: slice(a, b)}), name, where)
+            if keep:
+                data[var_name][:, a:b] = part
+            t = times[a:b]
+            before = t[None, :] < limit[:, None]  # (runs, time): rows that must be finite
+            nan = np.isnan(part)
+            if part.ndim == 3:
+                nan = (nan & real[:, None, :]).any(axis=2)
+                finite = (np.isfinite(part) | ~real[:, None, :]).all(axis=2)
+            else:
+                finite = np.isfinite(part)
+            all_nan &= ~(~nan & before).any(axis=1)
+            bad = nan & before
+            rows = bad.any(axis=1)
+            for i in np.flatnonzero(rows):
+                step = int(t[np.argmax(bad[i])])
+                if step < first_nan[i]:
+                    first_nan[i], nan_var[i] = step, var_name
+            if var_name == "train_loss":
+                ok = finite & before
+                n_steps += ok.sum(axis=1)
+                for i in range(r1 - r0):
+                    idx = np.flatnonzero(ok[i])
+                    if idx.size:
+                        final_loss[i] = part[i, idx[-1]]
+                    if sample_at is not None:
+                        sel = sample_at[(sample_at >= a) & (sample_at < b)] - a
+                        sel = sel[ok[i, sel]]
+                        samples[i][0].extend(t[sel].tolist())
+                        samples[i][1].extend(part[i, sel].tolist())
+    if "train_loss" not in ds.variables:
+        n_steps[:] = int(ds.sizes["step"])  # no per-step series: count recorded rows instead
+
+    health: dict[int, RunHealth] = {}
+    for r in runs:
+        i = r - r0
+        h = RunHealth(run=r, n_steps=int(n_steps[i]))
+        h.final_loss = float(final_loss[i]) if np.isfinite(final_loss[i]) else None
+        h.overview = (np.asarray(samples[i][0], np.int64), np.asarray(samples[i][1]))
+        if diverged[i] >= 0:
+            h.status = "diverged"
+        if all_nan[i] and diverged[i] < 0:
+            h.status = "insufficient"
+            h.note = (
+                "no finite values: the run's data is all NaN although it did not diverge; "
+                "its chunks are missing or overwritten, restore or re-train the store"
+            )
+        elif first_nan[i] != np.iinfo(np.int64).max:
+            h.status = "insufficient"
+            h.note = (
+                f"{nan_var[i]} is NaN at step {first_nan[i]}, before the run diverged "
+                f"({'never' if diverged[i] < 0 else diverged[i]}): part of its data is missing; "
+                "restore or re-train the store"
+            )
+        elif n_steps[i] < params.min_finite_steps:
+            h.status = "insufficient"
+            why = (
+                f"it diverged at update {diverged[i]}"
+                if diverged[i] >= 0
+                else "the step range holds too few updates"
+            )
+            h.note = (
+                f"{n_steps[i]} finite update(s) in the analysed range, at least "
+                f"{params.min_finite_steps} needed ({why})"
+            )
+        health[r] = h
+    if keep:
+        data["_runs"] = np.array([r0, r1])
+    return health, data
+
+
+def _with_block(ds: xr.Dataset, data: dict[str, np.ndarray]) -> xr.Dataset:
+    """``ds`` whose data variables read runs ``data['_runs']`` from memory instead of the store."""
+    import dask.array as da
+
+    r0, r1 = (int(x) for x in data["_runs"])
+    out = ds.copy()
+    for name, block in data.items():
+        if name == "_runs":
+            continue
+        lazy = ds[name].data
+        if not isinstance(lazy, da.Array):
+            continue
+        parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
+        parts = [p for p in parts if p.shape[0]]
+        out[name] = (ds[name].dims, da.concatenate(parts, axis=0), ds[name].attrs)
+        out[name].encoding = ds[name].encoding
+    return out
+
+
+def _block_bytes(ds: xr.Dataset, n_runs: int) -> int:
+    total = 0
+    for name in DATA_VARIABLES:
+        if name in ds.variables:
+            var = ds[name]
+            total += var.dtype.itemsize * int(np.prod(var.shape[1:])) * n_runs
+    return total
+
+
+# --------------------------------------------------------------------------- block analysis
+
+
+@dataclass
+class BlockResult:
+    """What one block task returns to the parent (all small, picklable)."""
+
+    runs: list[int]
+    health: dict[int, RunHealth]
+    results: dict[str, xr.Dataset | None]
+    run_notes: dict[str, dict[int, str]]  # analysis -> run -> why it measured nothing
+    failures: list[dict]
+    seconds: dict[str, float]
+    loaded: bool
+
+
+def _call_analysis(mod: ModuleType, ds: xr.Dataset, runs: list[int], params: dict, progress):
+    result = mod.analyze(ds, runs=runs, progress=progress, **params)
+    if not isinstance(result, xr.Dataset):
+        raise TypeError(f"analyze returned {type(result).__name__}, expected xarray.Dataset")
+    return result.load()
+
+
+def _failure(name: str, runs: list[int], exc: BaseException) -> dict:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
+    return {
+        "analysis": name,
+        "runs": runs,
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+        "where": where,
+    }
+
+
+def analyze_block(
+    path: str,
+    names: Sequence[str],
+    runs: Sequence[int],
+    steps: tuple[int | None, int | None] | None = None,
+    params: AnalyzeParams = AnalyzeParams(),
+    analysis_params: dict[str, dict] | None = None,
+    registry: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BlockResult:
+    """Check one block of runs and run the analyses ``names`` on its usable runs.
+
+    This is the task every execution mode runs (in this process, a worker process or a dask
+    worker). An analysis that raises :class:`GeomtrajError` for the block is retried run by run:
+    runs that still raise get a note ("not measurable"); any other exception is recorded as a
+    failure (an internal error) and does not stop the other runs or analyses. ``progress`` is
+    handed to the analyses (called with the number of runs each has just finished).
+    """
+    import dask
+
+    if registry is None:
+        registry = available_analyses()
+    else:  # module names travel to worker processes; modules themselves do not pickle
+        registry = {k: importlib.import_module(v) for k, v in registry.items()}
+    analysis_params = analysis_params or {}
+    with dask.config.set(scheduler="synchronous"):
+        ds = select_steps(open_store(path), steps)
+        runs = sorted(int(r) for r in runs)
+        span = _run_chunk(ds)
+        loaded = _block_bytes(ds, span) <= params.memory_budget_bytes // 2
+        health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
+        view = _with_block(ds, data) if loaded else ds
+        del data
+        good = [r for r in runs if health[r].status != "insufficient"]
+        results: dict[str, xr.Dataset | None] = {}
+        notes: dict[str, dict[int, str]] = {}
+        failures: list[dict] = []
+        seconds: dict[str, float] = {}
+        for name in names:
+            mod = registry[name]
+            kw = analysis_params.get(name, {})
+            t0 = time.perf_counter()
+            results[name], notes[name] = None, {}
+            if good:
+                try:
+                    results[name] = _call_analysis(mod, view, good, kw, progress)
+                except Exception:
+                    # isolate the runs that fail, keep the others
+                    parts = []
+                    for r in good:
+                        try:
+                            parts.append(_call_analysis(mod, view, [r], kw, None))
+                        except GeomtrajError as exc:
+                            notes[name][r] = str(exc).splitlines()[0]
+                        except Exception as exc:  # a bug in the analysis: report, go on
+                            failures.append(_failure(name, [r], exc))
+                    results[name] = _concat(parts, name, failures)
+            seconds[name] = time.perf_counter() - t0
+    return BlockResult(runs, health, results, notes, failures, seconds, loaded)
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclass
+class Outcome:
+    """Everything :func:`run_analyses` gathered, in run order.
+
+    Attributes
+    ----------
+    runs : list of int
+        The selected runs.
+    health : dict
+        :class:`RunHealth` per run.
+    results : dict
+        Per analysis, the concatenated result Dataset, or None when no run could be analysed.
+    run_notes : dict
+        Per analysis, run -> reason it measured nothing.
+    failures : list of dict
+        Internal errors of analyses (``analysis``, ``runs``, ``error``, ``where``).
+    seconds : dict
+        Per analysis, the summed time of its block tasks.
+    wall_seconds : float
+        Elapsed time of the whole run.
+    """
+
+    runs: list[int]
+    health: dict[int, RunHealth]
+    results: dict[str, xr.Dataset | None]
+    run_notes: dict[str, dict[int, str]]
+    failures: list[dict]
+    seconds: dict[str, float]
+    wall_seconds: float = 0.0
+    blocks_loaded: int = 0
+    n_blocks: int = 0
+
+
+def _worker_init() -> None:
+    """Worker processes: one numba thread each (parallelism is across processes)."""
+    os.environ["NUMBA_NUM_THREADS"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def _mp_context():
+    # PITFALLS: not fork, when zarr's async I/O threads may already be running
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class _Bar:
+    """tqdm over runs on a terminal (stderr); silent otherwise or when ``enabled`` is False."""
+
+    def __init__(self, total: int, desc: str, enabled: bool | None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int, postfix: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix_str(postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _connect(scheduler: str):
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        raise GeomtrajError("--scheduler needs dask.distributed; pip install distributed") from None
+    try:
+        return Client(scheduler, timeout="15s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise GeomtrajError(
+            f"cannot connect to the dask scheduler at {scheduler!r} ({type(exc).__name__}); "
+            "start one (`dask scheduler` and `dask worker ADDRESS`) or drop --scheduler"
+        ) from None
+
+
+def run_analyses(
+    path: str | os.PathLike,
+    analyses: Sequence[str] | None = None,
+    runs: Sequence[int] | None = None,
+    steps: tuple[int | None, int | None] | None = None,
+    *,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    params: AnalyzeParams = AnalyzeParams(),
+    analysis_params: dict[str, dict] | None = None,
+    registry: dict[str, ModuleType] | None = None,
+) -> Outcome:
+    """Check the store at ``path`` and run ``analyses`` on ``runs`` (all by default).
+
+    Parameters
+    ----------
+    path
+        A geomtraj store; it is checked with :func:`geomtraj.store.check_integrity` first.
+    analyses
+        Names from :func:`available_analyses` (all by default).
+    runs, steps
+        Run indices, and an inclusive ``(first, last)`` update range.
+    jobs
+        Local worker processes (1: everything in this process).
+    scheduler
+        Address of a ``dask.distributed`` scheduler; the block tasks then run on its workers,
+        which must see ``path`` (a shared file system) and have geomtraj installed.
+    progress
+        A progress bar on stderr: None shows it on a terminal only.
+    registry
+        Analyses to choose from instead of :mod:`geomtraj.analysis` (tests use this; with a
+        scheduler or several jobs the modules must be importable by the workers).
+
+    Raises
+    ------
+    GeomtrajError
+        For an unusable store or selection, with a one-line message.
+    """
+    t_start = time.perf_counter()
+    path = str(Path(path).absolute())
+    ds = open_store(path)
+    check_integrity(path, ds)
+    mods = select_analyses(analyses, available_analyses() if registry is None else registry)
+    names = list(mods)
+    picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
+    select_steps(ds, steps)  # raises early for an empty step range
+    blocks = plan_blocks(ds, picked)
+    task_registry = None if registry is None else {k: m.__name__ for k, m in mods.items()}
+    args = (names, steps, params, analysis_params, task_registry)
+
+    # the bar counts (run, analysis) pairs; in this process the analyses report each run as
+    # they finish it, from other processes a block counts when it comes back
+    per_run = max(1, len(names))
+    bar = _Bar(len(picked) * per_run, "analyze", progress)
+    parts: list[BlockResult] = []
+    counted = [0]
+
+    def tick(n: int) -> None:
+        counted[0] += n
+        bar.update(n)
+
+    def collect(res: BlockResult) -> None:
+        parts.append(res)
+        bad = sum(h.status == "insufficient" for p in parts for h in p.health.values())
+        bar.update(max(0, len(res.runs) * per_run - counted[0]), f"insufficient {bad}")
+        counted[0] = 0
+
+    try:
+        if scheduler:
+            client = _connect(scheduler)
+            try:
+                from distributed import as_completed
+
+                futures = [
+                    client.submit(analyze_block, path, args[0], b, *args[1:], pure=False)
+                    for b in blocks
+                ]
+                for fut in as_completed(futures):
+                    collect(fut.result())
+            finally:
+                client.close()
+        elif jobs > 1 and len(blocks) > 1:
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(blocks)),
+                mp_context=_mp_context(),
+                initializer=_worker_init,
+            ) as pool:
+                pending = {pool.submit(analyze_block, path, args[0], b, *args[1:]) for b in blocks}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        collect(fut.result())
+        else:
+            for b in blocks:
+                collect(analyze_block(path, *args[:1], b, *args[1:], progress=tick))
+    finally:
+        bar.close()
+
+    parts.sort(key=lambda p: p.runs[0])
+    health = {r: h for p in parts for r, h in p.health.items()}
+    results: dict[str, xr.Dataset | None] = {}
+    notes: dict[str, dict[int, str]] = {}
+    seconds: dict[str, float] = {}
+    failures = [f for p in parts for f in p.failures]
+    for name in names:
+        got = [p.results[name] for p in parts if p.results.get(name) is not None]
+        results[name] = _concat(got, name, failures)
+        notes[name] = {r: n for p in parts for r, n in p.run_notes.get(name, {}).items()}
+        seconds[name] = sum(p.seconds.get(name, 0.0) for p in parts)
+    return Outcome(
+        runs=picked,
+        health=health,
+        results=results,
+        run_notes=notes,
+        failures=failures,
+        seconds=seconds,
+        wall_seconds=time.perf_counter() - t_start,
+        blocks_loaded=sum(p.loaded for p in parts),
+        n_blocks=len(parts),
+    )
+
+
+def _concat(parts: list[xr.Dataset], name: str, failures: list[dict]) -> xr.Dataset | None:
+    """Per-block results of one analysis over ``run``, in run order (None if there are none)."""
+    if not parts:
+        return None
+    from geomtraj.analysis import combine
+
+    try:
+        out = combine(parts)
+    except Exception as exc:  # the protocol requires blocks to concatenate: an analysis bug
+        failures.append(_failure(name, [], exc) | {"error": f"blocks do not concatenate: {exc}"})
+        return None
+    if "run" in out.coords:
+        out = out.sortby("run")
+    return out
+
+
+# ------------------------------------------------------------------------ distributed train
+
+
+def train_distributed(
+    plan,
+    store: str | os.PathLike,
+    scheduler: str,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> xr.Dataset:
+    """Train ``plan`` into ``store`` on a ``dask.distributed`` cluster, one task per run block.
+
+    The parent writes the template, every task trains one block of runs (aligned with the
+    store's run chunks, so no two tasks write the same chunk), and the parent marks the store
+    complete. The result is byte-identical to ``train_plan(plan, store)`` in one process.
+    With ``resume``, an unfinished store of the same plan is trained again block by block (a
+    block's values do not depend on where or how often it is trained).
+    """
+    from geomtraj import store as store_mod
+    from geomtraj.train import create_store, finish_store, run_blocks, train_block
+
+    path = Path(store).absolute()
+    if path.exists():
+        if not resume:
+            raise StoreError(
+                f"{path} already exists; choose another --out, or --resume to continue it"
+            )
+        attrs = store_mod.read_attrs(path)
+        if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
+            raise StoreError(f"{path} is already complete; nothing to resume")
+        if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
+            raise StoreError(
+                f"{path} was started from a different config; cannot resume it with this one"
+            )
+    else:
+        if resume:
+            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
+        plan.validate()
+    client = _connect(scheduler)
+    try:
+        if not path.exists():
+            create_store(plan, path)
+        blocks = run_blocks(plan)
+        [plan_future] = client.scatter([plan], broadcast=True)
+        futures = {
+            client.submit(train_block, plan_future, str(path), b, pure=False): b for b in blocks
+        }
+        from distributed import as_completed
+
+        bar = _Bar(len(plan.runs), "train", progress)
+        try:
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update(len(futures[fut]))
+        finally:
+            bar.close()
+    finally:
+        client.close()
+    return finish_store(plan, path)
+
+
+def estimate_run_bytes(ds: xr.Dataset) -> int:
+    """Bytes of one run's trajectories as :class:`~geomtraj.analysis.base.RunData` holds them."""
+    rows, cols = int(ds.sizes["step"]), int(ds.sizes["param"])
+    return 3 * rows * cols * 8 + 3 * int(ds.sizes.get("iteration", 0)) * 8
+
+
+def human_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

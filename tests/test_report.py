@@ -1,0 +1,316 @@
+"""The report machinery: run selection, the block runner, report.json assembly and its schema,
+Markdown/HTML/terminal rendering, the accessor and the quick-look plots.
+
+The analyses are stand-ins (``fake_analysis``, ``fake_broken_analysis``) so that these tests check
+the machinery whatever analyses are installed; their outputs are recomputed here with NumPy.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import re
+
+import fake_analysis
+import fake_broken_analysis
+import numpy as np
+import pytest
+import xarray as xr
+from report_stores import N_RUNS, small_store
+
+import geomtraj.accessor  # noqa: F401  (registers ds.geomtraj)
+import geomtraj.analysis
+from geomtraj.errors import GeomtrajError
+from geomtraj.report import make_report, validate_report
+from geomtraj.report.assemble import run_defaults, to_jsonable
+from geomtraj.report.plots import KINDS, plot_run
+from geomtraj.report.render import html_page, markdown, terminal_summary
+from geomtraj.runner import (
+    AnalyzeParams,
+    parse_steps,
+    run_analyses,
+    select_runs,
+    select_steps,
+)
+from geomtraj.store import open_store
+
+FAKE = {"periods": fake_analysis}
+USABLE = [r for r in range(N_RUNS) if r != 9]  # run 9 has no finite update
+
+
+@pytest.fixture(scope="module")
+def store():
+    return small_store()
+
+
+@pytest.fixture(scope="module")
+def ds(store):
+    return open_store(store)
+
+
+@pytest.fixture(scope="module")
+def fake_report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fake-report")
+    return make_report(store, out, registry=FAKE, progress=False)
+
+
+# ------------------------------------------------------------------------- pure functions
+
+
+def test_run_defaults_carry_the_predictions() -> None:
+    d = run_defaults(0.9, 0.999, None)
+    assert d["slow"]["predicted"] == pytest.approx(1000.0)
+    assert d["fast"]["predicted"] == pytest.approx(10.0)
+    assert d["fast"]["linear_prediction"] == pytest.approx(-1 / np.log(np.sqrt(0.9)))
+    assert d["v_decay"]["expected"] == pytest.approx(np.log(0.999))
+    measured = [d["slow"]["period"], d["fast"]["efold"], d["v_decay"]["slope"], d["n_bursts"]]
+    assert measured == [None] * 4
+    # beta2 = 0 has no finite ln(beta2): null, never a number
+    assert run_defaults(0.0, 0.0, None)["v_decay"]["expected"] is None
+
+
+def test_to_jsonable_turns_nonfinite_into_null() -> None:
+    got = to_jsonable(
+        {1: np.float32(np.nan), "a": [np.int64(3), np.inf, 2.5], "b": np.arange(2), "c": (1,)}
+    )
+    assert got == {"1": None, "a": [3, None, 2.5], "b": [0, 1], "c": [1]}
+    assert json.loads(json.dumps(got, allow_nan=False)) == got
+
+
+def test_select_runs_indices_and_queries(ds) -> None:
+    beta2 = ds["beta2"].values
+    assert select_runs(ds, None) == list(range(N_RUNS))
+    assert select_runs(ds, "3") == [3]
+    assert select_runs(ds, "0-2,5") == [0, 1, 2, 5]
+    assert select_runs(ds, "beta2>0.995") == [i for i in range(N_RUNS) if beta2[i] > 0.995]
+    want = [i for i in range(4) if beta2[i] > 0.995 and i % 2 == 1]
+    assert select_runs(ds, "0-3, beta2>0.995 and precision=float64") == want
+    assert select_runs(ds, "perturbation!=none") == [10]
+    for bad, msg in [
+        ("99", "out of range"),
+        ("speed>1", "no per-run variable 'speed'"),
+        ("beta2>abc", "not a number"),
+        ("precision>float32", "compare it with = or !="),
+        ("beta2>0.9999", "selects no runs"),
+        ("??", "not understood"),
+    ]:
+        with pytest.raises(GeomtrajError, match=re.escape(msg)):
+            select_runs(ds, bad)
+
+
+def test_steps_are_an_inclusive_update_range(ds) -> None:
+    assert parse_steps("100:200") == (100, 200)
+    assert parse_steps(":50") == (None, 50)
+    assert parse_steps("7:") == (7, None)
+    sub = select_steps(ds, (100, 200))
+    assert sub["step"].values[[0, -1]].tolist() == [100, 200]
+    assert sub["iteration"].values[[0, -1]].tolist() == [100, 200]
+    for bad in ("x", ":", "5:3"):
+        with pytest.raises(GeomtrajError):
+            parse_steps(bad)
+    with pytest.raises(GeomtrajError, match="selects no recorded steps"):
+        select_steps(ds, (10_000, None))
+
+
+# ---------------------------------------------------------------------------------- runner
+
+
+def _expected_fake(ds, runs):
+    """What fake_analysis measures, recomputed from the raw store with NumPy."""
+    out = {}
+    for r in runs:
+        d = int(ds["diverged_step"].values[r])
+        un = ds["update_norm"].values[r]
+        it = ds["iteration"].values
+        keep = np.isfinite(un) & ((it < d) if d >= 0 else True)
+        n = int(np.argmin(keep)) if not keep.all() else keep.size
+        un = un[:n]
+        out[r] = (n, float(np.mean(un)), int(np.sum(un > 2 * np.median(un))))
+    return out
+
+
+def test_runner_matches_direct_computation(store, ds) -> None:
+    got = run_analyses(store, registry=FAKE, progress=False)
+    res = got.results["periods"]
+    measurable = [r for r in USABLE if r != 8]  # run 8 has two updates, fake needs three
+    assert res["run"].values.tolist() == measurable
+    assert got.run_notes["periods"] == {8: "run 8: 2 finite updates, 3 needed"}
+    want = _expected_fake(ds, measurable)
+    for i, r in enumerate(measurable):
+        n, mean, peaks = want[r]
+        assert int(res["n_updates"].values[i]) == n
+        assert float(res["mean_update_norm"].values[i]) == mean
+        assert int(res["n_peaks"].values[i]) == peaks
+    assert got.health[9].status == "insufficient" and "0 finite update" in got.health[9].note
+    assert got.health[8].status == "diverged"
+    assert got.failures == []
+
+
+def test_loaded_and_streamed_blocks_agree(store) -> None:
+    loaded = run_analyses(store, registry=FAKE, progress=False)
+    streamed = run_analyses(
+        store, registry=FAKE, progress=False, params=AnalyzeParams(memory_budget_bytes=1)
+    )
+    assert loaded.blocks_loaded == loaded.n_blocks == 2
+    assert streamed.blocks_loaded == 0
+    xr.testing.assert_identical(loaded.results["periods"], streamed.results["periods"])
+
+
+def test_runs_and_steps_selection_reach_the_analyses(store, ds) -> None:
+    got = run_analyses(store, registry=FAKE, runs=[1, 3, 10], steps=(51, 150), progress=False)
+    res = got.results["periods"]
+    assert res["run"].values.tolist() == [1, 3, 10]
+    assert res["n_updates"].values.tolist() == [100, 100, 100]
+    want = [float(np.mean(ds["update_norm"].values[r, 50:150])) for r in (1, 3, 10)]
+    np.testing.assert_array_equal(res["mean_update_norm"].values, want)
+
+
+def test_failures_are_isolated_and_reported(store, tmp_path) -> None:
+    registry = {"periods": fake_analysis, "broken": fake_broken_analysis}
+    rep = make_report(store, tmp_path / "rep", registry=registry, progress=False)
+    errors = rep.doc["errors"]
+    assert [(e["analysis"], e["runs"]) for e in errors] == [("broken", [1])]
+    assert "TypeError: deliberate bug" in errors[0]["error"]
+    assert rep.doc["analyses"]["broken"]["status"] == "partial"
+    got = rep.results["broken"]["run"].values.tolist()
+    assert got == [r for r in USABLE if r not in (1, 2)]
+    runs = {e["run"]: e for e in rep.doc["runs"]}
+    assert runs[0]["broken_value"] == 0 and runs[3]["broken_value"] == 30
+    assert "broken_value" not in runs[1] and "broken_value" not in runs[2]
+    assert not rep.ok and rep.schema_errors == []
+
+
+@pytest.mark.slow
+def test_local_processes_match_one_process(store) -> None:
+    one = run_analyses(store, registry=FAKE, progress=False)
+    two = run_analyses(store, registry=FAKE, progress=False, jobs=2)
+    xr.testing.assert_identical(one.results["periods"], two.results["periods"])
+    assert {r: h.note for r, h in one.health.items()} == {r: h.note for r, h in two.health.items()}
+
+
+# ------------------------------------------------------------------------------- report.json
+
+
+def test_report_fills_every_contract_field(fake_report, ds) -> None:
+    doc = fake_report.doc
+    assert fake_report.schema_errors == [] and fake_report.ok
+    assert doc["schema"] == "geomtraj.report/1" and doc["n_runs"] == N_RUNS
+    runs = {e["run"]: e for e in doc["runs"]}
+    want = _expected_fake(ds, [0])[0]
+    e0 = runs[0]
+    assert e0["status"] == "ok" and e0["diverged_step"] is None
+    assert e0["n_bursts"] == want[2]
+    assert e0["slow"]["period"] == want[1]
+    assert e0["slow"]["predicted"] == pytest.approx(1 / (1 - ds["beta2"].values[0]))
+    assert e0["slow"]["note"] == "fake: mean update norm, no CI"
+    assert e0["fast"]["efold"] is None and "did not report" in e0["fast"]["note"]
+    assert e0["spirals"]["n_spirals"] is None and e0["spirals"]["note"]
+    assert e0["fake"]["n_updates"] == want[0]
+    assert runs[8]["status"] == "diverged" and runs[8]["diverged_step"] == 3
+    assert runs[8]["n_bursts"] is None and "3 needed" in runs[8]["note"]
+    assert runs[9]["status"] == "insufficient" and "0 finite update" in runs[9]["note"]
+    assert runs[9]["slow"]["period"] is None and "insufficient" in runs[9]["slow"]["note"]
+    assert doc["grid"]["slow"]["verdict"] == "fake"
+    assert doc["grid"]["fast"]["verdict"] == "not run" and doc["grid"]["fast"]["note"]
+    assert doc["fake_total_updates"] == sum(e["fake"]["n_updates"] for e in runs.values()
+                                            if "fake" in e)  # fmt: skip
+    for name in ("spirals", "twins", "diffusion"):
+        assert doc["analyses"][name]["status"] == "not available"
+    files = {f["file"] for f in doc["figures"]}
+    assert files == {"figures/overview_loss.png", "figures/fake_peaks.png"}
+    for f in files:
+        assert (fake_report.out / f).stat().st_size > 1000
+    on_disk = json.loads((fake_report.out / "report.json").read_text())
+    assert validate_report(on_disk) == []
+
+
+def test_schema_rejects_broken_reports(fake_report) -> None:
+    doc = fake_report.doc
+    cases = {
+        "missing slow": lambda d: d["runs"][0].pop("slow"),
+        "bad status": lambda d: d["runs"][0].update(status="fine"),
+        "negative bursts": lambda d: d["runs"][0].update(n_bursts=-1),
+        "three-sided CI": lambda d: d["runs"][0]["slow"].update(ci=[1, 2, 3]),
+        "string period": lambda d: d["runs"][0]["slow"].update(period="12"),
+        "figure elsewhere": lambda d: d["figures"].append({"file": "/etc/x.png", "analysis": "x"}),
+        "wrong schema": lambda d: d.update(schema="geomtraj.report/2"),
+        "no grid": lambda d: d.pop("grid"),
+    }
+    for name, breaker in cases.items():
+        broken = copy.deepcopy(doc)
+        breaker(broken)
+        assert validate_report(broken), name
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+def test_terminal_summary_has_one_row_per_run(fake_report) -> None:
+    doc = fake_report.doc
+    lines = terminal_summary(doc).splitlines()
+    assert lines[0].startswith(str(doc["store"])) and "periods" in lines[0]
+    rows = [ln for ln in lines[2:] if ln and not ln.startswith("grid")]
+    assert len(rows) == N_RUNS
+    assert rows[10].split()[0] == "10" and rows[10].endswith("ulp:+1@W1[0,1]@t=50")
+    assert "div@3" in rows[8] and "insufficient" in rows[9]
+    assert lines[-1].startswith("grid slow: slope")
+    short = terminal_summary(doc, max_rows=4).splitlines()
+    assert short[6] == f"... {N_RUNS - 4} more runs in report.md / report.html"
+
+
+def test_markdown_lists_runs_and_figures(fake_report) -> None:
+    md = markdown(fake_report.doc)
+    table = [ln for ln in md.splitlines() if re.match(r"\| \d+ \| (ok|diverged|insufficient) ", ln)]
+    assert len(table) == N_RUNS
+    assert "![loss of the analysed runs](figures/overview_loss.png)" in md
+    assert "## Grid summary" in md and "| float32 |" in md
+
+
+def test_html_is_self_contained_and_sortable(fake_report) -> None:
+    page = (fake_report.out / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|figures/)""", page)
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"[^>]*data-file="([^"]+)"', page)
+    assert {f for _, f in images} == {f["file"] for f in fake_report.doc["figures"]}
+    for data, f in images:
+        assert base64.b64decode(data) == (fake_report.out / f).read_bytes()
+    assert page.index('id="summary"') < page.index('id="run-table"')
+    assert len(re.findall(r"<tr class=\"(ok|diverged|insufficient)\"", page)) == N_RUNS
+    assert 'table id="run-table" class="sortable"' in page
+    payload = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
+    assert json.loads(payload.group(1).replace("<\\/", "</")) == fake_report.doc
+    # rendering again from the document gives the same page
+    assert html_page(fake_report.doc, fake_report.out / "figures") == page
+
+
+# ------------------------------------------------------------------------- accessor, plots
+
+
+def test_accessor_forwards_to_the_analyses(ds, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(geomtraj.analysis, "ANALYSES", {"fake": fake_analysis})
+    assert ds.geomtraj.analyses == ["fake"] and "fake" in dir(ds.geomtraj)
+    got = ds.geomtraj.fake(runs="0-7, beta2>0.995 and precision=float64")
+    runs = select_runs(ds, "0-7, beta2>0.995 and precision=float64")
+    xr.testing.assert_identical(got, fake_analysis.analyze(ds, runs))
+    assert ds.geomtraj.report("fake", got) == fake_analysis.report(got)
+    assert ds.geomtraj.run(3).run == 3
+    assert ds.geomtraj.plot(0, "loss", tmp_path / "a.png").stat().st_size > 1000
+    with pytest.raises(AttributeError, match="analyses: fake"):
+        ds.geomtraj.nonexistent  # noqa: B018
+    with pytest.raises(GeomtrajError, match="unknown analysis 'nope'"):
+        ds.geomtraj.analyze("nope")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_plot_kind_draws(ds, kind, tmp_path) -> None:
+    path = plot_run(ds, 1, kind, tmp_path / f"{kind}.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_refuses_a_run_without_data(ds, tmp_path) -> None:
+    with pytest.raises(GeomtrajError, match="run 9 has 0 finite updates"):
+        plot_run(ds, 9, "loss", tmp_path / "x.png")
+    with pytest.raises(GeomtrajError, match="out of range"):
+        plot_run(ds, 99, "loss", tmp_path / "x.png")
+    assert math.isfinite(float(ds["beta2"].values[9]))
