@@ -5,6 +5,7 @@ Example (every key is optional except ``steps``)::
     steps = 20000
     record_every = 1
     record_params = 16            # "all", a count, or a list of names such as ["W1[0,3]"]
+    snapshot_every = 0            # full snapshots of theta/m/v every N updates (0: none)
 
     [data]
     name = "sincos"               # or a list, which makes it a grid axis
@@ -62,6 +63,7 @@ _SECTIONS: dict[str, set[str]] = {
         "steps",
         "record_every",
         "record_params",
+        "snapshot_every",
         "chunk_rows",
         "data",
         "model",
@@ -237,6 +239,7 @@ def plan_from_config(cfg: dict) -> Plan:
         record_every=_number(cfg.get("record_every", 1), "record_every", int),
         record_params=record,
         chunk_rows=cfg.get("chunk_rows"),
+        snapshot_every=_number(cfg.get("snapshot_every", 0), "snapshot_every", int),
         description={k: cfg[k] for k in ("name", "description") if k in cfg},
     )
     try:

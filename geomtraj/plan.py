@@ -83,6 +83,8 @@ class Plan:
 
     ``record_params`` is ``"all"``, an integer ``N`` (``N`` coordinates evenly spread over the flat
     vector, ``round(linspace(0, n_params-1, N))``), or a list of parameter names.
+    ``snapshot_every`` (0: none) adds full snapshots of theta, m and v after every
+    ``snapshot_every``-th update, at a coarser stride than the recorded subset.
     """
 
     runs: list[Run]
@@ -93,6 +95,7 @@ class Plan:
     chunk_rows: int | None = None
     run_chunk: int | None = None
     description: dict = field(default_factory=dict)
+    snapshot_every: int = 0
 
     # ----------------------------------------------------------------- checks and derived layout
     def validate(self) -> None:
@@ -103,6 +106,11 @@ class Plan:
         if self.record_every < 1 or self.steps % self.record_every:
             raise ConfigError(
                 f"record_every={self.record_every} must be >= 1 and divide steps={self.steps}"
+            )
+        if self.snapshot_every < 0 or self.snapshot_every > self.steps:
+            raise ConfigError(
+                f"snapshot_every={self.snapshot_every} must be 0 (no snapshots) or between 1 and "
+                f"steps={self.steps}"
             )
         d_in = {ds.X.shape[1] for ds in self.datasets}
         if len(d_in) != 1:
@@ -141,6 +149,12 @@ class Plan:
     @property
     def n_rows(self) -> int:
         return self.steps // self.record_every
+
+    def snapshot_steps(self) -> np.ndarray:
+        """Steps after which full snapshots of theta, m and v are stored (empty when none)."""
+        if not self.snapshot_every:
+            return np.zeros(0, np.int64)
+        return np.arange(self.snapshot_every, self.steps + 1, self.snapshot_every, dtype=np.int64)
 
     @property
     def storage_dtype(self) -> np.dtype:
@@ -189,6 +203,8 @@ class Plan:
         """Hash of everything that determines the store's content (resume refuses a mismatch)."""
         h = hashlib.sha256()
         h.update(repr((self.steps, self.record_every, self.record_params)).encode())
+        if self.snapshot_every:  # (absent from older fingerprints, which had no snapshots)
+            h.update(repr(("snapshot_every", self.snapshot_every)).encode())
         h.update(repr(self.chunking(self.recorded_indices().shape[1])).encode())
         for ds in self.datasets:
             h.update(np.ascontiguousarray(ds.X, np.float64).tobytes())
@@ -205,6 +221,8 @@ def estimate(plan: Plan, net_steps_per_s: float) -> dict:
     rec = plan.recorded_indices().shape[1]
     n, item = len(plan.runs), plan.storage_dtype.itemsize
     traj = 3 * n * plan.n_rows * rec * item
+    n_all = max(r.spec.n_params for r in plan.runs)
+    traj += 3 * n * plan.snapshot_steps().size * n_all * item
     scalars = n * (plan.n_rows + 3 * plan.steps) * item
     return {
         "runs": n,

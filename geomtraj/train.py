@@ -16,6 +16,10 @@ Recording (contract 2, with these conventions):
   ``||theta_t - theta_{t-1}||``, computed in the run's precision.
 * ``theta_final``, ``m_final``, ``v_final`` hold the full state after the last update (or at
   divergence), so a run can be continued or checked.
+* With ``snapshot_every = S > 0``, ``theta_snapshot``, ``m_snapshot`` and ``v_snapshot`` on
+  ``(run, snapshot, param_all)`` hold the full state after updates ``S, 2S, ...`` (coordinate
+  ``snapshot``): every parameter at a coarse stride, beside the recorded subset at a fine one.
+  After a run diverges its snapshots are NaN.
 
 A last-bit twin (``perturbation = ulp:+n@NAME@t=T``) moves parameter ``NAME`` of
 ``theta_{T-1}`` by ``n`` units in the last place of the run's format just before update ``T``;
@@ -62,6 +66,10 @@ __all__ = [
     "train_block",
     "finish_store",
 ]
+
+
+#: Default of :meth:`_Group.advance`: no snapshot steps.
+_NO_SNAPSHOTS = np.zeros(0, np.int64)
 
 
 # --------------------------------------------------------------------------------- run state
@@ -154,12 +162,21 @@ class _Group:
         upd_base: int,
         rec_every: int,
         buf: dict[str, np.ndarray],
+        snapshot_steps: np.ndarray = _NO_SNAPSHOTS,
+        snapshot=None,
     ) -> None:
-        """Run updates ``t_begin+1 .. t_end``, applying ulp perturbations before their update."""
-        cuts = sorted({s - 1 for _, _, _, s in self.ulp_events if t_begin <= s - 1 < t_end})
+        """Run updates ``t_begin+1 .. t_end``, applying ulp perturbations before their update.
+
+        ``snapshot(group, step)`` is called after each update in ``snapshot_steps`` (before a
+        perturbation of the same step, which belongs to the next update).
+        """
+        cuts = {s - 1 for _, _, _, s in self.ulp_events if t_begin <= s - 1 < t_end}
+        snaps = {int(s) for s in snapshot_steps if t_begin < s <= t_end}
         start = t_begin
-        for cut in [*cuts, t_end]:
+        for cut in sorted(cuts | snaps | {t_end}):
             self._call(start, cut, row_base, upd_base, rec_every, buf)
+            if cut in snaps:
+                snapshot(self, cut)
             for k, idx, ulps, step in self.ulp_events:
                 if step - 1 == cut and cut < t_end and self.diverged[k] < 0:
                     self.theta[k, idx] = nextafter_format(self.theta[k, idx], ulps, self.fmt)
@@ -283,6 +300,7 @@ class _Trainer:
         self.runs = range(len(plan.runs)) if runs is None else runs
         self.n_all = max(r.spec.n_params for r in plan.runs)
         self.rec_idx = plan.recorded_indices()
+        self.snapshot_steps = plan.snapshot_steps()
         self.n_rec = self.rec_idx.shape[1]
         self.run_chunk, self.rows = plan.chunking(self.n_rec)
         self.n_chunks = -(-plan.n_rows // self.rows)
@@ -318,13 +336,35 @@ class _Trainer:
         rows = min(self.rows, self.plan.n_rows - row0)
         buf = self.new_buffers(rows)
         t_begin, t_end = row0 * r, (row0 + rows) * r
+        in_chunk = (self.snapshot_steps > t_begin) & (self.snapshot_steps <= t_end)
+        snap_steps = self.snapshot_steps[in_chunk]
+        snap = self.new_snapshots(snap_steps.size)
+        position = {int(s): j for j, s in enumerate(snap_steps)}
+
+        def take(g: _Group, step: int) -> None:
+            j = position[step]
+            for name in _TRAJ:
+                vals = getattr(g, name)
+                snap[name][g.slots, j, : vals.shape[1]] = vals
+            # a diverged run's state is meaningless after its divergence step
+            dead = g.slots[g.diverged >= 0]
+            for name in _TRAJ:
+                snap[name][dead, j, :] = np.nan
+
         for g in self.groups:
             # each group fills its own contiguous buffers; scatter them back in run order
             sub = {k: np.ascontiguousarray(v[g.slots]) for k, v in buf.items()}
-            g.advance(t_begin, t_end, row0, t_begin, r, sub)
+            g.advance(t_begin, t_end, row0, t_begin, r, sub, snap_steps, take)
             for k, v in sub.items():
                 buf[k][g.slots] = v
+        buf.update({f"{k}_snapshot": v for k, v in snap.items()})
+        buf["snapshot_index"] = np.flatnonzero(in_chunk)
         return row0, rows, buf
+
+    def new_snapshots(self, n_snap: int) -> dict[str, np.ndarray]:
+        """NaN-filled snapshot buffers ``(runs, n_snap, param_all)`` for theta, m and v."""
+        shape = (len(self.runs), n_snap, self.n_all)
+        return {name: np.full(shape, np.nan, self.sdtype) for name in _TRAJ}
 
     # -- state in run order ----------------------------------------------------------------
     def gather(self, name: str) -> np.ndarray:
@@ -463,6 +503,16 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
     for name in ("theta_final", "m_final", "v_final"):
         ds[name] = (("run", "param_all"), _lazy((n, n_all), sd, (rc, n_all)))
     ds["diverged_step"] = (("run",), _lazy((n,), np.int64, (rc,)))
+    n_snap = tr.snapshot_steps.size
+    if n_snap:
+        # one chunk per snapshot along `snapshot`, so every training chunk writes whole chunks
+        chunks["snapshot"] = 1
+        ds = ds.assign_coords(snapshot=("snapshot", tr.snapshot_steps))
+        for name in _TRAJ:
+            ds[f"{name}_snapshot"] = (
+                ("run", "snapshot", "param_all"),
+                _lazy((n, n_snap, n_all), sd, (rc, 1, n_all)),
+            )
     return ds, chunks
 
 
@@ -470,6 +520,7 @@ _TRAJ = ("theta", "m", "v")
 
 
 def _chunk_dataset(row0: int, rows: int, buf: dict[str, np.ndarray]):
+    """The chunk's recorded rows and per-step series (snapshots: see :func:`_snapshot_dataset`)."""
     part = xr.Dataset(
         {
             **{k: (("run", "step", "param"), buf[k]) for k in _TRAJ},
@@ -481,6 +532,17 @@ def _chunk_dataset(row0: int, rows: int, buf: dict[str, np.ndarray]):
         }
     )
     return part
+
+
+def _snapshot_dataset(buf: dict[str, np.ndarray]) -> tuple[xr.Dataset, dict] | None:
+    """The snapshots taken during a chunk and their region along ``snapshot`` (None if none)."""
+    idx = buf["snapshot_index"]
+    if idx.size == 0:
+        return None
+    part = xr.Dataset(
+        {f"{k}_snapshot": (("run", "snapshot", "param_all"), buf[f"{k}_snapshot"]) for k in _TRAJ}
+    )
+    return part, {"snapshot": slice(int(idx[0]), int(idx[-1]) + 1)}
 
 
 def _final_dataset(tr: _Trainer) -> xr.Dataset:
@@ -560,7 +622,8 @@ def _runs_done(tr: _Trainer, t_end: int) -> int:
 def _train_in_memory(tr: _Trainer, progress) -> xr.Dataset:
     plan = tr.plan
     ds, _ = _template(tr)
-    full = {k: np.array(ds[k].data) for k in ("theta", "m", "v", "loss", *_SCALARS)}
+    snaps = [f"{k}_snapshot" for k in _TRAJ] if tr.snapshot_steps.size else []
+    full = {k: np.array(ds[k].data) for k in ("theta", "m", "v", "loss", *_SCALARS, *snaps)}
     bar = _Progress(len(plan.runs), plan.steps, 0, progress)
     try:
         for c in range(tr.n_chunks):
@@ -570,6 +633,8 @@ def _train_in_memory(tr: _Trainer, progress) -> xr.Dataset:
                 full[k][:, row0 : row0 + rows] = buf[k]
             for k in _SCALARS:
                 full[k][:, u0:u1] = buf[k]
+            for k in snaps:
+                full[k][:, buf["snapshot_index"]] = buf[k]
             bar.update(u1 - u0, _runs_done(tr, u1))
     finally:
         bar.close()
@@ -635,12 +700,20 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
                     "iteration": slice(u0, u1),
                 },
             )
+            _write_snapshots(path, buf, slice(None))
             _save_checkpoint(path, tr, c + 1)
             bar.update(u1 - u0, _runs_done(tr, u1))
     finally:
         bar.close()
     store_mod.write_region(path, _final_dataset(tr), {"run": slice(None), "param_all": slice(None)})
     return _finish(path)
+
+
+def _write_snapshots(path: Path, buf: dict[str, np.ndarray], run_region: slice) -> None:
+    snap = _snapshot_dataset(buf)
+    if snap is not None:
+        part, region = snap
+        store_mod.write_region(path, part, {"run": run_region, **region, "param_all": slice(None)})
 
 
 def _finish(path: Path) -> xr.Dataset:
@@ -725,6 +798,7 @@ def train_block(plan: Plan, store: str | os.PathLike, runs: range) -> np.ndarray
                 "iteration": slice(u0, u1),
             },
         )
+        _write_snapshots(path, buf, run_region)
     store_mod.write_region(path, _final_dataset(tr), {"run": run_region, "param_all": slice(None)})
     return tr.gather("diverged").astype(np.int64)
 
@@ -773,6 +847,7 @@ def train(
     resume: bool = False,
     progress: bool | None = False,
     dataset_name: str = "custom",
+    snapshot_every: int = 0,
 ) -> xr.Dataset:
     """Train one or more networks on ``(X, y)`` with Adam and return their trajectories.
 
@@ -790,6 +865,8 @@ def train(
         ``bfloat16``/``float16``; ``batch_size=0`` trains full batch.
     steps, record_every, record_params
         Number of updates, recording stride, and ``"all"``, a count or parameter names.
+    snapshot_every
+        Store full snapshots of theta, m and v after every ``snapshot_every``-th update (0: none).
     twin_of, perturbation
         Per run: the index of the run it perturbs (or -1) and a :class:`Perturbation` (or None).
     store
@@ -856,5 +933,6 @@ def train(
         steps=int(steps),
         record_every=int(record_every),
         record_params=record_params,
+        snapshot_every=int(snapshot_every),
     )
     return train_plan(plan, store, resume=resume, progress=progress)

@@ -19,6 +19,7 @@ steps = 40000
 record_every = 2
 record_params = 8
 chunk_rows = 500
+snapshot_every = 700
 
 [data]
 name = "sincos"
