@@ -181,8 +181,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr with exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"geomtraj: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geomtraj", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="geomtraj", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"geomtraj {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -488,6 +489,7 @@ class BlockResult:
     failures: list[dict]
     seconds: dict[str, float]
     loaded: bool
+    warnings: list[dict] = field(default_factory=list)
 
 
 def _call_analysis(mod: ModuleType, ds: xr.Dataset, runs: list[int], params: dict, progress):
@@ -495,6 +497,48 @@ def _call_analysis(mod: ModuleType, ds: xr.Dataset, runs: list[int], params: dic
     if not isinstance(result, xr.Dataset):
         raise TypeError(f"analyze returned {type(result).__name__}, expected xarray.Dataset")
     return result.load()
+
+
+class capture_warnings:  # noqa: N801 - used as a context manager, like warnings.catch_warnings
+    """Record the warnings an analysis emits (into ``sink``) instead of printing them.
+
+    They go into the report's ``warnings`` list: the terminal stays readable, and nothing is lost.
+    """
+
+    def __init__(self, analysis: str, sink: list[dict]):
+        self.analysis, self.sink = analysis, sink
+        self._cm = warnings.catch_warnings(record=True)
+
+    def __enter__(self):
+        self._log = self._cm.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for w in self._log:
+            self.sink.append(
+                {
+                    "analysis": self.analysis,
+                    "category": w.category.__name__,
+                    "message": str(w.message).splitlines()[0][:300],
+                    "where": f"{Path(w.filename).name}:{w.lineno}",
+                    "count": 1,
+                }
+            )
+        self._cm.__exit__(*exc)
+        return False
+
+
+def merge_warnings(items: list[dict]) -> list[dict]:
+    """Identical warnings (same analysis, category, message, place) once, with a count."""
+    merged: dict[tuple, dict] = {}
+    for w in items:
+        key = (w["analysis"], w["category"], w["message"], w["where"])
+        if key in merged:
+            merged[key]["count"] += w["count"]
+        else:
+            merged[key] = dict(w)
+    return list(merged.values())
 
 
 def _failure(name: str, runs: list[int], exc: BaseException) -> dict:
@@ -545,13 +589,16 @@ def analyze_block(
         results: dict[str, xr.Dataset | None] = {}
         notes: dict[str, dict[int, str]] = {}
         failures: list[dict] = []
-        seconds: dict[str, float] = {}
+        seconds: dict[str, float] = {name: 0.0 for name in names}
+        caught: list[dict] = []
         for name in names:
             mod = registry[name]
             kw = analysis_params.get(name, {})
             t0 = time.perf_counter()
             results[name], notes[name] = None, {}
-            if good:
+            with capture_warnings(name, caught):
+                if not good:
+                    continue
                 try:
                     results[name] = _call_analysis(mod, view, good, kw, progress)
                 except Exception:
@@ -565,8 +612,9 @@ def analyze_block(
                         except Exception as exc:  # a bug in the analysis: report, go on
                             failures.append(_failure(name, [r], exc))
                     results[name] = _concat(parts, name, failures)
-            seconds[name] = time.perf_counter() - t0
-    return BlockResult(runs, health, results, notes, failures, seconds, loaded)
+                finally:
+                    seconds[name] = time.perf_counter() - t0
+    return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -602,6 +650,7 @@ class Outcome:
     seconds: dict[str, float]
     wall_seconds: float = 0.0
     blocks_loaded: int = 0
+    warnings: list[dict] = field(default_factory=list)
     n_blocks: int = 0
 
 
@@ -761,6 +810,7 @@ def run_analyses(
     notes: dict[str, dict[int, str]] = {}
     seconds: dict[str, float] = {}
     failures = [f for p in parts for f in p.failures]
+    caught = merge_warnings([w for p in parts for w in p.warnings])
     for name in names:
         got = [p.results[name] for p in parts if p.results.get(name) is not None]
         results[name] = _concat(got, name, failures)
@@ -772,6 +822,7 @@ def run_analyses(
         results=results,
         run_notes=notes,
         failures=failures,
+        warnings=caught,
         seconds=seconds,
         wall_seconds=time.perf_counter() - t_start,
         blocks_loaded=sum(p.loaded for p in parts),

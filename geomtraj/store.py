@@ -235,7 +235,7 @@ def _check_hyper(ds: xr.Dataset, name: str) -> None:
         if bad.size:
             r = int(bad[0])
             raise StoreError(
-                f"{name}: run {r} has {key}={vals[key][r]!r}, not a valid hyper-parameter "
+                f"{name}: run {r} has {key}={float(vals[key][r])!r}, not a valid hyper-parameter "
                 f"({len(bad)} run(s) affected); the run table is damaged, restore or re-train it"
             )
 

@@ -206,19 +206,22 @@ def make_report(
     reports: dict[str, dict | None] = {}
     fig_entries: list[dict] = []
     failed: set[str] = set()
+    caught = list(outcome.warnings)
     for name, mod in selected.items():
         result = outcome.results.get(name)
         if result is None:
             continue
         try:
-            reports[name] = mod.report(result)
+            with runner.capture_warnings(name, caught):
+                reports[name] = mod.report(result)
         except Exception as exc:
             failed.add(name)
             errors.append(runner._failure(name, [], exc) | {"error": f"report(): {exc}"})
             continue
         if figures:
             try:
-                paths = mod.figures(view, result, figdir)
+                with runner.capture_warnings(name, caught):
+                    paths = mod.figures(view, result, figdir)
             except Exception as exc:
                 failed.add(name)
                 errors.append(runner._failure(name, [], exc) | {"error": f"figures(): {exc}"})
@@ -254,6 +257,7 @@ def make_report(
         errors=errors,
         options=options,
     )
+    doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
     schema_errors = validate_report(doc)
     files = write_report(doc, out)
     files += [out / f["file"] for f in doc["figures"]]

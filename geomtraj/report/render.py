@@ -181,6 +181,13 @@ def markdown(doc: Mapping) -> str:
         out += ["", "## Errors", ""]
         for e in doc["errors"]:
             out.append(f"- **{e['analysis']}** runs {e.get('runs', [])}: `{e['error']}`")
+    if doc.get("warnings"):
+        out += ["", "## Warnings", ""]
+        for w in doc["warnings"]:
+            out.append(
+                f"- {w['analysis']}: {w['category']} x{w['count']} at {w.get('where', '?')}: "
+                f"{w['message']}"
+            )
     out += ["", "## Runs", ""]
     out.append("| " + " | ".join(h for h, _, _ in _COLUMNS) + " |")
     out.append("|" + "---|" * len(_COLUMNS))
@@ -387,6 +394,15 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
             parts.append(
                 f'<li class="err"><b>{_e(e["analysis"])}</b> runs {_e(e.get("runs", []))}: '
                 f"<code>{_e(e['error'])}</code> {_e(e.get('where', ''))}</li>"
+            )
+        parts.append("</ul></section>")
+
+    if doc.get("warnings"):
+        parts.append('<section id="warnings"><h2>Warnings</h2><ul>')
+        for w in doc["warnings"]:
+            parts.append(
+                f"<li><b>{_e(w['analysis'])}</b>: {_e(w['category'])} x{_e(w['count'])} at "
+                f"{_e(w.get('where', '?'))}: {_e(w['message'])}</li>"
             )
         parts.append("</ul></section>")
 

@@ -1,0 +1,142 @@
+"""`geomtraj analyze | info | plot` end to end on a store trained by geomtraj.
+
+The first test runs every installed analysis; the others use the stand-in analysis so that they
+check the command's options and exit codes quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import fake_analysis
+import fake_broken_analysis
+import jsonschema
+import pytest
+from report_stores import N_RUNS, copy_store, small_store
+
+import geomtraj.runner
+from geomtraj.analysis import ANALYSES
+from geomtraj.cli import main
+
+FAKE = {"periods": fake_analysis}
+
+
+def _schema() -> dict:
+    return json.loads(resources.files("geomtraj.report").joinpath("schema.json").read_text())
+
+
+def _check_report(out, n_runs: int) -> dict:
+    doc = json.loads((out / "report.json").read_text())
+    jsonschema.validate(doc, _schema())
+    assert doc["n_runs"] == len(doc["runs"]) == n_runs
+    page = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert doc["figures"], "the overview figure at least"
+    for fig in doc["figures"]:
+        assert (out / fig["file"]).is_file()
+        assert f'data-file="{fig["file"]}"' in page and f"]({fig['file']})" in md
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(doc["figures"])
+    return doc
+
+
+@pytest.mark.slow
+def test_analyze_with_the_installed_analyses(tmp_path, capsys) -> None:
+    out = tmp_path / "report"
+    code = main(["analyze", str(small_store()), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = _check_report(out, N_RUNS)
+    for name in ANALYSES:
+        assert doc["analyses"][name]["status"] in ("ok", "no runs"), doc["analyses"][name]
+    assert doc["errors"] == []
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(f"{small_store()}: {N_RUNS} runs analysed")
+    assert sum(1 for ln in lines if re.match(r"\s+\d+\s+3x4\s", ln)) == N_RUNS
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    monkeypatch.setattr(geomtraj.runner, "available_analyses", lambda: dict(FAKE))
+
+
+def test_options_reach_the_report(tmp_path, capsys, fake_registry) -> None:
+    out = tmp_path / "r"
+    argv = ["analyze", str(small_store()), "--out", str(out), "--runs", "0-7,beta2>0.995",
+            "--steps", "101:300", "--analyses", "periods", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet, and not a terminal anyway
+    doc = _check_report(out, 4)
+    assert [e["run"] for e in doc["runs"]] == [2, 3, 6, 7]
+    assert all(e["fake"]["n_updates"] == 200 for e in doc["runs"])
+    assert doc["options"]["steps"] == [101, 300] and doc["options"]["runs"] == "0-7,beta2>0.995"
+
+
+def test_default_out_is_beside_the_store(tmp_path, capsys, fake_registry) -> None:
+    store = copy_store(tmp_path / "grid.zarr")
+    assert main(["analyze", str(store)]) == 0
+    assert (tmp_path / "grid-report" / "report.html").is_file()
+    assert f"report in {tmp_path / 'grid-report'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_jobs_give_the_same_report(tmp_path, capsys, fake_registry) -> None:
+    docs = []
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        argv = ["analyze", str(small_store()), "--out", str(out), "--jobs", str(jobs), "--quiet"]
+        assert main(argv) == 0, capsys.readouterr().err
+        doc = _check_report(out, N_RUNS)
+        for key in ("created", "options"):
+            doc.pop(key)
+        for st in doc["analyses"].values():
+            st.pop("seconds", None)
+        docs.append(doc)
+    assert docs[0] == docs[1]
+
+
+def test_internal_error_is_exit_1_with_the_report_written(tmp_path, capsys, monkeypatch) -> None:
+    registry = {"periods": fake_analysis, "broken": fake_broken_analysis}
+    monkeypatch.setattr(geomtraj.runner, "available_analyses", lambda: dict(registry))
+    out = tmp_path / "r"
+    assert main(["analyze", str(small_store()), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geomtraj: internal error in 1 analysis")
+    assert "broken runs [1]: TypeError: deliberate bug" in err
+    doc = _check_report(out, N_RUNS)
+    assert doc["analyses"]["broken"]["status"] == "partial"
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys) -> None:
+    from geomtraj.runner import _Bar
+
+    bar = _Bar(3, "analyze", None)  # stderr is captured, not a terminal: silent
+    bar.update(3)
+    bar.close()
+    assert capsys.readouterr().err == ""
+    bar = _Bar(3, "analyze", True)
+    bar.update(3)
+    bar.close()
+    assert "analyze" in capsys.readouterr().err
+
+
+def test_info_checks_and_describes(capsys) -> None:
+    assert main(["info", str(small_store())]) == 0
+    out = capsys.readouterr().out
+    assert f"{N_RUNS} runs x 400 steps" in out and "check         ok" in out
+    assert "divergences   run@update: 8@3, 9@1" in out
+    assert main(["info", str(small_store()), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["diverged_steps"] == {"8": 3, "9": 1} and info["check"] == "ok"
+    assert info["precision_counts"] == {"float32": 5, "float64": 6}
+    assert info["grid"]["beta2"] == ["0.99", "0.999"] and info["size_mib"] > 0
+
+
+def test_plot_writes_one_figure(tmp_path, capsys) -> None:
+    png = tmp_path / "s.png"
+    argv = ["plot", str(small_store()), "--run", "3", "--kind", "spectrum", "--out", str(png)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {png}"
+    assert png.read_bytes()[:4] == b"\x89PNG"
