@@ -254,3 +254,29 @@ def test_bursts_begin_where_sharpness_crosses_the_threshold(tmp_path):
         assert e["p_value_above"] < 0.01
     paths = stability.figures(ds, res, tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_snapshots_give_checkpoints_and_match_a_retrained_run(small_store):
+    X, y = make_dataset("sincos", 64, 0)
+    snap = train(X, y, hidden=(5, 7), lr=[0.01, 0.03], beta2=0.99, steps=400, record_every=5,
+                 record_params=4, precision="float64", seed=3, snapshot_every=100)  # fmt: skip
+    states = checkpoint_states(snap, 1)
+    assert states.source == "snapshots" and states.steps.tolist() == [0, 100, 200, 300, 400]
+    assert "snapshots" in states.note
+    full = checkpoint_states(small_store, 1, steps=states.steps)
+    for name in ("theta", "m", "v"):
+        assert getattr(states, name).tobytes() == getattr(full, name).tobytes(), name
+    # retraining checks itself against the snapshots and the recorded coordinates
+    rebuilt = checkpoint_states(snap, 1, max_checkpoints=9, retrain=True)
+    assert rebuilt.source == "retrained" and rebuilt.note == ""
+
+
+def test_retraining_reports_a_trajectory_that_does_not_match_the_store():
+    X, y = make_dataset("sincos", 64, 0)
+    sub = train(X, y, hidden=(5, 7), lr=0.01, beta2=0.99, steps=100, record_every=5,
+                record_params=4, precision="float64", seed=3)  # fmt: skip
+    tampered = sub.copy(deep=True)
+    tampered["theta"].values[0, 3, 0] += 1e-3
+    assert checkpoint_states(sub, 0, max_checkpoints=5, retrain=True).note == ""
+    note = checkpoint_states(tampered, 0, max_checkpoints=5, retrain=True).note
+    assert "differs from the stored one by up to 0.001" in note

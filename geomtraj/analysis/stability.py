@@ -32,12 +32,14 @@ Where the full state lives. ``lambda_max`` needs every coordinate of ``theta``, 
   or step ``diverged_step - 1`` of a diverged run) always hold it;
 * the recorded rows hold it when the run recorded every parameter (``record_params = "all"``,
   checked through ``param_index``);
-* otherwise, with ``retrain=True``, the run is trained again from ``theta_init`` with
-  :func:`geomtraj.train.train` (same hyper-parameters, precision, seed, batch size and perturbation,
-  every parameter recorded at the checkpoint stride). The trainer is bit-for-bit reproducible, and
-  the retrained trajectory is compared with the stored recorded coordinates; any difference is
-  reported in ``note``. Without ``retrain`` only steps 0 and the final step are measured, and
-  ``note`` says so.
+* otherwise full snapshots (``theta_snapshot``/``m_snapshot``/``v_snapshot``, written every
+  ``snapshot_every`` updates) hold it at their coarser stride;
+* with ``retrain=True`` (and not every parameter recorded), the run is trained again from
+  ``theta_init`` with :func:`geomtraj.train.train` (same hyper-parameters, precision, seed, batch
+  size and perturbation, every parameter recorded at the checkpoint stride). The trainer is
+  bit-for-bit reproducible, and the retrained trajectory is compared with the stored recorded
+  coordinates and snapshots; any difference is reported in ``note``. Without ``retrain`` only
+  step 0, the snapshots and the final step are measured, and ``note`` says so.
 
 Bursts against crossings. The sharpness ratio ``lambda_max / threshold`` is interpolated linearly
 between checkpoints to find *upward crossings* of 1. A burst (:func:`.events.run_bursts` on the
@@ -438,8 +440,8 @@ class CheckpointStates:
     theta, m, v : ndarray, shape (k, n_params)
         Full state in the contract-1 layout, float64 (``m = v = 0`` at step 0).
     source : str
-        ``"recorded"`` (recorded rows with every parameter), ``"init+final"`` (only the two
-        states a store always holds) or ``"retrained"``.
+        ``"recorded"`` (recorded rows with every parameter), ``"snapshots"`` (full snapshots),
+        ``"init+final"`` (only the two states a store always holds) or ``"retrained"``.
     note : str
         What limited the checkpoints, or "" when nothing did.
     """
@@ -520,6 +522,14 @@ def _parse_perturbation(label: str):
     )
 
 
+def _snapshot_steps(ds: xr.Dataset, run: int, final_step: int) -> np.ndarray:
+    """Steps of the run's finite full snapshots (``theta_snapshot``), empty when none."""
+    if "theta_snapshot" not in ds.variables or "snapshot" not in ds.coords:
+        return np.zeros(0, np.int64)
+    st = np.asarray(ds["snapshot"].values, dtype=np.int64)
+    return st[(st >= 1) & (st <= final_step)]
+
+
 def checkpoint_states(
     ds: xr.Dataset,
     run: int,
@@ -538,45 +548,55 @@ def checkpoint_states(
         Store run index.
     steps : sequence of int, optional
         Requested checkpoints; by default up to ``max_checkpoints`` evenly spread over all steps
-        that hold the full state. Requested steps that hold no full state are dropped and named
-        in ``note`` (or rebuilt when ``retrain``).
+        that hold the full state (recorded rows when every parameter is recorded, else full
+        snapshots, plus step 0 and the final step). Requested steps that hold no full state are
+        dropped and named in ``note`` (or rebuilt when ``retrain``).
     retrain : bool
-        Rebuild missing checkpoints by training again from ``theta_init``.
+        Rebuild checkpoints the store lacks by training again from ``theta_init``; by default
+        (``steps=None``) ``max_checkpoints`` evenly spaced ones, unless every parameter is recorded.
     """
     rd = RunData(ds, run)
     n = rd.hyper["n_params"]
     one = ds.isel(run=run)
     final_step = rd.steps if rd.diverged_step is None else rd.diverged_step - 1
-    if rd.diverged_step is not None and rd.diverged_step <= 1:
-        final_step = 0
+    final_step = max(final_step, 0)
     cols = _full_columns(ds, run, n)
     rec_steps = rd.step if cols is not None else np.zeros(0, np.int64)
-    avail = np.unique(np.concatenate([[0], rec_steps, [final_step]])).astype(np.int64)
+    snap_steps = _snapshot_steps(ds, run, final_step) if cols is None else np.zeros(0, np.int64)
+    avail = np.unique(np.concatenate([[0], rec_steps, snap_steps, [final_step]])).astype(np.int64)
+    if cols is not None:
+        source = "recorded"
+    else:
+        source = "snapshots" if snap_steps.size else "init+final"
     notes = []
     if steps is None:
         wanted = _even_subset(avail, max_checkpoints)
+        missing = np.zeros(0, np.int64)
+        if cols is None and retrain:
+            stride = max(1, math.ceil(final_step / (max_checkpoints - 1))) if final_step else 1
+            missing = np.arange(stride, final_step + 1, stride, dtype=np.int64)
+            wanted = np.unique(np.concatenate([[0], missing, [final_step]]))
+        elif cols is None:
+            where = (
+                f"at {snap_steps.size} snapshots (every {int(snap_steps[0])} steps), "
+                if snap_steps.size
+                else ""
+            )
+            notes.append(
+                "the store records only a subset of parameters, so the full state exists only "
+                f"{where}at step 0 and at the final step; pass retrain=True to rebuild "
+                "intermediate checkpoints"
+            )
     else:
         wanted = np.unique(np.asarray(steps, dtype=np.int64))
         bad = wanted[(wanted < 0) | (wanted > final_step)]
         if bad.size:
             notes.append(f"steps {bad.tolist()[:5]} lie outside 0..{final_step}, dropped")
         wanted = wanted[(wanted >= 0) & (wanted <= final_step)]
-
-    missing = np.setdiff1d(wanted, avail)
-    source = "recorded" if cols is not None else "init+final"
-    if steps is None and cols is None:
-        if retrain:
-            stride = max(1, math.ceil(final_step / (max_checkpoints - 1))) if final_step else 1
-            missing = np.arange(stride, final_step + 1, stride, dtype=np.int64)
-            wanted = np.unique(np.concatenate([[0], missing, [final_step]]))
-        else:
-            notes.append(
-                "the store records only a subset of parameters, so the full state exists only at "
-                "step 0 and the final step; pass retrain=True to rebuild intermediate checkpoints"
-            )
+        missing = np.setdiff1d(wanted, avail)
     retrained: dict[int, tuple] = {}
     if missing.size and retrain:
-        retrained, msg = _retrain(ds, run, rd, missing)
+        retrained, msg = _retrain(ds, run, rd, missing, snap_steps)
         source = "retrained"
         if msg:
             notes.append(msg)
@@ -590,18 +610,7 @@ def checkpoint_states(
     theta = np.empty((wanted.size, n))
     m = np.zeros((wanted.size, n))
     v = np.zeros((wanted.size, n))
-    row_of = {int(s): i for i, s in enumerate(rd.step)}
-    rows_needed = [
-        (k, row_of[int(s)])
-        for k, s in enumerate(wanted)
-        if cols is not None and int(s) in row_of and int(s) not in (0, final_step)
-    ]
-    if rows_needed:
-        ks, rows = zip(*rows_needed, strict=True)
-        ks = np.array(ks)
-        for name, out in (("theta", theta), ("m", m), ("v", v)):
-            block = np.asarray(one[name].isel(step=list(rows)).values, dtype=np.float64)
-            out[ks] = block[:, cols]
+    filled = np.zeros(wanted.size, bool)
     for k, s in enumerate(wanted):
         s = int(s)
         if s == 0:
@@ -612,11 +621,29 @@ def checkpoint_states(
             v[k] = np.asarray(one["v_final"].values[:n], dtype=np.float64)
         elif s in retrained:
             theta[k], m[k], v[k] = retrained[s]
+        else:
+            continue
+        filled[k] = True
+    rest = np.flatnonzero(~filled)
+    if rest.size and cols is not None:
+        rows = np.searchsorted(rd.step, wanted[rest])
+        for name, out in (("theta", theta), ("m", m), ("v", v)):
+            block = np.asarray(one[name].isel(step=rows).values, dtype=np.float64)
+            out[rest] = block[:, cols]
+    elif rest.size:
+        idx = np.searchsorted(np.asarray(ds["snapshot"].values, dtype=np.int64), wanted[rest])
+        for name, out in (("theta", theta), ("m", m), ("v", v)):
+            block = one[f"{name}_snapshot"].isel(snapshot=idx).values
+            out[rest] = np.asarray(block, dtype=np.float64)[:, :n]
     return CheckpointStates(wanted, theta, m, v, source, "; ".join(notes))
 
 
-def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray):
-    """Train run ``run`` again from ``theta_init`` and return its full state at ``steps``."""
+def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray, snap_steps: np.ndarray):
+    """Train run ``run`` again from ``theta_init`` and return its full state at ``steps``.
+
+    The rebuilt trajectory is compared with what the store holds (the recorded coordinates and
+    any full snapshots); a difference is returned as a note.
+    """
     from geomtraj.train import train
 
     h = rd.hyper
@@ -626,7 +653,7 @@ def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray):
     X, y = run_data_arrays(ds, run, rounded=False)
     steps = np.asarray(steps, dtype=np.int64)
     last = int(steps.max())
-    stride = int(np.gcd.reduce(steps))
+    stride = int(np.gcd.reduce(np.concatenate([steps, snap_steps[snap_steps <= last]])))
     pert = _parse_perturbation(h["perturbation"])
     if pert is not None and pert.kind == "ulp" and pert.step > last:
         pert = None  # it would act after the last checkpoint
@@ -639,28 +666,29 @@ def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray):
         record_params="all", perturbation=[pert], progress=False,
     )  # fmt: skip
     st = np.asarray(out["step"].values, dtype=np.int64)
-    states = {}
-    for s in steps:
-        i = int(np.searchsorted(st, s))
-        states[int(s)] = tuple(
-            np.asarray(out[k].values[0, i, :n], dtype=np.float64) for k in ("theta", "m", "v")
-        )
-    # check the rebuilt trajectory against what the store recorded
-    msg = ""
+    full = {k: np.asarray(out[k].values[0, :, :n], dtype=np.float64) for k in ("theta", "m", "v")}
+    states = {
+        int(s): tuple(full[k][int(np.searchsorted(st, s))] for k in ("theta", "m", "v"))
+        for s in steps
+    }
+    diffs = []
     common = np.intersect1d(rd.step, st)
-    if common.size:
-        names = rd.param_names
-        flat = [spec.param_index(nm) for nm in names]
-        rows_st = np.searchsorted(st, common)
-        rows_rd = np.searchsorted(rd.step, common)
-        rebuilt = np.asarray(out["theta"].values[0][rows_st][:, flat], dtype=np.float64)
-        stored = rd.theta[rows_rd]
-        diff = float(np.max(np.abs(rebuilt - stored))) if stored.size else 0.0
-        if diff != 0.0:
-            msg = (
-                f"retrained trajectory differs from the stored one by up to {diff:.3g} on the "
-                "recorded coordinates; its checkpoints are approximate"
-            )
+    if common.size and rd.param_names:
+        flat = [spec.param_index(nm) for nm in rd.param_names]
+        rebuilt = full["theta"][np.searchsorted(st, common)][:, flat]
+        diffs.append(np.abs(rebuilt - rd.theta[np.searchsorted(rd.step, common)]))
+    snaps = snap_steps[snap_steps <= last]
+    if snaps.size:
+        idx = np.searchsorted(np.asarray(ds["snapshot"].values, dtype=np.int64), snaps)
+        stored = np.asarray(one["theta_snapshot"].isel(snapshot=idx).values, np.float64)[:, :n]
+        diffs.append(np.abs(full["theta"][np.searchsorted(st, snaps)] - stored))
+    worst = max((float(d.max()) for d in diffs if d.size), default=0.0)
+    msg = ""
+    if worst != 0.0:
+        msg = (
+            f"retrained trajectory differs from the stored one by up to {worst:.3g}; its "
+            "checkpoints are approximate"
+        )
     return states, msg
 
 
