@@ -271,6 +271,14 @@ _JS = """
     });
   });
   window.addEventListener('load', function(){
+    // report.html#sort=COLUMN or #sort=COLUMN:desc opens the run table sorted by COLUMN
+    var m = /sort=([^&]+)/.exec(decodeURIComponent(location.hash));
+    if (m) {
+      var want = m[1].split(':');
+      document.querySelectorAll('#run-table th').forEach(function(th){
+        if (th.textContent === want[0]) { th.click(); if (want[1] === 'desc') th.click(); }
+      });
+    }
     var imgs = document.querySelectorAll('#figures img');
     var ok = 0;
     imgs.forEach(function(i){ if (i.complete && i.naturalWidth > 0) ok++; });
