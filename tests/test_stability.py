@@ -275,8 +275,9 @@ def test_retraining_reports_a_trajectory_that_does_not_match_the_store():
     X, y = make_dataset("sincos", 64, 0)
     sub = train(X, y, hidden=(5, 7), lr=0.01, beta2=0.99, steps=100, record_every=5,
                 record_params=4, precision="float64", seed=3)  # fmt: skip
-    tampered = sub.copy(deep=True)
-    tampered["theta"].values[0, 3, 0] += 1e-3
+    theta = sub["theta"].values.copy()
+    theta[0, 3, 0] += 1e-3
+    tampered = sub.assign(theta=sub["theta"].copy(data=theta))
     assert checkpoint_states(sub, 0, max_checkpoints=5, retrain=True).note == ""
     note = checkpoint_states(tampered, 0, max_checkpoints=5, retrain=True).note
     assert "differs from the stored one by up to 0.001" in note
