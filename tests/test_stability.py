@@ -276,7 +276,7 @@ def test_retraining_reports_a_trajectory_that_does_not_match_the_store():
     sub = train(X, y, hidden=(5, 7), lr=0.01, beta2=0.99, steps=100, record_every=5,
                 record_params=4, precision="float64", seed=3)  # fmt: skip
     theta = sub["theta"].values.copy()
-    theta[0, 3, 0] += 1e-3
+    theta[0, 4, 0] += 1e-3  # step 25, a checkpoint of the retrained run
     tampered = sub.assign(theta=sub["theta"].copy(data=theta))
     assert checkpoint_states(sub, 0, max_checkpoints=5, retrain=True).note == ""
     note = checkpoint_states(tampered, 0, max_checkpoints=5, retrain=True).note
