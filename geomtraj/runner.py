@@ -783,7 +783,7 @@ def run_analyses(
                     client.submit(analyze_block, path, args[0], b, *args[1:], pure=False)
                     for b in blocks
                 ]
-                for fut in as_completed(futures):
+                for fut in as_completed(futures, loop=client.loop):
                     collect(fut.result())
             finally:
                 client.close()
@@ -898,7 +898,7 @@ def train_distributed(
 
         bar = _Bar(len(plan.runs), "train", progress)
         try:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=client.loop):
                 fut.result()
                 bar.update(len(futures[fut]))
         finally:
