@@ -281,3 +281,15 @@ def test_retraining_reports_a_trajectory_that_does_not_match_the_store():
     assert checkpoint_states(sub, 0, max_checkpoints=5, retrain=True).note == ""
     note = checkpoint_states(tampered, 0, max_checkpoints=5, retrain=True).note
     assert "differs from the stored one by up to 0.001" in note
+
+
+def test_sparse_checkpoints_are_not_measurable():
+    """Two checkpoints 400 steps apart cannot place a crossing within a 100-step window."""
+    X, y = make_dataset("sincos", 64, 0)
+    sub = train(X, y, hidden=(5, 7), lr=0.01, beta2=0.99, steps=400, record_params=4,
+                precision="float64", seed=3)  # fmt: skip
+    rep = stability.report(stability.analyze(sub))
+    entry = rep["stability"]["runs"][0]
+    assert entry["verdict"] == "not measurable" and "lag window" in entry["note"]
+    assert entry["fraction_at_crossing"] is None and entry["p_value"] is None
+    assert rep["stability"]["overall"]["verdict"] == "not measurable"

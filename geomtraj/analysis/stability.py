@@ -704,7 +704,7 @@ _CHECKPOINT_COLUMNS = {
     "update_ratio_max": "ratio_max",
     "checkpoint_loss": "loss",
 }
-#: Per-run float outputs; entries 2..-2 come straight from :func:`onsets_vs_crossings`.
+#: Per-run float outputs; entries 2..-3 come straight from :func:`onsets_vs_crossings`.
 _RUN_SCALARS = (
     "threshold",
     "median_lag",
@@ -800,7 +800,9 @@ def analyze(
         ``checkpoint_loss``; per run ``threshold``, ``checkpoint_source``, ``n_bursts``,
         ``n_onsets``, ``n_crossings``, ``n_at_crossing``, ``fraction_at_crossing``,
         ``chance_fraction``, ``p_value``, ``median_lag``, ``fraction_above_at_onset``,
-        ``fraction_time_above``, ``p_value_above``, ``resolution``, ``max_lag`` and ``note``.
+        ``fraction_time_above``, ``p_value_above``, ``resolution``, ``max_lag``, ``matchable``
+        (checkpoints dense enough to match onsets with crossings; the onset statistics are NaN
+        where they are not) and ``note``.
     """
     params = params or StabilityParams()
     if overrides:
@@ -817,6 +819,7 @@ def analyze(
     counts = {name: np.zeros(len(run_list), np.int64) for name in _RUN_COUNTS}
     source = np.empty(len(run_list), dtype=object)
     note = np.empty(len(run_list), dtype=object)
+    matchable = np.zeros(len(run_list), bool)
     for j, r in enumerate(run_list):
         states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(ds, r, params, checkpoints)
         k = min(states.steps.size, slots)
@@ -826,23 +829,32 @@ def analyze(
         data["sharpness_ratio"][j, :k] = ratio[:k]
         scalars["threshold"][j] = threshold
         scalars["max_lag"][j] = max_lag
-        for key in _RUN_SCALARS[2:-1]:
-            if cmp[key] is not None:
-                scalars[key][j] = cmp[key]
-        lags = cmp["lags"][np.isfinite(cmp["lags"])]
-        if lags.size:
-            scalars["median_lag"][j] = float(np.median(lags))
         counts["n_bursts"][j] = len(bursts)
         counts["n_checkpoints"][j] = states.steps.size
-        for key in ("n_onsets", "n_crossings", "n_at_crossing"):
-            counts[key][j] = cmp[key]
         source[j] = states.source
         notes = [states.note] if states.note else []
-        if cmp["resolution"] is not None and cmp["resolution"] > max_lag:
+        res = cmp["resolution"]
+        matchable[j] = res is not None and res <= max_lag
+        if res is not None:
+            scalars["resolution"][j] = res
+        if not matchable[j]:
+            # interpolating the ratio across a gap wider than the lag window says nothing about
+            # where it crossed, so no onset statistic is computed
+            gap = "fewer than 2 checkpoints" if res is None else f"checkpoints {res:g} steps apart"
             notes.append(
-                f"checkpoints are {cmp['resolution']:g} steps apart, coarser than the "
-                f"{max_lag:g}-step lag window; onsets cannot be matched with crossings"
+                f"{gap}, coarser than the {max_lag:g}-step lag window; burst onsets cannot be "
+                "matched with crossings"
             )
+            counts["n_onsets"][j] = cmp["n_onsets"]
+        else:
+            for key in _RUN_SCALARS[2:-2]:
+                if cmp[key] is not None:
+                    scalars[key][j] = cmp[key]
+            lags = cmp["lags"][np.isfinite(cmp["lags"])]
+            if lags.size:
+                scalars["median_lag"][j] = float(np.median(lags))
+            for key in ("n_onsets", "n_crossings", "n_at_crossing"):
+                counts[key][j] = cmp[key]
         note[j] = "; ".join(notes)
         if progress is not None:
             progress(1)
@@ -851,6 +863,7 @@ def analyze(
     variables.update({name: (("run",), arr) for name, arr in scalars.items()})
     variables.update({name: (("run",), arr) for name, arr in counts.items()})
     variables["checkpoint_source"] = (("run",), source)
+    variables["matchable"] = (("run",), matchable)
     variables["note"] = (("run",), note)
     for name in ("beta1", "beta2", "lr", "eps", "precision", "hidden"):
         variables[name] = (("run",), ds[name].values[run_list])
@@ -886,7 +899,9 @@ def _run_entry(res: xr.Dataset, j: int) -> dict:
     p = _num(one["p_value"])
     notes = [str(one["note"].values)] if str(one["note"].values) else []
     verdict_fraction, alpha, min_onsets = _verdict_settings(res)
-    if n_on < min_onsets or frac is None:
+    if not bool(one["matchable"]):
+        verdict = "not measurable"
+    elif n_on < min_onsets or frac is None:
         verdict = "too few bursts"
         notes.append(f"{n_on} burst onsets inside the checkpointed range (< {min_onsets})")
     elif frac >= verdict_fraction and p is not None and p < alpha:
@@ -938,7 +953,6 @@ def report(result: xr.Dataset) -> dict:
     onsets against crossings, a verdict and a note) and ``overall`` (onsets pooled over runs with
     a verdict, against the pooled chance level).
     """
-    from scipy.stats import binomtest
 
     entries = [_run_entry(result, j) for j in range(result.sizes["run"])]
     verdict_fraction, alpha, min_onsets = _verdict_settings(result)
@@ -946,16 +960,27 @@ def report(result: xr.Dataset) -> dict:
     n_on = sum(e["n_onsets"] for e in usable)
     n_at = sum(e["n_at_crossing"] for e in usable)
     chance = sum(e["chance_fraction"] * e["n_onsets"] for e in usable) / n_on if n_on else None
-    overall: dict = {"n_runs": len(usable), "n_onsets": n_on, "n_at_crossing": n_at,
-                     "fraction_at_crossing": n_at / n_on if n_on else None,
-                     "chance_fraction": chance, "p_value": None}  # fmt: skip
-    if n_on >= min_onsets and chance is not None and 0 < chance < 1:
-        overall["p_value"] = float(binomtest(n_at, n_on, chance, "greater").pvalue)
+    overall: dict = {
+        "n_runs": len(usable),
+        "n_onsets": n_on,
+        "n_at_crossing": n_at,
+        "fraction_at_crossing": n_at / n_on if n_on else None,
+        "chance_fraction": chance,
+        "p_value": None,
+        "note": "",
+    }
+    if not any(e["verdict"] != "not measurable" for e in entries):
+        overall["verdict"] = "not measurable"
+        overall["note"] = (
+            "no run has checkpoints dense enough to match burst onsets with crossings; record "
+            "every parameter, store snapshots at a stride below the lag window, or retrain=True"
+        )
+    elif n_on >= min_onsets and chance is not None:
+        overall["p_value"] = _binomial_p(n_at, n_on, chance)
         good = overall["fraction_at_crossing"] >= verdict_fraction and overall["p_value"] < alpha
         overall["verdict"] = (
-            "bursts start at crossings" if good else ("bursts do not start at crossings")
+            "bursts start at crossings" if good else "bursts do not start at crossings"
         )
-        overall["note"] = ""
     else:
         overall["verdict"] = "too few bursts"
         overall["note"] = f"{n_on} burst onsets inside checkpointed ranges over all runs"
