@@ -1,10 +1,11 @@
 """The documented examples (``docs/examples.md``) run as written; the README shows them verbatim.
 
 ``pycon`` blocks are doctests, one namespace per block. ``console`` blocks are shell sessions:
-each ``$ command`` runs with bash in a scratch directory that holds ``fixtures/`` and ``configs/``
-of the source tree, with the test interpreter's ``bin/`` (where ``geomtraj`` is installed) first on
-``PATH``; it must exit with status 0 and print what the lines after it show (``...`` matches
-anything, whitespace is normalised, as in doctests).
+each ``$ command`` runs with bash in a scratch directory that links to the source tree's
+``fixtures/`` and ``configs/``, and to the test interpreter's environment as ``.venv/`` (so
+``.venv/bin/geomtraj`` is the installed command, as in the README); it must exit with status 0 and
+print what the lines after it show (``...`` matches anything, whitespace is normalised, as in
+doctests).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def _commands(body: str) -> list[tuple[str, str]]:
 def test_console_example(line: int, body: str, tmp_path: Path):
     for name in ("fixtures", "configs"):
         (tmp_path / name).symlink_to(ROOT / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env["MPLBACKEND"] = "Agg"
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # the environment running the tests
+    env = {**os.environ, "MPLBACKEND": "Agg"}
     checker = doctest.OutputChecker()
     for cmd, expected in _commands(body):
         proc = subprocess.run(
