@@ -39,7 +39,8 @@ UPDATE_COMMAND = ".venv/bin/python fixtures/make_fixtures.py --update-expected"
 FIXTURES: dict[str, str] = {
     "bursts_f32": (
         "one float32 run, beta2=0.999, lr=0.01, 5000 steps: regular bursts of Adam's "
-        "relaxation oscillation (about 40, slow period about 110 steps)."
+        "relaxation oscillation (about 40, slow period about 110 steps); full snapshots of all "
+        "373 parameters every 50 steps for the edge-of-stability analysis."
     ),
     "bursts_f64": ("the same run computed in float64: the same kind of bursts at other times."),
     "twins_ulp": (
