@@ -6,6 +6,9 @@ of real runs they are checked on.
 * :func:`frozen_adam_on_quadratic`: Adam's update with a frozen preconditioner on a 1-D quadratic,
   which is stable exactly below Cohen et al.'s threshold ``(2 + 2*beta1) / ((1 - beta1) * lr)``.
 * :func:`sawtooth_ratio`: a relaxation-oscillation sharpness ratio that crosses 1 at known steps.
+* :func:`synthetic_store`: an in-memory store (contract 2) whose per-step series and recorded
+  trajectories are analytic curves, for the early-warning features.
+* :func:`synthetic_features`: an early-warning result with one informative feature.
 * :func:`real_runs`: a few tiny tanh networks at several learning rates that show Adam's bursts;
   ``python tests/synth_stability.py OUTDIR`` trains them, runs the stability analysis and writes
   its figures and report section.
@@ -74,6 +77,94 @@ def sawtooth_ratio(
     ratio = 1.0 - rise / 2 + rise * phase
     crossings = np.arange(n_periods) * period + period / 2.0
     return steps, ratio, crossings, (crossings + lag).astype(np.int64)
+
+
+def synthetic_store(
+    steps: int = 1000,
+    *,
+    update_rate: float = 0.002,
+    flip_rate: float = 0.004,
+    gradient: float = 0.3,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    burst_steps=(),
+    n_rec: int = 3,
+):
+    """One run whose series are analytic, so each early-warning feature has a known value.
+
+    * ``update_norm_t = 1e-3 * exp(update_rate * t)``, times 50 at each step of ``burst_steps``
+      and the 5 steps after it;
+    * ``theta_t = 0.01 * (-1)^t * exp(flip_rate * t)`` in every recorded coordinate, so the flip
+      amplitude ``||theta_t - 2 theta_{t-1} + theta_{t-2}|| / 4`` grows at ``flip_rate``;
+    * ``m_t = (1 - beta1^t) * gradient`` and ``v_t = (1 - beta2^t) * gradient**2``: the raw
+      moments of a constant gradient, so ``m_hat = gradient`` and ``v_hat = gradient**2`` exactly
+      (update ratio ``|g|/(|g| + eps)``);
+    * ``train_loss_t = 0.5 * exp(-t / 500)``.
+    """
+    import xarray as xr
+
+    t = np.arange(1, steps + 1, dtype=np.int64)
+    un = 1e-3 * np.exp(update_rate * t)
+    for b in burst_steps:
+        un[(t >= b) & (t < b + 6)] *= 50.0
+    theta = 0.01 * ((-1.0) ** t * np.exp(flip_rate * t))[:, None] * np.ones(n_rec)
+    m = ((1 - beta1**t) * gradient)[:, None] * np.ones(n_rec)
+    v = ((1 - beta2**t) * gradient**2)[:, None] * np.ones(n_rec)
+    loss = 0.5 * np.exp(-t / 500.0)
+    run = {"beta1": beta1, "beta2": beta2, "lr": 0.01, "eps": 1e-8, "weight_decay": 0.0,
+           "precision": "float64", "hidden": "2", "activation": "tanh", "dataset": "synthetic",
+           "seed": 0, "n_params": 9, "twin_of": -1, "perturbation": "none",
+           "diverged_step": -1, "loss_fn": "mse", "data_index": 0, "batch_size": 0}  # fmt: skip
+    names = ["W1[0,0]", "W1[0,1]", "W1[1,0]", "W1[1,1]", "b1[0]", "b1[1]", "W2[0,0]", "W2[1,0]",
+             "b2[0]"][:n_rec]  # fmt: skip
+    variables = {k: (("run",), np.array([val], dtype=object if isinstance(val, str) else None))
+                 for k, val in run.items()}  # fmt: skip
+    variables.update(
+        theta=(("run", "step", "param"), theta[None]),
+        m=(("run", "step", "param"), m[None]),
+        v=(("run", "step", "param"), v[None]),
+        loss=(("run", "step"), loss[None]),
+        train_loss=(("run", "iteration"), loss[None]),
+        update_norm=(("run", "iteration"), un[None]),
+        grad_norm=(("run", "iteration"), np.full((1, steps), gradient)),
+        param_name=(("param",), np.array(names, dtype=object)),
+        param_index=(("param",), np.arange(n_rec)),
+    )
+    coords = {"step": ("step", t), "iteration": ("iteration", t)}
+    return xr.Dataset(variables, coords=coords, attrs={"steps": steps, "record_every": 1})
+
+
+def synthetic_features(n_seeds: int = 12, informative: str = "ratio_max", seed: int = 0):
+    """An early-warning result (as :func:`~geomtraj.analysis.early_warning.analyze` returns) with
+    four runs per seed, half of which diverge; only ``informative`` separates them (by 2 standard
+    deviations), every other feature, the loss included, is noise."""
+    import xarray as xr
+
+    from geomtraj.analysis.early_warning import FEATURES
+
+    rng = np.random.default_rng(seed)
+    leads = np.array([0, 100])
+    n = 4 * n_seeds
+    diverged = np.tile([True, True, False, False], n_seeds)
+    feats = rng.standard_normal((n, leads.size, len(FEATURES)))
+    feats[diverged, :, FEATURES.index(informative)] += 2.0
+    ends = np.where(diverged, 2000, 5000)[:, None] - leads[None, :]
+    grid = np.arange(250, 5001, 50)
+    ctrl = rng.standard_normal((n, grid.size, len(FEATURES)))
+    ctrl[diverged] = np.nan
+    return xr.Dataset(
+        {
+            "features": (("run", "lead", "feature"), feats),
+            "window_end": (("run", "lead"), ends),
+            "control_features": (("run", "control_end", "feature"), ctrl),
+            "diverged": (("run",), diverged),
+            "reference_step": (("run",), np.where(diverged, 1999, 5000)),
+            "seed": (("run",), np.repeat(np.arange(n_seeds), 4)),
+        },
+        coords={"run": np.arange(n), "lead": leads, "feature": list(FEATURES),
+                "control_end": grid},
+        attrs={"n_boot": 300},
+    )  # fmt: skip
 
 
 #: The real-run grid: tiny tanh networks on the sincos regression at three learning rates.
