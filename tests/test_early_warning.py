@@ -169,3 +169,18 @@ def test_small_diverging_grid(tmp_path):
             assert 0.0 <= entry["auc_geometry"] <= 1.0 and entry["verdict"]
     paths = ew.figures(ds, res, tmp_path)
     assert paths and paths[0].stat().st_size > 0
+
+
+def test_windows_stay_inside_the_analysed_steps():
+    from geomtraj.runner import select_steps
+
+    ds = synthetic_store(1000)
+    view = select_steps(ds, (301, 800))
+    res = ew.analyze(view, lead_times=(0, 100, 500), n_boot=10)
+    ends = res["window_end"].values[0]
+    assert ends.tolist() == [800, 700, -1]  # (500 - 200, 500] starts before step 300
+    grid = res["control_end"].values
+    has = np.isfinite(res["control_features"].values[0]).any(axis=1)
+    assert grid[has].min() >= 300 + 200 and grid[has].max() <= 800
+    full = window_features(RunData(ds, 0), [700], EarlyWarningParams())[0]
+    np.testing.assert_array_equal(res["features"].values[0, 1], full)

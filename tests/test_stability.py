@@ -293,3 +293,13 @@ def test_sparse_checkpoints_are_not_measurable():
     assert entry["verdict"] == "not measurable" and "lag window" in entry["note"]
     assert entry["fraction_at_crossing"] is None and entry["p_value"] is None
     assert rep["stability"]["overall"]["verdict"] == "not measurable"
+
+
+def test_a_step_range_restricts_the_checkpoints(small_store):
+    from geomtraj.runner import select_steps
+
+    view = select_steps(small_store, (100, 300))
+    states = checkpoint_states(view, 0, max_checkpoints=1000)
+    assert states.steps.min() == 100 and states.steps.max() == 300
+    full = checkpoint_states(small_store, 0, steps=states.steps)
+    assert states.theta.tobytes() == full.theta.tobytes()

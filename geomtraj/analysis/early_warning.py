@@ -306,10 +306,12 @@ def analyze(
     -------
     xarray.Dataset
         ``features`` (run, lead, feature): the window ending ``lead`` steps before the run's
-        reference step (NaN where the window does not fit after ``min_start``), ``window_end``
-        (run, lead; -1 where it does not fit), ``control_features`` (run, control_end, feature):
-        windows ending on a fixed grid of steps, for runs that did not diverge (NaN otherwise),
-        and per run ``diverged``, ``reference_step``, ``seed``, ``beta1``, ``beta2``, ``lr``,
+        reference step (NaN where the window does not fit in the analysed steps after
+        ``min_start``), ``window_end`` (run, lead; -1 where it does not fit),
+        ``control_features`` (run, control_end, feature): windows ending on a fixed grid of
+        steps, for runs that did not diverge (NaN otherwise),
+        and per run ``diverged``, ``reference_step`` (the last finite step of a diverged run, else
+        the last analysed step), ``note``, ``seed``, ``beta1``, ``beta2``, ``lr``,
         ``precision``, ``hidden``.
     """
     params = params or EarlyWarningParams()
@@ -329,21 +331,28 @@ def analyze(
     ctrl = np.full((len(run_list), grid.size, nf), np.nan)
     diverged = np.zeros(len(run_list), bool)
     reference = np.zeros(len(run_list), np.int64)
+    notes = np.full(len(run_list), "", dtype=object)
     for j, r in enumerate(run_list):
         rd = RunData(ds, r)
         d = rd.diverged_step
         diverged[j] = d is not None
-        reference[j] = (d - 1) if d is not None else rd.steps
-        sharp = _sharpness_series(ds, r, params)
+        it = rd.iteration
+        # the analysed steps (a --steps range may cut the run): windows must lie inside them
+        first = max(params.min_start, int(it[0]) - 1) if it.size else 0
+        last = int(it[-1]) if it.size else -1
+        reference[j] = (d - 1) if d is not None else last
+        if d is not None and d - 1 > last:
+            notes[j] = f"divergence at step {d} lies after the analysed steps (to {last})"
+        sharp = _sharpness_series(ds, r, params) if it.size else None
         series = _RunSeries(rd, params, sharp)
         for i, k in enumerate(leads):
             e = int(reference[j] - k)
-            if e - params.window >= params.min_start:
+            if e - params.window >= first and e <= last:
                 ends[j, i] = e
                 feats[j, i] = series.features(e)
         if not diverged[j]:
             for i, e in enumerate(grid):
-                if e <= reference[j]:
+                if e - params.window >= first and e <= last:
                     ctrl[j, i] = series.features(int(e))
         if progress is not None:
             progress(1)
@@ -353,6 +362,7 @@ def analyze(
         "control_features": (("run", "control_end", "feature"), ctrl),
         "diverged": (("run",), diverged),
         "reference_step": (("run",), reference),
+        "note": (("run",), notes),
     }
     for name in ("seed", "beta1", "beta2", "lr", "precision", "hidden"):
         variables[name] = (("run",), ds[name].values[run_list])

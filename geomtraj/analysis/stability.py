@@ -530,6 +530,21 @@ def _snapshot_steps(ds: xr.Dataset, run: int, final_step: int) -> np.ndarray:
     return st[(st >= 1) & (st <= final_step)]
 
 
+def _step_range_filter(ds: xr.Dataset) -> Callable[[np.ndarray], np.ndarray]:
+    """Mask function for steps inside the analysed range (``geomtraj analyze --steps``)."""
+    lo, hi = ds.attrs.get("step_range") or (None, None)
+
+    def inside(steps: np.ndarray) -> np.ndarray:
+        keep = np.ones(np.shape(steps), bool)
+        if lo is not None:
+            keep &= np.asarray(steps) >= lo
+        if hi is not None:
+            keep &= np.asarray(steps) <= hi
+        return keep
+
+    return inside
+
+
 def checkpoint_states(
     ds: xr.Dataset,
     run: int,
@@ -564,6 +579,8 @@ def checkpoint_states(
     rec_steps = rd.step if cols is not None else np.zeros(0, np.int64)
     snap_steps = _snapshot_steps(ds, run, final_step) if cols is None else np.zeros(0, np.int64)
     avail = np.unique(np.concatenate([[0], rec_steps, snap_steps, [final_step]])).astype(np.int64)
+    in_range = _step_range_filter(ds)
+    avail = avail[in_range(avail)]
     if cols is not None:
         source = "recorded"
     else:
@@ -575,7 +592,9 @@ def checkpoint_states(
         if cols is None and retrain:
             stride = max(1, math.ceil(final_step / (max_checkpoints - 1))) if final_step else 1
             missing = np.arange(stride, final_step + 1, stride, dtype=np.int64)
+            missing = missing[in_range(missing)]
             wanted = np.unique(np.concatenate([[0], missing, [final_step]]))
+            wanted = wanted[in_range(wanted)]
         elif cols is None:
             where = (
                 f"at {snap_steps.size} snapshots (every {int(snap_steps[0])} steps), "
@@ -592,7 +611,7 @@ def checkpoint_states(
         bad = wanted[(wanted < 0) | (wanted > final_step)]
         if bad.size:
             notes.append(f"steps {bad.tolist()[:5]} lie outside 0..{final_step}, dropped")
-        wanted = wanted[(wanted >= 0) & (wanted <= final_step)]
+        wanted = wanted[(wanted >= 0) & (wanted <= final_step) & in_range(wanted)]
         missing = np.setdiff1d(wanted, avail)
     retrained: dict[int, tuple] = {}
     if missing.size and retrain:
