@@ -29,6 +29,9 @@ _REFERENCE_RATE = {
 }
 _REFERENCE_WORK = 373 * 64
 
+#: Kinds of ``geomtraj plot`` (the keys of ``geomtraj.report.plots.KINDS``).
+PLOT_KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum", "phase")
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from geomtraj.experiment import load_config, plan_from_config
@@ -240,12 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=_cmd_analyze)
 
-    from geomtraj.report.plots import KINDS
-
     p = sub.add_parser("plot", help="one quick-look figure of one run")
     p.add_argument("store")
     p.add_argument("--run", type=int, required=True, help="run index")
-    p.add_argument("--kind", choices=list(KINDS), default="loss", help="what to draw")
+    # the kinds are checked by geomtraj.report.plots.plot_run; listed here without importing it,
+    # so that the parser stays light (a test keeps the list in step with plots.KINDS)
+    p.add_argument("--kind", default="loss", help=f"what to draw: {', '.join(PLOT_KINDS)}")
     p.add_argument("--steps", help="update range FIRST:LAST")
     p.add_argument("--out", help="PNG file (default: runN_KIND.png)")
     p.add_argument("--quiet", action="store_true", help="print nothing")

@@ -86,17 +86,37 @@ class AnalyzeParams:
 # ------------------------------------------------------------------------------- analyses
 
 
-def available_analyses() -> dict[str, ModuleType]:
-    """Analyses registered in :mod:`geomtraj.analysis` (``ANALYSES``), in registry order."""
+#: The functions every analysis module provides (the protocol of :mod:`geomtraj.analysis`).
+PROTOCOL = ("analyze", "report", "figures")
+
+
+def protocol_gaps(module: ModuleType) -> list[str]:
+    """Names of the protocol functions ``module`` lacks (empty when it follows the protocol)."""
+    return [f for f in PROTOCOL if not callable(getattr(module, f, None))]
+
+
+def registered_analyses() -> dict[str, ModuleType]:
+    """Everything :mod:`geomtraj.analysis` registers (``ANALYSES``), complete or not."""
     import geomtraj.analysis as registry
 
     return dict(getattr(registry, "ANALYSES", {}) or {})
+
+
+def available_analyses() -> dict[str, ModuleType]:
+    """Registered analyses that follow the protocol, in registry order.
+
+    A module still missing ``analyze``, ``report`` or ``figures`` (work in progress) is left out;
+    the report lists it as not available, with the missing functions.
+    """
+    return {k: m for k, m in registered_analyses().items() if not protocol_gaps(m)}
 
 
 def select_analyses(
     names: str | Sequence[str] | None, registry: dict[str, ModuleType] | None = None
 ) -> dict[str, ModuleType]:
     """The analyses named in ``names`` (a comma-separated string or a list; all by default).
+
+    ``"none"`` selects no analysis: the store is only checked and summarised.
 
     Raises
     ------
@@ -107,7 +127,7 @@ def select_analyses(
     if names is None:
         return dict(registry)
     wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-    wanted = [n for n in wanted if n]
+    wanted = [n for n in wanted if n and n != "none"]
     unknown = [n for n in wanted if n not in registry]
     if unknown:
         have = ", ".join(registry) or "none installed"

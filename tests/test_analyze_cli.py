@@ -140,3 +140,10 @@ def test_plot_writes_one_figure(tmp_path, capsys) -> None:
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"wrote {png}"
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_kinds_listed_by_the_parser_are_the_drawable_ones() -> None:
+    from geomtraj.cli import PLOT_KINDS
+    from geomtraj.report.plots import KINDS
+
+    assert list(PLOT_KINDS) == list(KINDS)

@@ -169,7 +169,7 @@ def _plot_empty_run(tmp):
 
 
 def _plot_bad_kind(tmp):
-    return ["plot", str(small_store()), "--run", "1", "--kind", "x"], "invalid choice: 'x'"
+    return ["plot", str(small_store()), "--run", "1", "--kind", "x"], "unknown plot kind 'x'"
 
 
 EXIT_2 = {

@@ -99,8 +99,14 @@ def _analysis_status(
         n for n in (*RUN_SECTION_OWNER.values(), *TOP_SECTION_OWNER.values()) if n not in registry
     ]
     status: dict[str, dict] = {}
-    for name in dict.fromkeys(known):
-        if name not in registry:
+    from geomtraj.runner import protocol_gaps, registered_analyses
+
+    incomplete = {k: gaps for k, m in registered_analyses().items() if (gaps := protocol_gaps(m))}
+    for name in dict.fromkeys([*known, *incomplete]):
+        if name not in registry and name in incomplete:
+            missing = ", ".join(f"{f}()" for f in incomplete[name])
+            status[name] = {"status": "not available", "note": f"module lacks {missing}"}
+        elif name not in registry:
             status[name] = {"status": "not available", "note": "module not present"}
         elif name not in selected:
             status[name] = {"status": "not selected", "note": "left out by --analyses"}
