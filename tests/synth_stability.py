@@ -163,7 +163,7 @@ def synthetic_features(n_seeds: int = 12, informative: str = "ratio_max", seed: 
         },
         coords={"run": np.arange(n), "lead": leads, "feature": list(FEATURES),
                 "control_end": grid},
-        attrs={"n_boot": 300},
+        attrs={"n_boot": 300, "n_matchings": 2},
     )  # fmt: skip
 
 

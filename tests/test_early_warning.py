@@ -159,7 +159,7 @@ def test_small_diverging_grid(tmp_path):
                record_params=8, snapshot_every=50)  # fmt: skip
     d = ds["diverged_step"].values
     assert 5 <= np.sum(d > 0) <= 15
-    res = ew.analyze(ds, lead_times=(0, 100, 400), n_boot=200)
+    res = ew.analyze(ds, lead_times=(0, 100, 400), n_boot=200, n_matchings=2)
     assert np.isfinite(res["features"].sel(feature="sharpness_ratio").values).any()
     rep = ew.report(res)
     sec = rep["early_warning"]

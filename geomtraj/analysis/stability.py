@@ -1015,10 +1015,13 @@ def report(result: xr.Dataset) -> dict:
 
 
 def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) -> list[Path]:
-    """Sharpness ratio against the threshold over steps, with burst onsets, one panel per run.
+    """Sharpness ratio against the threshold over steps, with burst onsets.
 
-    Draws ``stability_sharpness.png`` for up to ``max_runs`` runs (those with the most onsets
-    first) and, for the first of them, ``stability_zoom.png`` around its first three bursts.
+    ``stability_sharpness.png``: the whole checkpointed range, one panel per run (up to
+    ``max_runs``, those with the most matched onsets first), with the update norm in grey and
+    burst onsets as red lines. ``stability_zoom.png``: the same runs around three consecutive
+    bursts in the middle of the run, where one can see the ratio climb through 1 and the burst
+    follow.
     """
     import matplotlib
 
@@ -1032,58 +1035,52 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) ->
     order = np.argsort(-np.asarray(result["n_onsets"].values), kind="stable")[:max_runs]
     if order.size == 0:
         return []
-    fig, axes = plt.subplots(len(order), 1, figsize=(10, 2.4 * len(order)), squeeze=False)
-    zoom = None
-    for ax, j in zip(axes[:, 0], order, strict=True):
+    panels = []
+    for j in order:
         one = result.isel(run=int(j))
         run = int(one["run"])
         st = np.asarray(one["checkpoint_step"].values)
         keep = st >= 0
-        ratio = np.asarray(one["sharpness_ratio"].values)[keep]
-        ax.plot(st[keep], ratio, lw=0.8, color="C0", label=r"$\lambda_{max}(P^{-1}H)$ / threshold")
-        ax.axhline(1.0, color="k", lw=0.8, ls="--", label="threshold")
+        if not keep.any():
+            continue
         rd = RunData(ds, run)
-        b = run_bursts(rd)
-        for o in b.onset:
-            ax.axvline(o, color="C3", lw=0.6, alpha=0.6)
-        ax2 = ax.twinx()
-        ax2.semilogy(rd.iteration, rd.update_norm, color="0.6", lw=0.4)
-        ax2.set_ylabel("update norm", fontsize=7)
-        ax.set_zorder(ax2.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        ax.set_ylabel("sharpness ratio")
-        ax.set_title(
-            f"run {run}: lr={float(one['lr']):g}, beta2={float(one['beta2']):g}, "
-            f"{str(one['precision'].values)}, {len(b)} bursts (red lines: onsets)",
-            fontsize=8,
+        title = (
+            f"run {run}: lr={float(one['lr']):g}, beta1={float(one['beta1']):g}, "
+            f"beta2={float(one['beta2']):g}, {one['precision'].values}"
         )
-        if zoom is None and len(b):
-            zoom = (run, st[keep], ratio, b, rd)
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    paths = [outdir / "stability_sharpness.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-    if zoom is not None:
-        run, st, ratio, b, rd = zoom
-        a = max(int(b.onset[0]) - 300, int(st[0]))
-        z = min(int(b.end[min(2, len(b) - 1)]) + 100, int(st[-1]))
-        fig, ax = plt.subplots(figsize=(10, 3))
-        sel = (st >= a) & (st <= z)
-        ax.plot(st[sel], ratio[sel], ".-", ms=2, lw=0.8, label="sharpness / threshold")
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        for o in b.onset[(b.onset >= a) & (b.onset <= z)]:
-            ax.axvline(o, color="C3", lw=0.8)
-        ax2 = ax.twinx()
-        it = (rd.iteration >= a) & (rd.iteration <= z)
-        ax2.semilogy(rd.iteration[it], rd.update_norm[it], color="0.5", lw=0.6)
-        ax2.set_ylabel("update norm")
-        ax.set_xlabel("step")
-        ax.set_ylabel("sharpness ratio")
-        ax.set_title(f"run {run}: first bursts (red: onsets)", fontsize=9)
+        ratio = np.asarray(one["sharpness_ratio"].values)[keep]
+        panels.append((title, st[keep], ratio, run_bursts(rd), rd))
+    if not panels:
+        return []
+    paths = []
+    for name, zoomed in (("stability_sharpness.png", False), ("stability_zoom.png", True)):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.4 * len(panels)), squeeze=False)
+        for ax, (title, st, ratio, b, rd) in zip(axes[:, 0], panels, strict=True):
+            lo, hi = int(st[0]), int(st[-1])
+            if zoomed and len(b) >= 2:
+                mid = max(len(b) // 2 - 1, 0)
+                last = min(mid + 2, len(b) - 1)
+                lo = max(int(b.onset[mid]) - (int(b.onset[last]) - int(b.onset[mid])) // 4, lo)
+                hi = min(int(b.end[last]) + 50, hi)
+            sel = (st >= lo) & (st <= hi)
+            ax.plot(st[sel], ratio[sel], ".-" if zoomed else "-", ms=2, lw=0.8, color="C0",
+                    label=r"$\lambda_{max}(P^{-1}H)$ / threshold")  # fmt: skip
+            ax.axhline(1.0, color="k", lw=0.8, ls="--", label="threshold")
+            onsets = b.onset[(b.onset >= lo) & (b.onset <= hi)]
+            for o in onsets:
+                ax.axvline(o, color="C3", lw=0.6, alpha=0.7)
+            ax2 = ax.twinx()
+            it = (rd.iteration >= lo) & (rd.iteration <= hi)
+            ax2.semilogy(rd.iteration[it], rd.update_norm[it], color="0.6", lw=0.4)
+            ax2.set_ylabel("update norm", fontsize=7)
+            ax.set_zorder(ax2.get_zorder() + 1)
+            ax.patch.set_visible(False)
+            ax.set_ylabel("sharpness ratio")
+            ax.set_title(f"{title}; {onsets.size} burst onsets shown (red)", fontsize=8)
+        axes[0, 0].legend(fontsize=7, loc="upper left")
+        axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        paths.append(outdir / "stability_zoom.png")
+        paths.append(outdir / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
