@@ -71,7 +71,7 @@ def _run(tr, beta2: float) -> SimpleNamespace:
     hyper = {"beta1": 0.9, "beta2": beta2}
     return SimpleNamespace(
         hyper=hyper, iteration=tr.steps, update_norm=tr.update_norm, train_loss=tr.loss,
-        step=tr.steps, theta=tr.theta, v=tr.v, record_every=1,
+        step=tr.steps, theta=tr.theta, m=tr.m, v=tr.v, record_every=1,
     )  # fmt: skip
 
 

@@ -28,17 +28,30 @@ class Trajectory:
 
     steps: np.ndarray
     theta: np.ndarray  # (n, n_params)
+    m: np.ndarray  # (n, n_params), Adam's first moment with beta1 = 0.9
     v: np.ndarray  # (n, n_params)
     update_norm: np.ndarray  # ||theta_t - theta_{t-1}||
     loss: np.ndarray
     onsets: np.ndarray  # true burst onsets (empty for nulls)
 
 
-def _finish(theta, theta0, v, loss, onsets) -> Trajectory:
+def _first_moment(grad: np.ndarray, beta1: float = 0.9) -> np.ndarray:
+    m = np.empty_like(grad)
+    acc = np.zeros(grad.shape[1])
+    for i in range(grad.shape[0]):
+        acc = beta1 * acc + (1.0 - beta1) * grad[i]
+        m[i] = acc
+    return m
+
+
+def _finish(theta, theta0, grad, v, loss, onsets) -> Trajectory:
     n = theta.shape[0]
     prev = np.vstack([theta0[None, :], theta[:-1]])
     un = np.linalg.norm(theta - prev, axis=1)
-    return Trajectory(np.arange(1, n + 1), theta, v, un, loss, np.asarray(onsets, dtype=np.int64))
+    m = _first_moment(grad)
+    return Trajectory(
+        np.arange(1, n + 1), theta, m, v, un, loss, np.asarray(onsets, dtype=np.int64)
+    )
 
 
 def relaxation_oscillation(
@@ -88,7 +101,7 @@ def relaxation_oscillation(
         acc = beta2 * acc + (1.0 - beta2) * grad[i] ** 2
         v[i] = acc
     loss = 1e-3 * np.exp(rng.normal(0.0, 0.01, n_steps)) + 0.5 * amplitude**2
-    return _finish(theta, theta0, v, loss, onsets)
+    return _finish(theta, theta0, grad, v, loss, onsets)
 
 
 def noise_trajectory(
@@ -99,7 +112,7 @@ def noise_trajectory(
     theta = rng.normal(0.0, scale, size=(n_steps, n_params))
     v = np.abs(rng.normal(1e-6, 1e-7, size=(n_steps, n_params)))
     loss = 1e-2 + (theta**2).sum(axis=1)
-    return _finish(theta, np.zeros(n_params), v, loss, [])
+    return _finish(theta, np.zeros(n_params), theta, v, loss, [])
 
 
 def random_walk_trajectory(
@@ -110,4 +123,4 @@ def random_walk_trajectory(
     theta = np.cumsum(rng.normal(0.0, step, size=(n_steps, n_params)), axis=0)
     v = np.abs(rng.normal(1e-6, 1e-7, size=(n_steps, n_params)))
     loss = 1e-2 + (theta**2).sum(axis=1)
-    return _finish(theta, np.zeros(n_params), v, loss, [])
+    return _finish(theta, np.zeros(n_params), theta, v, loss, [])
