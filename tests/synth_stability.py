@@ -89,6 +89,7 @@ def synthetic_store(
     beta2: float = 0.99,
     burst_steps=(),
     n_rec: int = 3,
+    diverged_step: int = -1,
 ):
     """One run whose series are analytic, so each early-warning feature has a known value.
 
@@ -100,6 +101,8 @@ def synthetic_store(
       moments of a constant gradient, so ``m_hat = gradient`` and ``v_hat = gradient**2`` exactly
       (update ratio ``|g|/(|g| + eps)``);
     * ``train_loss_t = 0.5 * exp(-t / 500)``.
+
+    ``diverged_step`` only labels the run (its series stay finite; analyses cut them there).
     """
     import xarray as xr
 
@@ -111,10 +114,25 @@ def synthetic_store(
     m = ((1 - beta1**t) * gradient)[:, None] * np.ones(n_rec)
     v = ((1 - beta2**t) * gradient**2)[:, None] * np.ones(n_rec)
     loss = 0.5 * np.exp(-t / 500.0)
-    run = {"beta1": beta1, "beta2": beta2, "lr": 0.01, "eps": 1e-8, "weight_decay": 0.0,
-           "precision": "float64", "hidden": "2", "activation": "tanh", "dataset": "synthetic",
-           "seed": 0, "n_params": 9, "twin_of": -1, "perturbation": "none",
-           "diverged_step": -1, "loss_fn": "mse", "data_index": 0, "batch_size": 0}  # fmt: skip
+    run = {
+        "beta1": beta1,
+        "beta2": beta2,
+        "lr": 0.01,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "precision": "float64",
+        "hidden": "2",
+        "activation": "tanh",
+        "dataset": "synthetic",
+        "seed": 0,
+        "n_params": 9,
+        "twin_of": -1,
+        "perturbation": "none",
+        "diverged_step": diverged_step,
+        "loss_fn": "mse",
+        "data_index": 0,
+        "batch_size": 0,
+    }
     names = ["W1[0,0]", "W1[0,1]", "W1[1,0]", "W1[1,1]", "b1[0]", "b1[1]", "W2[0,0]", "W2[1,0]",
              "b2[0]"][:n_rec]  # fmt: skip
     variables = {k: (("run",), np.array([val], dtype=object if isinstance(val, str) else None))

@@ -172,15 +172,30 @@ def test_small_diverging_grid(tmp_path):
 
 
 def test_windows_stay_inside_the_analysed_steps():
+    import xarray as xr
+
     from geomtraj.runner import select_steps
 
     ds = synthetic_store(1000)
-    view = select_steps(ds, (301, 800))
+    # a second run that diverges, so that the store has something to predict
+    both = xr.concat([ds, synthetic_store(1000, diverged_step=700)], dim="run",
+                     data_vars="minimal", coords="minimal", compat="override")  # fmt: skip
+    view = select_steps(both, (301, 800))
     res = ew.analyze(view, lead_times=(0, 100, 500), n_boot=10)
     ends = res["window_end"].values[0]
     assert ends.tolist() == [800, 700, -1]  # (500 - 200, 500] starts before step 300
+    assert res["window_end"].values[1].tolist() == [699, 599, -1]  # diverged at 700
     grid = res["control_end"].values
     has = np.isfinite(res["control_features"].values[0]).any(axis=1)
     assert grid[has].min() >= 300 + 200 and grid[has].max() <= 800
     full = window_features(RunData(ds, 0), [700], EarlyWarningParams())[0]
     np.testing.assert_array_equal(res["features"].values[0, 1], full)
+
+
+def test_a_store_without_divergence_is_not_measurable():
+    ds = synthetic_store(500)
+    res = ew.analyze(ds)
+    assert np.isnan(res["features"].values).all()
+    assert "no run of the store diverged" in str(res["note"].values[0])
+    rep = ew.report(res)["early_warning"]
+    assert rep["verdict"] == "not measurable" and rep["n_diverged"] == 0

@@ -251,6 +251,9 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
     """``(steps, lambda_max(P^-1 H)/threshold)`` at the run's full states; None with only two."""
     from geomtraj.analysis import stability as st
 
+    needed = ("theta_init", "theta_final", "m_final", "v_final", "data_x", "data_y", "loss_fn")
+    if any(name not in ds.variables for name in needed):
+        return None  # not a full store (e.g. hand-made): no network to rebuild
     states = st.checkpoint_states(ds, run, max_checkpoints=params.sharpness_checkpoints)
     if states.steps.size <= 2 and states.source == "init+final":
         return None
@@ -332,10 +335,19 @@ def analyze(
     diverged = np.zeros(len(run_list), bool)
     reference = np.zeros(len(run_list), np.int64)
     notes = np.full(len(run_list), "", dtype=object)
+    # without a single diverged run in the store there is nothing to predict: skip the features
+    # (checked on the whole store, so that every block of runs decides alike)
+    none_diverged = not bool(np.any(np.asarray(ds["diverged_step"].values) >= 0))
     for j, r in enumerate(run_list):
         rd = RunData(ds, r)
         d = rd.diverged_step
         diverged[j] = d is not None
+        if none_diverged:
+            reference[j] = int(rd.iteration[-1]) if rd.iteration.size else -1
+            notes[j] = "no run of the store diverged; features not computed"
+            if progress is not None:
+                progress(1)
+            continue
         it = rd.iteration
         # the analysed steps (a --steps range may cut the run): windows must lie inside them
         first = max(params.min_start, int(it[0]) - 1) if it.size else 0
