@@ -44,7 +44,9 @@ Where the full state lives. ``lambda_max`` needs every coordinate of ``theta``, 
 Bursts against crossings. The sharpness ratio ``lambda_max / threshold`` is interpolated linearly
 between checkpoints to find *upward crossings* of 1. A burst (:func:`.events.run_bursts` on the
 update norm) *starts at a crossing* when an upward crossing lies in
-``[onset - max_lag, onset + resolution]`` (``resolution`` = checkpoint spacing). The fraction of
+``[onset - max_lag, onset + resolution]`` (``resolution`` = checkpoint spacing; ``max_lag`` =
+``max_lag_momentum/(1-beta1)``, capped at half the median interval between onsets; checkpoints
+must be at most a quarter of ``max_lag`` apart, else the run is "not measurable"). The fraction of
 onsets that do is compared with its chance level, the fraction of analysed steps covered by those
 windows around all crossings, with a one-sided binomial test; the lag ``onset - crossing`` is
 reported too.
@@ -122,7 +124,17 @@ class StabilityParams:
         step and must rise from the rounding floor by many orders of magnitude, which takes tens of
         momentum times' worth of steps at most; the test is against the chance level of the same
         window, so a longer window does not by itself favour "coincidence".
-    verdict_fraction : float
+    max_lag_interval : float
+        The lag window is also capped at this fraction of the run's median interval between burst
+        onsets (default 0.5): a window as long as the interval would put every onset near some
+        crossing, and the test against chance would lose all power.
+    max_resolution_fraction : float
+        Onsets are matched with crossings only when checkpoints are at most this fraction of the
+        lag window apart (default 0.25, 25 steps for a 100-step window). The ratio stays above
+        the threshold only for the few tens of steps between the crossing and the burst that
+        knocks it down, and coarser checkpoints miss that excursion: on the bursts_f32 fixture
+        (12x24, beta2 = 0.999) all 42 onsets follow a crossing at 10-step checkpoints, while at
+        50-step ones the crossing fraction equals its chance level.
         The verdict says bursts start at crossings when at least this fraction of onsets do
         (default 0.8) *and* the binomial test against chance gives ``p < verdict_alpha``.
     verdict_alpha : float
@@ -145,6 +157,8 @@ class StabilityParams:
     eig_tol: float = 1e-8
     power_iters: int = 2000
     max_lag_momentum: float = 10.0
+    max_lag_interval: float = 0.5
+    max_resolution_fraction: float = 0.25
     verdict_fraction: float = 0.8
     verdict_alpha: float = 0.01
     min_onsets: int = 3
@@ -161,10 +175,17 @@ class StabilityParams:
             )
         if not self.large_update_ratio > 0:
             raise GeomtrajError(f"large_update_ratio={self.large_update_ratio}; expected > 0")
-        if not (self.max_lag_momentum > 0 and 0 < self.verdict_fraction <= 1):
+        if not (
+            self.max_lag_momentum > 0
+            and 0 < self.verdict_fraction <= 1
+            and self.max_lag_interval > 0
+            and 0 < self.max_resolution_fraction <= 1
+        ):
             raise GeomtrajError(
-                f"max_lag_momentum={self.max_lag_momentum}, verdict_fraction="
-                f"{self.verdict_fraction}; expected > 0 and in (0, 1]"
+                f"max_lag_momentum={self.max_lag_momentum}, max_lag_interval="
+                f"{self.max_lag_interval}, max_resolution_fraction="
+                f"{self.max_resolution_fraction}, verdict_fraction={self.verdict_fraction}; "
+                "expected positive values, the last two at most 1"
             )
 
 
@@ -761,6 +782,8 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     ratio = cols["sharpness"] / threshold
     bursts = run_bursts(rd, params.burst_signal)
     max_lag = params.max_lag_momentum / (1.0 - b1)
+    if len(bursts) >= 2:
+        max_lag = min(max_lag, params.max_lag_interval * float(np.median(bursts.intervals())))
     cmp = onsets_vs_crossings(states.steps, ratio, bursts.onset, max_lag)
     return states, cols, ratio, threshold, bursts, cmp, max_lag
 
@@ -853,7 +876,7 @@ def analyze(
         source[j] = states.source
         notes = [states.note] if states.note else []
         res = cmp["resolution"]
-        matchable[j] = res is not None and res <= max_lag
+        matchable[j] = res is not None and res <= params.max_resolution_fraction * max_lag
         if res is not None:
             scalars["resolution"][j] = res
         if not matchable[j]:
@@ -861,8 +884,8 @@ def analyze(
             # where it crossed, so no onset statistic is computed
             gap = "fewer than 2 checkpoints" if res is None else f"checkpoints {res:g} steps apart"
             notes.append(
-                f"{gap}, coarser than the {max_lag:g}-step lag window; burst onsets cannot be "
-                "matched with crossings"
+                f"{gap}, coarser than {params.max_resolution_fraction:g} of the {max_lag:g}-step "
+                "lag window; burst onsets cannot be matched with crossings"
             )
             counts["n_onsets"][j] = cmp["n_onsets"]
         else:
