@@ -1,0 +1,1369 @@
+"""Double twisted spirals: find, measure and classify rotations of parameters inside windows.
+
+SCIENCE.md section 3 ("Spiral") defines the measurement; this module implements it per window of a
+trajectory ``theta`` (``n_steps x n_params``):
+
+1. **Residual.** ``theta`` minus its centred moving average over :attr:`SpiralParams.smooth_steps`
+   steps, centred over time. The average needs ``h = smooth_steps // 2`` steps on either side, so
+   the residual covers the window's rows ``h .. n-h-1`` (run-level windows are widened by ``h``).
+2. **Flip demodulation.** ``flip_index = -sum r_t.r_{t+1} / sum |r_t|^2`` is the residual's
+   negative lag-1 autocorrelation: near 1 when consecutive steps sit on opposite sides of the local
+   mean (the period-2 flip of a burst), negative for slow motion. When it is positive the window
+   is demodulated, ``d_t = (-1)^t r_t``, and smoothed with weights [1, 2, 1]/4 (the *flip frame*).
+   SCIENCE.md projects first and demodulates after, ``w_t = (-1)^t z_t``; the two orders give the
+   same plane for a pure flip, because PCA does not see the sign of a row, but demodulating first
+   lets the smoothing remove slow motion (which the flip frame moves to the Nyquist frequency)
+   before it can take a principal component. Slow rotations (no flip) are analysed as they are:
+   demodulating them would move them to the Nyquist frequency, where no phase can be unwrapped.
+3. **Plane.** The top two principal components of the (flip-frame) residual, eigenvectors of its
+   ``p x p`` Gram matrix (the SVD route, faster than scikit-learn for thousands of small windows),
+   give ``w_t = PC1_t + i PC2_t``; ``plane_fraction`` is their share of the residual energy. In the
+   raw frame, ``z_t = (-1)^t w_t``: the even and the odd steps are the two arms.
+4. **Phase and radius** of ``w_t``: the phase increment of a step is the exact angle from ``w_t``
+   to ``w_{t+1}``; the *active span* is where the radius (smoothed over ``2 * radius_half + 1``
+   steps) is at least :attr:`~SpiralParams.active_fraction` of its maximum. Over the active span:
+   the **winding** number (net phase change / 2 pi), the **coherence** (the share of
+   radius-weighted phase motion that goes in the net direction: 1 for a rotation of one sense
+   whatever its speed or ellipticity, near 0 for motion that turns back and forth), the **twist
+   rate** (slope of the unwrapped phase in rad/step, least squares weighted by radius^2, with its
+   standard error and R^2). The **growth and decay slopes** of log-radius before and after the
+   peak, with the winding on either side (``turns_out``, ``turns_in``), use the radius in
+   parameter space, the norm of the full residual ``||r_t||`` (smoothed and gated the same way):
+   when the plane of a spiral turns, the radius of its projection on the window's plane rises and
+   falls with the turn, the distance from the local mean does not. ``winding_score`` is coherence
+   times winding, the turns of coherent rotation.
+5. **Plane turn.** The active span is split where half of its residual energy has passed; the angle
+   between the best-fit planes of the two halves (largest principal angle, degrees) is the turn,
+   and ``plane_turn_noise`` the turn that noise alone would give (:func:`plane_turn`).
+6. **Null model.** Surrogates of ``Re w`` and ``Im w`` are phase-randomised independently
+   (Fourier-transform surrogates, or IAAFT with :attr:`~SpiralParams.iaaft_iterations` > 0): they
+   keep each coordinate's spectrum and destroy the phase relation between the two, which is what a
+   rotation is. Each surrogate goes through the same measurement, and the window is ranked among
+   them on two statistics of its rotation, the **coherence** of its winding (in time) and the
+   **quadrature** of its cross-spectrum (:func:`quadrature`, the circular angular momentum over
+   its largest possible value; Kunin's probability current normalised), combined by the exact
+   min-p rule, with sequential stopping for windows that are clearly not significant
+   (:func:`surrogate_test`). Either statistic alone misses a kind of spiral: a spiral that fills
+   its window has narrow-band surrogates that also keep one sense of rotation throughout
+   (coherence cannot separate them, quadrature can), and a burst that flips along a line and
+   rotates only while it decays has most of its cross-spectrum in the line (quadrature is diluted,
+   coherence is not). The **cosine content** (Hess 2002) of the two plane coordinates flags the
+   smooth, window-locked cosines that PCA makes of diffusion; Fourier surrogates assume
+   stationarity, which diffusion lacks, so for it the p-value alone is not a safe guard (a random
+   walk's PCA arcs beat stationary surrogates).
+
+Classification (flags, then one label):
+
+- **spiral**: ``|winding| >= min_winding`` (winds at least once), ``coherence >= min_coherence``
+  (coherent phase), ``p_value <= alpha`` (beats its surrogates) and
+  ``cosine_content <= max_cosine_content`` (not random-walk-like);
+- **double**: a spiral found in the flip frame (its even and odd steps are two interleaved arms in
+  counter-phase, ``z_{t+1} ~ -z_t``), or one whose outward arm (significant growth of the radius)
+  is followed by an inward arm (significant decay) of the same rotation sense;
+- **twisted**: a spiral whose best-fit plane turns by at least ``min_plane_turn`` degrees between
+  the halves of its active span, and by at least ``plane_noise_factor`` times the turn that noise
+  alone gives (``plane_turn_noise``), both halves moving in a plane rather than along a line
+  (``plane_aspect >= min_plane_aspect``). SCIENCE.md also names "twist rate non-zero with
+  confidence"; the twist rate is the phase slope, which any coherent spiral of at least one turn
+  has, so that reading would mark every spiral twisted. It is available as
+  ``twist_rule="plane_or_rate"``; the default ``"plane"`` keeps the label informative. The twist
+  rate is reported either way.
+- label: ``"noise"``, ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double twisted"``.
+
+The paper's own view, a raw parameter pair, is recorded per window: the two parameters with the
+largest burst amplitude (RMS of the residual over the window), or a pair the user names.
+
+:func:`measure_windows` is the array-level core (a batch of equal-length windows in, every
+quantity and the labels out); :func:`analyze`, :func:`report` and :func:`figures` follow the
+analysis protocol of :mod:`geomtraj.analysis` on a store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+from threadpoolctl import ThreadpoolController
+
+from geomtraj.errors import GeomtrajError
+from geomtraj.kernels.spirals import (
+    FEATURES,
+    N_FEATURES,
+    _apply_phases,
+    _plane_features_batch,
+    _plane_turn,
+    _plane_turns,
+    _principal_planes,
+    _residuals,
+    _winding_scores,
+)
+
+LABELS = ("noise", "spiral", "double", "twisted", "double twisted")
+
+#: Windows whose surrogates are built at once (about 0.6 MB per window of 400 steps and block of
+#: surrogates, small enough to stay in reused memory).
+_SURROGATE_BLOCK = 32
+
+#: Surrogates drawn per window between two checks of the sequential stopping rule.
+_SURROGATE_STEP = 20
+
+
+@dataclass(frozen=True)
+class SpiralParams:
+    """Thresholds and settings of the spiral detector, with their defaults.
+
+    Attributes
+    ----------
+    smooth_steps : int
+        Width of the centred moving average whose residual is analysed (default 21, made odd). The
+        residual keeps oscillations with periods up to about ``smooth_steps`` (gain >= 0.9) and the
+        period-2 flip (gain ``1 +- 1/smooth_steps``), and removes drift and curvature on scales
+        above a few times ``smooth_steps`` (periods of ``2*smooth_steps`` keep a third of their
+        amplitude). 21 steps is twice the e-folding time of a flip envelope for beta1 = 0.9
+        (``2/(1-beta1) = 20``), short compared with the quiet drift between bursts.
+    active_fraction : float
+        The active span is where the smoothed radius is at least this fraction of its maximum
+        (default 0.1: 2.3 e-folds of growth or decay). Below it the phase is dominated by noise.
+    radius_half : int
+        Half-width of the moving average of the radius used for the active span and the log-radius
+        slopes (default 2: five steps, enough to smooth the beat of an elliptical orbit).
+    min_winding : float
+        A spiral winds at least this many turns over its active span (default 1, SCIENCE.md).
+    min_coherence : float
+        Minimum coherence of the winding (default 0.8: nine tenths of the radius-weighted phase
+        motion forward, one tenth back). A rotation of one sense scores 1 whatever its speed or
+        ellipticity; noise in a plane turns back and forth and scores near 0. On the synthetic
+        set of ``tests/synth_spirals.py`` (400 x 64 windows) noise stays below 0.3 and spirals
+        above 0.9 (5th to 95th percentiles).
+    n_surrogates : int
+        Phase-randomised surrogates per window (default 199: with two statistics combined by the
+        min-p rule, a window that beats every surrogate on one of them gets ``p = 2/200 = 0.01``).
+    alpha : float
+        A spiral must beat its surrogates: ``p_value <= alpha`` (default 0.01, one false positive
+        in a hundred noise windows from this test alone; the other criteria remove most of those).
+    stop_exceedances : int
+        Surrogates stop once this many score at least the window on both statistics (default 10;
+        the sequential Monte Carlo test of Besag and Clifford 1991, whose p-value ``h / k`` is
+        then known to about 30%). Such a window cannot be significant at ``alpha``; stopping only
+        saves work (noise windows need about 50 surrogates instead of 199).
+    iaaft_iterations : int
+        0 (default) gives Fourier-transform surrogates (phases randomised, spectrum kept exactly);
+        a positive number runs that many IAAFT iterations, which also keep each coordinate's
+        amplitude distribution, at about twice the cost per iteration.
+    max_cosine_content : float
+        A window whose plane coordinates both have a cosine content above this is random-walk-like
+        and never a spiral (default 0.7: most of each coordinate's energy in one cosine). Cosine
+        content (Hess 2002) is the largest share of a coordinate's energy in one window-locked
+        cosine ``cos(k pi (t + 1/2) / m)`` (the DCT-II basis, close to the principal-component
+        basis of Markov diffusion); the veto uses the smaller of the two coordinates, since a
+        plane needs both to be cosines to draw the smooth false loops of Hess. Synthetic spirals
+        stay below 0.55; random walks analysed with a moving average as long as the window (no
+        detrending) reach 0.95, and half of them exceed 0.7.
+    slope_z : float
+        Growth and decay of the log-radius count as significant when the slope is at least
+        ``slope_z`` standard errors from zero (default 3).
+    min_arm_turns : float
+        For the outward-then-inward reading of "double", each arm must turn at least this much in
+        the same sense (default 1: each arm is a spiral in its own right). Less lets an abrupt
+        start or stop pass for an arm: the moving average smears a kick over ``smooth_steps / 2``
+        steps, in which a damped rotation of the synthetic set turns 0.5 to 0.9 of a turn.
+    min_plane_turn : float
+        A spiral is twisted when its best-fit plane turns by at least this many degrees between the
+        halves of its active span (default 20).
+    plane_noise_factor : float
+        The turn must also be at least this multiple of the angle that noise alone gives between
+        two planes fitted to as many rows (the even and the odd rows of the span; default 2).
+    min_plane_rows : int
+        Each half needs at least this many rows for its plane to be fitted (default 8); otherwise
+        the turn is not measurable (NaN) and the spiral is not called twisted.
+    min_plane_aspect : float
+        Each half must move in a plane, not along a line: the ratio of its second to its first
+        principal eigenvalue must be at least this (default 0.1, an orbit no flatter than about
+        1:3 in amplitude). The plane of a half that only moves along a line is that line plus an
+        arbitrary second axis, so its "turn" means nothing; bursts that grow along a line and
+        rotate only while they decay are the case in point.
+    twist_rule : str
+        ``"plane"`` (default) or ``"plane_or_rate"`` (also twisted when ``|twist_rate|`` exceeds
+        ``slope_z`` standard errors; see the module docstring).
+    min_steps : int
+        Windows whose residual is shorter than this are not measured (default 24).
+    seed : int
+        Seed of the surrogates. Each window draws from ``default_rng([seed, *key])`` with a key
+        fixed by its position (run and first step at run level), so results do not depend on
+        batching or order.
+    """
+
+    smooth_steps: int = 21
+    active_fraction: float = 0.1
+    radius_half: int = 2
+    min_winding: float = 1.0
+    min_coherence: float = 0.8
+    n_surrogates: int = 199
+    alpha: float = 0.01
+    stop_exceedances: int = 10
+    iaaft_iterations: int = 0
+    max_cosine_content: float = 0.7
+    slope_z: float = 3.0
+    min_arm_turns: float = 1.0
+    min_plane_turn: float = 20.0
+    plane_noise_factor: float = 2.0
+    min_plane_rows: int = 8
+    min_plane_aspect: float = 0.1
+    twist_rule: str = "plane"
+    min_steps: int = 24
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.smooth_steps < 3:
+            raise GeomtrajError(f"smooth_steps={self.smooth_steps}; expected >= 3 steps")
+        if not 0.0 < self.active_fraction < 1.0:
+            raise GeomtrajError(f"active_fraction={self.active_fraction}; expected in (0, 1)")
+        if self.n_surrogates < 1:
+            raise GeomtrajError(f"n_surrogates={self.n_surrogates}; expected >= 1")
+        if not 0.0 < self.alpha < 1.0:
+            raise GeomtrajError(f"alpha={self.alpha}; expected in (0, 1)")
+        if self.twist_rule not in ("plane", "plane_or_rate"):
+            raise GeomtrajError(
+                f"twist_rule={self.twist_rule!r}; expected 'plane' or 'plane_or_rate'"
+            )
+        if self.min_steps < 8:
+            raise GeomtrajError(f"min_steps={self.min_steps}; expected >= 8")
+
+    @property
+    def half(self) -> int:
+        """Rows lost at each end of a window to the moving average."""
+        return self.smooth_steps // 2
+
+
+#: Per-window quantities, in the order of the columns of :func:`measure_windows`' output.
+QUANTITIES = (
+    "n_steps",
+    "plane_fraction",
+    "flip_index",
+    "demodulated",
+    *FEATURES,
+    "plane_turn",
+    "plane_turn_noise",
+    "plane_aspect",
+    "cosine_content",
+    "quadrature",
+    "p_value",
+    "n_surrogates",
+    "pair_x",
+    "pair_y",
+    "is_spiral",
+    "is_double",
+    "is_twisted",
+    "label",
+)
+
+
+# -- pieces --------------------------------------------------------------------------------------
+def residual(theta: np.ndarray, smooth_steps: int) -> np.ndarray:
+    """Residual of windows from their centred moving average, centred over time.
+
+    Parameters
+    ----------
+    theta : ndarray, shape (..., n_steps, n_params)
+    smooth_steps : int
+        Odd width of the moving average (an even value is rounded up).
+
+    Returns
+    -------
+    ndarray, shape (..., n_steps - 2*(smooth_steps//2), n_params)
+        Row ``i`` is the residual at window row ``i + smooth_steps//2``.
+    """
+    h = smooth_steps // 2
+    width = 2 * h + 1
+    # subtract a reference row first so the running sum stays small (no cancellation)
+    x = theta - theta[..., :1, :]
+    c = np.cumsum(x, axis=-2)
+    c = np.concatenate([np.zeros_like(c[..., :1, :]), c], axis=-2)
+    ma = (c[..., width:, :] - c[..., :-width, :]) / width
+    r = x[..., h : x.shape[-2] - h, :] - ma
+    return r - r.mean(axis=-2, keepdims=True)
+
+
+def principal_plane(resid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-two principal components of residual windows (n_windows, m, p).
+
+    Returns ``(scores, axes, plane_fraction, energy_per_step)``: ``scores`` (n_windows, m, 2) are
+    the projections on the axes (n_windows, p, 2) (unit vectors, sign fixed so that each axis's
+    largest loading is positive), ``plane_fraction`` their share of the energy and
+    ``energy_per_step`` ``sum ||r_t||^2 / m``.
+    """
+    resid = np.ascontiguousarray(resid, dtype=np.float64)
+    nw, m, p = resid.shape
+    axes = np.empty((nw, p, 2))
+    top = np.empty(nw)
+    total = np.empty(nw)
+    _principal_planes(resid, axes, top, total)
+    scores = np.matmul(resid, axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(total > 0, top / total, np.nan)
+    return scores, axes, fraction, total / m
+
+
+def flip_index(resid: np.ndarray) -> np.ndarray:
+    """Negative lag-1 autocorrelation of residual windows (..., m, p): ``-sum r_t.r_{t+1} /
+    sum |r_t|^2``.
+
+    Near 1 when consecutive steps sit on opposite sides of the local mean (the period-2 flip; a
+    flip whose demodulated rotation advances by ``delta`` per step scores ``cos(delta)``), near
+    -1 for slow motion, near 0 for white noise.
+    """
+    lag1 = np.einsum("...tp,...tp->...", resid[..., 1:, :], resid[..., :-1, :])
+    power = np.einsum("...tp,...tp->...", resid, resid)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(power > 0, -lag1 / power, 0.0)
+
+
+def flip_frame(resid: np.ndarray) -> np.ndarray:
+    """Demodulate residual windows (..., m, p), ``d_t = (-1)^t r_t``, and smooth with [1, 2, 1]/4.
+
+    Demodulation moves the period-2 flip to low frequencies and slow motion to the Nyquist
+    frequency; the [1, 2, 1] filter (gain ``cos^2(pi f)``) then removes what was slow (gain below
+    0.25 for periods of 6 steps or more in ``r``) and keeps the flip's envelope (gain above 0.75
+    for demodulated rotations of 6 steps per turn or slower). Ends repeat their neighbour.
+    """
+    m = resid.shape[-2]
+    d = resid * np.where(np.arange(m) % 2 == 0, 1.0, -1.0)[:, None]
+    pad = np.concatenate([d[..., :1, :], d, d[..., -1:, :]], axis=-2)
+    return 0.25 * pad[..., :-2, :] + 0.5 * pad[..., 1:-1, :] + 0.25 * pad[..., 2:, :]
+
+
+def cosine_content(coords: np.ndarray) -> np.ndarray:
+    """Largest share of each series' energy in one DCT-II cosine (Hess 2002), along axis -2.
+
+    ``coords`` (..., m, c) gives (..., c). A window-locked cosine scores 1, white noise about
+    ``2 ln(m) / m``.
+    """
+    d = scipy.fft.dct(coords, type=2, norm="ortho", axis=-2)
+    e = d * d
+    total = e.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, e.max(axis=-2) / total, 0.0)
+
+
+def plane_turn(
+    resid: np.ndarray, start: int, end: int, min_rows: int = 8
+) -> tuple[float, float, float]:
+    """Turn of the best-fit plane across rows ``start..end`` of a residual (m, p), and its noise.
+
+    The rows are split where half of their residual energy has passed, so that both halves carry
+    the same share of the motion; the turn is the largest principal angle (degrees) between the
+    top-two principal planes of the halves. The noise level estimates the turn that noise alone
+    would give: within each half, the angle ``a_i`` between the planes of its even and its odd rows
+    (interleaved subsets that share every real motion of the plane) compares two planes fitted
+    from half the rows each, so it is about twice the error ``s_i`` of the half's own plane (errors
+    grow as one over the square root of the rows, and two independent errors add in quadrature);
+    the noise of the turn is then ``sqrt(s_1^2 + s_2^2) = sqrt(a_1^2 + a_2^2) / 2``.
+
+    ``aspect`` is the smaller of the halves' ratios of second to first principal eigenvalue
+    (0 when a half moves along a line, so that its plane is not defined).
+
+    Returns ``(turn, noise, aspect)``; all NaN when a half has fewer than ``min_rows`` rows.
+    """
+    seg = np.ascontiguousarray(resid[start : end + 1], dtype=np.float64)
+    return _plane_turn(seg, int(min_rows))
+
+
+def iaaft_surrogates(
+    series: np.ndarray, n_surrogates: int, rng: np.random.Generator, iterations: int
+) -> np.ndarray:
+    """Independent IAAFT surrogates of each row of ``series`` (c, m) -> (n_surrogates, c, m).
+
+    Starts from Fourier-transform surrogates (random phases, amplitude spectrum kept) and then
+    alternates ``iterations`` times between imposing the original sorted values and the original
+    amplitude spectrum (Schreiber and Schmitz 1996), ending on the sorted values.
+    """
+    c, m = series.shape
+    spec = scipy.fft.rfft(series, axis=-1)
+    amp = np.abs(spec)
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=(n_surrogates, c, spec.shape[-1]))
+    phases[..., 0] = 0.0
+    if m % 2 == 0:
+        phases[..., -1] = 0.0  # the Nyquist bin of a real series is real
+    surr = scipy.fft.irfft(spec[None] * np.exp(1j * phases), n=m, axis=-1)
+    ranked = np.broadcast_to(np.sort(series, axis=-1), surr.shape)
+    for _ in range(iterations):
+        np.put_along_axis(surr, np.argsort(surr, axis=-1), ranked, axis=-1)
+        s = scipy.fft.rfft(surr, axis=-1)
+        surr = scipy.fft.irfft(amp * np.exp(1j * np.angle(s)), n=m, axis=-1)
+    np.put_along_axis(surr, np.argsort(surr, axis=-1), ranked, axis=-1)
+    return surr
+
+
+def window_rng(seed: int, key) -> np.random.Generator:
+    """The random generator of one window, from the analysis seed and the window's key integers."""
+    return np.random.default_rng([int(seed), *(int(k) for k in np.atleast_1d(key))])
+
+
+def rotation_spectrum(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and phases of the cross-spectrum of plane coordinates (n_windows, m).
+
+    ``amp_f = sin(2 pi f / m) |X_f| |Y_f|`` and ``beta_f = arg(conj(X_f) Y_f)`` over the rfft
+    bins, so that the circular angular momentum ``sum_t (x_t y_{t+1} - y_t x_{t+1})`` is
+    ``-(4/m) sum_f amp_f sin(beta_f)``.
+    """
+    m = xs.shape[-1]
+    spec_x = scipy.fft.rfft(xs, axis=-1)
+    spec_y = scipy.fft.rfft(ys, axis=-1)
+    weight = np.sin(2.0 * np.pi * np.arange(spec_x.shape[-1]) / m)
+    weight[0] = 0.0
+    if m % 2 == 0:
+        weight[-1] = 0.0
+    cross = np.conj(spec_x) * spec_y
+    return weight * np.abs(cross), np.angle(cross)
+
+
+def quadrature(amp: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Spectral rotation coherence ``|sum_f amp_f sin(beta_f)| / sum_f amp_f`` (last axis).
+
+    The circular angular momentum of the plane trajectory divided by its largest possible value
+    given the two amplitude spectra: 1 when the coordinates are a quarter period apart at every
+    frequency with one sense (a rotation), near 0 when their phases are unrelated.
+    """
+    total = amp.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.abs(np.sum(amp * np.sin(beta), axis=-1)) / total, 0.0)
+
+
+def surrogate_scores(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    params: SpiralParams,
+    rngs: Sequence[np.random.Generator],
+    n_surrogates: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coherence and quadrature of phase-randomised surrogates of each window's plane coordinates.
+
+    ``xs, ys`` (n_windows, m) are ``Re w`` and ``Im w``; each coordinate is randomised
+    independently, which keeps both spectra (and, for IAAFT, both value distributions) and
+    destroys the phase relation between them, the rotation. Each surrogate goes through the same
+    measurement as the window: active span, winding and coherence in time, and the quadrature of
+    its cross-spectrum (for Fourier surrogates, the random phases only shift ``beta_f`` by their
+    difference). Window ``i`` draws its ``n_surrogates`` surrogates from ``rngs[i]``.
+
+    Returns
+    -------
+    (coherence, quadrature) : ndarrays, shape (n_windows, n_surrogates)
+    """
+    nw, m = xs.shape
+    k = n_surrogates
+    if params.iaaft_iterations == 0:
+        spec = scipy.fft.rfft(np.stack([xs, ys], axis=1), axis=-1)
+        uniform = np.empty((nw, k, 2, spec.shape[-1]))
+        for i in range(nw):
+            rngs[i].random(out=uniform[i])
+        phased = np.empty((nw, k, 2, spec.shape[-1]), dtype=complex)
+        _apply_phases(spec, uniform, m % 2 == 0, phased)
+        surr = scipy.fft.irfft(phased, n=m, axis=-1)
+        amp, beta = rotation_spectrum(xs, ys)
+        shift = 2.0 * np.pi * (uniform[:, :, 1] - uniform[:, :, 0])
+        quad = quadrature(amp[:, None], beta[:, None] + shift)
+    else:
+        surr = np.empty((nw, k, 2, m))
+        for i in range(nw):
+            series = np.stack([xs[i], ys[i]])
+            surr[i] = iaaft_surrogates(series, k, rngs[i], params.iaaft_iterations)
+        quad = quadrature(*rotation_spectrum(surr[:, :, 0], surr[:, :, 1]))
+    coh = np.empty((nw, k))
+    _winding_scores(surr, params.active_fraction, params.radius_half, coh)
+    return coh, quad
+
+
+def _rank_p(observed: np.ndarray, surr: np.ndarray) -> np.ndarray:
+    """Monte Carlo p-values of every sample (observed first, then surrogates) among all of them:
+    ``#{samples scoring at least as high} / (n + 1)``."""
+    both = np.concatenate([observed[:, None], surr], axis=1)
+    ranks = np.sort(both, axis=1)
+    at_least = both.shape[1] - np.array(
+        [np.searchsorted(row, vals, side="left") for row, vals in zip(ranks, both, strict=True)]
+    )
+    return at_least / both.shape[1]
+
+
+def surrogate_test(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    observed: tuple[np.ndarray, np.ndarray],
+    params: SpiralParams,
+    keys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Surrogate p-values of the windows' rotation, two statistics combined, sequentially.
+
+    The two statistics are the coherence of the winding (in time) and the quadrature of the
+    cross-spectrum. They fail in opposite cases: a spiral that fills its window has narrow-band
+    surrogates that also keep one sense of rotation for the whole window (coherence cannot tell
+    them apart, quadrature can), while a burst whose energy sits in a flip along a line and whose
+    rotation comes only in its decay dilutes the quadrature (coherence, weighted by the motion
+    of the phase, sees the rotation). The combined p-value is the exact min-p test: each sample
+    (the window and every surrogate) gets ``T = min(p_coherence, p_quadrature)`` from its ranks
+    among all samples, and ``p = #{samples with T <= T_window} / (n + 1)``.
+
+    Surrogates are drawn in blocks of :data:`_SURROGATE_STEP`. A window stops once
+    ``params.stop_exceedances`` of its surrogates score at least its own value on both statistics:
+    it can no longer reach ``alpha``, and gets the conservative p-value
+    ``min(1, 2 * min(h_coherence, h_quadrature) / k)`` (Besag and Clifford 1991, Bonferroni over
+    the two statistics) after ``k`` surrogates. Window ``i`` draws from :func:`window_rng`
+    ``(params.seed, keys[i])`` in a fixed order, so its p-value does not depend on the batch.
+
+    Returns ``(p_value, n_used)``, one per window.
+    """
+    nw = xs.shape[0]
+    obs_coh, obs_quad = observed
+    rngs = [window_rng(params.seed, key) for key in keys]
+    coh = np.full((nw, params.n_surrogates), np.nan)
+    quad = np.full((nw, params.n_surrogates), np.nan)
+    used = np.zeros(nw, dtype=np.int64)
+    running = np.ones(nw, dtype=bool)
+    while np.any(running):
+        todo = np.flatnonzero(running)
+        lo_k = int(used[todo[0]])
+        step = min(_SURROGATE_STEP, params.n_surrogates - lo_k)
+        for lo in range(0, todo.size, _SURROGATE_BLOCK):
+            sel = todo[lo : lo + _SURROGATE_BLOCK]
+            c, q = surrogate_scores(xs[sel], ys[sel], params, [rngs[i] for i in sel], step)
+            coh[sel, lo_k : lo_k + step] = c
+            quad[sel, lo_k : lo_k + step] = q
+        used[todo] += step
+        h_coh = np.sum(coh >= obs_coh[:, None], axis=1)
+        h_quad = np.sum(quad >= obs_quad[:, None], axis=1)
+        stop = np.minimum(h_coh, h_quad) >= params.stop_exceedances
+        running &= ~stop & (used < params.n_surrogates)
+    p_value = np.minimum(1.0, 2.0 * np.minimum(h_coh, h_quad) / used)
+    full = used == params.n_surrogates
+    if np.any(full):
+        rows = np.flatnonzero(full)
+        t = np.minimum(_rank_p(obs_coh[rows], coh[rows]), _rank_p(obs_quad[rows], quad[rows]))
+        p_value[rows] = np.mean(t <= t[:, :1], axis=1)
+    return p_value, used
+
+
+def _as_batch(theta) -> np.ndarray:
+    arr = np.asarray(theta, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise GeomtrajError(
+            f"windows have shape {np.shape(theta)}; expected (n_steps, n_params) or "
+            "(n_windows, n_steps, n_params)"
+        )
+    if arr.shape[2] < 2:
+        raise GeomtrajError(
+            f"windows have {arr.shape[2]} parameter(s); a plane needs at least 2 parameters"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise GeomtrajError(
+            "windows contain NaN or inf; cut a diverged run at its divergence step first"
+        )
+    return arr
+
+
+# -- measurement ---------------------------------------------------------------------------------
+_CONTROLLER: list[ThreadpoolController] = []
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread: the kernels' small Gram products and eigensolvers only lose to
+    thread start-up and spinning, and parallelism comes from processes."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
+def measure_windows(
+    windows,
+    params: SpiralParams = SpiralParams(),
+    *,
+    keys: Sequence[int] | np.ndarray | None = None,
+    pair: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Measure and classify a batch of equal-length windows.
+
+    Parameters
+    ----------
+    windows : array_like, shape (n_windows, n_steps, n_params) or (n_steps, n_params)
+        Finite trajectory windows, float64 (other dtypes are converted).
+    params : SpiralParams
+        Thresholds and settings.
+    keys : array_like of int, shape (n_windows,) or (n_windows, k), optional
+        Non-negative integers per window that, with ``params.seed``, seed its surrogates (default:
+        the window's index in the batch); :func:`analyze` uses (run, first step). Equal keys give
+        equal surrogates whatever the batching.
+    pair : (int, int), optional
+        Columns of the raw parameter pair to record; default: per window, the two columns with the
+        largest residual RMS (the largest burst amplitude).
+
+    Returns
+    -------
+    dict of str to ndarray
+        One array of length n_windows per name in :data:`QUANTITIES`. ``label`` holds strings,
+        ``is_*`` and ``demodulated`` booleans, ``pair_x``/``pair_y`` column indices; the rest are
+        float64 (NaN where not measurable). Indices ``active_start``, ``peak`` and ``active_end``
+        count rows of the window.
+    """
+    theta = _as_batch(windows)
+    nw, n, p = theta.shape
+    h = params.half
+    m = n - 2 * h
+    if m < params.min_steps:
+        raise GeomtrajError(
+            f"windows of {n} steps leave {m} residual steps after the {params.smooth_steps}-step "
+            f"moving average; expected at least {params.min_steps} (use longer windows)"
+        )
+    if keys is None:
+        keys = np.arange(nw)
+    keys = np.asarray(keys, dtype=np.int64)
+    if keys.ndim == 1:
+        keys = keys[:, None]
+    if keys.ndim != 2 or keys.shape[0] != nw or np.any(keys < 0):
+        raise GeomtrajError(
+            f"keys has shape {keys.shape}; expected {nw} rows of non-negative integers, one per "
+            "window"
+        )
+
+    if pair is not None:
+        if len(pair) != 2 or not all(0 <= int(c) < p for c in pair) or pair[0] == pair[1]:
+            raise GeomtrajError(f"pair={pair}; expected two different column indices in 0..{p - 1}")
+        pair = (int(pair[0]), int(pair[1]))
+    with _one_blas_thread():
+        return _measure(theta, params, keys, pair)
+
+
+def _measure(theta, params, keys, pair):
+    nw, n, p = theta.shape
+    h = params.half
+    m = n - 2 * h
+    resid = np.empty((nw, m, p))
+    flip = np.empty(nw)
+    demod = np.empty(nw, dtype=bool)
+    _residuals(theta, h, resid, flip, demod)
+    plane, _, fraction, energy = principal_plane(resid)
+    xs = np.ascontiguousarray(plane[..., 0])
+    ys = np.ascontiguousarray(plane[..., 1])
+    energy = np.ascontiguousarray(energy)
+    norms = np.ascontiguousarray(np.sqrt(np.einsum("wtp,wtp->wt", resid, resid)))
+    feats = np.full((nw, N_FEATURES), np.nan)
+    alive = energy > 0
+    _plane_features_batch(xs, ys, norms, params.active_fraction, params.radius_half, feats)
+    feats[~alive] = np.nan
+
+    cos_content = cosine_content(plane).min(axis=-1)
+
+    # null model: phase-randomised surrogates of the two plane coordinates
+    quad = quadrature(*rotation_spectrum(xs, ys))
+    observed = (np.where(alive, feats[:, FEATURES.index("coherence")], np.inf), quad)
+    p_value, n_used = surrogate_test(xs, ys, observed, params, keys)
+    p_value[~alive] = np.nan
+
+    turn = np.empty(nw)
+    turn_noise = np.empty(nw)
+    aspect = np.empty(nw)
+    span = feats[:, [FEATURES.index("active_start"), FEATURES.index("active_end")]]
+    span = np.where(np.isfinite(span), span, -1).astype(np.int64)
+    _plane_turns(resid, span[:, 0], span[:, 1], params.min_plane_rows, turn, turn_noise, aspect)
+
+    if pair is None:
+        rms = np.sqrt(np.mean(resid * resid, axis=1))
+        order = np.argsort(-rms, axis=1, kind="stable")
+        pair_x, pair_y = order[:, 0], order[:, 1]
+    else:
+        pair_x, pair_y = np.full(nw, pair[0]), np.full(nw, pair[1])
+
+    out: dict[str, np.ndarray] = {
+        "n_steps": np.full(nw, float(m)),
+        "plane_fraction": fraction,
+        "flip_index": flip,
+        "demodulated": demod,
+    }
+    for c, name in enumerate(FEATURES):
+        out[name] = feats[:, c]
+    # active-span indices count window rows, not residual rows
+    for name in ("active_start", "peak", "active_end"):
+        out[name] = out[name] + h
+    out["plane_turn"] = turn
+    out["plane_turn_noise"] = turn_noise
+    out["plane_aspect"] = aspect
+    out["cosine_content"] = cos_content
+    out["quadrature"] = quad
+    out["p_value"] = p_value
+    out["n_surrogates"] = n_used.astype(float)
+    out["pair_x"] = pair_x.astype(np.int64)
+    out["pair_y"] = pair_y.astype(np.int64)
+    out.update(classify(out, params))
+    return out
+
+
+def classify(q: dict[str, np.ndarray], params: SpiralParams = SpiralParams()) -> dict:
+    """Flags and labels from measured quantities (arrays of equal length).
+
+    Returns ``{"is_spiral", "is_double", "is_twisted", "label"}``; see the module docstring for
+    the rules. NaN quantities fail every test, so unmeasurable windows are noise.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spiral = (
+            (np.abs(q["winding"]) >= params.min_winding)
+            & (q["coherence"] >= params.min_coherence)
+            & (q["p_value"] <= params.alpha)
+            & (q["cosine_content"] <= params.max_cosine_content)
+        )
+        arms = np.asarray(q["demodulated"], dtype=bool)
+        out_in = (
+            (q["growth_slope"] >= params.slope_z * q["growth_stderr"])
+            & (-q["decay_slope"] >= params.slope_z * q["decay_stderr"])
+            & (np.sign(q["turns_out"]) == np.sign(q["turns_in"]))
+            & (np.abs(q["turns_out"]) >= params.min_arm_turns)
+            & (np.abs(q["turns_in"]) >= params.min_arm_turns)
+        )
+        double = spiral & (arms | out_in)
+        twisted = (
+            (q["plane_turn"] >= params.min_plane_turn)
+            & (q["plane_turn"] >= params.plane_noise_factor * q["plane_turn_noise"])
+            & (q["plane_aspect"] >= params.min_plane_aspect)
+        )
+        if params.twist_rule == "plane_or_rate":
+            twisted |= np.abs(q["twist_rate"]) >= params.slope_z * q["twist_stderr"]
+        twisted = spiral & twisted
+    label = np.array(
+        [
+            LABELS[0]
+            if not s
+            else ("double twisted" if d and t else "double" if d else "twisted" if t else "spiral")
+            for s, d, t in zip(spiral, double, twisted, strict=True)
+        ],
+        dtype=object,
+    )
+    return {"is_spiral": spiral, "is_double": double, "is_twisted": twisted, "label": label}
+
+
+def measure_window(
+    theta, params: SpiralParams = SpiralParams(), *, key: int = 0, pair=None
+) -> dict[str, object]:
+    """Measure and classify one window ``theta`` (n_steps, n_params); one value per quantity."""
+    arr = np.asarray(theta)
+    if arr.ndim != 2:
+        raise GeomtrajError(f"theta has shape {arr.shape}; expected (n_steps, n_params)")
+    res = measure_windows(arr[None], params, keys=[key], pair=pair)
+    return {name: (v[0].item() if hasattr(v[0], "item") else v[0]) for name, v in res.items()}
+
+
+# -- windows of a run ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowParams:
+    """How windows are cut from a run, with their defaults.
+
+    Attributes
+    ----------
+    burst_margin : int
+        Steps added before a burst's onset and after its end (default 21, one moving-average
+        width): the flip grows from the noise floor before the update norm crosses the burst
+        threshold, and its tail decays after. Margins stop one step short of the neighbouring
+        bursts.
+    max_steps : int
+        Longest analysed span of a burst window (default 1000 steps, centred on the burst's peak):
+        merged bursts can last thousands of steps, and a spiral is a local shape.
+    sliding_steps : int
+        Length of the analysed span of a sliding window (default 200 steps: a burst of Adam with
+        beta1 = 0.9 and its decay, or the same length of quiet training).
+    stride : int or None
+        Steps between the starts of successive sliding windows (default ``sliding_steps``, windows
+        that do not overlap, so counts are of independent stretches).
+    """
+
+    burst_margin: int = 21
+    max_steps: int = 1000
+    sliding_steps: int = 200
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.burst_margin < 0 or self.max_steps < 8 or self.sliding_steps < 8:
+            raise GeomtrajError(
+                f"burst_margin={self.burst_margin}, max_steps={self.max_steps}, "
+                f"sliding_steps={self.sliding_steps}; expected a margin >= 0 and spans >= 8 steps"
+            )
+        if self.stride is not None and self.stride < 1:
+            raise GeomtrajError(f"stride={self.stride}; expected >= 1 step (or None)")
+
+
+def burst_spans(
+    onset: np.ndarray,
+    peak: np.ndarray,
+    end: np.ndarray,
+    first: int,
+    last: int,
+    params: SpiralParams = SpiralParams(),
+    windows: WindowParams = WindowParams(),
+) -> np.ndarray:
+    """Analysed spans ``(start, end)`` (steps, inclusive) around bursts.
+
+    Each burst's span runs from ``onset - burst_margin`` to ``end + burst_margin``, the margins
+    stopping short of the neighbouring bursts and of the recorded steps ``first..last`` minus the
+    moving average's half-width. Spans shorter than ``params.min_steps`` are widened around the
+    peak; spans longer than ``windows.max_steps`` are cut around it.
+    """
+    h = params.half
+    lo_lim, hi_lim = first + h, last - h
+    spans = []
+    for i in range(len(onset)):
+        prev_end = end[i - 1] if i > 0 else lo_lim - 1
+        next_on = onset[i + 1] if i + 1 < len(onset) else hi_lim + 1
+        a = max(onset[i] - windows.burst_margin, prev_end + 1, lo_lim)
+        b = min(end[i] + windows.burst_margin, next_on - 1, hi_lim)
+        a, b = min(a, onset[i]), max(b, end[i])
+        length = b - a + 1
+        if length < params.min_steps:
+            a = peak[i] - params.min_steps // 2
+            b = a + params.min_steps - 1
+        elif length > windows.max_steps:
+            a = peak[i] - windows.max_steps // 2
+            b = a + windows.max_steps - 1
+        a, b = max(a, lo_lim), min(b, hi_lim)
+        if b - a + 1 >= params.min_steps:
+            spans.append((a, b))
+    return np.array(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def sliding_spans(
+    first: int,
+    last: int,
+    params: SpiralParams = SpiralParams(),
+    windows: WindowParams = WindowParams(),
+) -> np.ndarray:
+    """Analysed spans ``(start, end)`` (steps, inclusive) of sliding windows in ``first..last``."""
+    h = params.half
+    length = windows.sliding_steps
+    stride = windows.stride or length
+    starts = np.arange(first + h, last - h - length + 2, stride, dtype=np.int64)
+    return np.stack([starts, starts + length - 1], axis=1).reshape(-1, 2)
+
+
+def _burst_overlap(spans: np.ndarray, onset, end, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Share of each span's steps inside a burst, and whether it is quiet (no burst within
+    ``margin`` steps)."""
+    overlap = np.zeros(len(spans))
+    quiet = np.ones(len(spans), dtype=bool)
+    for k, (a, b) in enumerate(spans):
+        inside = 0
+        for o, e in zip(onset, end, strict=True):
+            inside += max(0, min(b, e) - max(a, o) + 1)
+            if o - margin <= b and e + margin >= a:
+                quiet[k] = False
+        overlap[k] = inside / (b - a + 1)
+    return overlap, quiet
+
+
+#: Per-window columns of :func:`analyze`'s result (``(run, window)`` variables) besides the
+#: measured :data:`QUANTITIES`.
+WINDOW_COLUMNS = ("start", "end", "burst_overlap", "quiet")
+
+
+def analyze_run(
+    run,
+    params: SpiralParams = SpiralParams(),
+    windows: str = "bursts",
+    window_params: WindowParams = WindowParams(),
+    burst_params=None,
+    signal: str = "update_norm",
+    pair: tuple[str, str] | None = None,
+) -> dict:
+    """Spiral windows of one run (:class:`~geomtraj.analysis.base.RunData`).
+
+    Returns ``{"table": {column: array}, "n_windows", "n_spirals", "n_double", "n_twisted",
+    "n_windows_quiet", "n_spirals_quiet", "n_windows_burst", "n_spirals_burst", "pair_x",
+    "pair_y", "note"}``. Counts are None when the run cannot be measured (``note`` says why).
+    Window steps (``start``, ``end``, ``active_start``, ``peak``, ``active_end``) are optimizer
+    steps; ``pair_x``/``pair_y`` hold parameter names.
+    """
+    from geomtraj.analysis.events import BurstParams, run_bursts
+
+    out = {"table": {}, "pair_x": "", "pair_y": "", "note": ""}
+    counts = (
+        "n_windows",
+        "n_spirals",
+        "n_double",
+        "n_twisted",
+        "n_windows_quiet",
+        "n_spirals_quiet",
+        "n_windows_burst",
+        "n_spirals_burst",
+    )
+    out.update(dict.fromkeys(counts))
+    step = run.step
+    if run.record_every != 1:
+        out["note"] = (
+            f"theta is recorded every {run.record_every} steps; spirals need every step "
+            "(record_every = 1) to see the period-2 flip"
+        )
+        return out
+    names = run.param_names
+    if len(names) < 2:
+        out["note"] = f"{len(names)} recorded parameter(s); a plane needs at least 2"
+        return out
+    if step.size < params.min_steps + 2 * params.half:
+        out["note"] = f"only {step.size} finite recorded steps; too few for one window"
+        return out
+    bursts = run_bursts(run, signal, burst_params or BurstParams())
+    first, last = int(step[0]), int(step[-1])
+    if windows == "bursts":
+        spans = burst_spans(
+            bursts.onset, bursts.peak, bursts.end, first, last, params, window_params
+        )
+    elif windows == "sliding":
+        spans = sliding_spans(first, last, params, window_params)
+    else:
+        raise GeomtrajError(f"windows={windows!r}; expected 'bursts' or 'sliding'")
+    if pair is not None:
+        missing = [p for p in pair if p not in names]
+        if missing or len(pair) != 2 or pair[0] == pair[1]:
+            raise GeomtrajError(
+                f"pair={tuple(pair)}; expected two different recorded parameter names of run "
+                f"{run.run} (recorded: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+            )
+        pair_cols = (names.index(pair[0]), names.index(pair[1]))
+    else:
+        pair_cols = None
+    overlap, quiet = _burst_overlap(spans, bursts.onset, bursts.end, window_params.burst_margin)
+    theta = run.theta
+    h = params.half
+    table: dict[str, list] = {c: [] for c in (*WINDOW_COLUMNS, *QUANTITIES)}
+    energy = np.zeros(theta.shape[1])
+    # windows of equal length are measured together (sliding windows all are)
+    rows = np.searchsorted(step, spans)
+    lengths = rows[:, 1] - rows[:, 0] + 1
+    results = [None] * len(spans)
+    for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        stack = np.stack([theta[rows[k, 0] - h : rows[k, 1] + h + 1] for k in idx])
+        keys = np.stack([np.full(idx.size, run.run), spans[idx, 0]], axis=1)
+        res = measure_windows(stack, params, keys=keys, pair=pair_cols)
+        for j, k in enumerate(idx):
+            results[k] = {name: v[j] for name, v in res.items()}
+        r = residual(stack, params.smooth_steps)
+        energy += np.einsum("wtp,wtp->p", r, r)
+    for k, res in enumerate(results):
+        table["start"].append(int(spans[k, 0]))
+        table["end"].append(int(spans[k, 1]))
+        table["burst_overlap"].append(float(overlap[k]))
+        table["quiet"].append(bool(quiet[k]))
+        for name in QUANTITIES:
+            v = res[name]
+            if name in ("active_start", "peak", "active_end"):
+                v = v - h + spans[k, 0] if np.isfinite(v) else v  # window rows -> steps
+            elif name in ("pair_x", "pair_y"):
+                v = names[int(v)]
+            table[name].append(v)
+    out["table"] = table
+    spiral = np.array(table["is_spiral"], dtype=bool)
+    q = np.array(table["quiet"], dtype=bool)
+    inburst = np.array(table["burst_overlap"]) > 0
+    out.update(
+        n_windows=len(spans),
+        n_spirals=int(spiral.sum()),
+        n_double=int(np.sum(table["is_double"])),
+        n_twisted=int(np.sum(table["is_twisted"])),
+        n_windows_quiet=int(q.sum()),
+        n_spirals_quiet=int((spiral & q).sum()),
+        n_windows_burst=int(inburst.sum()),
+        n_spirals_burst=int((spiral & inburst).sum()),
+    )
+    # the run's raw pair: the named one, or the two parameters with the largest burst amplitude
+    # (residual energy summed over the run's windows)
+    if pair is not None:
+        out["pair_x"], out["pair_y"] = pair
+    elif len(spans):
+        top = np.argsort(-energy, kind="stable")[:2]
+        out["pair_x"], out["pair_y"] = names[top[0]], names[top[1]]
+    if not len(spans):
+        out["note"] = f"no {'bursts' if windows == 'bursts' else 'windows'} to analyse"
+    return out
+
+
+#: Per-run variables of :func:`analyze`'s result, with their meaning.
+RUN_VARIABLES = {
+    "n_windows": "windows analysed",
+    "n_spirals": "windows classified spiral (any label but noise)",
+    "n_double": "spirals with two counter-phase arms or an outward then inward arm",
+    "n_twisted": "spirals whose best-fit plane turns",
+    "n_windows_quiet": "windows with no burst within burst_margin steps",
+    "n_spirals_quiet": "spirals among the quiet windows",
+    "n_windows_burst": "windows that overlap a burst",
+    "n_spirals_burst": "spirals among the windows that overlap a burst",
+}
+
+
+def analyze(
+    ds,
+    runs=None,
+    *,
+    progress=None,
+    windows: str = "bursts",
+    params: SpiralParams = SpiralParams(),
+    window_params: WindowParams = WindowParams(),
+    burst_params=None,
+    signal: str = "update_norm",
+    pair: tuple[str, str] | None = None,
+):
+    """Spirals of the runs ``runs`` (all by default) of a store, as a Dataset over ``run``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A store opened with :func:`geomtraj.store.open_store`.
+    runs : sequence of int, optional
+        Run indices (default: all).
+    progress : callable, optional
+        Called with 1 after each run.
+    windows : {"bursts", "sliding"}
+        Burst windows (bursts of ``signal`` from :func:`geomtraj.analysis.events.run_bursts`, with
+        margins) or sliding windows over the whole run (to compare quiet and burst stretches).
+    params, window_params : SpiralParams, WindowParams
+        Detector thresholds and window cutting.
+    burst_params : BurstParams, optional
+        Burst detection thresholds (default ``BurstParams()``).
+    signal : str
+        Per-step signal for burst detection (``"update_norm"`` or ``"train_loss"``).
+    pair : (str, str), optional
+        Names of the raw parameter pair to record and draw; default per window the two parameters
+        with the largest burst amplitude (residual RMS), per run the two with the largest residual
+        energy over all its windows.
+
+    Returns
+    -------
+    xarray.Dataset
+        Per run (dim ``run``): the counts of :data:`RUN_VARIABLES`, ``pair_x``/``pair_y`` (the
+        run's raw pair) and ``note``. Per window (dims ``(run, window)``, padded beyond each run's
+        ``n_windows``): :data:`WINDOW_COLUMNS` and :data:`QUANTITIES`. Blocks of runs concatenate
+        with ``xarray.concat(blocks, dim="run", join="outer")`` (their ``window`` lengths differ;
+        :func:`concat` does this), and :func:`windows_table` turns any result into one row per
+        window.
+    """
+    import xarray as xr
+
+    from geomtraj.analysis.base import iter_runs
+
+    rows = []
+    for run in iter_runs(ds, runs):
+        row = analyze_run(run, params, windows, window_params, burst_params, signal, pair)
+        row["run"] = run.run
+        rows.append(row)
+        if progress is not None:
+            progress(1)
+    run_index = np.array([r["run"] for r in rows], dtype=np.int64)
+    n_max = max((len(r["table"].get("start", [])) for r in rows), default=0)
+    data = {}
+    for key in RUN_VARIABLES:
+        vals = [r[key] for r in rows]
+        if all(v is not None for v in vals):
+            data[key] = ("run", np.array(vals, dtype=np.int64))
+        else:
+            data[key] = ("run", np.array([np.nan if v is None else v for v in vals], float))
+        data[key][1].flags.writeable = True
+    for key in ("pair_x", "pair_y", "note"):
+        data[key] = ("run", np.array([r[key] for r in rows], dtype=object))
+    for col in (*WINDOW_COLUMNS, *QUANTITIES):
+        sample = next((r["table"][col][0] for r in rows if r["table"].get(col)), 0.0)
+        if isinstance(sample, str):
+            arr = np.full((len(rows), n_max), "", dtype=object)
+        elif isinstance(sample, (bool, np.bool_)):
+            arr = np.zeros((len(rows), n_max), dtype=bool)
+        else:
+            arr = np.full((len(rows), n_max), np.nan)
+        for i, r in enumerate(rows):
+            vals = r["table"].get(col, [])
+            arr[i, : len(vals)] = vals
+        data[col] = (("run", "window"), arr)
+    out = xr.Dataset(data, coords={"run": run_index, "window": np.arange(n_max)})
+    for key, doc in RUN_VARIABLES.items():
+        out[key].attrs["description"] = doc
+    out.attrs["analysis"] = "spirals"
+    out.attrs["windows"] = windows
+    out.attrs["params"] = json.dumps(dataclasses.asdict(params))
+    out.attrs["window_params"] = json.dumps(dataclasses.asdict(window_params))
+    return out
+
+
+def concat(blocks):
+    """Concatenate results of disjoint blocks of runs (their ``window`` lengths may differ)."""
+    import xarray as xr
+
+    return xr.concat(list(blocks), dim="run", join="outer")
+
+
+def windows_table(result):
+    """One row per analysed window of a result (concatenated or not), as a pandas DataFrame.
+
+    Columns: ``run``, ``window``, :data:`WINDOW_COLUMNS` and :data:`QUANTITIES`, with integer,
+    boolean and string columns restored after padding.
+    """
+    import pandas as pd
+
+    frames = []
+    for i, run in enumerate(result["run"].values):
+        n = result["n_windows"].values[i]
+        n = int(n) if np.isfinite(n) else 0
+        if n == 0:
+            continue
+        cols = {"run": np.full(n, int(run)), "window": np.arange(n)}
+        for col in (*WINDOW_COLUMNS, *QUANTITIES):
+            cols[col] = result[col].values[i, :n]
+        frames.append(pd.DataFrame(cols))
+    columns = ["run", "window", *WINDOW_COLUMNS, *QUANTITIES]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    df = pd.concat(frames, ignore_index=True)
+    for col in ("start", "end", "n_steps"):
+        df[col] = df[col].astype(np.int64)
+    for col in ("quiet", "demodulated", "is_spiral", "is_double", "is_twisted"):
+        df[col] = df[col].astype(bool)
+    for col in ("pair_x", "pair_y", "label"):
+        df[col] = df[col].astype(str)
+    return df[columns]
+
+
+def _json_value(v):
+    if isinstance(v, np.ndarray):
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    return str(v)
+
+
+def report(result) -> dict:
+    """Contract-4 fields: per run ``spirals`` counts, and ``spiral_windows``.
+
+    ``runs[i]["spirals"]`` holds ``n_windows``, ``n_spirals``, ``n_double``, ``n_twisted``, the
+    run's raw ``pair``, and for sliding windows the split ``quiet``/``burst`` (windows, spirals);
+    counts are None with a ``note`` when the run could not be measured. ``spiral_windows`` lists
+    every window classified as a spiral, with every measured quantity (the full table of all
+    windows is :func:`windows_table`).
+    """
+    runs = {}
+    for i, run in enumerate(result["run"].values):
+        r = result.isel(run=i)
+        entry = {}
+        for key in ("n_windows", "n_spirals", "n_double", "n_twisted"):
+            entry[key] = _json_value(r[key].values)
+        entry["pair"] = [str(r["pair_x"].values), str(r["pair_y"].values)]
+        if result.attrs.get("windows") == "sliding":
+            entry["quiet"] = {
+                "n_windows": _json_value(r["n_windows_quiet"].values),
+                "n_spirals": _json_value(r["n_spirals_quiet"].values),
+            }
+            entry["burst"] = {
+                "n_windows": _json_value(r["n_windows_burst"].values),
+                "n_spirals": _json_value(r["n_spirals_burst"].values),
+            }
+        note = str(r["note"].values)
+        if note and note != "nan":
+            entry["note"] = note
+        runs[int(run)] = {"spirals": entry}
+    table = windows_table(result)
+    rows = [
+        {k: _json_value(v) for k, v in row.items()}
+        for row in table[table["is_spiral"]].to_dict(orient="records")
+    ]
+    return {"runs": runs, "spiral_windows": rows}
+
+
+# -- figures -------------------------------------------------------------------------------------
+def _result_params(result) -> SpiralParams:
+    raw = result.attrs.get("params")
+    return SpiralParams(**json.loads(raw)) if raw else SpiralParams()
+
+
+def window_geometry(theta, params: SpiralParams = SpiralParams()) -> dict[str, np.ndarray]:
+    """The planes a window is drawn in: ``w`` (flip frame, or raw when not demodulated), ``z``
+    (raw frame, ``(-1)^t w`` when demodulated) as (m, 2) arrays, ``theta`` rows of the analysed
+    span (m, p), and ``demodulated``."""
+    arr = _as_batch(theta)
+    h = params.half
+    m = arr.shape[1] - 2 * h
+    resid = np.empty((1, m, arr.shape[2]))
+    flip = np.empty(1)
+    demod = np.empty(1, dtype=bool)
+    _residuals(arr, h, resid, flip, demod)
+    w = principal_plane(resid)[0][0]
+    sign = np.where(np.arange(m) % 2 == 0, 1.0, -1.0)[:, None]
+    z = w * sign if demod[0] else w
+    return {"w": w, "z": z, "theta": arr[0, h : h + m], "demodulated": bool(demod[0])}
+
+
+def _window_rows(run, start: int, end: int, h: int) -> np.ndarray:
+    lo = int(np.searchsorted(run.step, start)) - h
+    hi = int(np.searchsorted(run.step, end)) + h + 1
+    return run.theta[max(lo, 0) : hi]
+
+
+def _chosen_windows(table, max_windows: int):
+    """Per run, the spirals with the most coherent turns, else the most coherent windows."""
+    picks = {}
+    for run, sub in table.groupby("run"):
+        spirals = sub[sub["is_spiral"]]
+        pool = spirals if len(spirals) else sub
+        key = "winding_score" if len(spirals) else "coherence"
+        order = np.argsort(-np.abs(pool[key].to_numpy()), kind="stable")
+        picks[int(run)] = pool.iloc[order[:max_windows]]
+    return picks
+
+
+def _arms(ax, x, y, steps, title):
+    """The two arms: even steps joined in one colour, odd steps in another; consecutive steps
+    (the flip between the arms) joined faintly."""
+    ax.plot(x, y, color="0.85", lw=0.3, zorder=1)
+    even = steps % 2 == 0
+    for sel, color, name in ((even, "tab:blue", "even steps"), (~even, "tab:red", "odd steps")):
+        ax.plot(x[sel], y[sel], "-o", color=color, lw=0.8, ms=2.5, label=name, zorder=2)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def figures(
+    ds,
+    result,
+    outdir,
+    *,
+    max_runs: int = 6,
+    max_windows: int = 2,
+    pair: tuple[str, str] | None = None,
+) -> list[Path]:
+    """Draw the spiral figures of a result into ``outdir``; returns the paths written.
+
+    For each of up to ``max_runs`` runs (those with the most spirals) and up to ``max_windows``
+    windows per run (its spirals with the most coherent turns, else its most coherent windows),
+    ``spiral_run{r}_w{k}.png`` shows four views of one window: the phase portrait of ``w`` in the
+    top principal plane of the flip frame, coloured by step; the raw frame ``z`` with even and odd
+    steps in two colours (the two arms of a double spiral); the raw parameter pair the paper draws
+    (the run's pair, or ``pair``), with the same two colours; and a 3-D view of the two principal
+    components against the step. ``spirals_gallery.png`` shows the best window of every run in
+    the raw pair, and ``spirals_counts.png`` the counts per run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geomtraj.analysis.base import RunData
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    params = _result_params(result)
+    h = params.half
+    table = windows_table(result)
+    paths: list[Path] = []
+    if table.empty:
+        return paths
+    counts = table.groupby("run")["is_spiral"].sum().sort_values(ascending=False, kind="stable")
+    runs = [int(r) for r in counts.index[:max_runs]]
+    picks = _chosen_windows(table[table["run"].isin(runs)], max_windows)
+    best = _chosen_windows(table, 1)
+
+    for run_index in runs:
+        run = RunData(ds, run_index)
+        names = run.param_names
+        for k, (_, row) in enumerate(picks[run_index].iterrows()):
+            theta = _window_rows(run, int(row["start"]), int(row["end"]), h)
+            geo = window_geometry(theta, params)
+            steps = np.arange(int(row["start"]), int(row["start"]) + geo["w"].shape[0])
+            px, py = pair or (row["pair_x"], row["pair_y"])
+            i, j = names.index(px), names.index(py)
+            fig = plt.figure(figsize=(17, 4.4))
+            ax = fig.add_subplot(1, 4, 1)
+            # each axis in units of its own RMS: PC1 often carries most of the energy, and a
+            # linear rescaling keeps the winding number
+            w = geo["w"] / np.maximum(np.sqrt(np.mean(geo["w"] ** 2, axis=0)), 1e-300)
+            ax.plot(w[:, 0], w[:, 1], color="0.7", lw=0.5)
+            sc = ax.scatter(w[:, 0], w[:, 1], c=steps, s=8, cmap="viridis")
+            fig.colorbar(sc, ax=ax, label="step")
+            frame = "flip frame w = (-1)^t z" if geo["demodulated"] else "w = z (no flip)"
+            ax.set_title(f"{frame}: PC1 vs PC2 (units of RMS)", fontsize=9)
+            ax.tick_params(labelsize=7)
+            _arms(fig.add_subplot(1, 4, 2), geo["z"][:, 0], geo["z"][:, 1], steps, "raw frame z")
+            ax = fig.add_subplot(1, 4, 3)
+            _arms(ax, geo["theta"][:, i], geo["theta"][:, j], steps, f"{px} vs {py}")
+            ax.legend(fontsize=7, loc="best")
+            ax3 = fig.add_subplot(1, 4, 4, projection="3d")
+            ax3.plot(w[:, 0], w[:, 1], steps, color="0.6", lw=0.5)
+            ax3.scatter(w[:, 0], w[:, 1], steps, c=steps, s=5, cmap="viridis")
+            ax3.set_xlabel("PC1", fontsize=7)
+            ax3.set_ylabel("PC2", fontsize=7)
+            ax3.set_zlabel("step", fontsize=7)
+            ax3.tick_params(labelsize=6)
+            hyper = run.hyper
+            fig.suptitle(
+                f"run {run_index} ({hyper['precision']}, beta2={hyper['beta2']}), steps "
+                f"{int(row['start'])}-{int(row['end'])}: {row['label']}; winding "
+                f"{row['winding']:.2f}, coherence {row['coherence']:.2f}, p {row['p_value']:.2f}, "
+                f"plane turn {row['plane_turn']:.0f} deg, twist rate {row['twist_rate']:.3f} "
+                "rad/step",
+                fontsize=10,
+            )
+            fig.tight_layout()
+            path = outdir / f"spiral_run{run_index}_w{k}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+
+    # gallery: the best window of every run, in its raw pair
+    all_runs = sorted(best)
+    ncol = min(4, len(all_runs))
+    nrow = -(-len(all_runs) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, run_index in zip(axes.flat, all_runs, strict=False):
+        ax.set_visible(True)
+        row = best[run_index].iloc[0]
+        run = RunData(ds, run_index)
+        theta = _window_rows(run, int(row["start"]), int(row["end"]), h)[h:-h]
+        steps = np.arange(int(row["start"]), int(row["start"]) + theta.shape[0])
+        px, py = pair or (row["pair_x"], row["pair_y"])
+        i, j = run.param_names.index(px), run.param_names.index(py)
+        r = result.sel(run=run_index)
+        _arms(
+            ax,
+            theta[:, i],
+            theta[:, j],
+            steps,
+            f"run {run_index} {run.hyper['precision']} b2={run.hyper['beta2']}: "
+            f"{int(r['n_spirals'])}/{int(r['n_windows'])} spirals\n{row['label']}, "
+            f"{px} vs {py}",
+        )
+    fig.tight_layout()
+    path = outdir / "spirals_gallery.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    paths.append(path)
+
+    # counts per run
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * result.sizes["run"] + 2), 3.5))
+    x = np.arange(result.sizes["run"])
+    for off, key in enumerate(("n_windows", "n_spirals", "n_double", "n_twisted")):
+        ax.bar(x + 0.2 * off - 0.3, np.nan_to_num(result[key].values.astype(float)), 0.2, label=key)
+    ax.set_xticks(x, [str(int(r)) for r in result["run"].values], fontsize=7)
+    ax.set_xlabel("run")
+    ax.legend(fontsize=7)
+    ax.set_title(f"spiral windows per run ({result.attrs.get('windows', 'bursts')} windows)")
+    fig.tight_layout()
+    path = outdir / "spirals_counts.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def write_table(result, path) -> Path:
+    """Write :func:`windows_table` of a result as CSV (``spirals.csv``); returns the path."""
+    path = Path(path)
+    windows_table(result).to_csv(path, index=False)
+    return path

@@ -1,0 +1,484 @@
+"""JIT-compiled kernels of the spiral detector (:mod:`geomtraj.analysis.spirals`).
+
+Pure arrays in, arrays out; the public wrappers in ``geomtraj.analysis.spirals`` validate, cast and
+allocate. Slow NumPy twins live in ``tests/naive_spirals.py``.
+
+The kernels are serial: windows are independent, and geomtraj parallelises across processes (blocks
+of runs, or shares of a batch of windows), as the trainer does across runs. Thread-parallel kernels
+were measured slower on a loaded machine: OpenMP workers spin between parallel regions and take
+the core the NumPy steps in between need.
+
+A window's plane trajectory is given as two float64 arrays ``x, y`` (the point ``w_t = x_t + i y_t``
+in the flip frame when the window was demodulated). The phase increment of a step is the exact angle
+from ``w_t`` to ``w_{t+1}``, ``atan2(x_t y_{t+1} - y_t x_{t+1}, x_t x_{t+1} + y_t y_{t+1})``, in
+``(-pi, pi]``; summing increments unwraps the phase without ``numpy.unwrap``'s threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from geomtraj.config import ANALYSIS_JIT
+
+#: Layout of the feature vector returned by :func:`_plane_features`.
+FEATURES = (
+    "winding",  # net phase change over the active span / 2 pi (turns)
+    "coherence",  # |sum c dphi| / sum c |dphi| over the active span, c = radius products
+    "winding_score",  # coherence * winding: turns of coherent rotation, the surrogate statistic
+    "twist_rate",  # slope of the unwrapped phase (rad/step), weighted by radius^2
+    "twist_stderr",
+    "twist_r2",
+    "growth_slope",  # slope of log residual norm from the envelope's start to its peak (per step)
+    "growth_stderr",
+    "decay_slope",  # slope of log residual norm from the peak to the envelope's end (per step)
+    "decay_stderr",
+    "turns_out",  # winding over the active span before the peak
+    "turns_in",  # winding over the active span after the peak
+    "active_start",  # indices into the window's plane trajectory
+    "peak",
+    "active_end",
+)
+N_FEATURES = len(FEATURES)
+
+_TWO_PI = 2.0 * math.pi
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _phase_increments(x, y, out):
+    """Angle from ``w_t`` to ``w_{t+1}`` for every step, into ``out[:n-1]`` (JIT-compiled)."""
+    for t in range(x.shape[0] - 1):
+        cross = x[t] * y[t + 1] - y[t] * x[t + 1]
+        dot = x[t] * x[t + 1] + y[t] * y[t + 1]
+        out[t] = math.atan2(cross, dot)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _moving_average(v, half, out):
+    """Centred moving average of ``v`` over ``2*half+1`` samples, clipped at the ends."""
+    n = v.shape[0]
+    csum = np.zeros(n + 1)
+    for t in range(n):
+        csum[t + 1] = csum[t] + v[t]
+    for t in range(n):
+        lo = max(0, t - half)
+        hi = min(n, t + half + 1)
+        out[t] = (csum[hi] - csum[lo]) / (hi - lo)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _gate(v, fraction):
+    """Index of the maximum of ``v`` and the first and last index where ``v >= fraction * max``."""
+    n = v.shape[0]
+    peak = 0
+    for t in range(1, n):
+        if v[t] > v[peak]:
+            peak = t
+    level = fraction * v[peak]
+    a = 0
+    while v[a] < level:
+        a += 1
+    b = n - 1
+    while v[b] < level:
+        b -= 1
+    return peak, a, b
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _ols(tt, yy, lo, hi):
+    """Least-squares slope of ``yy`` on ``tt`` over ``[lo, hi]`` and its standard error."""
+    m = hi - lo + 1
+    if m < 3:
+        return math.nan, math.nan
+    tm = 0.0
+    ym = 0.0
+    for i in range(lo, hi + 1):
+        tm += tt[i]
+        ym += yy[i]
+    tm /= m
+    ym /= m
+    sxx = 0.0
+    sxy = 0.0
+    for i in range(lo, hi + 1):
+        sxx += (tt[i] - tm) ** 2
+        sxy += (tt[i] - tm) * (yy[i] - ym)
+    slope = sxy / sxx
+    sse = 0.0
+    for i in range(lo, hi + 1):
+        e = yy[i] - ym - slope * (tt[i] - tm)
+        sse += e * e
+    return slope, math.sqrt(sse / (m - 2) / sxx)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _radius(x, y, radius_half, rad, rs):
+    """Radius ``|w_t|`` into ``rad`` and its centred moving average into ``rs``."""
+    for t in range(x.shape[0]):
+        rad[t] = math.sqrt(x[t] * x[t] + y[t] * y[t])
+    _moving_average(rad, radius_half, rs)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _winding(dphi, rad, a, b, split):
+    """Winding (turns) and coherence over steps ``a..b``, and the turns before step ``split``."""
+    net = 0.0
+    num = 0.0
+    den = 0.0
+    before = 0.0
+    for t in range(a, b):
+        net += dphi[t]
+        c = rad[t] * rad[t + 1]
+        num += c * dphi[t]
+        den += c * abs(dphi[t])
+        if t < split:
+            before += dphi[t]
+    coherence = abs(num) / den if den > 0.0 else 0.0
+    return net / _TWO_PI, coherence, before / _TWO_PI
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _winding_score(x, y, active_fraction, radius_half):
+    """Coherence times winding of one plane trajectory over its active span (JIT-compiled).
+
+    The statistic of the surrogate test: turns of coherent rotation. 0 for an empty trajectory.
+    """
+    n = x.shape[0]
+    rad = np.empty(n)
+    rs = np.empty(n)
+    _radius(x, y, radius_half, rad, rs)
+    peak, a, b = _gate(rs, active_fraction)
+    if not rs[peak] > 0.0:
+        return 0.0
+    dphi = np.empty(n - 1)
+    _phase_increments(x, y, dphi)
+    turns, coherence, _ = _winding(dphi, rad, a, b, a)
+    return coherence
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _winding_scores(surr, active_fraction, radius_half, out):
+    """:func:`_winding_score` of every trajectory ``surr[i, k, 0], surr[i, k, 1]`` (x and y) into
+    ``out[i, k]`` (JIT-compiled)."""
+    n_win, n_surr = surr.shape[0], surr.shape[1]
+    for job in range(n_win * n_surr):
+        i = job // n_surr
+        k = job - i * n_surr
+        out[i, k] = _winding_score(surr[i, k, 0], surr[i, k, 1], active_fraction, radius_half)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _apply_phases(spec, uniform, keep_last, out):
+    """Fourier-transform surrogates in the frequency domain (JIT-compiled).
+
+    ``spec`` (n_windows, n_series, n_bins) holds the rfft of each window's real series; ``uniform``
+    (n_windows, n_surrogates, n_series, n_bins) numbers in ``[0, 1)``. ``out`` (same shape as
+    ``uniform``) receives ``spec`` times ``exp(2 pi i u)``, so every surrogate keeps the amplitude
+    spectrum exactly and gets phases uniform on the circle. The zero-frequency bin, and the last
+    bin when ``keep_last`` (even length: the Nyquist bin of a real series is real), keep their
+    value, so that the surrogate is real with the same mean.
+    """
+    n_win, n_surr, n_ser, n_bins = out.shape
+    n_rand = n_bins - 1 if keep_last else n_bins
+    for job in range(n_win * n_surr):
+        i = job // n_surr
+        k = job - i * n_surr
+        for c in range(n_ser):
+            out[i, k, c, 0] = spec[i, c, 0]
+            for f in range(1, n_rand):
+                phi = _TWO_PI * uniform[i, k, c, f]
+                out[i, k, c, f] = spec[i, c, f] * complex(math.cos(phi), math.sin(phi))
+            if keep_last:
+                out[i, k, c, n_bins - 1] = spec[i, c, n_bins - 1]
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _residuals(theta, half, out, flip, demod):
+    """Residuals of windows from their centred moving average, in the flip frame where needed.
+
+    For each window ``theta[i]`` (n, p) (JIT-compiled):
+
+    1. ``r_t = theta_{t+half} - mean(theta_{t..t+2 half})`` for ``t = 0..n-2 half-1``, centred
+       over time (a running sum over a reference-shifted copy keeps cancellation small);
+    2. ``flip[i] = -sum_t r_t.r_{t+1} / sum_t |r_t|^2``;
+    3. when it is positive (``demod[i]``), ``r`` is replaced by its flip frame: ``d_t = (-1)^t r_t``
+       smoothed with weights [1, 2, 1]/4, the ends repeating their neighbour.
+
+    ``out[i]`` (m, p) receives the result.
+    """
+    n_win, n, p = theta.shape
+    m = n - 2 * half
+    width = 2 * half + 1
+    for i in range(n_win):
+        x = theta[i]
+        r = out[i]
+        for j in range(p):
+            ref = x[0, j]
+            acc = 0.0
+            for t in range(width):
+                acc += x[t, j] - ref
+            for t in range(m):
+                if t > 0:
+                    acc += (x[t + width - 1, j] - ref) - (x[t - 1, j] - ref)
+                r[t, j] = (x[t + half, j] - ref) - acc / width
+            mean = 0.0
+            for t in range(m):
+                mean += r[t, j]
+            mean /= m
+            for t in range(m):
+                r[t, j] -= mean
+        lag1 = 0.0
+        power = 0.0
+        for t in range(m):
+            for j in range(p):
+                power += r[t, j] * r[t, j]
+                if t > 0:
+                    lag1 += r[t, j] * r[t - 1, j]
+        flip[i] = -lag1 / power if power > 0.0 else 0.0
+        demod[i] = flip[i] > 0.0
+        if demod[i]:
+            prev = np.empty(p)
+            for j in range(p):
+                prev[j] = r[0, j]  # d_{-1} = d_0
+            for t in range(m):
+                sign = 1.0 if t % 2 == 0 else -1.0
+                nxt = t + 1 if t + 1 < m else t
+                nsign = 1.0 if nxt % 2 == 0 else -1.0
+                for j in range(p):
+                    cur = sign * r[t, j]
+                    smooth = 0.25 * prev[j] + 0.5 * cur + 0.25 * nsign * r[nxt, j]
+                    prev[j] = cur
+                    r[t, j] = smooth
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _top_plane(rows):
+    """Top-two principal plane of ``rows`` (k, p), centred: an orthonormal basis (p, 2) and the
+    ratio of the second to the first eigenvalue (0 for a line, 1 for a circle).
+
+    With fewer rows than columns the smaller ``k x k`` Gram matrix is diagonalised and its
+    eigenvectors mapped back (the SVD identity ``v = rows.T u / s``).
+    """
+    k, p = rows.shape
+    cen = rows.copy()
+    for j in range(p):
+        mean = 0.0
+        for i in range(k):
+            mean += cen[i, j]
+        mean /= k
+        for i in range(k):
+            cen[i, j] -= mean
+    basis = np.empty((p, 2))
+    if k >= p:
+        vals, vecs = np.linalg.eigh(cen.T @ cen)
+        for c in range(2):
+            for j in range(p):
+                basis[j, c] = vecs[j, p - 2 + c]
+        top = vals[p - 1]
+        ratio = max(vals[p - 2], 0.0) / top if top > 0.0 else 0.0
+        return basis, ratio
+    vals, u = np.linalg.eigh(cen @ cen.T)
+    for c in range(2):
+        norm = 0.0
+        for j in range(p):
+            acc = 0.0
+            for i in range(k):
+                acc += cen[i, j] * u[i, k - 2 + c]
+            basis[j, c] = acc
+            norm += acc * acc
+        norm = math.sqrt(norm)
+        if norm > 0.0:
+            for j in range(p):
+                basis[j, c] /= norm
+    top = vals[k - 1]
+    ratio = max(vals[k - 2], 0.0) / top if top > 0.0 else 0.0
+    return basis, ratio
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _plane_angle(u, v):
+    """Largest principal angle (degrees) between the planes spanned by the columns of u, v.
+
+    Its cosine is the smaller singular value of the 2 x 2 matrix ``u.T v``, from the closed form
+    ``s^2 = (T - sqrt(T^2 - 4 D^2)) / 2`` with ``T`` the squared Frobenius norm and ``D`` the
+    determinant.
+    """
+    p = u.shape[0]
+    m00 = 0.0
+    m01 = 0.0
+    m10 = 0.0
+    m11 = 0.0
+    for j in range(p):
+        m00 += u[j, 0] * v[j, 0]
+        m01 += u[j, 0] * v[j, 1]
+        m10 += u[j, 1] * v[j, 0]
+        m11 += u[j, 1] * v[j, 1]
+    frob = m00 * m00 + m01 * m01 + m10 * m10 + m11 * m11
+    det = m00 * m11 - m01 * m10
+    smin2 = 0.5 * (frob - math.sqrt(max(frob * frob - 4.0 * det * det, 0.0)))
+    cos_angle = min(math.sqrt(max(smin2, 0.0)), 1.0)
+    return math.degrees(math.acos(cos_angle))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _plane_turn(seg, min_rows):
+    """Turn (degrees) of the best-fit plane between the energy halves of ``seg`` (k, p), the turn
+    that noise alone gives, and the flatter half's eigenvalue ratio (JIT-compiled; see
+    ``geomtraj.analysis.spirals.plane_turn``).
+    """
+    k, p = seg.shape
+    if k < 2 * min_rows:
+        return math.nan, math.nan, math.nan
+    energy = np.empty(k)
+    acc = 0.0
+    for i in range(k):
+        for j in range(p):
+            acc += seg[i, j] * seg[i, j]
+        energy[i] = acc
+    cut = np.searchsorted(energy, 0.5 * energy[k - 1]) + 1
+    if cut < min_rows or k - cut < min_rows:
+        return math.nan, math.nan, math.nan
+    first = seg[:cut]
+    second = seg[cut:]
+    plane1, ratio1 = _top_plane(first)
+    plane2, ratio2 = _top_plane(second)
+    turn = _plane_angle(plane1, plane2)
+    a1 = _plane_angle(_top_plane(first[0::2])[0], _top_plane(first[1::2])[0])
+    a2 = _plane_angle(_top_plane(second[0::2])[0], _top_plane(second[1::2])[0])
+    return turn, 0.5 * math.sqrt(a1 * a1 + a2 * a2), min(ratio1, ratio2)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _plane_turns(resid, start, end, min_rows, turn, noise, aspect):
+    """:func:`_plane_turn` of rows ``start[i]..end[i]`` of every window ``resid[i]``."""
+    for i in range(resid.shape[0]):
+        if start[i] < 0:
+            turn[i] = math.nan
+            noise[i] = math.nan
+            aspect[i] = math.nan
+        else:
+            turn[i], noise[i], aspect[i] = _plane_turn(resid[i, start[i] : end[i] + 1], min_rows)
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _principal_planes(resid, axes, top, total):
+    """Top-two principal axes of every residual window ``resid[i]`` (m, p) (JIT-compiled).
+
+    ``axes[i]`` (p, 2) receives the unit eigenvectors of the Gram matrix ``r.T r`` with the two
+    largest eigenvalues (largest first), each signed so that its largest loading is positive;
+    ``top[i]`` their eigenvalue sum and ``total[i]`` the trace (the residual energy).
+    """
+    p = resid.shape[2]
+    for i in range(resid.shape[0]):
+        r = resid[i]
+        gram = r.T @ r
+        vals, vecs = np.linalg.eigh(gram)
+        trace = 0.0
+        for j in range(p):
+            trace += gram[j, j]
+        total[i] = trace
+        top[i] = vals[p - 1] + vals[p - 2]
+        for c in range(2):
+            col = p - 1 - c
+            big = 0
+            for j in range(1, p):
+                if abs(vecs[j, col]) > abs(vecs[big, col]):
+                    big = j
+            sign = -1.0 if vecs[big, col] < 0.0 else 1.0
+            for j in range(p):
+                axes[i, j, c] = sign * vecs[j, col]
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _plane_features(x, y, norm, active_fraction, radius_half, out):
+    """Measure one plane trajectory into ``out`` (layout :data:`FEATURES`) (JIT-compiled).
+
+    ``x, y`` are the plane coordinates of ``w_t``; ``norm`` is the norm of the full residual
+    ``||r_t||`` at each step. The *active span* runs from the first to the last step whose smoothed
+    plane radius reaches ``active_fraction`` of its maximum; the winding, coherence and phase fit
+    use that span only, because the phase of a point near the origin is noise. The envelope (peak,
+    growth and decay of the log radius) is measured on the smoothed full residual norm, gated the
+    same way: when the plane of a spiral turns, the radius of its projection on the window's plane
+    changes with the turn, the distance from the local mean does not.
+    """
+    n = x.shape[0]
+    for i in range(out.shape[0]):
+        out[i] = math.nan
+    if n < 4:
+        return
+    rad = np.empty(n)
+    rs = np.empty(n)
+    _radius(x, y, radius_half, rad, rs)
+    peak_r, a, b = _gate(rs, active_fraction)
+    if not rs[peak_r] > 0.0:
+        return
+    ns = np.empty(n)
+    _moving_average(norm, radius_half, ns)
+    peak, ea, eb = _gate(ns, active_fraction)
+    dphi = np.empty(n - 1)
+    _phase_increments(x, y, dphi)
+
+    turns, coherence, before = _winding(dphi, rad, a, b, peak)
+    out[0] = turns
+    out[1] = coherence
+    out[2] = coherence * turns
+
+    # twist rate: weighted least squares of the unwrapped phase on the step, weights radius^2
+    m = b - a + 1
+    if m >= 3:
+        phase = np.empty(m)
+        wts = np.empty(m)
+        phase[0] = 0.0
+        for i in range(1, m):
+            phase[i] = phase[i - 1] + dphi[a + i - 1]
+        wsum = 0.0
+        for i in range(m):
+            wts[i] = rs[a + i] * rs[a + i]
+            wsum += wts[i]
+        w2sum = 0.0
+        tm = 0.0
+        pm = 0.0
+        for i in range(m):
+            wts[i] /= wsum
+            w2sum += wts[i] * wts[i]
+            tm += wts[i] * i
+            pm += wts[i] * phase[i]
+        sxx = 0.0
+        sxy = 0.0
+        syy = 0.0
+        for i in range(m):
+            sxx += wts[i] * (i - tm) ** 2
+            sxy += wts[i] * (i - tm) * (phase[i] - pm)
+            syy += wts[i] * (phase[i] - pm) ** 2
+        if sxx > 0.0:
+            slope = sxy / sxx
+            sse = syy - slope * sxy
+            n_eff = 1.0 / w2sum
+            out[3] = slope
+            if n_eff > 2.0:
+                out[4] = math.sqrt(max(sse, 0.0) * n_eff / (n_eff - 2.0) / (n_eff * sxx))
+            out[5] = sxy * sxy / (sxx * syy) if syy > 0.0 else 1.0
+
+    # growth and decay of the log residual norm on either side of its peak
+    if ns[peak] > 0.0:
+        tt = np.empty(n)
+        logr = np.empty(n)
+        floor = math.log(active_fraction * ns[peak])
+        for t in range(n):
+            tt[t] = t
+            logr[t] = math.log(ns[t]) if ns[t] > 0.0 else floor
+        out[6], out[7] = _ols(tt, logr, ea, peak)
+        out[8], out[9] = _ols(tt, logr, peak, eb)
+    out[10] = before
+    out[11] = turns - before
+    out[12] = a
+    out[13] = peak
+    out[14] = b
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _plane_features_batch(xs, ys, norms, active_fraction, radius_half, out):
+    """:func:`_plane_features` of every window (rows of ``xs, ys, norms``)."""
+    for k in range(xs.shape[0]):
+        _plane_features(xs[k], ys[k], norms[k], active_fraction, radius_half, out[k])

@@ -1,0 +1,435 @@
+"""Spiral detector: kernels against NumPy twins, analytic answers, the labelled synthetic set, the
+null model, and the store-level protocol on a trained store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.fft
+import xarray as xr
+from naive_spirals import (
+    apply_phases,
+    plane_features,
+    plane_turn,
+    principal_plane,
+    residuals,
+)
+from naive_spirals import winding_score as naive_winding_score
+from synth_spirals import KINDS, NOISE_KINDS, SPIRAL_KINDS, make_set, make_window
+
+from geomtraj.analysis import spirals as sp
+from geomtraj.errors import GeomtrajError
+from geomtraj.kernels.spirals import (
+    FEATURES,
+    N_FEATURES,
+    _apply_phases,
+    _plane_features,
+    _plane_turn,
+    _principal_planes,
+    _residuals,
+    _winding_scores,
+)
+
+P = sp.SpiralParams()
+
+
+def _window_planes(theta: np.ndarray, half: int = P.half):
+    """Kernel residual and plane coordinates of one window, for the twin comparisons."""
+    m = theta.shape[0] - 2 * half
+    out = np.empty((1, m, theta.shape[1]))
+    flip, demod = np.empty(1), np.empty(1, bool)
+    _residuals(theta[None], half, out, flip, demod)
+    return out[0], flip[0], demod[0]
+
+
+# -- kernels against their NumPy twins -----------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_residuals_match_naive(kind):
+    w = make_window(kind, np.random.default_rng(1), 160, 9)
+    r, flip, demod = _window_planes(w.theta)
+    r_ref, flip_ref, demod_ref = residuals(w.theta, P.half)
+    assert demod == demod_ref
+    assert flip == pytest.approx(flip_ref, abs=1e-12)
+    np.testing.assert_allclose(r, r_ref, atol=1e-12 * np.abs(w.theta).max())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plane_features_match_naive(kind):
+    w = make_window(kind, np.random.default_rng(2), 200, 12)
+    r, _, _ = _window_planes(w.theta)
+    axes, _ = principal_plane(r)
+    xy = r @ axes
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    norm = np.linalg.norm(r, axis=1)
+    got = np.empty(N_FEATURES)
+    _plane_features(x, y, norm, P.active_fraction, P.radius_half, got)
+    want = plane_features(x, y, norm, P.active_fraction, P.radius_half)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    scores = np.empty((1, 1))
+    _winding_scores(np.stack([x, y])[None, None], P.active_fraction, P.radius_half, scores)
+    assert scores[0, 0] == pytest.approx(naive_winding_score(x, y, 0.1, 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plane_turn_matches_naive(seed):
+    w = make_window(KINDS[seed], np.random.default_rng(seed), 240, 10)
+    r, _, _ = _window_planes(w.theta)
+    for a, b in ((0, r.shape[0] - 1), (20, 90), (0, 30)):
+        seg = np.ascontiguousarray(r[a : b + 1])
+        np.testing.assert_allclose(_plane_turn(seg, 8), plane_turn(seg, 8), atol=1e-6)
+
+
+def test_principal_planes_match_svd():
+    rng = np.random.default_rng(3)
+    resid = rng.standard_normal((3, 50, 7)) * np.array([5, 3, 1, 1, 1, 0.5, 0.2])
+    axes, top, total = np.empty((3, 7, 2)), np.empty(3), np.empty(3)
+    _principal_planes(resid, axes, top, total)
+    for i in range(3):
+        ref, frac = principal_plane(resid[i])
+        # same axes up to sign, largest loading positive
+        np.testing.assert_allclose(np.abs(axes[i].T @ ref), np.eye(2), atol=1e-10)
+        assert np.all(axes[i][np.argmax(np.abs(axes[i]), axis=0), [0, 1]] > 0)
+        assert top[i] / total[i] == pytest.approx(frac, rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [40, 41])
+def test_apply_phases_matches_naive_and_keeps_the_spectrum(m):
+    rng = np.random.default_rng(m)
+    series = rng.standard_normal((2, 2, m))
+    spec = scipy.fft.rfft(series, axis=-1)
+    uniform = rng.random((2, 5, 2, spec.shape[-1]))
+    got = np.empty(uniform.shape, dtype=complex)
+    _apply_phases(spec, uniform, m % 2 == 0, got)
+    np.testing.assert_allclose(got, apply_phases(spec, uniform, m % 2 == 0), atol=1e-12)
+    surr = scipy.fft.irfft(got, n=m, axis=-1)
+    np.testing.assert_allclose(
+        np.abs(scipy.fft.rfft(surr, axis=-1)), np.abs(spec)[:, None] * np.ones((1, 5, 1, 1)),
+        atol=1e-10,
+    )  # fmt: skip
+    means = np.broadcast_to(series.mean(axis=-1)[:, None], surr.shape[:-1])
+    np.testing.assert_allclose(surr.mean(axis=-1), means, atol=1e-12)
+
+
+def test_iaaft_keeps_values_and_nearly_the_spectrum():
+    rng = np.random.default_rng(4)
+    x = np.exp(0.3 * np.cumsum(rng.standard_normal((2, 128)), axis=1))  # skewed, non-Gaussian
+    amp = np.abs(scipy.fft.rfft(x))
+    err = {}
+    for iterations in (0, 30):
+        surr = sp.iaaft_surrogates(x, 4, np.random.default_rng(0), iterations)
+        sorted_x = np.broadcast_to(np.sort(x), surr.shape)
+        np.testing.assert_array_equal(np.sort(surr, axis=-1), sorted_x)
+        err[iterations] = np.mean(np.abs(np.abs(scipy.fft.rfft(surr)) - amp).sum(-1) / amp.sum(-1))
+    # the iterations pull the spectrum back towards the original's after the rank remapping
+    assert err[30] < 0.15 < err[0]
+
+
+# -- analytic answers ----------------------------------------------------------------------------
+def _embed(plane_xy: np.ndarray, p: int, seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((p, 2)))
+    return plane_xy @ q.T
+
+
+def test_circle_winding_coherence_and_twist_rate_are_exact():
+    n, omega, p = 200, 2 * np.pi / 25, 6
+    t = np.arange(n)
+    theta = _embed(np.stack([np.cos(omega * t), np.sin(omega * t)], axis=1), p)
+    q = sp.measure_window(theta, sp.SpiralParams(smooth_steps=51))
+    m = n - 50
+    assert abs(q["winding"]) == pytest.approx(omega * (m - 1) / (2 * np.pi), rel=1e-6)
+    assert q["coherence"] == pytest.approx(1.0, abs=1e-9)
+    assert abs(q["twist_rate"]) == pytest.approx(omega, rel=1e-6)
+    assert q["twist_r2"] == pytest.approx(1.0, abs=1e-9)
+    assert q["plane_fraction"] == pytest.approx(1.0, abs=1e-9)
+    assert not q["demodulated"]
+
+
+def test_growth_and_decay_slopes_of_a_burst():
+    n, gamma_up, gamma_down, p = 300, 0.12, 0.05, 5
+    t = np.arange(n, dtype=float)
+    env = np.where(t < 150, np.exp(gamma_up * (t - 150)), np.exp(-gamma_down * (t - 150)))
+    phase = 2 * np.pi * t / 12
+    flip = (-1.0) ** t
+    theta = _embed(flip[:, None] * env[:, None] * np.stack([np.cos(phase), np.sin(phase)], 1), p)
+    q = sp.measure_window(theta)
+    assert q["demodulated"] and q["is_double"]
+    assert q["growth_slope"] == pytest.approx(gamma_up, rel=0.1)
+    assert q["decay_slope"] == pytest.approx(-gamma_down, rel=0.1)
+    assert abs(q["twist_rate"]) == pytest.approx(2 * np.pi / 12, rel=0.02)
+    assert q["flip_index"] > 0.8
+
+
+def test_plane_turn_of_a_known_twist():
+    # a circle whose plane turns about its first axis at a constant rate: the two halves' mean
+    # planes are half the total turn apart
+    n, p, total = 400, 5, 80.0
+    t = np.arange(n)
+    ang = np.deg2rad(total) * t / (n - 1)
+    e1, e2, e3 = np.eye(p)[:3]
+    phase = 2 * np.pi * t / 10
+    theta = np.outer(np.cos(phase), e1) + np.sin(phase)[:, None] * (
+        np.outer(np.cos(ang), e2) + np.outer(np.sin(ang), e3)
+    )
+    turn, noise, aspect = sp.plane_turn(theta, 0, n - 1)
+    assert turn == pytest.approx(total / 2, abs=3.0)
+    assert noise < 1.0 and aspect > 0.5
+
+
+def test_cosine_content():
+    m = 128
+    t = np.arange(m)
+    cos = np.cos(3 * np.pi * (t + 0.5) / m)
+    noise = np.random.default_rng(0).standard_normal(m)
+    got = sp.cosine_content(np.stack([cos, noise], axis=1))
+    assert got[0] == pytest.approx(1.0, abs=1e-12)
+    assert got[1] < 0.2
+
+
+def test_flip_frame_of_a_pure_flip_spans_the_same_plane():
+    # PCA does not see the sign of a row, so demodulating before projecting (SCIENCE.md projects
+    # first) finds the same plane for a pure flip
+    n, p = 120, 6
+    t = np.arange(n)
+    w = np.stack([np.cos(t / 5.0), 0.5 * np.sin(t / 5.0)], axis=1) * np.exp(-t / 60)[:, None]
+    theta = _embed(((-1.0) ** t)[:, None] * w, p)
+    r, flip, demod = _window_planes(theta, half=1)
+    assert demod and flip > 0.9
+    raw = theta[1:-1] - np.array([theta[i : i + 3].mean(0) for i in range(n - 2)])
+    axes_flip, _ = principal_plane(r)
+    axes_raw, _ = principal_plane(raw - raw.mean(0))
+    cosines = np.linalg.svd(axes_flip.T @ axes_raw, compute_uv=False)
+    assert cosines.min() > np.cos(np.deg2rad(1.0))
+
+
+# -- the labelled synthetic set ------------------------------------------------------------------
+def _classify_set(windows, params=P):
+    by_kind = {}
+    for kind in {w.kind for w in windows}:
+        sel = [w for w in windows if w.kind == kind]
+        res = sp.measure_windows(np.stack([w.theta for w in sel]), params)
+        by_kind[kind] = (sel, res)
+    return by_kind
+
+
+def _accuracy(by_kind):
+    spirals = [k for k in by_kind if k in SPIRAL_KINDS]
+    noise = [k for k in by_kind if k in NOISE_KINDS]
+    detected = np.concatenate([by_kind[k][1]["is_spiral"] for k in spirals])
+    false = np.concatenate([by_kind[k][1]["is_spiral"] for k in noise])
+    double_ok, twisted_ok = [], []
+    for k in spirals:
+        sel, res = by_kind[k]
+        found = res["is_spiral"]
+        double_ok.append((res["is_double"] == [w.double for w in sel])[found])
+        twisted_ok.append((res["is_twisted"] == [w.twisted for w in sel])[found])
+    return (
+        detected.mean(),
+        false.mean(),
+        np.concatenate(double_ok).mean(),
+        np.concatenate(twisted_ok).mean(),
+    )
+
+
+def test_accuracy_on_the_labelled_set():
+    by_kind = _classify_set(make_set(25, seed=11, n_steps=200, n_params=24))
+    detected, false, double, twisted = _accuracy(by_kind)
+    assert detected >= 0.95
+    assert false <= 0.02
+    assert double >= 0.90
+    assert twisted >= 0.90
+
+
+@pytest.mark.slow
+def test_accuracy_at_benchmark_size():
+    """400 x 64 windows, 60 of each kind (540 windows), a set the thresholds never saw."""
+    by_kind = _classify_set(make_set(60, seed=2026, n_steps=400, n_params=64))
+    detected, false, double, twisted = _accuracy(by_kind)
+    assert detected >= 0.95
+    assert false <= 0.02
+    assert double >= 0.90
+    assert twisted >= 0.90
+
+
+def test_null_model_p_values_are_calibrated_on_noise():
+    # on noise the surrogate test alone rejects at about its nominal rate; coherence keeps every
+    # noise window out of the spirals
+    by_kind = _classify_set(make_set(60, seed=5, n_steps=160, n_params=16, kinds=NOISE_KINDS))
+    p = np.concatenate([by_kind[k][1]["p_value"] for k in NOISE_KINDS])
+    assert np.mean(p <= 0.01) <= 0.04
+    assert np.mean(p <= 0.05) <= 0.10
+    # sequential stopping saves surrogates on noise
+    used = np.concatenate([by_kind[k][1]["n_surrogates"] for k in NOISE_KINDS])
+    assert used.mean() < 0.6 * P.n_surrogates
+    assert not any(by_kind[k][1]["is_spiral"].any() for k in NOISE_KINDS)
+
+
+def test_cosine_content_flags_diffusion_seen_through_a_wide_window():
+    # without the local moving average (a width as long as the window), PCA of a random walk draws
+    # Hess's cosines; the cosine content flags them, and no window becomes a spiral
+    rng = np.random.default_rng(6)
+    walks = np.cumsum(rng.standard_normal((40, 420, 32)), axis=1)
+    res = sp.measure_windows(walks, sp.SpiralParams(smooth_steps=301))
+    assert np.mean(res["cosine_content"] > P.max_cosine_content) > 0.25
+    assert not res["is_spiral"].any()
+
+
+def test_surrogates_do_not_depend_on_batching():
+    windows = np.stack([w.theta for w in make_set(2, seed=7, n_steps=120, n_params=8)])
+    keys = np.arange(100, 100 + len(windows))
+    whole = sp.measure_windows(windows, keys=keys)
+    parts = [sp.measure_windows(windows[i : i + 1], keys=keys[i : i + 1]) for i in (4, 0, 9)]
+    for j, i in enumerate((4, 0, 9)):
+        assert parts[j]["p_value"][0] == whole["p_value"][i]
+        assert parts[j]["label"][0] == whole["label"][i]
+    again = sp.measure_windows(windows, keys=keys)
+    np.testing.assert_array_equal(again["p_value"], whole["p_value"])
+
+
+def test_iaaft_surrogates_also_separate_spirals_from_noise():
+    params = sp.SpiralParams(iaaft_iterations=5)
+    by_kind = _classify_set(
+        make_set(6, seed=8, n_steps=160, n_params=12, kinds=("double", "damped", "ar1")), params
+    )
+    assert by_kind["double"][1]["is_spiral"].all() and by_kind["damped"][1]["is_spiral"].all()
+    assert not by_kind["ar1"][1]["is_spiral"].any()
+
+
+# -- input errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "windows, message",
+    [
+        (np.zeros(10), "expected (n_steps, n_params)"),
+        (np.zeros((100, 1)), "at least 2 parameters"),
+        (np.full((100, 3), np.nan), "NaN or inf"),
+        (np.zeros((30, 3)), "use longer windows"),
+    ],
+)
+def test_bad_windows_are_one_line_errors(windows, message):
+    with pytest.raises(GeomtrajError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sp.measure_windows(windows)
+
+
+def test_bad_parameters_are_one_line_errors():
+    with pytest.raises(GeomtrajError, match="alpha"):
+        sp.SpiralParams(alpha=1.5)
+    with pytest.raises(GeomtrajError, match="twist_rule"):
+        sp.SpiralParams(twist_rule="rate")
+    with pytest.raises(GeomtrajError, match="pair"):
+        sp.measure_windows(np.random.default_rng(0).standard_normal((100, 4)), pair=(1, 1))
+    with pytest.raises(GeomtrajError, match="keys"):
+        sp.measure_windows(np.zeros((2, 100, 4)), keys=[1])
+
+
+def test_twist_rule_plane_or_rate_marks_every_spiral_twisted():
+    by_kind = _classify_set(
+        make_set(4, seed=9, n_steps=200, n_params=12, kinds=("damped", "double")),
+        sp.SpiralParams(twist_rule="plane_or_rate"),
+    )
+    for _, res in by_kind.values():
+        assert np.array_equal(res["is_twisted"], res["is_spiral"])
+
+
+# -- the store-level protocol --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bursting_store():
+    """Two float32 runs with beta2 = 0.999, whose update norm bursts every ~100 steps."""
+    from geomtraj.data import make_dataset
+    from geomtraj.train import train
+
+    X, y = make_dataset("sincos", n_points=64, seed=0)
+    return train(
+        X, y, hidden=(12, 24), beta2=0.999, lr=1e-2, steps=1500, precision="float32",
+        seed=[0, 1], record_params=16, progress=False,
+    )  # fmt: skip
+
+
+def test_analyze_counts_and_table(bursting_store):
+    res = sp.analyze(bursting_store)
+    assert list(res["run"].values) == [0, 1]
+    assert res.attrs["windows"] == "bursts"
+    table = sp.windows_table(res)
+    assert len(table) == int(res["n_windows"].sum()) > 10
+    for r in (0, 1):
+        sub = table[table["run"] == r]
+        assert int(res["n_spirals"].sel(run=r)) == sub["is_spiral"].sum()
+        assert int(res["n_double"].sel(run=r)) == sub["is_double"].sum()
+        assert (sub["start"] <= sub["end"]).all()
+    # real bursts of float32 Adam: the flip frame, and spirals among them
+    assert table["demodulated"].mean() > 0.8
+    assert int(res["n_spirals"].sum()) >= 1
+    assert set(table["label"]) <= set(sp.LABELS)
+
+
+def test_blocks_of_runs_concatenate(bursting_store):
+    whole = sp.analyze(bursting_store)
+    blocks = sp.concat([sp.analyze(bursting_store, [0]), sp.analyze(bursting_store, [1])])
+    a, b = sp.windows_table(whole), sp.windows_table(blocks)
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a["p_value"].to_numpy(), b["p_value"].to_numpy())
+    np.testing.assert_array_equal(a["label"].to_numpy(), b["label"].to_numpy())
+    assert isinstance(blocks, xr.Dataset) and blocks.sizes["run"] == 2
+
+
+def test_report_is_json_and_follows_contract_4(bursting_store):
+    res = sp.analyze(bursting_store)
+    rep = json.loads(json.dumps(sp.report(res)))
+    for r in ("0", "1"):
+        entry = rep["runs"][r]["spirals"]
+        assert {"n_windows", "n_spirals", "n_double", "n_twisted"} <= set(entry)
+        assert entry["n_spirals"] <= entry["n_windows"]
+    assert len(rep["spiral_windows"]) == int(res["n_spirals"].sum())
+    assert all(row["is_spiral"] for row in rep["spiral_windows"])
+
+
+def test_sliding_windows_split_quiet_and_burst(bursting_store):
+    windows = sp.WindowParams(sliding_steps=100)
+    res = sp.analyze(bursting_store, windows="sliding", window_params=windows)
+    table = sp.windows_table(res)
+    assert (table["end"] - table["start"] + 1 == 100).all()
+    assert not (table["quiet"] & (table["burst_overlap"] > 0)).any()
+    for r in (0, 1):
+        sub = table[table["run"] == r]
+        assert int(res["n_windows_quiet"].sel(run=r)) == sub["quiet"].sum()
+        in_burst = sub["is_spiral"] & (sub["burst_overlap"] > 0)
+        assert int(res["n_spirals_burst"].sel(run=r)) == in_burst.sum()
+    rep = sp.report(res)
+    assert "quiet" in rep["runs"][0]["spirals"]
+
+
+def test_named_pair_and_unknown_pair(bursting_store):
+    from geomtraj.analysis.base import RunData
+
+    names = RunData(bursting_store, 0).param_names
+    res = sp.analyze(bursting_store, [0], pair=(names[3], names[5]))
+    table = sp.windows_table(res)
+    assert (table["pair_x"] == names[3]).all() and (table["pair_y"] == names[5]).all()
+    with pytest.raises(GeomtrajError, match="recorded parameter names"):
+        sp.analyze(bursting_store, [0], pair=("W9[0,0]", names[0]))
+
+
+def test_record_every_above_one_is_not_measurable():
+    from geomtraj.data import make_dataset
+    from geomtraj.train import train
+
+    X, y = make_dataset("sincos", n_points=32, seed=0)
+    ds = train(X, y, hidden=(4, 4), steps=200, record_every=2, precision="float32", progress=False)
+    rep = sp.report(sp.analyze(ds))
+    entry = rep["runs"][0]["spirals"]
+    assert entry["n_windows"] is None and "record_every" in entry["note"]
+
+
+def test_figures(bursting_store, tmp_path):
+    res = sp.analyze(bursting_store)
+    paths = sp.figures(bursting_store, res, tmp_path, max_runs=1, max_windows=1)
+    names = {p.name for p in paths}
+    assert {"spirals_gallery.png", "spirals_counts.png"} <= names
+    assert any(n.startswith("spiral_run") for n in names)
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    csv = sp.write_table(res, tmp_path / "spirals.csv")
+    assert csv.read_text().count("\n") == int(res["n_windows"].sum()) + 1
+
+
+def test_every_feature_is_in_the_table():
+    assert set(FEATURES) <= set(sp.QUANTITIES)
