@@ -1015,7 +1015,8 @@ def report(result: xr.Dataset) -> dict:
         overall["verdict"] = "not measurable"
         overall["note"] = (
             "no run has checkpoints dense enough to match burst onsets with crossings; record "
-            "every parameter, store snapshots at a stride below the lag window, or retrain=True"
+            "every parameter, store snapshots at most a quarter of the lag window apart, or "
+            "pass retrain=True"
         )
     elif n_on >= min_onsets and chance is not None:
         overall["p_value"] = _binomial_p(n_at, n_on, chance)
