@@ -24,6 +24,9 @@ from geomtraj.errors import GeomtrajError
 from geomtraj.kernels.spirals import (
     FEATURES,
     N_FEATURES,
+    PHASE_COS,
+    PHASE_LEVELS,
+    PHASE_SIN,
     _apply_phases,
     _plane_features,
     _plane_turn,
@@ -99,11 +102,17 @@ def test_apply_phases_matches_naive_and_keeps_the_spectrum(m):
     rng = np.random.default_rng(m)
     series = rng.standard_normal((2, 2, m))
     spec = scipy.fft.rfft(series, axis=-1)
-    uniform = rng.random((2, 5, 2, spec.shape[-1]))
-    got = np.empty(uniform.shape, dtype=complex)
-    _apply_phases(spec, uniform, m % 2 == 0, got)
-    np.testing.assert_allclose(got, apply_phases(spec, uniform, m % 2 == 0), atol=1e-12)
+    index = rng.integers(0, PHASE_LEVELS, size=(2, 5, 2, spec.shape[-1]), dtype=np.uint16)
+    got = np.empty(index.shape, dtype=complex)
+    amp, beta = sp.rotation_spectrum(series[:, 0], series[:, 1])
+    quad = np.empty((2, 5))
+    _apply_phases(spec, index, m % 2 == 0, amp, beta, PHASE_COS, PHASE_SIN, got, quad)
+    want = apply_phases(spec, index / PHASE_LEVELS, m % 2 == 0)
+    np.testing.assert_allclose(got, want, atol=1e-12)
     surr = scipy.fft.irfft(got, n=m, axis=-1)
+    # the quadrature from the phases is that of the surrogate itself
+    want = sp.quadrature(*sp.rotation_spectrum(surr[:, :, 0], surr[:, :, 1]))
+    np.testing.assert_allclose(quad, want, atol=1e-10)
     np.testing.assert_allclose(
         np.abs(scipy.fft.rfft(surr, axis=-1)), np.abs(spec)[:, None] * np.ones((1, 5, 1, 1)),
         atol=1e-10,

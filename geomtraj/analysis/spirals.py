@@ -94,6 +94,9 @@ from geomtraj.errors import GeomtrajError
 from geomtraj.kernels.spirals import (
     FEATURES,
     N_FEATURES,
+    PHASE_COS,
+    PHASE_LEVELS,
+    PHASE_SIN,
     _apply_phases,
     _plane_features_batch,
     _plane_turn,
@@ -458,15 +461,14 @@ def surrogate_scores(
     k = n_surrogates
     if params.iaaft_iterations == 0:
         spec = scipy.fft.rfft(np.stack([xs, ys], axis=1), axis=-1)
-        uniform = np.empty((nw, k, 2, spec.shape[-1]))
+        index = np.empty((nw, k, 2, spec.shape[-1]), dtype=np.uint16)
         for i in range(nw):
-            rngs[i].random(out=uniform[i])
+            index[i] = rngs[i].integers(0, PHASE_LEVELS, size=index.shape[1:], dtype=np.uint16)
         phased = np.empty((nw, k, 2, spec.shape[-1]), dtype=complex)
-        _apply_phases(spec, uniform, m % 2 == 0, phased)
-        surr = scipy.fft.irfft(phased, n=m, axis=-1)
         amp, beta = rotation_spectrum(xs, ys)
-        shift = 2.0 * np.pi * (uniform[:, :, 1] - uniform[:, :, 0])
-        quad = quadrature(amp[:, None], beta[:, None] + shift)
+        quad = np.empty((nw, k))
+        _apply_phases(spec, index, m % 2 == 0, amp, beta, PHASE_COS, PHASE_SIN, phased, quad)
+        surr = scipy.fft.irfft(phased, n=m, axis=-1)
     else:
         surr = np.empty((nw, k, 2, m))
         for i in range(nw):
