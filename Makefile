@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean fixtures-check update-expected
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ lint: setup
 # Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py
+
+# The fixture stores regenerate bit for bit (also a slow test).
+fixtures-check: setup
+	$(BIN)/python fixtures/make_fixtures.py --check
+
+# Rewrite fixtures/expected/*.json after an intended change of an analysis's numbers; review the
+# diff before committing. Never run automatically.
+update-expected: setup
+	$(BIN)/python fixtures/make_fixtures.py --update-expected
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache
