@@ -505,13 +505,17 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
     ds["diverged_step"] = (("run",), _lazy((n,), np.int64, (rc,)))
     n_snap = tr.snapshot_steps.size
     if n_snap:
-        # one chunk per snapshot along `snapshot`, so every training chunk writes whole chunks
-        chunks["snapshot"] = 1
+        # Every training chunk must write whole zarr chunks along `snapshot`: when the snapshot
+        # stride divides the updates of a training chunk, a zarr chunk holds that chunk's
+        # snapshots (fewer, larger reads); otherwise one snapshot per zarr chunk.
+        span = tr.rows * plan.record_every
+        per_chunk = span // plan.snapshot_every if span % plan.snapshot_every == 0 else 1
+        chunks["snapshot"] = max(1, min(per_chunk, n_snap))
         ds = ds.assign_coords(snapshot=("snapshot", tr.snapshot_steps))
         for name in _TRAJ:
             ds[f"{name}_snapshot"] = (
                 ("run", "snapshot", "param_all"),
-                _lazy((n, n_snap, n_all), sd, (rc, 1, n_all)),
+                _lazy((n, n_snap, n_all), sd, (rc, chunks["snapshot"], n_all)),
             )
     return ds, chunks
 

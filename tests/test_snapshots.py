@@ -88,3 +88,18 @@ def test_block_training_writes_snapshots(tmp_path):
     blocks = finish_store(plan, tmp_path / "blocks.zarr")
     for name in ("theta_snapshot", "m_snapshot", "v_snapshot"):
         np.testing.assert_array_equal(blocks[name].values, whole[name].values)
+
+
+def test_snapshot_chunks_follow_training_chunks(data, tmp_path):
+    # 600 updates in training chunks of 200 (chunk_rows) and a snapshot every 50: four snapshots
+    # per zarr chunk; a stride that does not divide the chunk falls back to one per chunk
+    from geomtraj.experiment import plan_from_config
+    from geomtraj.train import train_plan
+
+    for every, expected in ((50, 4), (70, 1)):
+        cfg = {
+            "steps": 600, "record_params": 3, "snapshot_every": every, "chunk_rows": 200,
+            "data": {"name": "sincos", "n_points": 32}, "model": {"hidden": ["4x3"]},
+        }  # fmt: skip
+        ds = train_plan(plan_from_config(cfg), tmp_path / f"s{every}.zarr")
+        assert ds["theta_snapshot"].encoding["chunks"][1] == expected
