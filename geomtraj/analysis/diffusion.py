@@ -688,6 +688,13 @@ def _one_run(run: RunData, params, lag_rows, i, scal, curves, phase) -> str:
     if run.iteration.size == 0 or steps.size == 0:
         return "no finite recorded rows"
     start = convergence_window(run.train_loss, run.iteration, params)
+    if start <= run.iteration[0]:
+        # the loss is within loss_factor of its final level from the first step on: no descent,
+        # so no converged segment to speak of (a run that diverges before converging, say)
+        return (
+            f"the loss never fell by a factor {params.loss_factor:g} towards its final level: "
+            "no post-convergence segment"
+        )
     rows = steps >= start
     theta = run.theta[rows]
     n = theta.shape[0]
