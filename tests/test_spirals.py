@@ -250,7 +250,6 @@ def test_accuracy_on_the_labelled_set():
     assert twisted >= 0.90
 
 
-@pytest.mark.slow
 def test_accuracy_at_benchmark_size():
     """400 x 64 windows, 60 of each kind (540 windows), a set the thresholds never saw."""
     by_kind = _classify_set(make_set(60, seed=2026, n_steps=400, n_params=64))
