@@ -564,7 +564,7 @@ def convergence_window(
 
 
 def _progress_callback(progress, total: int):
-    """``progress``: None/False (silent), True (tqdm bar) or a callable taking each run index."""
+    """``progress``: None/False (silent), True (a tqdm bar) or a callable called with 1 per run."""
     if callable(progress):
         return progress, lambda: None
     if progress:
@@ -656,7 +656,7 @@ def analyze(
     try:
         for i, r in enumerate(indices):
             notes[i] = _one_run(RunData(ds, r), params, lag_rows, i, scal, curves, phase)
-            tick(r)
+            tick(1)
     finally:
         close()
     data = {k: (("run",), v) for k, v in scal.items()}

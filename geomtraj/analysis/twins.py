@@ -552,7 +552,7 @@ _SCALARS = (
 
 
 def _progress_callback(progress, total: int):
-    """``progress``: None/False (silent), True (tqdm bar) or a callable taking each run index."""
+    """``progress``: None/False (silent), True (a tqdm bar) or a callable called with 1 per run."""
     if callable(progress):
         return progress, lambda: None
     if progress:
@@ -642,7 +642,7 @@ def analyze(
                 curves_l2[i, keep] = l2[pick[keep]]
                 curves_l1[i, keep] = l1[pick[keep]]
             rows.append((run, out))
-            tick(r)
+            tick(1)
     finally:
         close()
     return _to_dataset(indices, rows, div_step, curves_l2, curves_l1, params)
