@@ -383,10 +383,12 @@ def test_blocks_of_runs_concatenate(bursting_store):
 def test_report_is_json_and_follows_contract_4(bursting_store):
     res = sp.analyze(bursting_store)
     rep = json.loads(json.dumps(sp.report(res)))
+    names = set(sp.windows_table(res)["pair_x"]) | set(sp.windows_table(res)["pair_y"])
     for r in ("0", "1"):
         entry = rep["runs"][r]["spirals"]
         assert {"n_windows", "n_spirals", "n_double", "n_twisted"} <= set(entry)
-        assert entry["n_spirals"] <= entry["n_windows"]
+        assert isinstance(entry["n_spirals"], int) and entry["n_spirals"] <= entry["n_windows"]
+        assert len(entry["pair"]) == 2 and set(entry["pair"]) <= names
     assert len(rep["spiral_windows"]) == int(res["n_spirals"].sum())
     assert all(row["is_spiral"] for row in rep["spiral_windows"])
 

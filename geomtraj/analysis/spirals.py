@@ -878,14 +878,14 @@ def analyze_run(
     """Spiral windows of one run (:class:`~geomtraj.analysis.base.RunData`).
 
     Returns ``{"table": {column: array}, "n_windows", "n_spirals", "n_double", "n_twisted",
-    "n_windows_quiet", "n_spirals_quiet", "n_windows_burst", "n_spirals_burst", "pair_x",
-    "pair_y", "note"}``. Counts are None when the run cannot be measured (``note`` says why).
+    "n_windows_quiet", "n_spirals_quiet", "n_windows_burst", "n_spirals_burst", "run_pair_x",
+    "run_pair_y", "note"}``. Counts are None when the run cannot be measured (``note`` says why).
     Window steps (``start``, ``end``, ``active_start``, ``peak``, ``active_end``) are optimizer
     steps; ``pair_x``/``pair_y`` hold parameter names.
     """
     from geomtraj.analysis.events import BurstParams, run_bursts
 
-    out = {"table": {}, "pair_x": "", "pair_y": "", "note": ""}
+    out = {"table": {}, "run_pair_x": "", "run_pair_y": "", "note": ""}
     counts = (
         "n_windows",
         "n_spirals",
@@ -978,10 +978,10 @@ def analyze_run(
     # the run's raw pair: the named one, or the two parameters with the largest burst amplitude
     # (residual energy summed over the run's windows)
     if pair is not None:
-        out["pair_x"], out["pair_y"] = pair
+        out["run_pair_x"], out["run_pair_y"] = pair
     elif len(spans):
         top = np.argsort(-energy, kind="stable")[:2]
-        out["pair_x"], out["pair_y"] = names[top[0]], names[top[1]]
+        out["run_pair_x"], out["run_pair_y"] = names[top[0]], names[top[1]]
     if not len(spans):
         out["note"] = f"no {'bursts' if windows == 'bursts' else 'windows'} to analyse"
     return out
@@ -1039,12 +1039,12 @@ def analyze(
     Returns
     -------
     xarray.Dataset
-        Per run (dim ``run``): the counts of :data:`RUN_VARIABLES`, ``pair_x``/``pair_y`` (the
-        run's raw pair) and ``note``. Per window (dims ``(run, window)``, padded beyond each run's
-        ``n_windows``): :data:`WINDOW_COLUMNS` and :data:`QUANTITIES`. Blocks of runs concatenate
-        with ``xarray.concat(blocks, dim="run", join="outer")`` (their ``window`` lengths differ;
-        :func:`concat` does this), and :func:`windows_table` turns any result into one row per
-        window.
+        Per run (dim ``run``): the counts of :data:`RUN_VARIABLES`, ``run_pair_x``/``run_pair_y``
+        (the run's raw pair) and ``note``. Per window (dims ``(run, window)``, padded beyond each
+        run's ``n_windows``): :data:`WINDOW_COLUMNS` and :data:`QUANTITIES`. Blocks of runs
+        concatenate with ``xarray.concat(blocks, dim="run", join="outer")`` (their ``window``
+        lengths differ; :func:`concat` does this), and :func:`windows_table` turns any result
+        into one row per window.
     """
     import xarray as xr
 
@@ -1065,9 +1065,9 @@ def analyze(
         if all(v is not None for v in vals):
             data[key] = ("run", np.array(vals, dtype=np.int64))
         else:
+            # a run that could not be measured has None: NaN, and the column becomes float
             data[key] = ("run", np.array([np.nan if v is None else v for v in vals], float))
-        data[key][1].flags.writeable = True
-    for key in ("pair_x", "pair_y", "note"):
+    for key in ("run_pair_x", "run_pair_y", "note"):
         data[key] = ("run", np.array([r[key] for r in rows], dtype=object))
     for col in (*WINDOW_COLUMNS, *QUANTITIES):
         sample = next((r["table"][col][0] for r in rows if r["table"].get(col)), 0.0)
@@ -1156,7 +1156,7 @@ def report(result) -> dict:
         entry = {}
         for key in ("n_windows", "n_spirals", "n_double", "n_twisted"):
             entry[key] = _json_value(r[key].values)
-        entry["pair"] = [str(r["pair_x"].values), str(r["pair_y"].values)]
+        entry["pair"] = [str(r["run_pair_x"].values), str(r["run_pair_y"].values)]
         if result.attrs.get("windows") == "sliding":
             entry["quiet"] = {
                 "n_windows": _json_value(r["n_windows_quiet"].values),
