@@ -18,6 +18,7 @@ into their own regions of one store (see :func:`geomtraj.train.train_block`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import multiprocessing
 import operator
@@ -76,11 +77,16 @@ class AnalyzeParams:
     overview_points : int
         Points per run kept for the report's overview figure of the loss. 1000 resolves the
         bursts of a 20000-step run to 20 steps while the figure stays small.
+    overview_total_points : int
+        Cap on the overview points of all runs together (16 bytes each in the parent process):
+        2 million, 32 MB, so that a grid of 10^4 runs keeps 200 points per run instead of
+        160 MB of samples.
     """
 
     min_finite_steps: int = 2
     memory_budget_bytes: int = 256 * 2**20
     overview_points: int = 1000
+    overview_total_points: int = 2_000_000
 
 
 # ------------------------------------------------------------------------------- analyses
@@ -773,6 +779,10 @@ def run_analyses(
     picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
     select_steps(ds, steps)  # raises early for an empty step range
     blocks = plan_blocks(ds, picked)
+    per_run_points = max(
+        2, min(params.overview_points, params.overview_total_points // len(picked))
+    )
+    params = dataclasses.replace(params, overview_points=per_run_points)
     task_registry = None if registry is None else {k: m.__name__ for k, m in mods.items()}
     args = (names, steps, params, analysis_params, task_registry)
 
@@ -806,6 +816,7 @@ def run_analyses(
                 for fut in as_completed(futures, loop=client.loop):
                     collect(fut.result())
             finally:
+                client.cancel(futures)  # on an error or Ctrl-C, stop the rest
                 client.close()
         elif jobs > 1 and len(blocks) > 1:
             with ProcessPoolExecutor(
@@ -923,6 +934,7 @@ def train_distributed(
                 bar.update(len(futures[fut]))
         finally:
             bar.close()
+            client.cancel(list(futures))  # on an error or Ctrl-C, stop the rest
     finally:
         client.close()
     return finish_store(plan, path)
