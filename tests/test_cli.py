@@ -50,9 +50,13 @@ def test_train_info_analyze(tmp_path, capsys) -> None:
     assert main(["info", str(store)]) == 0
     out = capsys.readouterr().out
     assert "8 runs x 40 steps" in out and "scale:k=3" in out
-    assert main(["analyze", str(store)]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
-    assert len(rows) == 2 + 8 and "scale:k=3" in rows[-1]
+    assert main(["analyze", str(store), "--out", str(tmp_path / "report")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    # the summary table has one row per run, starting with its index, last column perturbation
+    rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(8))
+    assert rows[-1][-1] == "scale:k=3"
+    assert (tmp_path / "report" / "report.json").is_file()
 
 
 BAD_CONFIGS = {
