@@ -1,9 +1,9 @@
 """Named constants and numba flag sets, in one place.
 
-Nothing else in geomtraj hard-codes ``fastmath=``: kernels import their flag sets from here. Training
-thresholds live here too; each analysis keeps its thresholds in one documented, frozen ``*Params``
-dataclass at the top of its module (``geomtraj.analysis.events.BurstParams``, ...), so that a reader
-finds every numerical choice of an analysis in one place.
+Nothing else in geomtraj hard-codes ``fastmath=``: kernels import their flag sets from here.
+Training thresholds live here too; each analysis keeps its thresholds in one documented, frozen
+``*Params`` dataclass at the top of its module (``geomtraj.analysis.events.BurstParams``, ...), so
+that a reader finds every numerical choice of an analysis in one place.
 """
 
 from __future__ import annotations
