@@ -145,7 +145,7 @@ def slow_period(onsets: np.ndarray, params: PeriodParams = PeriodParams()) -> Sl
     n = intervals.size
     if n < params.min_intervals:
         return SlowPeriod(
-            None, None, n, f"{n + 1 if onsets.size else 0} bursts; need {params.min_intervals + 1}"
+            None, None, n, f"{n + 1 if onsets.size else 0} bursts, need {params.min_intervals + 1}"
         )
     rng = np.random.default_rng(params.seed)
     ci = block_bootstrap_median(intervals, params.n_boot, params.ci_level, rng)
@@ -189,7 +189,7 @@ def spectral_period(
     n = x.size
     empty = np.zeros(0)
     if n < 16 or not np.all(np.isfinite(x)):
-        return Spectrum(empty, empty, None, f"{n} finite samples; too short for a spectrum")
+        return Spectrum(empty, empty, None, f"{n} finite samples, too short for a spectrum")
     nperseg = int(min(params.welch_segment, n))
     freq, power = sps.welch(
         x,
@@ -257,7 +257,7 @@ def efold_times(
             times[i] = -1.0 / slope
     good = times[np.isfinite(times)]
     if good.size < 2:
-        return EfoldTimes(times, None, None, f"{good.size} bursts with a measurable decay; need 2")
+        return EfoldTimes(times, None, None, f"{good.size} bursts with a measurable decay, need 2")
     rng = np.random.default_rng(params.seed)
     boot = np.median(rng.choice(good, size=(params.n_boot, good.size)), axis=1)
     return EfoldTimes(times, float(np.median(good)), _percentile_ci(boot, params.ci_level))
@@ -674,6 +674,12 @@ def report(result: xr.Dataset, params: PeriodParams = PeriodParams()) -> dict:
     for i, run in enumerate(result["run"].values):
         r = result.isel(run=i)
         note = str(r["note"].values)
+        # notes are "section: reason"; each goes into the section whose value it explains
+        by_section: dict[str, list[str]] = {}
+        for part in filter(None, note.split("; ")):
+            head, _, text = part.partition(": ")
+            section = {"flip": "fast"}.get(head, head)
+            by_section.setdefault(section, []).append(text if head != "flip" else part)
         entry = {
             "n_bursts": int(r["n_bursts"]),
             "n_bursts_loss": int(r["n_bursts_loss"]),
@@ -700,6 +706,9 @@ def report(result: xr.Dataset, params: PeriodParams = PeriodParams()) -> dict:
                 "quiet_g2_over_v": _num(r["quiet_g2_over_v"]),
             },
         }
+        for section, texts in by_section.items():
+            if section in entry:
+                entry[section]["note"] = "; ".join(texts)
         if note:
             entry["note"] = note
         runs[int(run)] = entry

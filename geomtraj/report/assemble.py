@@ -294,7 +294,7 @@ def build_report(
             sec = entry[key]
             if (
                 isinstance(sec, dict)
-                and any(v is None for v in sec.values())
+                and any(v is None for k, v in sec.items() if k != "note")
                 and not sec.get("note")
             ):
                 sec["note"] = f"{RUN_SECTION_OWNER[key]} left this unmeasured without a reason"
@@ -329,7 +329,9 @@ def build_report(
                 continue
             val = to_jsonable(val)
             if isinstance(val, dict) and isinstance(doc.get(key), dict):
-                _merge(doc[key], val)
+                # a sub-section the analysis provides replaces its default whole (the default's
+                # "not reported" note must not survive next to real values)
+                doc[key].update(val)
             else:
                 doc[key] = val
     doc["errors"] = to_jsonable(errors)
