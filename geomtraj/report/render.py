@@ -78,8 +78,18 @@ def fmt(x, digits: int = 4) -> str:
 
 
 def _grid_rows(doc: Mapping) -> list[tuple[str, dict]]:
+    """Grid tests, each pooled and then per precision (``by_precision``), so that float32 and
+    float64 read apart."""
     grid = doc.get("grid") or {}
-    return [(k, v) for k, v in grid.items() if isinstance(v, Mapping)]
+    rows = []
+    for k, v in grid.items():
+        if not isinstance(v, Mapping):
+            continue
+        rows.append((k, v))
+        for prec, sub in (v.get("by_precision") or {}).items():
+            if isinstance(sub, Mapping):
+                rows.append((f"{k} ({prec})", sub))
+    return rows
 
 
 # ---------------------------------------------------------------------------------- terminal
