@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
 
-.PHONY: setup demo test lint bench clean fixtures-check update-expected
+.PHONY: setup demo test lint bench clean fixtures-check update-expected chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ demo: setup
 	$(BIN)/geomtraj info $(OUT)/demo.zarr
 	$(BIN)/geomtraj analyze $(OUT)/demo.zarr --out $(OUT)/demo-report
 
-test: setup
+# The HTML rendering test (tests/test_html_render.py) needs headless Chromium: install the Debian
+# package where this user may (root, or sudo without a password); otherwise the test is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); command -v apt-get >/dev/null 2>&1 && \
+	  $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	echo "note: Chromium not installed; the HTML rendering test will be skipped"
+
+test: setup chromium
 	$(BIN)/python -m pytest -q
 
 lint: setup
