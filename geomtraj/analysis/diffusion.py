@@ -120,6 +120,7 @@ from scipy.ndimage import median_filter
 from scipy.signal import fftconvolve
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
 
@@ -818,31 +819,13 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12)
 
     One PNG per ``per_figure`` runs: ``diffusion_msd_<k>.png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     lags = result["lag"].values.astype(float)
     idx = np.arange(result.sizes["run"])
-    paths = []
-    for k0 in range(0, idx.size, per_figure):
-        chunk = idx[k0 : k0 + per_figure]
-        ncol = min(4, chunk.size)
-        nrow = int(np.ceil(chunk.size / ncol))
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
-        for ax in axes.flat[chunk.size :]:
-            ax.set_visible(False)
-        for ax, i in zip(axes.flat, chunk, strict=False):
-            _draw_msd(ax, result, int(i), lags)
-        fig.tight_layout()
-        p = outdir / f"diffusion_msd_{k0 // per_figure}.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        paths.append(p)
-    return paths
+    return panel_pages(
+        idx, lambda ax, i: _draw_msd(ax, result, i, lags), outdir, "diffusion_msd", per_figure
+    )
 
 
 def _draw_msd(ax, result, i, lags):

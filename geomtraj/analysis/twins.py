@@ -56,6 +56,7 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
 #: Machine epsilon (spacing of the format at 1) of each precision a run can compute in.
@@ -897,22 +898,10 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     idx = np.flatnonzero(result["twin_of"].values >= 0)
-    paths = []
     steps = result["div_step"].values
-    for k0 in range(0, idx.size, per_figure):
-        chunk = idx[k0 : k0 + per_figure]
-        ncol = min(4, chunk.size)
-        nrow = int(np.ceil(chunk.size / ncol))
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False)
-        for ax in axes.flat[chunk.size :]:
-            ax.set_visible(False)
-        for ax, i in zip(axes.flat, chunk, strict=False):
-            _draw_twin(ax, result, int(i), steps)
-        fig.tight_layout()
-        p = outdir / f"twins_divergence_{k0 // per_figure}.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        paths.append(p)
+    paths = panel_pages(
+        idx, lambda ax, i: _draw_twin(ax, result, i, steps), outdir, "twins_divergence", per_figure
+    )
     if idx.size:
         paths.append(_overview(plt, result, idx, steps, outdir))
     return paths
