@@ -19,7 +19,6 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
-import geomtraj.accessor  # noqa: F401  (a store opened here has the ds.geomtraj accessor)
 from geomtraj.config import ZARR_CONSOLIDATED
 from geomtraj.errors import StoreError
 

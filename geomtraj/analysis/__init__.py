@@ -30,7 +30,6 @@ import types
 
 import xarray as xr
 
-import geomtraj.accessor  # noqa: F401  (registers the ds.geomtraj accessor)
 from geomtraj.analysis.base import RunData, iter_runs
 
 #: Names of the analyses, in report order, with the module that implements each.
