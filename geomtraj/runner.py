@@ -896,25 +896,10 @@ def train_distributed(
     With ``resume``, an unfinished store of the same plan is trained again block by block (a
     block's values do not depend on where or how often it is trained).
     """
-    from geomtraj import store as store_mod
-    from geomtraj.train import create_store, finish_store, run_blocks, train_block
+    from geomtraj.train import check_resume, create_store, finish_store, run_blocks, train_block
 
     path = Path(store).absolute()
-    if path.exists():
-        if not resume:
-            raise StoreError(
-                f"{path} already exists; choose another --out, or --resume to continue it"
-            )
-        attrs = store_mod.read_attrs(path)
-        if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
-            raise StoreError(f"{path} is already complete; nothing to resume")
-        if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
-            raise StoreError(
-                f"{path} was started from a different config; cannot resume it with this one"
-            )
-    else:
-        if resume:
-            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
+    if not check_resume(plan, path, resume):
         plan.validate()
     client = _connect(scheduler)
     try:

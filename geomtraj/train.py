@@ -664,29 +664,41 @@ def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int) -> None:
     os.replace(tmp, final)
 
 
+def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
+    """Whether ``path`` holds an unfinished store of ``plan`` to continue (``--resume``).
+
+    Raises
+    ------
+    StoreError
+        When the store exists without ``resume``, is complete, comes from another plan, or does
+        not exist although ``resume`` was asked for.
+    """
+    if not path.exists():
+        if resume:
+            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
+        return False
+    if not resume:
+        raise StoreError(f"{path} already exists; choose another --out, or --resume to continue it")
+    attrs = store_mod.read_attrs(path)
+    if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
+        raise StoreError(f"{path} is already complete; nothing to resume")
+    if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
+        raise StoreError(
+            f"{path} was started from a different config; cannot resume it with this one"
+        )
+    return True
+
+
 def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Dataset:
     plan = tr.plan
     start = 0
-    if path.exists():
-        if not resume:
-            raise StoreError(
-                f"{path} already exists; choose another --out, or --resume to continue it"
-            )
-        attrs = store_mod.read_attrs(path)
-        if attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE:
-            raise StoreError(f"{path} is already complete; nothing to resume")
-        if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
-            raise StoreError(
-                f"{path} was started from a different config; cannot resume it with this one"
-            )
+    if check_resume(plan, path, resume):
         ckpt = store_mod.resume_path(path)
         if ckpt.exists():
             with np.load(ckpt) as saved:
                 tr.restore(saved)
                 start = int(saved["next_chunk"])
     else:
-        if resume:
-            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
         template, chunks = _template(tr)
         store_mod.create(path, template, chunks)
     bar = _Progress(len(plan.runs), plan.steps, start * tr.rows * plan.record_every, progress)
