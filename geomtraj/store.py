@@ -2,7 +2,7 @@
 
 A store is a zarr v3 group written and read through xarray. geomtraj never uses consolidated
 metadata (it is not part of the v3 spec) and stores every trajectory losslessly (Blosc/zstd with
-byte shuffle: no scale factors, no bit rounding).
+byte shuffle: no scale factors, no bit rounding), with a CRC32C checksum per chunk.
 
 Writes follow xarray's documented safe pattern for long runs: the full-size template is created
 first (``to_zarr(compute=False)``), then whole chunks are written with ``region=`` slices that align
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from geomtraj.config import ZARR_CONSOLIDATED
 from geomtraj.errors import StoreError
@@ -54,8 +54,10 @@ PRECISIONS = ("float64", "float32", "bfloat16", "float16")
 STATUS_TRAINING = "training"
 STATUS_COMPLETE = "complete"
 
-#: Lossless codec for every array.
-COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),)
+#: Lossless codecs for every array: Blosc/zstd with byte shuffle, then a CRC32C checksum of each
+#: chunk, so that a damaged chunk is an error on read instead of a silently wrong value (a flipped
+#: bit inside a compressed block can still decode).
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
 
 
 def resume_path(path: str | os.PathLike) -> Path:

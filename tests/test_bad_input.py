@@ -125,6 +125,17 @@ def _garbled_chunk(tmp):
     return ["analyze", str(s)], "cannot decode update_norm runs 8-10"
 
 
+def _flipped_bit(tmp):
+    # one bit flipped inside a chunk: the compressed block may still decode, to wrong values;
+    # the per-chunk checksum turns it into an error
+    s = copy_store(tmp / "s.zarr")
+    f = chunk_files(s, "theta")[0]
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+    return ["analyze", str(s)], "checksum"
+
+
 def _damaged_run_table(tmp):
     s = copy_store(tmp / "s.zarr")
     chunk_files(s, "beta2")[0].unlink()  # reads back as the fill value, NaN
@@ -177,7 +188,8 @@ EXIT_2 = {
     for f in (
         _missing, _not_zarr, _a_file, _plain_zarr, _wrong_schema, _unfinished,
         _missing_variable, _broken_metadata, _deleted_chunk, _empty_chunk, _truncated_chunk,
-        _garbled_chunk, _damaged_run_table, _mixed_precisions, _zero_steps, _empty_step_range,
+        _garbled_chunk, _flipped_bit, _damaged_run_table, _mixed_precisions, _zero_steps,
+        _empty_step_range,
         _bad_runs, _bad_analysis, _bad_jobs, _info_deleted_chunk, _plot_empty_run, _plot_bad_kind,
     )
 }  # fmt: skip
