@@ -223,9 +223,10 @@ def test_encoding_is_lossless(mixed_store):
         meta = json.loads((arr / "zarr.json").read_text())
         assert meta["node_type"] == "array"
         codecs = [c["name"] for c in meta["codecs"]]
-        # one serializer, then only Blosc: no filters, no quantising or bit-rounding codecs
+        # one serializer, then exactly Blosc and a CRC32C checksum: no filters, no quantising or
+        # bit-rounding codecs
         assert codecs[0] in ("bytes", "vlen-utf8", "vlen-bytes"), (arr.name, codecs)
-        assert codecs[1:] and all(c == "blosc" for c in codecs[1:]), (arr.name, codecs)
+        assert codecs[1:] == ["blosc", "crc32c"], (arr.name, codecs)
         assert not meta.get("storage_transformers"), arr.name
         for key in ("scale_factor", "add_offset", "dtype", "units"):
             assert key not in meta.get("attributes", {}), (arr.name, key)
