@@ -181,6 +181,22 @@ def _leading_true(mask: np.ndarray) -> int:
     return int(bad[0]) if bad.size else int(mask.size)
 
 
+def progress_callback(progress, total: int, desc: str):
+    """``(tick, close)`` for an analysis's ``progress`` argument.
+
+    ``progress`` is None/False (silent), True (a tqdm bar of ``total`` runs) or a callable, which
+    ``tick`` calls with 1 per finished run, as the analysis protocol says.
+    """
+    if callable(progress):
+        return progress, lambda: None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="run")
+        return (lambda _n: bar.update(1)), bar.close
+    return (lambda _n: None), lambda: None
+
+
 def iter_runs(ds: xr.Dataset, runs=None):
     """Yield :class:`RunData` for ``runs`` (all by default), one at a time."""
     indices = range(ds.sizes["run"]) if runs is None else runs

@@ -119,7 +119,7 @@ import xarray as xr
 from scipy.ndimage import median_filter
 from scipy.signal import fftconvolve
 
-from geomtraj.analysis.base import RunData
+from geomtraj.analysis.base import RunData, progress_callback
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
@@ -564,18 +564,6 @@ def convergence_window(
 # ------------------------------------------------------------------------------ protocol
 
 
-def _progress_callback(progress, total: int):
-    """``progress``: None/False (silent), True (a tqdm bar) or a callable called with 1 per run."""
-    if callable(progress):
-        return progress, lambda: None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="diffusion", unit="run")
-        return (lambda _r: bar.update(1)), bar.close
-    return (lambda _r: None), lambda: None
-
-
 _SCALARS = (
     "window_start",
     "window_end",
@@ -653,7 +641,7 @@ def analyze(
         k: np.full((len(indices), nc), np.nan)
         for k in ("rotation", "current", "current_normalised", "explained_variance")
     }
-    tick, close = _progress_callback(progress, len(indices))
+    tick, close = progress_callback(progress, len(indices), "diffusion")
     try:
         for i, r in enumerate(indices):
             notes[i] = _one_run(RunData(ds, r), params, lag_rows, i, scal, curves, phase)

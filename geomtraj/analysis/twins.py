@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import RunData
+from geomtraj.analysis.base import RunData, progress_callback
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
@@ -552,18 +552,6 @@ _SCALARS = (
 )
 
 
-def _progress_callback(progress, total: int):
-    """``progress``: None/False (silent), True (a tqdm bar) or a callable called with 1 per run."""
-    if callable(progress):
-        return progress, lambda: None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="twins", unit="run")
-        return (lambda _r: bar.update(1)), bar.close
-    return (lambda _r: None), lambda: None
-
-
 def _final_losses(run: RunData, frac: float) -> tuple[float, float]:
     loss = run.train_loss
     if run.diverged_step is not None or loss.size == 0:
@@ -621,7 +609,7 @@ def analyze(
     all_steps = np.asarray(ds["step"].values, dtype=np.int64)
     pick = np.unique(np.linspace(0, all_steps.size - 1, params.curve_points).round().astype(int))
     div_step = all_steps[pick]
-    tick, close = _progress_callback(progress, len(indices))
+    tick, close = progress_callback(progress, len(indices), "twins")
     rows = []
     curves_l2 = np.full((len(indices), pick.size), np.nan)
     curves_l1 = np.full((len(indices), pick.size), np.nan)
