@@ -78,34 +78,6 @@ Velocity current (a detailed-balance test)
     of 15000 steps gives 2e-4 to 4e-4, with bootstrap intervals that exclude zero). Signs refer to
     directions oriented so that their largest-magnitude component is positive. The CI is a
     percentile block bootstrap over the same :attr:`~DiffusionParams.n_blocks` time blocks.
-Measured accuracy (30 realisations of 16-coordinate fBm of 20000 steps, with the exact generator
-    of tests/synth_dynamics.py)
-    Detrended ``c - 2H``: mean -0.001 (H = 0.25), -0.010 (H = 0.5), -0.053 (H = 0.75), standard
-    deviation 0.012 to 0.020. The bias at large H is what detrending costs: a superdiffusive
-    fluctuation is partly linear over the window, and one realisation cannot tell it from drift.
-    CI coverage of 2H is about 0.8 for H <= 0.5 (nominal 0.95) and poor (0.13) at H = 0.75, where
-    the bias exceeds the interval's width. Read a CI as the sampling spread of the estimate, not
-    as a guarantee about the exponent.
-Phase space
-    The detrended window is projected on its top :attr:`~DiffusionParams.n_components` principal
-    directions. Along direction ``j``, ``x_t`` is the projection and ``y_t = (x_{t+1} - x_t) / dt``
-    the velocity per step. The rotation per step is the mean signed angle between successive points
-    ``(x_t/sd(x), y_t/sd(y))`` (radians per step; positive is counter-clockwise in the (theta,
-    velocity) plane, so an oscillation, which turns clockwise there, gives a negative value, and a
-    period-2 flip gives about ±pi). The probability-current rate is ``0.5*<x_t*y_{t+1} -
-    x_{t+1}*y_t>`` (signed area swept per row, divided by ``dt^2``), also reported normalised by
-    ``sd(x)*sd(y)``. Read both with their kinematic baseline in mind: with the forward-difference
-    velocity, ``x_t*y_{t+1} - x_{t+1}*y_t = x_t*x_{t+2} - x_{t+1}^2`` exactly, so for any stationary
-    series the current is ``-MSD(2)/4`` in expectation: (theta, velocity) space turns clockwise for
-    every motion, reversible or not, because position grows where velocity is positive.
-Position-space current (detailed-balance test)
-    The signed area swept per step in the plane of the top two principal components,
-    ``0.5*<p1_t*p2_{t+1} - p1_{t+1}*p2_t>`` normalised by ``sd(p1)*sd(p2)`` (the Levy-area rate),
-    changes sign under time reversal, so it vanishes in expectation for a process in detailed
-    balance; a non-zero value is a rotational probability current in parameter space (Kunin et
-    al.'s broken detailed balance). Its sign refers to directions oriented so that their
-    largest-magnitude component is positive. Its CI is a percentile block bootstrap over the same
-    :attr:`~DiffusionParams.n_blocks` time blocks.
 """
 
 from __future__ import annotations
