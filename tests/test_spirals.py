@@ -17,7 +17,7 @@ from naive_spirals import (
     residuals,
 )
 from naive_spirals import winding_score as naive_winding_score
-from synth_spirals import KINDS, NOISE_KINDS, SPIRAL_KINDS, make_set, make_window
+from synth_spirals import KINDS, NOISE_KINDS, SPIRAL_KINDS, make_run, make_set, make_window
 
 from geomtraj.analysis import spirals as sp
 from geomtraj.errors import GeomtrajError
@@ -330,6 +330,70 @@ def test_bad_parameters_are_one_line_errors():
         sp.measure_windows(np.zeros((2, 100, 4)), keys=[1])
 
 
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "10"])
+def test_bad_max_windows_is_a_one_line_error(value):
+    with pytest.raises(GeomtrajError, match=r"max_windows=.*expected None \(every window\)"):
+        sp.WindowParams(max_windows=value)
+
+
+def test_subsample_indices_are_evenly_spaced_and_keep_both_ends():
+    assert list(sp.WindowParams().subsample(5)) == [0, 1, 2, 3, 4]
+    assert list(sp.WindowParams(max_windows=8).subsample(5)) == [0, 1, 2, 3, 4]
+    assert list(sp.WindowParams(max_windows=5).subsample(5)) == [0, 1, 2, 3, 4]
+    # linspace(0, 9, 4) = 0, 3, 6, 9; linspace(0, 10, 4) = 0, 3.33, 6.67, 10
+    assert list(sp.WindowParams(max_windows=4).subsample(10)) == [0, 3, 6, 9]
+    assert list(sp.WindowParams(max_windows=4).subsample(11)) == [0, 3, 7, 10]
+    assert list(sp.WindowParams(max_windows=1).subsample(7)) == [0]
+    assert list(sp.WindowParams(max_windows=3).subsample(0)) == []
+
+
+@pytest.fixture(scope="module")
+def many_bursts():
+    """A synthetic run of 30 flipped bursts, and its full analyses (burst and sliding windows)."""
+    run = make_run(30, seed=1, run=3)
+    full = {
+        "bursts": sp.analyze_run(run),
+        "sliding": sp.analyze_run(run, windows="sliding", window_params=sp.WindowParams(
+            sliding_steps=100, stride=70)),
+    }  # fmt: skip
+    return run, full
+
+
+@pytest.mark.parametrize("windows", ["bursts", "sliding"])
+@pytest.mark.parametrize("k", [1, 2, 7, 30, 500])
+def test_max_windows_analyses_an_evenly_spaced_subset(many_bursts, windows, k):
+    run, full = many_bursts
+    wp = sp.WindowParams(max_windows=k)
+    if windows == "sliding":
+        wp = sp.WindowParams(sliding_steps=100, stride=70, max_windows=k)
+    part = sp.analyze_run(run, windows=windows, window_params=wp)
+    n = full[windows]["n_windows"]
+    assert n == (30 if windows == "bursts" else 65)  # 30 bursts; (4650 - 20 - 100) // 70 + 1
+    keep = np.unique(np.round(np.linspace(0, n - 1, k)).astype(int))
+    assert part["n_windows"] == len(part["table"]["start"]) == min(k, n)
+    assert part["n_windows_total"] == full[windows]["n_windows_total"] == n
+    assert part["table"]["start"] == [full[windows]["table"]["start"][i] for i in keep]
+    # every per-window value, surrogate p-values included, is that of the full analysis
+    for col in (*sp.WINDOW_COLUMNS, *sp.QUANTITIES):
+        want = [full[windows]["table"][col][i] for i in keep]
+        np.testing.assert_array_equal(np.array(part["table"][col]), np.array(want), err_msg=col)
+    # the counts are of the analysed windows
+    spiral = np.array(part["table"]["is_spiral"])
+    assert part["n_spirals"] == spiral.sum()
+    assert part["n_windows_burst"] == np.sum(np.array(part["table"]["burst_overlap"]) > 0)
+    assert part["n_windows_quiet"] == np.sum(part["table"]["quiet"])
+
+
+def test_max_windows_none_analyses_every_window(many_bursts):
+    run, full = many_bursts
+    assert full["bursts"]["n_windows"] == full["bursts"]["n_windows_total"] == 30
+    # the 30 synthetic bursts are flipped spirals, each found in its own window
+    assert full["bursts"]["n_double"] == 30
+    table = full["bursts"]["table"]
+    assert np.all(np.array(table["start"]) < run.info["peaks"])
+    assert np.all(run.info["peaks"] < np.array(table["end"]))
+
+
 def test_twist_rule_plane_or_rate_marks_every_spiral_twisted():
     by_kind = _classify_set(
         make_set(4, seed=9, n_steps=200, n_params=12, kinds=("damped", "double")),
@@ -391,6 +455,25 @@ def test_report_is_json_and_follows_contract_4(bursting_store):
         assert len(entry["pair"]) == 2 and set(entry["pair"]) <= names
     assert len(rep["spiral_windows"]) == int(res["n_spirals"].sum())
     assert all(row["is_spiral"] for row in rep["spiral_windows"])
+
+
+def test_report_of_subsampled_windows_holds_the_total(bursting_store):
+    import jsonschema
+
+    from geomtraj.report import load_schema
+
+    full = sp.report(sp.analyze(bursting_store))
+    assert all("n_windows_total" not in e["spirals"] for e in full["runs"].values())
+    res = sp.analyze(bursting_store, window_params=sp.WindowParams(max_windows=3))
+    assert json.loads(res.attrs["window_params"])["max_windows"] == 3
+    rep = json.loads(json.dumps(sp.report(res)))
+    schema = load_schema()
+    entry_schema = {"$defs": schema["$defs"], **schema["$defs"]["run"]["properties"]["spirals"]}
+    for r in ("0", "1"):
+        entry = rep["runs"][r]["spirals"]
+        assert entry["n_windows"] == 3
+        assert entry["n_windows_total"] == full["runs"][int(r)]["spirals"]["n_windows"] > 3
+        jsonschema.validate(entry, entry_schema)
 
 
 def test_sliding_windows_split_quiet_and_burst(bursting_store):

@@ -777,12 +777,22 @@ class WindowParams:
     stride : int or None
         Steps between the starts of successive sliding windows (default ``sliding_steps``, windows
         that do not overlap, so counts are of independent stretches).
+    max_windows : int or None
+        ``None`` (default) analyses every window of a run. ``N`` analyses at most ``N`` windows
+        per run (burst or sliding), evenly spaced over the run's windows in time order: indices
+        ``unique(round(linspace(0, n - 1, N)))`` of the ``n`` windows, so the first and (for
+        ``N >= 2``) the last are kept. The subset is chosen before any measurement, so the cost
+        of a run scales with ``N``; each kept window is measured exactly as in the full analysis
+        (its surrogates are seeded by its run and first step), and the run's counts are of the
+        analysed windows, with ``n_windows_total`` counting them all: a spiral prevalence
+        estimated from a subsample of each long run (hundreds of bursts).
     """
 
     burst_margin: int = 21
     max_steps: int = 1000
     sliding_steps: int = 200
     stride: int | None = None
+    max_windows: int | None = None
 
     def __post_init__(self) -> None:
         if self.burst_margin < 0 or self.max_steps < 8 or self.sliding_steps < 8:
@@ -792,6 +802,21 @@ class WindowParams:
             )
         if self.stride is not None and self.stride < 1:
             raise GeomtrajError(f"stride={self.stride}; expected >= 1 step (or None)")
+        if self.max_windows is not None and (
+            isinstance(self.max_windows, bool)
+            or not isinstance(self.max_windows, int | np.integer)
+            or self.max_windows < 1
+        ):
+            raise GeomtrajError(
+                f"max_windows={self.max_windows!r}; expected None (every window) or an integer "
+                ">= 1 (windows analysed per run)"
+            )
+
+    def subsample(self, n_windows: int) -> np.ndarray:
+        """Indices of the windows analysed among a run's ``n_windows`` (see ``max_windows``)."""
+        if self.max_windows is None or n_windows <= self.max_windows:
+            return np.arange(n_windows)
+        return np.unique(np.round(np.linspace(0, n_windows - 1, self.max_windows)).astype(int))
 
 
 def burst_spans(
@@ -877,17 +902,22 @@ def analyze_run(
 ) -> dict:
     """Spiral windows of one run (:class:`~geomtraj.analysis.base.RunData`).
 
-    Returns ``{"table": {column: array}, "n_windows", "n_spirals", "n_double", "n_twisted",
-    "n_windows_quiet", "n_spirals_quiet", "n_windows_burst", "n_spirals_burst", "run_pair_x",
-    "run_pair_y", "note"}``. Counts are None when the run cannot be measured (``note`` says why).
-    Window steps (``start``, ``end``, ``active_start``, ``peak``, ``active_end``) are optimizer
-    steps; ``pair_x``/``pair_y`` hold parameter names.
+    Returns ``{"table": {column: array}, "n_windows", "n_windows_total", "n_spirals",
+    "n_double", "n_twisted", "n_windows_quiet", "n_spirals_quiet", "n_windows_burst",
+    "n_spirals_burst", "run_pair_x", "run_pair_y", "note"}``. Counts are None when the run cannot
+    be measured (``note`` says why). Window steps (``start``, ``end``, ``active_start``, ``peak``,
+    ``active_end``) are optimizer steps; ``pair_x``/``pair_y`` hold parameter names.
+
+    With ``window_params.max_windows``, only an evenly spaced subset of the run's windows is
+    measured (:meth:`WindowParams.subsample`); every count but ``n_windows_total`` (all windows
+    cut from the run) is of the analysed windows, and so is the run's raw pair.
     """
     from geomtraj.analysis.events import BurstParams, run_bursts
 
     out = {"table": {}, "run_pair_x": "", "run_pair_y": "", "note": ""}
     counts = (
         "n_windows",
+        "n_windows_total",
         "n_spirals",
         "n_double",
         "n_twisted",
@@ -921,6 +951,9 @@ def analyze_run(
         spans = sliding_spans(first, last, params, window_params)
     else:
         raise GeomtrajError(f"windows={windows!r}; expected 'bursts' or 'sliding'")
+    n_total = len(spans)
+    # subsample before any measurement, so the cost scales with max_windows
+    spans = spans[window_params.subsample(n_total)]
     if pair is not None:
         missing = [p for p in pair if p not in names]
         if missing or len(pair) != 2 or pair[0] == pair[1]:
@@ -967,6 +1000,7 @@ def analyze_run(
     inburst = np.array(table["burst_overlap"]) > 0
     out.update(
         n_windows=len(spans),
+        n_windows_total=n_total,
         n_spirals=int(spiral.sum()),
         n_double=int(np.sum(table["is_double"])),
         n_twisted=int(np.sum(table["is_twisted"])),
@@ -990,6 +1024,7 @@ def analyze_run(
 #: Per-run variables of :func:`analyze`'s result, with their meaning.
 RUN_VARIABLES = {
     "n_windows": "windows analysed",
+    "n_windows_total": "windows cut from the run, before subsampling (WindowParams.max_windows)",
     "n_spirals": "windows classified spiral (any label but noise)",
     "n_double": "spirals with two counter-phase arms or an outward then inward arm",
     "n_twisted": "spirals whose best-fit plane turns",
@@ -1146,16 +1181,22 @@ def report(result) -> dict:
 
     ``runs[i]["spirals"]`` holds ``n_windows``, ``n_spirals``, ``n_double``, ``n_twisted``, the
     run's raw ``pair``, and for sliding windows the split ``quiet``/``burst`` (windows, spirals);
-    counts are None with a ``note`` when the run could not be measured. ``spiral_windows`` lists
-    every window classified as a spiral, with every measured quantity (the full table of all
-    windows is :func:`windows_table`).
+    counts are None with a ``note`` when the run could not be measured. When the windows were
+    subsampled (``WindowParams.max_windows`` set), every run also holds ``n_windows_total``, the
+    number of windows before subsampling, and the counts are of the analysed windows.
+    ``spiral_windows`` lists every window classified as a spiral, with every measured quantity
+    (the full table of all windows is :func:`windows_table`).
     """
+    window_params = json.loads(result.attrs.get("window_params") or "{}")
+    subsampled = window_params.get("max_windows") is not None and "n_windows_total" in result
     runs = {}
     for i, run in enumerate(result["run"].values):
         r = result.isel(run=i)
         entry = {}
         for key in ("n_windows", "n_spirals", "n_double", "n_twisted"):
             entry[key] = _json_value(r[key].values)
+        if subsampled:
+            entry["n_windows_total"] = _json_value(r["n_windows_total"].values)
         entry["pair"] = [str(r["run_pair_x"].values), str(r["run_pair_y"].values)]
         if result.attrs.get("windows") == "sliding":
             entry["quiet"] = {
