@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
 
-.PHONY: setup demo test lint bench clean fixtures-check update-expected chromium
+.PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
+        study-netay study-betas study-twins studies
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,16 @@ test: setup chromium
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Reproduction studies (studies/NAME/): train at the papers' scale, analyse, judge the claims and
+# regenerate docs/RESULTS.md. A complete store is reused and an interrupted one resumed, so rerunning
+# after an interruption loses nothing. SCALE=small runs the reduced grids (out/studies/small/).
+SCALE ?= full
+JOBS  ?= 2
+study-netay study-betas study-twins: study-%: setup
+	$(BIN)/geomtraj study $* --scale $(SCALE) --jobs $(JOBS)
+
+studies: study-netay study-betas study-twins
 
 # Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
 bench: setup

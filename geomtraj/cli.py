@@ -17,41 +17,18 @@ import numpy as np
 from geomtraj import __version__
 from geomtraj.errors import GeomtrajError
 
-#: Network-steps per second on one core for a (12,24) network on 64 points, measured with
-#: NUMBA_NUM_THREADS=1 on the 2-core reference machine (benchmarks/bench_train.py); ``--dry-run``
-#: scales it by parameter count and data size. float16 uses the bfloat16 figure: its runs often
-#: diverge early, which makes a measured rate look optimistic.
-_REFERENCE_RATE = {
-    "float64": 48_000.0,
-    "float32": 77_000.0,
-    "bfloat16": 71_000.0,
-    "float16": 71_000.0,
-}
-_REFERENCE_WORK = 373 * 64
-
 #: Kinds of ``geomtraj plot`` (the keys of ``geomtraj.report.plots.KINDS``).
 PLOT_KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum", "phase")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from geomtraj.experiment import load_config, plan_from_config
-    from geomtraj.plan import estimate
+    from geomtraj.plan import estimate_text
     from geomtraj.train import train_plan
 
     plan = plan_from_config(load_config(args.config))
     if args.dry_run:
-        cores = os.cpu_count() or 1
-        work = sum(r.spec.n_params * len(plan.datasets[r.data].y) for r in plan.runs) / len(
-            plan.runs
-        )
-        rate = min(_REFERENCE_RATE[r.precision] for r in plan.runs) * cores * _REFERENCE_WORK / work
-        est = estimate(plan, rate)
-        print(
-            f"grid: {est['runs']} runs x {est['steps']} steps, {est['recorded_params']} recorded "
-            f"parameters per run\nstore: about {est['store_bytes_uncompressed'] / 2**20:,.1f} MiB "
-            f"before compression\ntime: about {est['time']} on {cores} cores (plus 10-20 s to "
-            "compile each new kernel variant once per machine)"
-        )
+        print(estimate_text(plan))
         return 0
     if args.out is None:
         raise GeomtrajError("geomtraj train needs --out STORE (or --dry-run)")
@@ -171,6 +148,30 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from geomtraj.study import describe, load_study, run_study
+
+    if args.jobs < 1:
+        raise GeomtrajError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out) if args.out else Path("out") / "studies" / args.scale
+    if args.dry_run:
+        print(describe(load_study(args.study, args.scale, args.studies), out))
+        return 0
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    run_study(
+        args.study,
+        args.scale,
+        out=out,
+        results=args.results,
+        jobs=args.jobs,
+        progress=False if args.quiet else None,
+        from_reports=args.from_reports,
+        studies_dir=args.studies,
+        log=log,
+    )
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geomtraj.report.plots import plot_run
     from geomtraj.runner import parse_steps, select_steps
@@ -243,6 +244,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=_cmd_analyze)
 
+    p = sub.add_parser(
+        "study",
+        help="run a reproduction study: train, analyse, judge the claims, write the results page",
+        description="Train the stores of studies/STUDY/ (reusing complete ones, resuming "
+        "interrupted ones), analyse each, judge the study's claims and regenerate the results "
+        "page (docs/RESULTS.md at full scale, OUT/RESULTS.md at small scale).",
+    )
+    p.add_argument("study", help="netay, betas or twins")
+    p.add_argument("--scale", default="full", help="full (the papers' scale) or small (minutes)")
+    p.add_argument("--out", metavar="DIR", help="stores and reports (default out/studies/SCALE)")
+    p.add_argument("--results", metavar="FILE", help="results page to regenerate")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; train nothing")
+    p.add_argument(
+        "--from-reports",
+        action="store_true",
+        help="judge the claims and redraw the figures from the existing reports",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="analysis worker processes (default 1)")
+    p.add_argument(
+        "--studies", metavar="DIR", help="studies directory (default: the source tree's)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_cmd_study)
+
     p = sub.add_parser("plot", help="one quick-look figure of one run")
     p.add_argument("store")
     p.add_argument("--run", type=int, required=True, help="run index")
@@ -265,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geomtraj: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; a store can be continued with --resume" if args.command == "train" else ""
+        hint = {
+            "train": "; a store can be continued with --resume",
+            "study": "; rerunning the study resumes its stores",
+        }.get(args.command, "")
         print(f"geomtraj: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in geomtraj, not bad input

@@ -13,7 +13,8 @@ Example (every key is optional except ``steps``)::
     seed = 0
 
     [model]
-    hidden = ["12x24"]            # grid axis
+    hidden = ["12x24"]            # grid axis; "5..44x5..44" is every pair of widths 5 to 44,
+                                  # "5..44:4x5..44:4" every 4th (ranges include both ends)
     activation = "tanh"
     loss = "mse"
 
@@ -49,6 +50,7 @@ precision`` (the last varies fastest); twins follow all original runs, grouped b
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from pathlib import Path
 
@@ -110,6 +112,29 @@ def _number(value, name: str, kind=float):
     return kind(value)
 
 
+def expand_hidden(item):
+    """Hidden-width entries of one ``model.hidden`` item: ranges ``"A..B[:S]"`` expand to a product.
+
+    ``"5..7x12"`` gives ``["5x12", "6x12", "7x12"]``; the first factor varies slowest, as in
+    ``itertools.product``. Items without ``..`` pass through unchanged.
+    """
+    if not isinstance(item, str) or ".." not in item:
+        return [item]
+    factors = []
+    for part in item.lower().replace(" ", "").split("x"):
+        m = re.fullmatch(r"(\d+)\.\.(\d+)(?::(\d+))?", part)
+        if m:
+            lo, hi, step = int(m[1]), int(m[2]), int(m[3] or 1)
+            if lo < 1 or hi < lo or step < 1:
+                raise ValueError(f"range {part!r} in {item!r} needs 1 <= A <= B and a step >= 1")
+            factors.append([str(w) for w in range(lo, hi + 1, step)])
+        elif part.isdigit():
+            factors.append([part])
+        else:
+            raise ValueError(f"hidden widths {item!r} must look like '12x24' or '5..44x5..44:2'")
+    return ["x".join(p) for p in itertools.product(*factors)]
+
+
 def load_config(path: str | Path) -> dict:
     """Read a TOML file; errors are one line with the file name."""
     p = Path(path)
@@ -159,7 +184,11 @@ def plan_from_config(cfg: dict) -> Plan:
         if loss == "bce" and DATASETS[ds.name].task != "classification":
             raise ConfigError(f"loss 'bce' needs a classification data set, {ds.name!r} is not")
     try:
-        hiddens = [parse_hidden(h) for h in _as_list(model.get("hidden", "12x24"), "hidden")]
+        hiddens = [
+            parse_hidden(h)
+            for item in _as_list(model.get("hidden", "12x24"), "hidden")
+            for h in expand_hidden(item)
+        ]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.hidden: {exc}") from None
 

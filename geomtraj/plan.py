@@ -232,3 +232,38 @@ def estimate(plan: Plan, net_steps_per_s: float) -> dict:
         "seconds_estimate": n * plan.steps / net_steps_per_s,
         "time": time.strftime("%H:%M:%S", time.gmtime(n * plan.steps / net_steps_per_s)),
     }
+
+
+#: Network-steps per second on one core for a (12,24) network on 64 points, measured with
+#: NUMBA_NUM_THREADS=1 on the 2-core reference machine (benchmarks/bench_train.py); ``--dry-run``
+#: scales it by parameter count and data size. float16 uses the bfloat16 figure: its runs often
+#: diverge early, which makes a measured rate look optimistic.
+REFERENCE_RATE = {
+    "float64": 48_000.0,
+    "float32": 77_000.0,
+    "bfloat16": 71_000.0,
+    "float16": 71_000.0,
+}
+_REFERENCE_WORK = 373 * 64
+
+
+def estimate_text(plan: Plan, cores: int | None = None) -> str:
+    """Grid, store size and time estimate of ``plan``, as ``geomtraj train --dry-run`` prints it."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    # time is the sum over runs of work / rate: a mixed-precision grid pays each run's own rate
+    seconds = sum(
+        plan.steps
+        * r.spec.n_params
+        * len(plan.datasets[r.data].y)
+        / (REFERENCE_RATE[r.precision] * cores * _REFERENCE_WORK)
+        for r in plan.runs
+    )
+    est = estimate(plan, len(plan.runs) * plan.steps / seconds)
+    return (
+        f"grid: {est['runs']} runs x {est['steps']} steps, {est['recorded_params']} recorded "
+        f"parameters per run\nstore: about {est['store_bytes_uncompressed'] / 2**20:,.1f} MiB "
+        f"before compression\ntime: about {est['time']} on {cores} cores (plus 10-20 s to "
+        "compile each new kernel variant once per machine)"
+    )

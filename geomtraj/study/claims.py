@@ -1,0 +1,162 @@
+"""Claims table rows, their confidence intervals and the verdict vocabulary.
+
+Every row states the claim, its source, what was measured (with a 95% interval), the verdict and
+the rule that turned the numbers into the verdict. Rules are fixed before the numbers are seen and
+are written into the row, so that a reader can check them; they never change to fit a result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "VERDICTS",
+    "CLAIMS",
+    "row",
+    "wilson",
+    "bootstrap_ci",
+    "ratio_of_sums_ci",
+    "fmt",
+    "fmt_ci",
+    "run_field",
+]
+
+#: The verdicts a row may carry.
+VERDICTS = ("supported", "partly", "not supported", "not testable here")
+
+#: The claims of the results page, in its order: (id, claim, source, study that judges it).
+CLAIMS: tuple[tuple[str, str, str, str], ...] = (
+    ("divergence", "Long runs of Adam go numerically unstable and diverge, even in shallow narrow "
+     "networks", "Netay 2024 (arXiv 2408.12273), abstract", "netay"),
+    ("local_behaviour", "The same local behaviour of parameters appears in stable and unstable "
+     "training segments", "Netay 2024, abstract", "netay"),
+    ("spirals", "Parameters form double twisted spirals", "Netay 2024, abstract and figs. 1-5",
+     "netay"),
+    ("slow_period", "Slow fluctuation periods lie near 1/(1-beta2)", "Netay 2024", "betas"),
+    ("fast_period", "Fast components lie near 1/(1-beta1)", "Netay 2024", "betas"),
+    ("precision", "Finite precision is a main cause of the instability", "Netay 2024", "betas"),
+    ("restrained", "Last-bit perturbations grow, then saturate (restrained instability)",
+     "Sun et al. 2022 (arXiv 2206.02001)", "twins"),
+    ("twin_spread", "The spread caused by last-bit perturbations is comparable to the spread "
+     "across seeds", "Sun et al. 2022", "twins"),
+    ("diffusion", "After convergence parameters diffuse anomalously: MSD ~ k^c with c != 1",
+     "Kunin et al. 2021 (arXiv 2107.09133)", "netay"),
+    ("edge_of_stability", "Full-batch Adam's preconditioned sharpness hovers at "
+     "(2+2*beta1)/((1-beta1)*lr)", "Cohen et al. 2022 (arXiv 2207.14484)", "netay"),
+)  # fmt: skip
+
+_BY_ID = {c[0]: c for c in CLAIMS}
+
+#: Resamples of every bootstrap interval, and its seed (intervals are reproducible).
+N_BOOTSTRAP = 2000
+SEED = 20240823
+
+
+def row(claim_id: str, measured: str, verdict: str, rule: str, evidence: str = "", **extra) -> dict:
+    """One claims-table row; ``measured`` holds the headline numbers with their intervals."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict {verdict!r} is not one of {VERDICTS}")
+    cid, claim, source, study = _BY_ID[claim_id]
+    return {
+        "id": cid,
+        "claim": claim,
+        "source": source,
+        "study": study,
+        "measured": measured,
+        "verdict": verdict,
+        "rule": rule,
+        "evidence": evidence,
+        **extra,
+    }
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of the proportion ``k/n`` (None when ``n`` is 0)."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Callable[[np.ndarray], float] = np.median,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over the finite ``values`` (None if < 3)."""
+    x = np.asarray([v for v in values if v is not None], float)
+    x = x[np.isfinite(x)]
+    if x.size < 3:
+        return None
+    rng = np.random.default_rng(SEED)
+    idx = rng.integers(0, x.size, size=(N_BOOTSTRAP, x.size))
+    stats = np.array([statistic(x[i]) for i in idx])
+    a = (1 - level) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def ratio_of_sums_ci(
+    num: Sequence[float], den: Sequence[float], level: float = 0.95
+) -> tuple[float, tuple[float, float] | None]:
+    """``sum(num)/sum(den)`` and its bootstrap interval, resampling the (num, den) pairs.
+
+    Used for pooled fractions whose units (runs) hold different numbers of windows: the run is the
+    independent unit, so runs are resampled, not windows.
+    """
+    n, d = np.asarray(num, float), np.asarray(den, float)
+    keep = np.isfinite(n) & np.isfinite(d)
+    n, d = n[keep], d[keep]
+    est = float(n.sum() / d.sum()) if d.sum() > 0 else math.nan
+    if n.size < 3 or d.sum() <= 0:
+        return est, None
+    rng = np.random.default_rng(SEED)
+    idx = rng.integers(0, n.size, size=(N_BOOTSTRAP, n.size))
+    ds = d[idx].sum(1)
+    stats = n[idx].sum(1)[ds > 0] / ds[ds > 0]
+    a = (1 - level) / 2
+    return est, (float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a)))
+
+
+def fmt(x, digits: int = 3) -> str:
+    """A number for the page: ``n/a`` for None or NaN, else ``digits`` significant digits."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, int | np.integer):
+        return str(int(x))
+    return f"{x:.{digits}g}"
+
+
+def fmt_ci(ci, digits: int = 3) -> str:
+    if ci is None:
+        return "[CI n/a]"
+    return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def pct(p, ci=None) -> str:
+    """A proportion as a percentage, with its interval when given."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    s = f"{100 * p:.1f}%"
+    if ci is not None:
+        s += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]%"
+    return s
+
+
+def run_field(run: dict, *keys, default=None):
+    """``run[k1][k2]...`` of a report's run entry, or ``default`` where a level is missing/None."""
+    cur = run
+    for k in keys:
+        if not isinstance(cur, dict) or cur.get(k) is None:
+            return default
+        cur = cur[k]
+    return cur
+
+
+def originals(report: dict) -> list[dict]:
+    """The report's run entries that are not twins."""
+    return [r for r in report["runs"] if r.get("twin_of", -1) < 0]
