@@ -221,6 +221,21 @@ def test_figures_are_written(grid, tmp_path):
     assert paths[0].stat().st_size > 10_000
 
 
+def test_figures_draw_at_most_max_runs_evenly_spread(grid, tmp_path):
+    ds, res = grid
+    drawn = []
+    from geomtraj.analysis import diffusion as mod
+
+    original = mod._draw_msd
+    try:
+        mod._draw_msd = lambda ax, result, i, lags: drawn.append(i)
+        paths = mod.figures(ds, res, tmp_path, max_runs=2)
+    finally:
+        mod._draw_msd = original
+    n = res.sizes["run"]
+    assert n > 2 and drawn == [0, n - 1] and len(paths) == 1
+
+
 def test_principal_directions_have_a_fixed_orientation():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((500, 4)) * np.array([5.0, 3.0, 1.0, 0.5])

@@ -774,15 +774,20 @@ def report(result: xr.Dataset) -> dict:
 # ------------------------------------------------------------------------------ figures
 
 
-def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12) -> list[Path]:
+def figures(
+    ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12, max_runs: int = 24
+) -> list[Path]:
     """MSD against lag on log-log axes, raw and detrended, with the fitted power law.
 
-    One PNG per ``per_figure`` runs: ``diffusion_msd_<k>.png``.
+    One PNG per ``per_figure`` runs: ``diffusion_msd_<k>.png``. At most ``max_runs`` runs are
+    drawn, evenly spread over the analysed runs (a grid of 1600 runs would otherwise make 134
+    pages); every run's numbers are in the report.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     lags = result["lag"].values.astype(float)
-    idx = np.arange(result.sizes["run"])
+    n = result.sizes["run"]
+    idx = np.unique(np.round(np.linspace(0, n - 1, min(n, max_runs))).astype(int))
     return panel_pages(
         idx, lambda ax, i: _draw_msd(ax, result, i, lags), outdir, "diffusion_msd", per_figure
     )
