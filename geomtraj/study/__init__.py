@@ -299,6 +299,7 @@ def run_study(
     from geomtraj.report import make_report
     from geomtraj.study import results as results_mod
 
+    t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     study = load_study(name, scale, studies_dir)
     out_dir = Path(out) if out else Path("out") / "studies" / scale
@@ -379,6 +380,12 @@ def run_study(
     meta["measure_seconds"] = time.perf_counter() - t0
     meta["claims"] = study.module.claims(ctx)
     meta["figures"] = [str(p) for p in study.module.figures(ctx, study_dir / "figures")]
+    # the whole study's wall time: training, analyses, measurements and figures (a rerun that
+    # reused stores or reports keeps the earlier total, which is the one a fresh run takes)
+    wall = time.perf_counter() - t_start
+    reused = from_reports or any(e.get("trained") == "reused" for e in meta["stores"].values())
+    meta["wall_seconds"] = previous.get("wall_seconds") if reused else wall
+    meta["wall_seconds_this_run"] = wall
     save(meta)
     page = results_mod.default_page(out_dir, scale) if results is None else Path(results)
     results_mod.write_page(out_dir, page, log=log)

@@ -68,19 +68,32 @@ def measure(ctx) -> dict:
         window_params=WindowParams(max_windows=SLIDING_WINDOWS),
     )
     per_run = spirals.report(res)["runs"]
+    out = {"precision_pairs": _precision_pairs(ctx.reports)}
     return {
+        **out,
         "sliding": {
             "runs": runs,
             "max_windows": SLIDING_WINDOWS,
             "per_run": {str(k): v["spirals"] for k, v in per_run.items()},
-        }
+        },
     }
+
+
+def _precision_pairs(reports: dict) -> dict | None:
+    """Burst rate of the float64 subsample over the float32 runs of the same widths and seed."""
+    from geomtraj.study.betas import _paired_ratio
+
+    if "f64" not in reports:
+        return None
+    runs = originals(reports["f32"]) + originals(reports["f64"])
+    est, ci, n = _paired_ratio(runs, "float64", "float32")
+    return {"ratio": est, "ci": ci, "pairs": n}
 
 
 # ------------------------------------------------------------------------------------ claims
 
 
-def _divergence(reports: dict) -> dict:
+def _divergence(reports: dict, meas: dict) -> dict:
     parts, evidence = [], []
     any_div = False
     burst_majority = True
@@ -112,6 +125,12 @@ def _divergence(reports: dict) -> dict:
                 f"{prec}: bursts per 1000 steps median {fmt(float(np.median(rates)))} "
                 f"{fmt_ci(bootstrap_ci(rates))}"
             )
+    pairs = meas.get("precision_pairs")
+    if pairs and pairs.get("pairs"):
+        evidence.append(
+            f"burst rate float64/float32 on the {pairs['pairs']} widths run in both: "
+            f"{fmt(pairs['ratio'])} {fmt_ci(pairs['ci'])}"
+        )
     if any_div and burst_majority:
         verdict = "supported"
     elif burst_majority:
@@ -293,7 +312,7 @@ def _edge_of_stability(reports: dict) -> dict:
 def claims(ctx) -> list[dict]:
     meas = ctx.meta.get("measurements") or {}
     return [
-        _divergence(ctx.reports),
+        _divergence(ctx.reports, meas),
         _local_behaviour(meas),
         _spirals(ctx.reports),
         _diffusion(ctx.reports),

@@ -155,12 +155,26 @@ def _runs_section(studies: dict[str, dict]) -> list[str]:
                 f"{e.get('steps')} | {fmt(size / 2**30) + ' GiB' if size else 'n/a'} | "
                 f"{_duration(e.get('train_seconds'))} | {_duration(e.get('analysis_seconds'))} |"
             )
+    for name, doc in studies.items():
+        out.append(f"\nStudy {name} ({doc.get('scale')} scale): {_total(doc)}.")
     out.append("")
     out.append(
         "Times are wall-clock on the machine that ran the study (2 cores for the committed page); "
         "'n/a' for training means the store was reused from an earlier run of the same config."
     )
     return [*out, ""]
+
+
+def _total(doc: dict) -> str:
+    """The study's time from configs to judged claims, or the sum of its measured parts."""
+    if doc.get("wall_seconds") is not None:
+        return f"{_duration(doc['wall_seconds'])} from configs to judged claims"
+    parts = [e.get(k) for e in doc.get("stores", {}).values()
+             for k in ("train_seconds", "analysis_seconds")]  # fmt: skip
+    parts.append(doc.get("measure_seconds"))
+    if any(p is None for p in parts):
+        return "total time not recorded"
+    return f"{_duration(sum(parts))} of training, analyses and extra measurements"
 
 
 def _reproduce(studies: dict[str, dict]) -> list[str]:
