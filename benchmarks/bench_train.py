@@ -7,10 +7,16 @@ coordinates of theta/m/v every step, or every coordinate every step. Compile tim
 once per precision, apart from the timed runs. When torch is installed, the PyTorch peer
 (``benchmarks/peers/torch_adam.py``) runs in the same invocation and the ratio is printed.
 
+A second case, the width grid, trains one float32 run of each architecture 2 -> n1 -> n2 -> 1 for
+n1, n2 in 5, 8, ..., 44 (196 different networks, so none shares an architecture and every run
+takes the per-run kernel), recording off, with the machine's thread count and with one thread: how
+evenly the work of runs of very different sizes is spread over the threads.
+
 Usage::
 
     python benchmarks/bench_train.py                      # every cell of the issue
     python benchmarks/bench_train.py --nets 1024 --dtypes float32 --records none
+    python benchmarks/bench_train.py --nets --width-grid   # the width grid only
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import numba
 import numpy as np
 
 from geomtraj.data import make_dataset
-from geomtraj.train import train
+from geomtraj.models import MLPSpec
+from geomtraj.train import DataSource, Plan, Run, train, train_plan
 
 HERE = Path(__file__).resolve().parent
 RECORDS = {"none": 0, "16": 16, "all": "all"}
@@ -72,6 +79,47 @@ def bench_geomtraj(n_nets: int, dtype: str, record: str, steps: int, workdir: Pa
     return row
 
 
+#: Hidden widths of the width grid: every pair (n1, n2) of these is one run.
+GRID_WIDTHS = range(5, 45, 3)
+
+
+def width_grid_plan(steps: int) -> Plan:
+    """One float32 run per architecture 2 -> n1 -> n2 -> 1, ordered from small to large nets."""
+    X, y = make_dataset("sincos", 64, 0)
+    runs = [
+        Run(MLPSpec(2, (n1, n2)), seed=k, precision="float32", lr=1e-3)
+        for k, (n1, n2) in enumerate((a, b) for a in GRID_WIDTHS for b in GRID_WIDTHS)
+    ]
+    return Plan(runs, [DataSource("sincos", X, y)], steps=steps, record_params=0)
+
+
+def bench_width_grid(steps: int, threads: int, workdir: Path) -> dict:
+    """Net-steps/s of the width grid with ``threads`` numba threads (to a store, no recording)."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        plan = width_grid_plan(steps)
+        out = workdir / f"grid-{threads}.zarr"
+        t0 = time.perf_counter()
+        train_plan(plan, store=out, progress=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(saved)
+    shutil.rmtree(out, ignore_errors=True)
+    n = len(plan.runs)
+    return {
+        "impl": "geomtraj",
+        "case": "width_grid",
+        "n_nets": n,
+        "dtype": "float32",
+        "record": "none",
+        "steps": steps,
+        "seconds": seconds,
+        "network_steps_per_s": n * steps / seconds,
+        "threads": threads,
+    }
+
+
 def compile_seconds(dtype: str, workdir: Path) -> float:
     X, y = make_dataset("sincos", 64, 0)
     t0 = time.perf_counter()
@@ -90,7 +138,7 @@ def bench_peer(n_nets: int, dtype: str, steps: int) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", type=int, nargs="+", default=[64, 1024])
+    ap.add_argument("--nets", type=int, nargs="*", default=[64, 1024])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     ap.add_argument("--records", nargs="+", default=["none", "16", "all"], choices=list(RECORDS))
     ap.add_argument("--steps", type=int, default=2000)
@@ -98,6 +146,12 @@ def main() -> None:
         "--peer-steps", type=int, default=None, help="steps for the peer (default: --steps)"
     )
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument(
+        "--width-grid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the width grid (196 architectures, float32) with all threads and one",
+    )
     ap.add_argument("--json", type=Path, help="append result rows to this JSON-lines file")
     args = ap.parse_args()
 
@@ -105,17 +159,18 @@ def main() -> None:
         f"geomtraj training benchmark: {os.cpu_count()} cores, numba {numba.__version__}, "
         f"{numba.get_num_threads()} threads, {args.steps} steps, widths (12,24), 64 points"
     )
-    rows = []
+    rows, peer = [], None
     with tempfile.TemporaryDirectory(prefix="geomtraj-bench-") as tmp:
         work = Path(tmp)
-        for dtype in args.dtypes:
+        for dtype in args.dtypes if args.nets else ():
             print(
                 f"compile {dtype}: {compile_seconds(dtype, work):.1f} s (not in the figures below)"
             )
-        print(
-            f"{'nets':>5} {'dtype':>8} {'record':>6} {'net-steps/s':>12} {'peer':>10} "
-            f"{'ratio':>6} {'vs off':>7} {'MB/s raw':>9} {'store MB':>9}"
-        )
+        if args.nets:
+            print(
+                f"{'nets':>5} {'dtype':>8} {'record':>6} {'net-steps/s':>12} {'peer':>10} "
+                f"{'ratio':>6} {'vs off':>7} {'MB/s raw':>9} {'store MB':>9}"
+            )
         for n in args.nets:
             for dtype in args.dtypes:
                 peer = None if args.no_peer else bench_peer(n, dtype, args.peer_steps or args.steps)
@@ -136,7 +191,22 @@ def main() -> None:
                         f"{row['store_mb']:>9.1f}",
                         flush=True,
                     )
-    if peer is None and not args.no_peer:
+        if args.width_grid:
+            bench_width_grid(2, 1, work)  # compile the float32 per-run kernel outside the timing
+            widths = f"{GRID_WIDTHS.start}..{GRID_WIDTHS.stop - 1} step {GRID_WIDTHS.step}"
+            print(f"width grid: 2 -> n1 -> n2 -> 1, n1, n2 in {widths}, float32, record none")
+            print(f"{'nets':>5} {'threads':>7} {'net-steps/s':>12} {'speed-up':>8}")
+            single = None
+            for threads in sorted({1, numba.get_num_threads()}):
+                row = bench_width_grid(args.steps, threads, work)
+                rows.append(row)
+                rate = row["network_steps_per_s"]
+                single = rate if threads == 1 else single
+                print(
+                    f"{row['n_nets']:>5} {threads:>7} {rate:>12,.0f} {rate / single:>8.2f}",
+                    flush=True,
+                )
+    if peer is None and not args.no_peer and args.nets:
         print("(PyTorch not installed: no peer column; `pip install torch` to compare)")
     if args.json:
         with open(args.json, "a") as fh:

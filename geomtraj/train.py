@@ -211,6 +211,18 @@ class _Group:
             real = np.arange(len(padded)) < len(idx)
             self.lane_sets.append((padded, real, key[1]))
         self.solo = np.array(sorted(solo), np.int64)
+        self.solo_cost = np.array(
+            [_step_cost(runs[k].spec, int(self.data_n[runs[k].data])) for k in self.solo]
+        )
+        self._solo_orders: dict[int, np.ndarray] = {}
+
+    def _solo_order(self) -> np.ndarray:
+        """``self.solo`` in the order that gives each numba thread about the same work."""
+        threads = numba.get_num_threads()
+        if threads not in self._solo_orders:
+            order = balanced_order(self.solo_cost, threads)
+            self._solo_orders[threads] = self.solo[order]
+        return self._solo_orders[threads]
 
     def _call(self, t0, t1, row_base, upd_base, rec_every, buf) -> None:
         if t1 <= t0:
@@ -218,14 +230,18 @@ class _Group:
         factor = self.dtype.type(DIVERGENCE_LOSS_FACTOR)
         with kernel_compilation():
             if len(self.solo):
-                self._call_runs(self.solo, t0, t1, row_base, upd_base, rec_every, buf, factor)
+                idx = self._solo_order()
+                self._call_runs(idx, t0, t1, row_base, upd_base, rec_every, buf, factor)
             for padded, real, data in self.lane_sets:
                 self._call_lanes(padded, real, data, t0, t1, row_base, upd_base, rec_every,
                                  buf, factor)  # fmt: skip
 
     def _call_runs(self, idx, t0, t1, row_base, upd_base, rec_every, buf, factor) -> None:
-        """The per-run kernel on the runs ``idx`` of this group (gathered, then scattered back)."""
-        whole = len(idx) == len(self.members)
+        """The per-run kernel on the runs ``idx`` of this group (gathered, then scattered back).
+
+        Each run is independent of the others, so neither the subset nor its order changes a bit.
+        """
+        whole = len(idx) == len(self.members) and bool(np.all(idx == np.arange(len(idx))))
         arr = {k: getattr(self, k) if whole else getattr(self, k)[idx] for k in self._RUN_ARRAYS}
         sub = buf if whole else {k: v[idx] for k, v in buf.items()}
         self.kernels._train_block(
@@ -274,6 +290,45 @@ class _Group:
             getattr(self, k)[keep] = runs(state[k])[real]
         for k, v in sub.items():
             buf[k][keep] = v.reshape(nb * width, *v.shape[2:])[real]
+
+
+#: Relative per-step time of a run in the per-run kernel, per data point:
+#: ``n_params + _UNIT_COST * hidden units + _RUN_OVERHEAD`` (fitted to one-thread float32 tanh
+#: timings of widths 5..44; activations and the fixed per-step work weigh a lot in nets this small).
+_UNIT_COST = 5
+_RUN_OVERHEAD = 200
+
+
+def _step_cost(spec: MLPSpec, n_data: int) -> int:
+    """Relative time of one update of a run (mini-batch runs too: every step evaluates the
+    full-batch loss, and at batch 16 of 64 points they measured as slow as full-batch runs)."""
+    return n_data * (spec.n_params + _UNIT_COST * sum(spec.hidden) + _RUN_OVERHEAD)
+
+
+def balanced_order(cost: np.ndarray, threads: int) -> np.ndarray:
+    """Positions ``0..n-1`` reordered so that ``prange(n)`` gives each thread about equal cost.
+
+    numba's omp and workqueue layers split ``prange(n)`` statically into ``threads`` contiguous
+    pieces, the first ``n % threads`` of them one longer (``set_parallel_chunksize`` does not
+    change that assignment), so runs ordered from small to large nets leave the last thread most
+    of the work. Here the pieces keep those sizes and are filled greedily, most expensive run
+    first, each run going to the cheapest piece that still has room (longest processing time
+    first); the pieces are then concatenated. Runs are independent, so any order gives the same
+    bits; a layer that splits differently (TBB) just gains less.
+    """
+    n = len(cost)
+    if threads <= 1 or n <= threads:
+        return np.arange(n)
+    size, longer = divmod(n, threads)
+    room = [size + (piece < longer) for piece in range(threads)]
+    load = [0.0] * threads
+    pieces: list[list[int]] = [[] for _ in range(threads)]
+    for k in np.argsort(-np.asarray(cost, np.float64), kind="stable"):
+        piece = min((p for p in range(threads) if room[p]), key=load.__getitem__)
+        pieces[piece].append(int(k))
+        load[piece] += float(cost[k])
+        room[piece] -= 1
+    return np.array([k for piece in pieces for k in piece], np.int64)
 
 
 def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:

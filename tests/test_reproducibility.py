@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from conftest import make_spec, make_theta0
 
+import geomtraj.train as train_mod
 from geomtraj.data import make_dataset
 from geomtraj.experiment import plan_from_config
-from geomtraj.kernels.rounding import round_to_format
-from geomtraj.train import train, train_plan
+from geomtraj.kernels.rounding import STORAGE_DTYPE, round_to_format
+from geomtraj.models import MLPSpec
+from geomtraj.train import DataSource, Plan, Run, train, train_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -360,3 +362,68 @@ def test_in_memory_and_float32_storage(sincos):
         assert ds[name].values.tobytes() == again[name].values.tobytes(), name
     X2, y2 = make_dataset("sincos", 64, 0)
     assert np.array_equal(X, X2) and np.array_equal(y, y2)
+
+
+# ------------------------------------------------- order of the runs in the per-run kernel call
+
+#: Six architectures of different sizes, ordered from small to large as a width grid would be.
+_MIXED_HIDDEN = [(3,), (4, 5), (7,), (9, 2), (6, 6, 3), (12, 8)]
+
+
+def _mixed_width_plan(runs: list[Run], X, y) -> Plan:
+    return Plan(runs, [DataSource("sincos", X, y)], steps=40, record_every=2, chunk_rows=8)
+
+
+def test_order_of_runs_in_the_kernel_does_not_change_results(sincos, monkeypatch):
+    """A grid of mixed widths and precisions, whose runs the trainer reorders to balance the
+    threads, gives every run exactly what training it alone gives, for any order of the runs in
+    the kernel call (the thread-balanced one, reversed, shuffled)."""
+    X, y = sincos
+    runs = [
+        Run(MLPSpec(2, h), seed=k, precision=prec, lr=1e-2, batch_size=16 if k % 3 == 2 else 0)
+        for prec in ("float32", "float64")
+        for k, h in enumerate(_MIXED_HIDDEN)
+    ]
+    alone = [train_plan(_mixed_width_plan([run], X, y)) for run in runs]
+    shuffled = np.random.default_rng(7).permutation
+    orders = {
+        "balanced": train_mod.balanced_order,
+        "reversed": lambda cost, threads: np.arange(len(cost))[::-1].copy(),
+        "shuffled": lambda cost, threads: shuffled(len(cost)),
+    }
+    names = ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm")
+    finals = ("theta_final", "m_final", "v_final")
+    for label, order in orders.items():
+        monkeypatch.setattr(train_mod, "balanced_order", order)
+        ds = train_plan(_mixed_width_plan(runs, X, y))
+        assert ds["theta"].dtype == np.float64
+        for r, (run, one) in enumerate(zip(runs, alone, strict=True)):
+            n = run.spec.n_params
+            where = f"{label} order, run {r} {run.precision} {run.spec.hidden}"
+            assert one["theta"].dtype == np.dtype(STORAGE_DTYPE[run.precision])
+            for name in names + finals:
+                got, want = ds[name].values[r], one[name].values[0].astype(np.float64)
+                got = got[..., :n] if name in names[:3] + finals else got
+                assert np.array_equal(got, want, equal_nan=True), f"{where}: {name} differs"
+            assert ds["diverged_step"].values[r] == one["diverged_step"].values[0] == -1
+            # the parameters this run lacks stay NaN
+            assert np.isnan(ds["theta"].values[r, :, n:]).all(), where
+
+
+def test_balanced_order_fills_numbas_static_pieces():
+    """prange(n) gives thread t a contiguous piece, the first n % threads pieces one run longer;
+    the heaviest run goes first to the lightest piece with room."""
+    cost = np.array([1, 2, 3, 4, 5, 6, 7, 8])  # a width grid: small nets first
+    order = train_mod.balanced_order(cost, 2)
+    assert sorted(order) == list(range(8))
+    # 8 -> A, 7 -> B, 6 -> B, 5 -> A, 4 -> A (tie: first piece), 3 -> B, 2 -> B, 1 -> A
+    assert order.tolist() == [7, 4, 3, 0, 6, 5, 2, 1]
+    assert cost[order[:4]].sum() == cost[order[4:]].sum() == 18
+    # 7 runs on 3 threads: pieces of 3, 2 and 2 runs, as numba splits prange(7)
+    cost = np.array([1, 1, 1, 1, 1, 1, 10])
+    order = train_mod.balanced_order(cost, 3)
+    assert order.tolist() == [6, 4, 5, 0, 2, 1, 3]
+    assert np.add.reduceat(cost[order], [0, 3, 5]).tolist() == [12, 2, 2]
+    # one thread, or no more runs than threads: the order does not matter and stays as it is
+    assert train_mod.balanced_order(np.arange(8), 1).tolist() == list(range(8))
+    assert train_mod.balanced_order(np.arange(3), 4).tolist() == [0, 1, 2]
