@@ -73,12 +73,14 @@ def measure(ctx) -> dict:
             continue
         rates = [x for r in rs if (x := _rate(r)) is not None]
         k_div = sum(r.get("diverged_step") is not None for r in rs)
+        div_steps = [r["diverged_step"] for r in rs if r.get("diverged_step") is not None]
         slow = [run_field(r, "slow", "ratio") for r in rs]
         slow = [s for s in slow if s is not None]
         ladder[p] = {
             "runs": len(rs),
             "diverged": k_div,
             "diverged_ci": wilson(k_div, len(rs)),
+            "diverged_step_range": [min(div_steps), max(div_steps)] if div_steps else None,
             "burst_rate_median": float(np.median(rates)) if rates else None,
             "burst_rate_mean": float(np.mean(rates)) if rates else None,
             "burst_rate_ci": bootstrap_ci(rates, np.mean),
@@ -90,21 +92,56 @@ def measure(ctx) -> dict:
     for p in ("float64", "bfloat16", "float16"):
         est, ci, n = _paired_ratio(runs, p, "float32")
         ratios[f"{p}/float32"] = {"ratio": est, "ci": ci, "pairs": n}
-    return {"ladder": ladder, "paired_rate_ratio": ratios, "surprises": _surprises(ctx, ladder)}
+    surprises = _surprises(ctx, ladder, ratios)
+    return {"ladder": ladder, "paired_rate_ratio": ratios, "surprises": surprises}
 
 
-def _surprises(ctx, ladder: dict) -> list[str]:
-    """Findings against ../SCIENCE expectations: lower precision should shorten the slow period."""
+def _surprises(ctx, ladder: dict, ratios: dict) -> list[str]:
+    """Findings to set against the papers and SCIENCE.md, each with its numbers."""
     out = []
     f64, f32 = ladder.get("float64"), ladder.get("float32")
-    if f64 and f32 and f64["slow_ratio_median"] and f32["slow_ratio_median"]:
-        shorter = f32["slow_ratio_median"] < f64["slow_ratio_median"]
+    if f64 and f32 and f64["slow_ratio_ci"] and f32["slow_ratio_ci"]:
+        lo64, hi64 = f64["slow_ratio_ci"]
+        lo32, hi32 = f32["slow_ratio_ci"]
+        if hi32 < lo64:
+            what = "float32's is shorter, as expected"
+        elif hi64 < lo32:
+            what = "float32's is longer, against that expectation"
+        else:
+            what = "the intervals overlap: no measurable difference"
         out.append(
             "Lower precision is expected to shorten the slow period (a higher rounding floor "
             "starts each burst earlier). Median period / (1/(1-beta2)): float64 "
             f"{fmt(f64['slow_ratio_median'])} {fmt_ci(f64['slow_ratio_ci'])}, float32 "
-            f"{fmt(f32['slow_ratio_median'])} {fmt_ci(f32['slow_ratio_ci'])}: float32 is "
-            f"{'shorter, as expected' if shorter else 'not shorter'}."
+            f"{fmt(f32['slow_ratio_median'])} {fmt_ci(f32['slow_ratio_ci'])}: {what}."
+        )
+    lower = [
+        f"{k.split('/')[0]} {fmt(v['ratio'])} {fmt_ci(v['ci'])}"
+        for k, v in ratios.items()
+        if k != "float64/float32" and v.get("ci") and v["ci"][1] < 1
+    ]
+    if lower:
+        out.append(
+            "Coarser formats burst less often than float32 on the same settings and seeds, not "
+            f"more (paired burst-rate ratio to float32: {'; '.join(lower)}), although a 'digital' "
+            "instability should grow with the rounding unit."
+        )
+    runs = originals(ctx.reports["ladder"])
+    lin = [
+        r["fast"]["efold"] / r["fast"]["linear_prediction"]
+        for r in runs
+        if run_field(r, "fast", "efold") is not None and run_field(r, "fast", "linear_prediction")
+    ]
+    claim = [x for r in runs if (x := run_field(r, "fast", "ratio")) is not None]
+    if len(lin) >= 3 and claim:
+        m_lin, m_claim = float(np.median(lin)), float(np.median(claim))
+        closer = abs(np.log(m_lin)) < abs(np.log(m_claim))
+        out.append(
+            "The burst envelopes' e-folding time is "
+            f"{'closer to' if closer else 'further from'} the linearised prediction "
+            "-1/ln(sqrt(beta1)) ~ 2/(1-beta1) than to the claim's 1/(1-beta1): median efold / "
+            f"(-1/ln(sqrt(beta1))) = {fmt(m_lin)} {fmt_ci(bootstrap_ci(lin))}, median efold / "
+            f"(1/(1-beta1)) = {fmt(m_claim)} over {len(lin)} runs."
         )
     return out
 
@@ -183,7 +220,13 @@ def _precision_row(meas: dict) -> dict:
         if k != "float64/float32"
     )
     divs = "; ".join(
-        f"{p} {pct(e['diverged'] / e['runs'], e['diverged_ci'])}" for p, e in ladder.items()
+        f"{p} {pct(e['diverged'] / e['runs'], e['diverged_ci'])}"
+        + (
+            f" (at steps {e['diverged_step_range'][0]}-{e['diverged_step_range'][1]})"
+            if e.get("diverged_step_range")
+            else ""
+        )
+        for p, e in ladder.items()
     )
     return row(
         "precision",
