@@ -68,7 +68,7 @@ def measure(ctx) -> dict:
         window_params=WindowParams(max_windows=SLIDING_WINDOWS),
     )
     per_run = spirals.report(res)["runs"]
-    out = {"precision_pairs": _precision_pairs(ctx.reports)}
+    out = {"precision_pairs": _precision_pairs(ctx.reports), "width_trend": _width_trend(report)}
     return {
         **out,
         "sliding": {
@@ -77,6 +77,21 @@ def measure(ctx) -> dict:
             "per_run": {str(k): v["spirals"] for k, v in per_run.items()},
         },
     }
+
+
+def _width_trend(report: dict) -> dict:
+    """Spearman correlation of the burst rate with n1 and with n2 over the grid."""
+    from scipy.stats import spearmanr
+
+    runs = [r for r in originals(report) if r.get("n_bursts") is not None and r.get("n_steps")]
+    rate = [1000 * r["n_bursts"] / r["n_steps"] for r in runs]
+    out = {}
+    for k, name in enumerate(("n1", "n2")):
+        w = [_widths(r["hidden"])[k] for r in runs]
+        if len(set(w)) > 1 and len(runs) >= 3:
+            res = spearmanr(w, rate)
+            out[name] = {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": len(runs)}
+    return out
 
 
 def _precision_pairs(reports: dict) -> dict | None:
@@ -125,6 +140,11 @@ def _divergence(reports: dict, meas: dict) -> dict:
                 f"{prec}: bursts per 1000 steps median {fmt(float(np.median(rates)))} "
                 f"{fmt_ci(bootstrap_ci(rates))}"
             )
+    for name, t in (meas.get("width_trend") or {}).items():
+        evidence.append(
+            f"burst rate against {name}: Spearman rho {fmt(t['rho'])} (p = {fmt(t['p_value'], 2)}, "
+            f"{t['n']} runs)"
+        )
     pairs = meas.get("precision_pairs")
     if pairs and pairs.get("pairs"):
         evidence.append(

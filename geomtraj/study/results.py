@@ -16,6 +16,18 @@ from geomtraj.study.claims import CLAIMS, fmt
 __all__ = ["default_page", "load_studies", "claims_table", "write_page"]
 
 
+#: Captions of the studies' figures, by file-name prefix.
+CAPTIONS = {
+    "netay_maps": "Maps over the (n1, n2) width grid: divergence step, bursts per 1000 steps and "
+    "the fraction of analysed burst windows that are spirals.",
+    "betas_periods": "Measured slow periods and burst e-folding times against 1/(1-beta2) and "
+    "1/(1-beta1), one point per run, coloured by precision.",
+    "betas_ladder": "Burst rate on each rung of the precision ladder (same settings and seeds).",
+    "twins_amplification": "Growth d_sat/d_0 of last-bit (ulp) and k-rescaling twins, per "
+    "precision.",
+}
+
+
 def default_page(out_dir: Path, scale: str) -> Path:
     """``docs/RESULTS.md`` of the source tree at full scale, ``OUT/RESULTS.md`` otherwise."""
     if scale == "full":
@@ -121,7 +133,15 @@ def write_page(out_dir: Path, page: Path, log=print) -> Path:
     lines += ["## Figures", ""]
     for name, files in figures.items():
         for f in files:
-            lines += [f"![{f}]({rel}/{f})", "", f"`{f}`: written by `geomtraj study {name}`.", ""]
+            caption = next((c for k, c in CAPTIONS.items() if f.startswith(k)), f)
+            lines += [
+                f"![{f}]({rel}/{f})",
+                "",
+                f"**{caption}** `{f}` is drawn by `geomtraj study {name}` (from its stores) or "
+                f"`geomtraj study {name} --from-reports` (from the existing reports) and copied "
+                f"here from `out/studies/SCALE/{name}/figures/`.",
+                "",
+            ]
     lines += _runs_section(studies)
     lines += _reproduce(studies)
     page.write_text("\n".join(lines) + "\n")
