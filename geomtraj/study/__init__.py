@@ -35,7 +35,6 @@ import os
 import shutil
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,15 +106,6 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_toml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-
-
 def load_study(
     name: str, scale: str = "full", studies_dir: str | os.PathLike | None = None
 ) -> Study:
@@ -126,13 +116,15 @@ def load_study(
     ConfigError
         For an unknown study or scale, or a manifest or config that does not parse or check.
     """
+    from geomtraj.experiment import load_config
+
     if name not in STUDIES:
         raise ConfigError(f"study {name!r} unknown; choose from {', '.join(STUDIES)}")
     if scale not in SCALES:
         raise ConfigError(f"--scale {scale!r} unknown; choose from {', '.join(SCALES)}")
     directory = find_studies_dir(studies_dir) / name
     manifest_path = directory / "study.toml"
-    manifest = _read_toml(manifest_path)
+    manifest = load_config(manifest_path)
     unknown = set(manifest) - _MANIFEST_KEYS
     if unknown:
         raise ConfigError(
@@ -149,7 +141,7 @@ def load_study(
                 f"got keys {sorted(entry)}"
             )
         cfg_path = directory / entry["config"]
-        cfg = _read_toml(cfg_path)
+        cfg = load_config(cfg_path)
         if scale == "small":
             cfg = _merge(cfg, entry.get("small", {}))
         stores.append(StoreSpec(entry["name"], cfg_path, cfg))
