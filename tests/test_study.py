@@ -235,6 +235,9 @@ def test_rerun_reuses_stores_and_from_reports_rejudges(small_studies, capsys):
     assert (
         doc["stores"]["twins"]["train_seconds"] == docs["twins"]["stores"]["twins"]["train_seconds"]
     )
+    assert doc["stores"]["twins"]["trained"] == "reused"
+    # the study's total stays the first run's, not the shorter rerun's
+    assert doc["wall_seconds"] == docs["twins"]["wall_seconds"] is not None
     again = run_study("twins", "small", out=out, results=page, from_reports=True, log=msgs.append)
     assert again["claims"] == doc["claims"]
 

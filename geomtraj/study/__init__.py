@@ -322,8 +322,10 @@ def run_study(
         entry = dict(before)
         if not from_reports:
             trained = _train_store(spec, paths[spec.name], progress, log)
+            entry["trained"] = trained["trained"]
             if trained["train_seconds"] is not None or "train_seconds" not in entry:
-                entry.update(trained)
+                # a reused store keeps the time it took when it was trained
+                entry["train_seconds"] = trained["train_seconds"]
             plan = spec.plan()
             entry.update(
                 runs=len(plan.runs),
@@ -360,9 +362,11 @@ def run_study(
             )
             meta["stores"][spec.name]["analysis_seconds"] = time.perf_counter() - t0
             if rep.doc["errors"]:
+                # a failing analysis is a bug, not bad input: the CLI reports an internal error
                 first = rep.doc["errors"][0]
-                raise GeomtrajError(
-                    f"[{spec.name}] analysis {first['analysis']} failed: {first['error']}"
+                raise RuntimeError(
+                    f"[{spec.name}] analysis {first['analysis']} failed: {first['error']} (the "
+                    f"report is in {report_dir})"
                 )
         reports[spec.name] = json.loads((report_dir / "report.json").read_text())
 
