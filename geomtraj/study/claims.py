@@ -21,7 +21,9 @@ __all__ = [
     "ratio_of_sums_ci",
     "fmt",
     "fmt_ci",
+    "pct",
     "run_field",
+    "originals",
 ]
 
 #: The verdicts a row may carry.
