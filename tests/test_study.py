@@ -49,7 +49,7 @@ def test_merge_overrides_tables_recursively():
 @pytest.mark.parametrize("name", STUDIES)
 def test_full_scale_plans_match_what_the_issue_asks(name):
     study = load_study(name, "full")
-    plans = {s.name: s.plan() for s in study.stores}
+    plans = {s.name: s.plan for s in study.stores}
     if name == "netay":
         f32, f64 = plans["f32"], plans["f64"]
         widths = {r.spec.hidden for r in f32.runs}
@@ -82,7 +82,7 @@ def test_small_scale_is_smaller():
     for name in STUDIES:
         full, small = load_study(name, "full"), load_study(name, "small")
         for a, b in zip(full.stores, small.stores, strict=True):
-            pa, pb = a.plan(), b.plan()
+            pa, pb = a.plan, b.plan
             assert len(pb.runs) * pb.steps < len(pa.runs) * pa.steps / 10
 
 

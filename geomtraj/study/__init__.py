@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import inspect
 import json
@@ -59,7 +60,9 @@ class StoreSpec:
     config_path: Path
     config: dict
 
+    @functools.cached_property
     def plan(self):
+        """The expanded plan, built once (a 1600-run grid takes a moment to expand and check)."""
         from geomtraj.experiment import plan_from_config
 
         try:
@@ -158,8 +161,9 @@ def load_study(
         analyses=analyses,
         analysis_params=analysis,
     )
+    # build every plan now, so that a config problem surfaces before anything is trained
     for s in stores:
-        s.plan()  # every config problem surfaces before anything is trained
+        _ = s.plan
     return study
 
 
@@ -202,7 +206,7 @@ def describe(study: Study, out_dir: Path) -> str:
     lines = [f"study {study.name} ({study.scale} scale): {study.title}"]
     total_runs = 0
     for spec in study.stores:
-        plan = spec.plan()
+        plan = spec.plan
         total_runs += len(plan.runs)
         path = out_dir / study.name / f"{spec.name}.zarr"
         rec = plan.record_params
@@ -227,7 +231,7 @@ def _train_store(spec: StoreSpec, path: Path, progress: bool | None, log) -> dic
     from geomtraj import store as store_mod
     from geomtraj.train import train_plan
 
-    plan = spec.plan()
+    plan = spec.plan
     fingerprint = plan.fingerprint()
     resume = False
     if path.exists():
@@ -326,7 +330,7 @@ def run_study(
             if trained["train_seconds"] is not None or "train_seconds" not in entry:
                 # a reused store keeps the time it took when it was trained
                 entry["train_seconds"] = trained["train_seconds"]
-            plan = spec.plan()
+            plan = spec.plan
             entry.update(
                 runs=len(plan.runs),
                 steps=plan.steps,

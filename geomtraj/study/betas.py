@@ -15,6 +15,7 @@ from geomtraj.study.claims import (
     fmt_ci,
     originals,
     pct,
+    resample_ci,
     row,
     run_field,
     wilson,
@@ -53,14 +54,7 @@ def _paired_ratio(runs: list[dict], num: str, den: str) -> tuple[float, tuple | 
         return float("nan"), None, 0
     a, b = np.array(pairs, float).T
     est = a.mean() / b.mean() if b.mean() > 0 else float("nan")
-    if len(pairs) < 3:
-        return est, None, len(pairs)
-    rng = np.random.default_rng(11)
-    idx = rng.integers(0, len(pairs), (2000, len(pairs)))
-    den_m = b[idx].mean(1)
-    ok = den_m > 0
-    stats = a[idx].mean(1)[ok] / den_m[ok]
-    return est, (float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))), len(pairs)
+    return est, resample_ci([a, b], lambda x, y: x.mean() / y.mean()), len(pairs)
 
 
 def measure(ctx) -> dict:

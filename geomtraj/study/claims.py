@@ -17,6 +17,7 @@ __all__ = [
     "CLAIMS",
     "row",
     "wilson",
+    "resample_ci",
     "bootstrap_ci",
     "ratio_of_sums_ci",
     "fmt",
@@ -85,6 +86,31 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
     return float(ci.low), float(ci.high)
 
 
+def resample_ci(
+    columns: Sequence[Sequence[float]],
+    statistic: Callable[..., float],
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic(*columns)``, resampling rows together.
+
+    Each row (a run, or a pair of runs) is one independent unit. Resamples whose statistic is not
+    finite (an empty denominator) are left out. None with fewer than 3 rows or no finite resample.
+    """
+    cols = [np.asarray(c, float) for c in columns]
+    n = cols[0].size
+    if n < 3:
+        return None
+    rng = np.random.default_rng(SEED)
+    idx = rng.integers(0, n, size=(N_BOOTSTRAP, n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stats = np.array([statistic(*(c[i] for c in cols)) for i in idx], float)
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return None
+    a = (1 - level) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
 def bootstrap_ci(
     values: Sequence[float],
     statistic: Callable[[np.ndarray], float] = np.median,
@@ -92,14 +118,7 @@ def bootstrap_ci(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``statistic`` over the finite ``values`` (None if < 3)."""
     x = np.asarray([v for v in values if v is not None], float)
-    x = x[np.isfinite(x)]
-    if x.size < 3:
-        return None
-    rng = np.random.default_rng(SEED)
-    idx = rng.integers(0, x.size, size=(N_BOOTSTRAP, x.size))
-    stats = np.array([statistic(x[i]) for i in idx])
-    a = (1 - level) / 2
-    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+    return resample_ci([x[np.isfinite(x)]], statistic, level)
 
 
 def ratio_of_sums_ci(
@@ -113,15 +132,9 @@ def ratio_of_sums_ci(
     n, d = np.asarray(num, float), np.asarray(den, float)
     keep = np.isfinite(n) & np.isfinite(d)
     n, d = n[keep], d[keep]
-    est = float(n.sum() / d.sum()) if d.sum() > 0 else math.nan
-    if n.size < 3 or d.sum() <= 0:
-        return est, None
-    rng = np.random.default_rng(SEED)
-    idx = rng.integers(0, n.size, size=(N_BOOTSTRAP, n.size))
-    ds = d[idx].sum(1)
-    stats = n[idx].sum(1)[ds > 0] / ds[ds > 0]
-    a = (1 - level) / 2
-    return est, (float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a)))
+    if d.sum() <= 0:
+        return math.nan, None
+    return float(n.sum() / d.sum()), resample_ci([n, d], lambda a, b: a.sum() / b.sum(), level)
 
 
 def fmt(x, digits: int = 3) -> str:

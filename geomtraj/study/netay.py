@@ -16,6 +16,7 @@ from geomtraj.study.claims import (
     originals,
     pct,
     ratio_of_sums_ci,
+    resample_ci,
     row,
     run_field,
     wilson,
@@ -189,16 +190,10 @@ def _local_behaviour(meas: dict) -> dict:
     p_q, ci_q = ratio_of_sums_ci(q_sp, q_n)
     p_b, ci_b = ratio_of_sums_ci(b_sp, b_n)
     # ratio quiet/burst of the spiral fraction, resampling runs
-    rng = np.random.default_rng(7)
-    qs, qn, bs, bn = map(np.asarray, (q_sp, q_n, b_sp, b_n))
-    ratios = []
-    for _ in range(2000):
-        i = rng.integers(0, len(qs), len(qs))
-        if qn[i].sum() and bn[i].sum() and bs[i].sum():
-            ratios.append((qs[i].sum() / qn[i].sum()) / (bs[i].sum() / bn[i].sum()))
     ratio = p_q / p_b if p_b > 0 else float("nan")
-    ratio_ci = (
-        (float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))) if ratios else None
+    ratio_ci = resample_ci(
+        [q_sp, q_n, b_sp, b_n],
+        lambda qs, qn, bs, bn: (qs.sum() / qn.sum()) / (bs.sum() / bn.sum()),
     )
     k_q = int(sum(q_sp))
     wil_q = wilson(k_q, int(sum(q_n)))
