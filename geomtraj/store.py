@@ -66,13 +66,30 @@ def resume_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".resume.npz")
 
 
+#: Largest chunk, in bytes before compression, of a variable written whole when the store is
+#: created (the run table, the data sets, the initial parameters).
+STATIC_CHUNK_BYTES = 16 * 2**20
+
+
 def encoding_for(ds: xr.Dataset, chunks: dict[str, int]) -> dict[str, dict]:
-    """Zarr encoding: lossless compression for every variable, chunked by ``chunks`` per dim."""
+    """Zarr encoding: lossless compression for every variable.
+
+    Lazy (dask-backed) variables, filled region by region later, are chunked by ``chunks`` per
+    dim. Eager ones are written once, now: they get as few chunks as fit
+    :data:`STATIC_CHUNK_BYTES`, split along their first dim, because every chunk is a file and a
+    run table cut into run chunks of 8 made creating a 1024-run store write about 2,000 files
+    (2.6 s of a 10 s benchmark).
+    """
     enc: dict[str, dict] = {}
     for name, var in ds.variables.items():
         e: dict = {"compressors": COMPRESSORS}
-        if var.ndim:
+        if var.ndim and var.chunks is not None:
             e["chunks"] = tuple(min(chunks.get(d, n), n) or 1 for d, n in var.sizes.items())
+        elif var.ndim:
+            shape = [max(n, 1) for n in var.shape]
+            row_bytes = max(1, var.dtype.itemsize * int(np.prod(shape[1:])))
+            shape[0] = max(1, min(shape[0], STATIC_CHUNK_BYTES // row_bytes))
+            e["chunks"] = tuple(shape)
         enc[name] = e
     return enc
 
