@@ -1,5 +1,6 @@
 FMT, ACTIVATION, LOSS = "float64", "tanh", "mse"  # rewritten for each variant; see mlp.py
-# ruff: noqa: E402  (the first line must stay the variant assignment)
+# ruff: noqa: E402, F821  (the first line must stay the variant assignment; mlp.py appends the
+# generated lane loops, _lane_affine and _lane_dots)
 # One compiled variant of the training kernel (template).
 #
 # :mod:`geomtraj.kernels.mlp` writes a copy of this file per ``(FMT, ACTIVATION, LOSS)``, with the
@@ -628,208 +629,107 @@ def _train_block(
 # per-run kernel above (bias then inputs in i order; gradients summed sequentially over points;
 # deltas summed in j order; loss and norms in the 16-way order of _sum16/_dot16), so the two
 # kernels give bit-identical trajectories (tests/test_kernel_build.py checks this).
+#
+# Activations and deltas are 2-D: row ``unit*n + point``, one column per lane. The two inner
+# loops that carry the matrix products, ``_lane_affine`` and ``_lane_dots``, are unrolled over the
+# lanes and over LANE_GROUP independent sums; geomtraj.kernels.mlp generates them and appends them
+# to each variant. What makes LLVM vectorise without fastmath (each was measured):
+# * hot loops index with unsigned integers or run from 0 over a slice: a signed index that may be
+#   negative costs numba's wraparound select on every access and blocks vectorisation;
+# * a loop stores into one array and loads only from it and from arrays it never writes in that
+#   loop, or loads first into locals; otherwise LLVM must assume the arrays overlap;
+# * per-lane choices are selects between loaded values (``x if keep else old``), not branches.
 
 #: Runs per lane block: two (float32) or four (float64) 256-bit vectors.
 LANES = 16
-
-
-@njit(**_JIT)
-def _lane_dot16(X, xr, Y, yr, n, out, k):
-    """``out[k, w] = sum_p X[xr,p,w] * Y[yr,p,w]`` for every lane, summed in ``p`` order."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
-    for p in range(n):
-        s0 += X[xr, p, 0] * Y[yr, p, 0]
-        s1 += X[xr, p, 1] * Y[yr, p, 1]
-        s2 += X[xr, p, 2] * Y[yr, p, 2]
-        s3 += X[xr, p, 3] * Y[yr, p, 3]
-        s4 += X[xr, p, 4] * Y[yr, p, 4]
-        s5 += X[xr, p, 5] * Y[yr, p, 5]
-        s6 += X[xr, p, 6] * Y[yr, p, 6]
-        s7 += X[xr, p, 7] * Y[yr, p, 7]
-        s8 += X[xr, p, 8] * Y[yr, p, 8]
-        s9 += X[xr, p, 9] * Y[yr, p, 9]
-        s10 += X[xr, p, 10] * Y[yr, p, 10]
-        s11 += X[xr, p, 11] * Y[yr, p, 11]
-        s12 += X[xr, p, 12] * Y[yr, p, 12]
-        s13 += X[xr, p, 13] * Y[yr, p, 13]
-        s14 += X[xr, p, 14] * Y[yr, p, 14]
-        s15 += X[xr, p, 15] * Y[yr, p, 15]
-    out[k, 0] = s0
-    out[k, 1] = s1
-    out[k, 2] = s2
-    out[k, 3] = s3
-    out[k, 4] = s4
-    out[k, 5] = s5
-    out[k, 6] = s6
-    out[k, 7] = s7
-    out[k, 8] = s8
-    out[k, 9] = s9
-    out[k, 10] = s10
-    out[k, 11] = s11
-    out[k, 12] = s12
-    out[k, 13] = s13
-    out[k, 14] = s14
-    out[k, 15] = s15
-
-
-@njit(**_JIT)
-def _lane_sum16(X, xr, n, out, k):
-    """``out[k, w] = sum_p X[xr,p,w]`` for every lane, summed in ``p`` order."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = ZERO
-    for p in range(n):
-        s0 += X[xr, p, 0]
-        s1 += X[xr, p, 1]
-        s2 += X[xr, p, 2]
-        s3 += X[xr, p, 3]
-        s4 += X[xr, p, 4]
-        s5 += X[xr, p, 5]
-        s6 += X[xr, p, 6]
-        s7 += X[xr, p, 7]
-        s8 += X[xr, p, 8]
-        s9 += X[xr, p, 9]
-        s10 += X[xr, p, 10]
-        s11 += X[xr, p, 11]
-        s12 += X[xr, p, 12]
-        s13 += X[xr, p, 13]
-        s14 += X[xr, p, 14]
-        s15 += X[xr, p, 15]
-    out[k, 0] = s0
-    out[k, 1] = s1
-    out[k, 2] = s2
-    out[k, 3] = s3
-    out[k, 4] = s4
-    out[k, 5] = s5
-    out[k, 6] = s6
-    out[k, 7] = s7
-    out[k, 8] = s8
-    out[k, 9] = s9
-    out[k, 10] = s10
-    out[k, 11] = s11
-    out[k, 12] = s12
-    out[k, 13] = s13
-    out[k, 14] = s14
-    out[k, 15] = s15
-
-
-@njit(**_JIT)
-def _lane_comb16(theta, k0, stride, S, q0, count, p, out, r, init):
-    """``out[r, p, w] = init[w] + sum_i theta[k0 + i*stride, w] * S[q0 + i, p, w]``, ``i`` in order.
-
-    ``init`` is the bias row (forward pass) or a row of zeros (back-propagated deltas).
-    """
-    s0 = init[0]
-    s1 = init[1]
-    s2 = init[2]
-    s3 = init[3]
-    s4 = init[4]
-    s5 = init[5]
-    s6 = init[6]
-    s7 = init[7]
-    s8 = init[8]
-    s9 = init[9]
-    s10 = init[10]
-    s11 = init[11]
-    s12 = init[12]
-    s13 = init[13]
-    s14 = init[14]
-    s15 = init[15]
-    for i in range(count):
-        k = k0 + i * stride
-        q = q0 + i
-        s0 += theta[k, 0] * S[q, p, 0]
-        s1 += theta[k, 1] * S[q, p, 1]
-        s2 += theta[k, 2] * S[q, p, 2]
-        s3 += theta[k, 3] * S[q, p, 3]
-        s4 += theta[k, 4] * S[q, p, 4]
-        s5 += theta[k, 5] * S[q, p, 5]
-        s6 += theta[k, 6] * S[q, p, 6]
-        s7 += theta[k, 7] * S[q, p, 7]
-        s8 += theta[k, 8] * S[q, p, 8]
-        s9 += theta[k, 9] * S[q, p, 9]
-        s10 += theta[k, 10] * S[q, p, 10]
-        s11 += theta[k, 11] * S[q, p, 11]
-        s12 += theta[k, 12] * S[q, p, 12]
-        s13 += theta[k, 13] * S[q, p, 13]
-        s14 += theta[k, 14] * S[q, p, 14]
-        s15 += theta[k, 15] * S[q, p, 15]
-    out[r, p, 0] = s0
-    out[r, p, 1] = s1
-    out[r, p, 2] = s2
-    out[r, p, 3] = s3
-    out[r, p, 4] = s4
-    out[r, p, 5] = s5
-    out[r, p, 6] = s6
-    out[r, p, 7] = s7
-    out[r, p, 8] = s8
-    out[r, p, 9] = s9
-    out[r, p, 10] = s10
-    out[r, p, 11] = s11
-    out[r, p, 12] = s12
-    out[r, p, 13] = s13
-    out[r, p, 14] = s14
-    out[r, p, 15] = s15
+#: Column offsets of m, v, g and the step in the lane kernel's per-parameter rows (theta: 0).
+COL_M, COL_V, COL_G, COL_S = LANES, 2 * LANES, 3 * LANES, 4 * LANES
+ONE_U = np.uint64(1)
 
 
 @njit(**_JIT)
 def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
+    """Activation rows of ``A`` (``(unit*n + point, lane)``) for the preset input rows."""
     for layer in range(n_layers):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
-        a_in, a_out, wo, bo = a_off[layer], a_off[layer + 1], w_off[layer], b_off[layer]
-        for j in range(fan_out):
-            r = a_out + j
-            bias = theta[bo + j]
-            for p in range(n):
-                _lane_comb16(theta, wo + j, fan_out, A, a_in, fan_in, p, A, r, bias)
-            if layer < n_layers - 1:
-                for p in range(n):
-                    for w in range(LANES):
-                        A[r, p, w] = rnd(act(A[r, p, w]))
-            else:
-                for p in range(n):
-                    for w in range(LANES):
-                        A[r, p, w] = rnd(A[r, p, w])
+        a_out = a_off[layer + 1]
+        _lane_affine(theta, w_off[layer], 1, fan_out, A, a_off[layer], fan_in, n, A, a_out,
+                     fan_out, theta, b_off[layer], 1)  # fmt: skip
+        z = A.reshape(A.size)[a_out * n * LANES : (a_out + fan_out) * n * LANES]
+        if layer < n_layers - 1:
+            for e in range(z.size):
+                z[e] = rnd(act(z[e]))
+        else:
+            for e in range(z.size):
+                z[e] = rnd(z[e])
 
 
 @njit(**_JIT)
-def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, G, zeros):
+def _lane_copy(src, dst, r0, r1):
+    """Rows ``r0 .. r1-1`` of ``src`` into ``dst`` (both ``(rows, LANES)``), as one flat loop."""
+    s = src.reshape(src.size)[r0 * LANES : r1 * LANES]
+    d = dst.reshape(dst.size)[r0 * LANES : r1 * LANES]
+    for e in range(s.size):  # (from 0: no negative-index wraparound, so it vectorises)
+        d[e] = s[e]
+
+
+@njit(**_JIT)
+def _lane_scale_dact(A, D, r0, r1):
+    """``D = rnd(D * act'(A))`` on rows ``r0 .. r1-1``, as one flat loop (it vectorises)."""
+    a = A.reshape(A.size)[r0 * LANES : r1 * LANES]
+    d = D.reshape(D.size)[r0 * LANES : r1 * LANES]
+    for e in range(a.size):
+        d[e] = rnd(d[e] * dact(a[e]))
+
+
+@njit(**_JIT)
+def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, zeros, ones_row):
+    """Gradient of the mean loss into columns ``COL_G:`` of ``theta`` (the per-parameter rows).
+
+    ``A`` unit ``ones_row`` holds ones: the bias gradient ``sum_p 1*delta_p`` is then the same
+    loop as the weights', and bit-identical to the plain sum because ``1*x == x`` exactly.
+    """
     out_row = a_off[n_layers]
     c = DELTA_NUMERATOR / dtype(n)
+    _lane_copy(A, D, out_row * n, (out_row + 1) * n)  # then in place: no loads from A
     for p in range(n):
+        e = out_row * n + p
         for w in range(LANES):
-            D[out_row, p, w] = rnd(c * point_delta(A[out_row, p, w], y[p]))
+            D[e, w] = rnd(c * point_delta(D[e, w], y[p]))
     for layer in range(n_layers - 1, -1, -1):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
-        d_out, a_in, wo, bo = a_off[layer + 1], a_off[layer], w_off[layer], b_off[layer]
-        for j in range(fan_out):
-            _lane_sum16(D, d_out + j, n, G, bo + j)
+        d_out, a_in, wo = a_off[layer + 1], a_off[layer], w_off[layer]
+        _lane_dots(A, ones_row, D, d_out, fan_out, n, theta, b_off[layer])
         for i in range(fan_in):
-            for j in range(fan_out):
-                _lane_dot16(A, a_in + i, D, d_out + j, n, G, wo + i * fan_out + j)
+            _lane_dots(A, a_in + i, D, d_out, fan_out, n, theta, wo + i * fan_out)
         if layer == 0:
             break
-        for i in range(fan_in):
-            r = a_in + i
-            for p in range(n):
-                _lane_comb16(theta, wo + i * fan_out, 1, D, d_out, fan_out, p, D, r, zeros)
-                for w in range(LANES):
-                    D[r, p, w] = rnd(D[r, p, w] * dact(A[r, p, w]))
+        _lane_affine(theta, wo, fan_out, 1, D, d_out, fan_out, n, D, a_in, fan_in, zeros, 0, 0)
+        _lane_scale_dact(A, D, a_in * n, (a_in + fan_in) * n)
 
 
 @njit(**_JIT)
-def _lane_loss_sum(X, n, w, s):
-    """Lane ``w`` of ``X[:n, w]`` summed in the order of :func:`_sum16` (``s``: 16 scratch)."""
-    s[:] = ZERO
-    p = 0
-    while p + 16 <= n:
-        for k in range(16):
-            s[k] += X[p + k, w]
-        p += 16
-    while p < n:
-        s[0] += X[p, w]
-        p += 1
-    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
-        ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
-    )
+def _lane_dot16(X, xc, Y, yc, n, acc, out):
+    """``out[w] = sum_k X[k, xc+w] * Y[k, yc+w]`` over ``k < n`` for every lane, in the order of
+    :func:`_dot16` (16 interleaved partial sums in ``acc``, shape ``(16, LANES)``)."""
+    for l in range(16):
+        for w in range(LANES):
+            acc[l, w] = ZERO
+    k = 0
+    while k + 16 <= n:
+        for l in range(16):
+            for w in range(LANES):
+                acc[l, w] += X[k + l, xc + w] * Y[k + l, yc + w]
+        k += 16
+    while k < n:
+        for w in range(LANES):
+            acc[0, w] += X[k, xc + w] * Y[k, yc + w]
+        k += 1
+    for w in range(LANES):
+        s = acc[:, w]
+        out[w] = (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
+            ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
+        )
 
 
 @njit(**_JIT)
@@ -849,39 +749,57 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     for layer in range(n_layers + 1):
         a_off[layer] = units
         units += sizes[layer]
-    A = np.zeros((units, n_data, LANES), dtype)
-    D = np.zeros((units, n_data, LANES), dtype)
-    G = np.zeros((n_params, LANES), dtype)
-    S = np.zeros((n_params, LANES), dtype)
+    A = np.zeros(((units + 1) * n_data, LANES), dtype)  # (unit*n + point, lane); last unit: ones
+    D = np.zeros((units * n_data, LANES), dtype)
+    A[units * n_data :] = ONE
+    # One row per parameter: theta | m | v | g | theta_t - theta_{t-1}, LANES columns each. In one
+    # array, at fixed column offsets, LLVM can tell that the Adam update's loads and stores never
+    # overlap, and vectorises it across the lanes.
+    ST = np.zeros((n_params, 5 * LANES), dtype)
+    for k in range(n_params):
+        for w in range(LANES):
+            ST[k, w] = theta[k, w]
+            ST[k, COL_M + w] = m[k, w]
+            ST[k, COL_V + w] = v[k, w]
     PL = np.zeros((n_data, LANES), dtype)  # per-point losses
-    zeros = np.zeros(LANES, dtype)
-    acc16 = np.zeros(16, dtype)  # partial sums of the 16-way loss and norm order
+    zeros = np.zeros((1, LANES), dtype)
+    acc16 = np.zeros((16, LANES), dtype)  # partial sums of the 16-way loss and norm order
+    ones = A[units * n_data :]  # (n_data, LANES) of ones: sum_p 1*loss_p is the plain sum
+    lsum = np.empty(LANES, dtype)
+    gsq = np.empty(LANES, dtype)
+    usq = np.empty(LANES, dtype)
     for i in range(sizes[0]):
         for p in range(n_data):
             for w in range(LANES):
-                A[i, p, w] = X[i, p]
-    omb1 = np.empty(LANES, dtype)
-    omb2 = np.empty(LANES, dtype)
-    lrk = np.empty(LANES, dtype)
+                A[i * n_data + p, w] = X[i, p]
+    # per-lane Adam constants, one row each (read from an array, the update loop vectorises)
+    CO = np.empty((11, LANES), dtype)
     for w in range(LANES):
-        omb1[w] = ONE - hyper[0, w]
-        omb2[w] = ONE - hyper[1, w]
-        lrk[w] = hyper[2, w] * hyper[5, w]
+        CO[0, w] = hyper[0, w]  # beta1
+        CO[1, w] = hyper[1, w]  # beta2
+        CO[2, w] = ONE - hyper[0, w]
+        CO[3, w] = ONE - hyper[1, w]
+        CO[4, w] = hyper[3, w]  # eps
+        CO[5, w] = hyper[4, w]  # weight decay
+        CO[6, w] = hyper[2, w] * hyper[5, w]  # lr*k
+        CO[7, w] = hyper[5, w]  # k
     n_rec = rec_idx.shape[0]
     out_row = a_off[n_layers]
     active = np.empty(LANES, np.bool_)
     for t in range(t_begin + 1, t_end + 1):
-        _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n_data)
+        _lane_forward(ST, sizes, n_layers, w_off, b_off, a_off, A, n_data)
+        _lane_copy(A[out_row * n_data :], PL, 0, n_data)  # then in place: no loads from A
         for p in range(n_data):
             for w in range(LANES):
-                PL[p, w] = point_loss(A[out_row, p, w], y[p])
+                PL[p, w] = point_loss(PL[p, w], y[p])
+        _lane_dot16(PL, 0, ones, 0, n_data, acc16, lsum)
         u = t - upd_base - 1
         n_active = 0
         for w in range(LANES):
             active[w] = diverged[w] < 0
             if not active[w]:
                 continue
-            loss = _lane_loss_sum(PL, n_data, w, acc16) / dtype(n_data)
+            loss = lsum[w] / dtype(n_data)
             if t == 1:
                 loss0[w] = loss
             step_loss[w, u] = loss
@@ -896,32 +814,37 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
             else:
                 n_active += 1
         if n_active == 0:
-            return
-        _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, G, zeros)
+            break
+        _lane_backward(ST, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, zeros, units)
         for w in range(LANES):
             powers[0, w] = powers[0, w] * hyper[0, w]
             powers[1, w] = powers[1, w] * hyper[1, w]
+            CO[8, w] = ONE - powers[0, w]
+            CO[9, w] = ONE - powers[1, w]
+            CO[10, w] = ONE if active[w] else ZERO
         for k in range(n_params):
             for w in range(LANES):
-                th = theta[k, w]
-                g = rnd(G[k, w] + hyper[4, w] * th)
-                mk = rnd(hyper[0, w] * m[k, w] + omb1[w] * g)
-                vk = rnd(hyper[1, w] * v[k, w] + omb2[w] * (g * g))
-                uu = (mk / (ONE - powers[0, w])) / (
-                    math.sqrt(vk / (ONE - powers[1, w])) + hyper[3, w]
-                )
-                new = rnd(th - rnd(lrk[w] * (uu / hyper[5, w])))
-                keep = active[w]  # select, not branch, so the loop vectorises
-                m[k, w] = mk if keep else m[k, w]
-                v[k, w] = vk if keep else v[k, w]
-                theta[k, w] = new if keep else th
-                G[k, w] = g
-                S[k, w] = new - th
+                th = ST[k, w]
+                mo = ST[k, COL_M + w]
+                vo = ST[k, COL_V + w]
+                g = rnd(ST[k, COL_G + w] + CO[5, w] * th)
+                mk = rnd(CO[0, w] * mo + CO[2, w] * g)
+                vk = rnd(CO[1, w] * vo + CO[3, w] * (g * g))
+                uu = (mk / CO[8, w]) / (math.sqrt(vk / CO[9, w]) + CO[4, w])
+                new = rnd(th - rnd(CO[6, w] * (uu / CO[7, w])))
+                keep = CO[10, w] != ZERO  # a select on loaded values: the loop vectorises
+                ST[k, w] = new if keep else th
+                ST[k, COL_M + w] = mk if keep else mo
+                ST[k, COL_V + w] = vk if keep else vo
+                ST[k, COL_G + w] = g
+                ST[k, COL_S + w] = new - th
+        _lane_dot16(ST, COL_G, ST, COL_G, n_params, acc16, gsq)
+        _lane_dot16(ST, COL_S, ST, COL_S, n_params, acc16, usq)
         for w in range(LANES):
             if not active[w]:
                 continue
-            gn = math.sqrt(_lane_norm_sq(G, n_params, w, acc16))
-            un = math.sqrt(_lane_norm_sq(S, n_params, w, acc16))
+            gn = math.sqrt(gsq[w])
+            un = math.sqrt(usq[w])
             grad_norm[w, u] = gn
             update_norm[w, u] = un
             if t % rec_every == 0:
@@ -929,28 +852,16 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
                 for q in range(n_rec):
                     k = rec_idx[q]
                     if k >= 0:
-                        rec_theta[w, row, q] = theta[k, w]
-                        rec_m[w, row, q] = m[k, w]
-                        rec_v[w, row, q] = v[k, w]
+                        rec_theta[w, row, q] = ST[k, w]
+                        rec_m[w, row, q] = ST[k, COL_M + w]
+                        rec_v[w, row, q] = ST[k, COL_V + w]
             if not (math.isfinite(gn) and math.isfinite(un)):
                 diverged[w] = t
-
-
-@njit(**_JIT)
-def _lane_norm_sq(X, n, w, s):
-    """Lane ``w`` of ``sum_k X[k,w]^2`` over ``k < n`` in the order of :func:`_dot16`."""
-    s[:] = ZERO
-    k = 0
-    while k + 16 <= n:
-        for l in range(16):
-            s[l] += X[k + l, w] * X[k + l, w]
-        k += 16
-    while k < n:
-        s[0] += X[k, w] * X[k, w]
-        k += 1
-    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
-        ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
-    )
+    for k in range(n_params):
+        for w in range(LANES):
+            theta[k, w] = ST[k, w]
+            m[k, w] = ST[k, COL_M + w]
+            v[k, w] = ST[k, COL_V + w]
 
 
 @njit(**_JIT_PARALLEL)
