@@ -275,8 +275,13 @@ class _Group:
         n_layers = int(self.n_layers[k0])
         state = {k: lanes(getattr(self, k)) for k in ("hyper", "theta", "m", "v", "powers",
                                                        "loss0", "diverged")}  # fmt: skip
-        sub = {k: np.ascontiguousarray(v[padded].reshape(nb, width, *v.shape[1:]))
-               for k, v in buf.items()}  # fmt: skip
+        # recording buffers in block order: views when the lane set is whole consecutive runs
+        span = _as_slice(padded)
+        if span is not None:
+            sub = {k: v[span].reshape(nb, width, *v.shape[1:]) for k, v in buf.items()}
+        else:
+            sub = {k: np.ascontiguousarray(v[padded].reshape(nb, width, *v.shape[1:]))
+                   for k, v in buf.items()}  # fmt: skip
         self.kernels._train_lanes(
             t0, t1, row_base, upd_base, rec_every, self.sizes[k0, : n_layers + 1], n_layers,
             self.data_X[data], self.data_y[data], int(self.data_n[data]),
@@ -288,8 +293,17 @@ class _Group:
         keep = padded[real]
         for k in ("theta", "m", "v", "powers", "loss0", "diverged"):
             getattr(self, k)[keep] = runs(state[k])[real]
-        for k, v in sub.items():
-            buf[k][keep] = v.reshape(nb * width, *v.shape[2:])[real]
+        if span is None:
+            for k, v in sub.items():
+                buf[k][keep] = v.reshape(nb * width, *v.shape[2:])[real]
+
+
+def _as_slice(idx: np.ndarray) -> slice | None:
+    """``slice(a, b)`` when ``idx`` is ``a, a+1, ..., b-1`` (so a view can replace a copy)."""
+    if idx.size == 0 or idx.ndim != 1:
+        return None
+    a = int(idx[0])
+    return slice(a, a + idx.size) if np.array_equal(idx, np.arange(a, a + idx.size)) else None
 
 
 #: Relative per-step time of a run in the per-run kernel, per data point:
@@ -407,7 +421,13 @@ class _Trainer:
                 snap[name][dead, j, :] = np.nan
 
         for g in self.groups:
-            # each group fills its own contiguous buffers; scatter them back in run order
+            # each group fills its own contiguous buffers: views where its runs are consecutive,
+            # else copies scattered back in run order
+            span = _as_slice(g.slots)
+            if span is not None:
+                g.advance(t_begin, t_end, row0, t_begin, r,
+                          {k: v[span] for k, v in buf.items()}, snap_steps, take)  # fmt: skip
+                continue
             sub = {k: np.ascontiguousarray(v[g.slots]) for k, v in buf.items()}
             g.advance(t_begin, t_end, row0, t_begin, r, sub, snap_steps, take)
             for k, v in sub.items():
