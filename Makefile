@@ -52,7 +52,7 @@ studies: study-netay study-betas study-twins
 
 # Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
 bench: setup
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --repeats 3
 
 # The fixture stores regenerate bit for bit (also a slow test).
 fixtures-check: setup

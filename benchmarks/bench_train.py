@@ -14,7 +14,8 @@ evenly the work of runs of very different sizes is spread over the threads.
 
 Usage::
 
-    python benchmarks/bench_train.py                      # every cell of the issue
+    python benchmarks/bench_train.py                      # every cell, each timed once
+    python benchmarks/bench_train.py --repeats 3          # the fastest of three (make bench)
     python benchmarks/bench_train.py --nets 1024 --dtypes float32 --records none
     python benchmarks/bench_train.py --nets --width-grid   # the width grid only
 """
