@@ -1,6 +1,6 @@
 FMT, ACTIVATION, LOSS = "float64", "tanh", "mse"  # rewritten for each variant; see mlp.py
 # ruff: noqa: E402, F821  (the first line must stay the variant assignment; mlp.py appends the
-# generated lane loops, _lane_affine and _lane_dots)
+# generated loops _run_affine, _lane_affine and _lane_dots, and RUN_VECTOR)
 # One compiled variant of the training kernel (template).
 #
 # :mod:`geomtraj.kernels.mlp` writes a copy of this file per ``(FMT, ACTIVATION, LOSS)``, with the
@@ -239,56 +239,17 @@ def _sum1(X, xr, n):
 
 
 @njit(**_JIT)
-def _axpy4(A, r, w0, w1, w2, w3, S, q, n):
-    """``A[r+k, p] += w_k * S[q, p]`` for ``k < 4``: four rows per pass over the source row."""
-    for p in range(n):
-        a = S[q, p]
-        A[r, p] = A[r, p] + w0 * a
-        A[r + 1, p] = A[r + 1, p] + w1 * a
-        A[r + 2, p] = A[r + 2, p] + w2 * a
-        A[r + 3, p] = A[r + 3, p] + w3 * a
-
-
-@njit(**_JIT)
-def _axpy1(A, r, w, S, q, n):
-    for p in range(n):
-        A[r, p] = A[r, p] + w * S[q, p]
-
-
-@njit(**_JIT)
 def _forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
     """Fill the activation rows of ``A`` for the first ``n`` points (input rows preset).
 
-    Output rows are processed four at a time; each element still sums ``b + sum_i w_i a_i``
-    in ``i`` order.
+    Each element sums ``b + sum_i w_i a_i`` in ``i`` order (:func:`_run_affine`, which also fills
+    the padding columns of ``A`` up to a whole vector of points; nothing reads them).
     """
     for layer in range(n_layers):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
-        a_in, a_out, wo, bo = a_off[layer], a_off[layer + 1], w_off[layer], b_off[layer]
-        for j in range(fan_out):
-            bj = theta[bo + j]
-            for p in range(n):
-                A[a_out + j, p] = bj
-        j = 0
-        while j + 4 <= fan_out:
-            for i in range(fan_in):
-                k = wo + i * fan_out + j
-                _axpy4(
-                    A,
-                    a_out + j,
-                    theta[k],
-                    theta[k + 1],
-                    theta[k + 2],
-                    theta[k + 3],
-                    A,
-                    a_in + i,
-                    n,
-                )
-            j += 4
-        while j < fan_out:
-            for i in range(fan_in):
-                _axpy1(A, a_out + j, theta[wo + i * fan_out + j], A, a_in + i, n)
-            j += 1
+        a_out = a_off[layer + 1]
+        _run_affine(theta, w_off[layer], 1, fan_out, A, a_off[layer], fan_in, n, A, a_out,
+                    fan_out, b_off[layer], True)  # fmt: skip
         if layer < n_layers - 1:
             for r in range(a_out, a_out + fan_out):
                 for p in range(n):
@@ -355,29 +316,7 @@ def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G
         if layer == 0:
             break
         # delta_in[i] = (sum_j W[i,j] * delta[j]) * act'(a_in[i]), summed in j order
-        for r in range(a_in, a_in + fan_in):
-            for p in range(n):
-                D[r, p] = ZERO
-        i = 0
-        while i + 4 <= fan_in:
-            for j in range(fan_out):
-                k = wo + i * fan_out + j
-                _axpy4(
-                    D,
-                    a_in + i,
-                    theta[k],
-                    theta[k + fan_out],
-                    theta[k + 2 * fan_out],
-                    theta[k + 3 * fan_out],
-                    D,
-                    d_out + j,
-                    n,
-                )
-            i += 4
-        while i < fan_in:
-            for j in range(fan_out):
-                _axpy1(D, a_in + i, theta[wo + i * fan_out + j], D, d_out + j, n)
-            i += 1
+        _run_affine(theta, wo, fan_out, 1, D, d_out, fan_out, n, D, a_in, fan_in, 0, False)
         for r in range(a_in, a_in + fan_in):
             for p in range(n):
                 D[r, p] = rnd(D[r, p] * dact(A[r, p]))
@@ -459,8 +398,9 @@ def _run(
     d_in = sizes[0]
     minibatch = 0 < batch < n_data
     n_b = batch if minibatch else n_data
-    A = np.zeros((units, n_data), dtype)
-    D = np.zeros((units, n_data), dtype)
+    n_pad = -(-n_data // RUN_VECTOR) * RUN_VECTOR  # whole vectors of points (_run_affine)
+    A = np.zeros((units, n_pad), dtype)
+    D = np.zeros((units, n_pad), dtype)
     AT = np.zeros((n_data, width), dtype)  # transposed copies for the gradient sums
     DT = np.zeros((n_data, width), dtype)
     GS = np.zeros((2, n_params), dtype)  # row 0: gradient g, row 1: theta_t - theta_{t-1}
