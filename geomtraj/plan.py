@@ -234,15 +234,19 @@ def estimate(plan: Plan, net_steps_per_s: float) -> dict:
     }
 
 
-#: Network-steps per second on one core for a (12,24) network on 64 points, measured with
-#: NUMBA_NUM_THREADS=1 on the 2-core reference machine (benchmarks/bench_train.py); ``--dry-run``
-#: scales it by parameter count and data size. float16 uses the bfloat16 figure: its runs often
-#: diverge early, which makes a measured rate look optimistic.
+#: Network-steps per second on one core for a (12,24) network on 64 points, the figure ``--dry-run``
+#: scales by parameter count and data size. Measured on the 2-core reference machine with one
+#: numba thread, training (no store) the 196-architecture width grid of
+#: ``benchmarks/bench_train.py`` for 600 steps: (12,24)-equivalents of 131,800 (float32), 70,900
+#: (float64) and 122,700 (bfloat16) per second, taken 25% lower here for writing the store, which
+#: costs 10-30% more (README "Speed"). Grids of one architecture take the lane kernel and run up
+#: to about 1.5x faster than this. float16 uses the bfloat16 figure: its runs often diverge early,
+#: which makes a measured rate look optimistic.
 REFERENCE_RATE = {
-    "float64": 48_000.0,
-    "float32": 77_000.0,
-    "bfloat16": 71_000.0,
-    "float16": 71_000.0,
+    "float64": 53_000.0,
+    "float32": 99_000.0,
+    "bfloat16": 92_000.0,
+    "float16": 92_000.0,
 }
 _REFERENCE_WORK = 373 * 64
 
