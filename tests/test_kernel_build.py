@@ -69,6 +69,25 @@ def test_generated_kernel_modules_are_keyed_by_their_sources(tmp_path, monkeypat
     assert mlp._fingerprint() != before
 
 
+def _assert_kernels_agree(plan, monkeypatch, *, lane_min_runs: int, label: str):
+    """Train ``plan`` with the per-run kernel only, then with lane blocks from ``lane_min_runs``
+    runs on; assert exactly one run diverges and every trajectory and final state is the same
+    bytes. Returns a trainer built with lanes on, for checks of how the runs were split."""
+    import geomtraj.train as train_mod
+
+    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 10**9)
+    per_run = train_mod.train_plan(plan)
+    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", lane_min_runs)
+    trainer = train_mod._Trainer(plan)
+    lanes = train_mod.train_plan(plan)
+    assert (per_run["diverged_step"].values >= 0).sum() == 1
+    for name in ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm",
+                 "theta_final", "m_final", "v_final", "diverged_step"):  # fmt: skip
+        a, b = per_run[name].values, lanes[name].values
+        assert a.tobytes() == b.tobytes(), f"{label}: {name} differs between kernels"
+    return trainer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "float64", "bfloat16"])
 def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypatch) -> None:
@@ -77,7 +96,6 @@ def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypat
     The grid mixes what the lane path must handle: a lane block padded with copies, two
     architectures (one too small for lanes), last-bit twins, a scale twin and a diverging run.
     """
-    import geomtraj.train as train_mod
     from geomtraj.data import make_dataset
     from geomtraj.models import MLPSpec
     from geomtraj.plan import DataSource, Perturbation, Plan, Run
@@ -95,18 +113,8 @@ def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypat
     plan = Plan(runs=runs, datasets=[DataSource("sincos", X, y)], steps=120, record_every=3,
                 record_params=6, chunk_rows=13)  # fmt: skip
 
-    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 10**9)
-    per_run = train_mod.train_plan(plan)
-    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 8)
-    trainer = train_mod._Trainer(plan)
+    trainer = _assert_kernels_agree(plan, monkeypatch, lane_min_runs=8, label=precision)
     assert trainer.groups[0].lane_sets, "the grid should use the lane kernel"
-    lanes = train_mod.train_plan(plan)
-
-    assert (per_run["diverged_step"].values >= 0).sum() == 1
-    for name in ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm",
-                 "theta_final", "m_final", "v_final", "diverged_step"):  # fmt: skip
-        a, b = per_run[name].values, lanes[name].values
-        assert a.tobytes() == b.tobytes(), f"{precision}: {name} differs between kernels"
 
 
 @pytest.mark.slow
@@ -124,15 +132,6 @@ def test_lane_kernel_writing_into_the_recording_buffers_in_place(monkeypatch) ->
     runs.append(Run(spec=spec, seed=15, lr=60.0, precision="float32"))  # diverges
     plan = Plan(runs=runs, datasets=[DataSource("sincos", X, y)], steps=90, record_every=2,
                 record_params=5, chunk_rows=20)  # fmt: skip
-    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 10**9)
-    per_run = train_mod.train_plan(plan)
-    monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 16)
-    trainer = train_mod._Trainer(plan)
+    trainer = _assert_kernels_agree(plan, monkeypatch, lane_min_runs=16, label="float32")
     padded, real, _ = trainer.groups[0].lane_sets[0]
     assert real.all() and train_mod._as_slice(padded) == slice(0, 16)
-    lanes = train_mod.train_plan(plan)
-    assert (per_run["diverged_step"].values >= 0).sum() == 1
-    for name in ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm",
-                 "theta_final", "diverged_step"):  # fmt: skip
-        a, b = per_run[name].values, lanes[name].values
-        assert a.tobytes() == b.tobytes(), f"{name} differs between kernels"
