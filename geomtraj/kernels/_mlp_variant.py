@@ -570,10 +570,11 @@ def _train_block(
 # deltas summed in j order; loss and norms in the 16-way order of _sum16/_dot16), so the two
 # kernels give bit-identical trajectories (tests/test_kernel_build.py checks this).
 #
-# Activations and deltas are 2-D: row ``unit*n + point``, one column per lane. The two inner
+# Activations and deltas are 2-D: row ``unit*ns + point``, one column per lane. The two inner
 # loops that carry the matrix products, ``_lane_affine`` and ``_lane_dots``, are unrolled over the
-# lanes and over LANE_GROUP independent sums; geomtraj.kernels.mlp generates them and appends them
-# to each variant. What makes LLVM vectorise without fastmath (each was measured):
+# lanes and over a register tile of independent sums (mlp.LANE_TILES); geomtraj.kernels.mlp
+# generates them and appends them to each variant. What makes LLVM vectorise without fastmath
+# (each was measured):
 # * hot loops index with unsigned integers or run from 0 over a slice: a signed index that may be
 #   negative costs numba's wraparound select on every access and blocks vectorisation;
 # * a loop stores into one array and loads only from it and from arrays it never writes in that
@@ -588,42 +589,44 @@ ONE_U = np.uint64(1)
 
 
 @njit(**_JIT)
-def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n):
-    """Activation rows of ``A`` (``(unit*n + point, lane)``) for the preset input rows."""
+def _lane_forward(theta, sizes, n_layers, w_off, b_off, a_off, A, n, ns):
+    """Activation rows of ``A`` (``(unit*ns + point, lane)``) for the preset input rows."""
     for layer in range(n_layers):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
         a_out = a_off[layer + 1]
-        _lane_affine(theta, w_off[layer], 1, fan_out, A, a_off[layer], fan_in, n, A, a_out,
+        _lane_affine(theta, w_off[layer], 1, fan_out, A, a_off[layer], fan_in, n, ns, A, a_out,
                      fan_out, theta, b_off[layer], 1)  # fmt: skip
-        z = A.reshape(A.size)[a_out * n * LANES : (a_out + fan_out) * n * LANES]
-        if layer < n_layers - 1:
-            for e in range(z.size):
-                z[e] = rnd(act(z[e]))
-        else:
-            for e in range(z.size):
-                z[e] = rnd(z[e])
+        for u in range(a_out, a_out + fan_out):
+            z = A.reshape(A.size)[u * ns * LANES : (u * ns + n) * LANES]
+            if layer < n_layers - 1:
+                for e in range(z.size):
+                    z[e] = rnd(act(z[e]))
+            else:
+                for e in range(z.size):
+                    z[e] = rnd(z[e])
 
 
 @njit(**_JIT)
-def _lane_copy(src, dst, r0, r1):
-    """Rows ``r0 .. r1-1`` of ``src`` into ``dst`` (both ``(rows, LANES)``), as one flat loop."""
-    s = src.reshape(src.size)[r0 * LANES : r1 * LANES]
-    d = dst.reshape(dst.size)[r0 * LANES : r1 * LANES]
+def _lane_copy(src, s0, dst, d0, rows):
+    """``rows`` rows of ``src`` from row ``s0`` into ``dst`` from row ``d0`` (both ``(rows,
+    LANES)``), as one flat loop."""
+    s = src.reshape(src.size)[s0 * LANES : (s0 + rows) * LANES]
+    d = dst.reshape(dst.size)[d0 * LANES : (d0 + rows) * LANES]
     for e in range(s.size):  # (from 0: no negative-index wraparound, so it vectorises)
         d[e] = s[e]
 
 
 @njit(**_JIT)
-def _lane_scale_dact(A, D, r0, r1):
-    """``D = rnd(D * act'(A))`` on rows ``r0 .. r1-1``, as one flat loop (it vectorises)."""
-    a = A.reshape(A.size)[r0 * LANES : r1 * LANES]
-    d = D.reshape(D.size)[r0 * LANES : r1 * LANES]
+def _lane_scale_dact(A, D, r0, rows):
+    """``D = rnd(D * act'(A))`` on ``rows`` rows from ``r0``, as one flat loop (it vectorises)."""
+    a = A.reshape(A.size)[r0 * LANES : (r0 + rows) * LANES]
+    d = D.reshape(D.size)[r0 * LANES : (r0 + rows) * LANES]
     for e in range(a.size):
         d[e] = rnd(d[e] * dact(a[e]))
 
 
 @njit(**_JIT)
-def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, zeros, ones_row):
+def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, ns, zeros, ones_row):
     """Gradient of the mean loss into columns ``COL_G:`` of ``theta`` (the per-parameter rows).
 
     ``A`` unit ``ones_row`` holds ones: the bias gradient ``sum_p 1*delta_p`` is then the same
@@ -631,21 +634,21 @@ def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, zero
     """
     out_row = a_off[n_layers]
     c = DELTA_NUMERATOR / dtype(n)
-    _lane_copy(A, D, out_row * n, (out_row + 1) * n)  # then in place: no loads from A
+    _lane_copy(A, out_row * ns, D, out_row * ns, n)  # then in place: no loads from A
     for p in range(n):
-        e = out_row * n + p
+        e = out_row * ns + p
         for w in range(LANES):
             D[e, w] = rnd(c * point_delta(D[e, w], y[p]))
     for layer in range(n_layers - 1, -1, -1):
         fan_in, fan_out = sizes[layer], sizes[layer + 1]
         d_out, a_in, wo = a_off[layer + 1], a_off[layer], w_off[layer]
-        _lane_dots(A, ones_row, D, d_out, fan_out, n, theta, b_off[layer])
-        for i in range(fan_in):
-            _lane_dots(A, a_in + i, D, d_out, fan_out, n, theta, wo + i * fan_out)
+        _lane_dots(A, a_in, fan_in, ones_row, D, d_out, fan_out, n, ns, theta, wo, b_off[layer])
         if layer == 0:
             break
-        _lane_affine(theta, wo, fan_out, 1, D, d_out, fan_out, n, D, a_in, fan_in, zeros, 0, 0)
-        _lane_scale_dact(A, D, a_in * n, (a_in + fan_in) * n)
+        _lane_affine(theta, wo, fan_out, 1, D, d_out, fan_out, n, ns, D, a_in, fan_in, zeros, 0,
+                     0)  # fmt: skip
+        for u in range(a_in, a_in + fan_in):
+            _lane_scale_dact(A, D, u * ns, n)
 
 
 @njit(**_JIT)
@@ -689,9 +692,13 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     for layer in range(n_layers + 1):
         a_off[layer] = units
         units += sizes[layer]
-    A = np.zeros(((units + 1) * n_data, LANES), dtype)  # (unit*n + point, lane); last unit: ones
-    D = np.zeros((units * n_data, LANES), dtype)
-    A[units * n_data :] = ONE
+    # (unit*ns + point, lane); last unit: ones. Units are ns rows apart, ns odd: with float32
+    # rows of 64 bytes, a stride that is a multiple of 4096 bytes (n = 64) would put every
+    # unit's row of one point in the same cache set (measured: the products ran 10-20% slower)
+    ns = n_data | 1
+    A = np.zeros(((units + 1) * ns, LANES), dtype)
+    D = np.zeros((units * ns, LANES), dtype)
+    A[units * ns :] = ONE
     # One row per parameter: theta | m | v | g | theta_t - theta_{t-1}, LANES columns each. In one
     # array, at fixed column offsets, LLVM can tell that the Adam update's loads and stores never
     # overlap, and vectorises it across the lanes.
@@ -704,14 +711,14 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     PL = np.zeros((n_data, LANES), dtype)  # per-point losses
     zeros = np.zeros((1, LANES), dtype)
     acc16 = np.zeros((16, LANES), dtype)  # partial sums of the 16-way loss and norm order
-    ones = A[units * n_data :]  # (n_data, LANES) of ones: sum_p 1*loss_p is the plain sum
+    ones = A[units * ns :]  # (ns, LANES) of ones: sum_p 1*loss_p is the plain sum
     lsum = np.empty(LANES, dtype)
     gsq = np.empty(LANES, dtype)
     usq = np.empty(LANES, dtype)
     for i in range(sizes[0]):
         for p in range(n_data):
             for w in range(LANES):
-                A[i * n_data + p, w] = X[i, p]
+                A[i * ns + p, w] = X[i, p]
     # per-lane Adam constants, one row each (read from an array, the update loop vectorises)
     CO = np.empty((11, LANES), dtype)
     for w in range(LANES):
@@ -727,8 +734,8 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     out_row = a_off[n_layers]
     active = np.empty(LANES, np.bool_)
     for t in range(t_begin + 1, t_end + 1):
-        _lane_forward(ST, sizes, n_layers, w_off, b_off, a_off, A, n_data)
-        _lane_copy(A[out_row * n_data :], PL, 0, n_data)  # then in place: no loads from A
+        _lane_forward(ST, sizes, n_layers, w_off, b_off, a_off, A, n_data, ns)
+        _lane_copy(A, out_row * ns, PL, 0, n_data)  # then in place: no loads from A
         for p in range(n_data):
             for w in range(LANES):
                 PL[p, w] = point_loss(PL[p, w], y[p])
@@ -755,7 +762,8 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
                 n_active += 1
         if n_active == 0:
             break
-        _lane_backward(ST, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, zeros, units)
+        _lane_backward(ST, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, ns, zeros,
+                       units)  # fmt: skip
         for w in range(LANES):
             powers[0, w] = powers[0, w] * hyper[0, w]
             powers[1, w] = powers[1, w] * hyper[1, w]

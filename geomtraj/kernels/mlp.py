@@ -59,11 +59,17 @@ _SOURCES = ("_mlp_variant.py", "mlp.py", "fpmath.py", "rounding.py", "../config.
 
 #: Runs per lane block; the template's ``LANES`` (checked when a variant loads).
 LANES = 16
-#: Independent sums per lane in the lane kernel's inner loops: points of the forward pass and of
-#: back-propagation, output rows of the weight gradients. Four keep the floating-point adder busy
-#: (one sum per lane waits on the previous addition); measured on widths (12, 24), float32,
-#: one thread: 2 gave 6.85 us per network-step, 4 gave 6.45, 6 gave 6.49.
-LANE_GROUP = 4
+#: Register tiles of the lane kernel's matrix products, ``(points, rows, inputs)`` per precision
+#: (bfloat16 and float16 compute in float32). ``_lane_affine`` computes ``rows`` output rows at
+#: ``points`` points in each pass over its inputs; ``_lane_dots`` the gradients of ``inputs``
+#: input rows and ``points`` output rows in each pass over the data points. Every value is one
+#: running sum per lane, so a tile keeps ``points * rows`` (``points * inputs``) vectors of sums
+#: in registers and loads each operand once for all of them. Measured on widths (12, 24), 1024
+#: runs, 2 threads, network-step time per core: float32 (4, 1, 1) 6.20 us, (4, 2, 2) 5.79,
+#: (4, 3, 2) 5.62, (4, 3, 3) 5.36-5.41, (4, 3, 4) 6.15, (3, 3, 4) 6.02, (2, 3, 6) 5.81, and
+#: (4, 4, 1) 7.10 (registers spill); float64, whose lane rows are twice as wide, (4, 1, 1)
+#: 14.37, (2, 2, 2) 14.08, (2, 3, 3) 14.33.
+LANE_TILES = {"float64": (2, 2, 2), "float32": (4, 3, 3)}
 #: Points per vector and output rows per pass of the per-run kernel's products (``_run_affine``):
 #: float32 (24,24) on 64 points went from 22.1 to 14.6 us per step; vectors of 8, 16 and 32 points
 #: gave 28.0, 26.8 and 26.8 us at (40,40), so 16.
@@ -114,7 +120,8 @@ def get_kernels(fmt: str, activation: str, loss: str):
         lines = _TEMPLATE.read_text().splitlines(keepends=True)
         first = f"FMT, ACTIVATION, LOSS = {fmt!r}, {activation!r}, {loss!r}  # generated\n"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        generated = run_loops_source(RUN_VECTOR, RUN_GROUP) + lane_loops_source(LANES, LANE_GROUP)
+        tile = LANE_TILES["float64" if fmt == "float64" else "float32"]
+        generated = run_loops_source(RUN_VECTOR, RUN_GROUP) + lane_loops_source(LANES, *tile)
         tmp.write_text(first + "".join(lines[1:]) + generated)
         os.replace(tmp, path)  # atomic: concurrent processes see a whole file or none
     module_name = f"geomtraj._kernels.{name}"
@@ -168,58 +175,114 @@ def run_loops_source(vec: int, group: int) -> str:
     )
 
 
-def lane_loops_source(lanes: int, group: int) -> str:
-    """Source of the lane kernel's two inner loops, unrolled over ``lanes`` and ``group``.
+def lane_loops_source(lanes: int, points: int, rows: int, inputs: int) -> str:
+    """Source of the lane kernel's two product loops, unrolled over ``lanes`` and a register tile.
 
     Written out as scalar statements, one per lane, that LLVM's SLP vectoriser packs into vectors:
-    the sums stay in registers, in the order of the per-run kernel.
+    the sums stay in registers, each in the order of the per-run kernel. Activation and delta rows
+    are ``unit*ns + point`` (``ns >= n``, the row stride of a unit).
 
-    * ``_lane_affine``: ``out[(r0+o)*n + p] = init[i0 + o*istep]
-      + sum_i theta[k0 + o*kstep + i*kstride] * S[(q0+i)*n + p]`` (``i`` in order) for every row
-      ``o < rows``, point ``p < n`` and lane. The forward pass passes the biases as ``init``;
-      back-propagation a row of zeros. ``group`` points share each load of ``theta``.
-    * ``_lane_dots``: ``G[k0 + j, COL_G + w] = sum_p A[qa*n + p, w] * D[(d0+j)*n + p, w]``
-      (``p`` in order) for every row ``j < rows`` and lane ``w``. ``group`` rows share each load
-      of ``A``.
+    * ``_lane_affine``: ``out[(r0+o)*ns + p] = init[i0 + o*istep]
+      + sum_i theta[k0 + o*kstep + i*kstride] * S[(q0+i)*ns + p]`` (``i`` in order) for every
+      row ``o < rows``, point ``p < n`` and lane. The forward pass passes the biases as ``init``;
+      back-propagation a row of zeros. A tile is ``rows`` output rows at ``points`` points.
+    * ``_lane_dots``: the weight and bias gradients of one layer,
+      ``G[wo + i*rows + j, COL_G + w] = sum_p A[(a_in+i)*ns + p, w] * D[(d0+j)*ns + p, w]`` and
+      ``G[bo + j, COL_G + w]`` likewise with the row ``ones_row`` of ones (``p`` in order), for
+      every input ``i < fan_in``, output row ``j < rows`` and lane ``w``. A tile is ``inputs``
+      input rows (the ones row first) by ``points`` output rows.
 
-    A last, short group repeats its last point or row: the same sums again, stored again.
+    Output rows and input rows that do not fill a whole tile take a pass of one row each. A last,
+    short group of points (output rows of ``_lane_dots``) repeats its last one: the same sums
+    again, stored again.
     """
-    g, lane = range(group), range(lanes)
+    g, lane = range(points), range(lanes)
     block = _block
+
+    def rows_pass(nrows: int, o_range: str) -> str:
+        """A pass of ``_lane_affine`` over output rows ``o_range``, ``nrows`` at a time."""
+        R = range(nrows)
+        return (
+            block(8, [f"for o in {o_range}:"])
+            + block(12, [f"ib{r} = np.uint64(i0 + (o + {r}) * istep)" for r in R])
+            + block(12, [f"kk{r} = np.uint64(k0 + (o + {r}) * kstep)" for r in R])
+            + block(12, [f"x{j} = x{j}0" for j in g])
+            + block(
+                12,
+                [
+                    " = ".join(f"s{r}_{j}_{w}" for j in g) + f" = init[ib{r}, {w}]"
+                    for r in R
+                    for w in lane
+                ],
+            )  # fmt: skip
+            + block(12, ["for _ in range(count):"])
+            + block(16, [f"c{r}_{w} = theta[kk{r}, {w}]" for r in R for w in lane])
+            + block(16, [f"d{j}_{w} = S[x{j}, {w}]" for j in g for w in lane])
+            + block(
+                16, [f"s{r}_{j}_{w} += c{r}_{w} * d{j}_{w}" for r in R for j in g for w in lane]
+            )
+            + block(16, [f"kk{r} += ks" for r in R] + [f"x{j} += nn" for j in g])
+            + block(12, [f"e{r}_{j} = e{j}0 + np.uint64((o + {r}) * ns)" for r in R for j in g])
+            + block(12, [f"out[e{r}_{j}, {w}] = s{r}_{j}_{w}" for r in R for j in g for w in lane])
+        )
 
     affine = (
         "@njit(**_JIT)\n"
-        "def _lane_affine(theta, k0, kstep, kstride, S, q0, count, n, out, r0, rows, init, i0,"
+        "def _lane_affine(theta, k0, kstep, kstride, S, q0, count, n, ns, out, r0, rows, init, i0,"
         " istep):\n"
-        + block(4, ["ks = np.uint64(kstride)", "nn = np.uint64(n)", "for o in range(rows):"])
-        + block(8, ["b = np.uint64(i0 + o * istep)", "kb = np.uint64(k0 + o * kstep)"])
-        + block(8, [f"for p in range(0, n, {group}):"])
-        + block(12, [f"x{j} = np.uint64(q0 * n + min(p + {j}, n - 1))" for j in g])
-        + block(12, [" = ".join(f"s{j}_{w}" for j in g) + f" = init[b, {w}]" for w in lane])
-        + block(12, ["k = kb", "for _ in range(count):"])
-        + block(16, [f"c{w} = theta[k, {w}]" for w in lane])
-        + block(16, [f"s{j}_{w} += c{w} * S[x{j}, {w}]" for j in g for w in lane])
-        + block(16, ["k += ks"] + [f"x{j} += nn" for j in g])
-        + block(12, ["r = np.uint64((r0 + o) * n)"])
-        + block(12, [f"e{j} = r + np.uint64(min(p + {j}, n - 1))" for j in g])
-        + block(12, [f"out[e{j}, {w}] = s{j}_{w}" for j in g for w in lane])
+        + block(
+            4, ["ks = np.uint64(kstride)", "nn = np.uint64(ns)", f"full = rows - rows % {rows}"]
+        )
+        + block(4, [f"for p in range(0, n, {points}):"])
+        + block(8, [f"x{j}0 = np.uint64(q0 * ns + min(p + {j}, n - 1))" for j in g])
+        + block(8, [f"e{j}0 = np.uint64(r0 * ns + min(p + {j}, n - 1))" for j in g])
+        + rows_pass(rows, f"range(0, full, {rows})")
+        + rows_pass(1, "range(full, rows)")
     )
+
+    def inputs_pass(nin: int, i_range: str) -> str:
+        """A pass of ``_lane_dots`` over input rows ``i_range`` (0: the ones row), ``nin`` at a
+        time."""
+        R = range(nin)
+        return (
+            block(8, [f"for ii in {i_range}:"])
+            + block(12, [f"qa{r} = ones_row if ii + {r} == 0 else a_in + ii + {r} - 1" for r in R])
+            + block(12, [f"kg{r} = bo if ii + {r} == 0 else wo + (ii + {r} - 1) * rows" for r in R])
+            + block(
+                12, [" = ".join(f"s{r}_{j}_{w}" for r in R for j in g) + " = ZERO" for w in lane]
+            )  # fmt: skip
+            + block(12, [f"a{r} = np.uint64(qa{r} * ns)" for r in R] + [f"y{j} = y{j}0" for j in g])
+            + block(12, ["for _ in range(n):"])
+            + block(16, [f"c{r}_{w} = A[a{r}, {w}]" for r in R for w in lane])
+            + block(16, [f"d{j}_{w} = D[y{j}, {w}]" for j in g for w in lane])
+            + block(
+                16, [f"s{r}_{j}_{w} += c{r}_{w} * d{j}_{w}" for r in R for j in g for w in lane]
+            )
+            + block(16, [f"a{r} += ONE_U" for r in R] + [f"y{j} += ONE_U" for j in g])
+            + block(
+                12,
+                [
+                    f"G[kg{r} + j{j}, COL_G + {w}] = s{r}_{j}_{w}"
+                    for r in R
+                    for j in g
+                    for w in lane
+                ],
+            )  # fmt: skip
+        )
+
     dots = (
         "@njit(**_JIT)\n"
-        "def _lane_dots(A, qa, D, d0, rows, n, G, k0):\n"
-        + block(4, [f"for j in range(0, rows, {group}):"])
+        "def _lane_dots(A, a_in, fan_in, ones_row, D, d0, rows, n, ns, G, wo, bo):\n"
+        + block(4, [f"full = (fan_in + 1) - (fan_in + 1) % {inputs}"])
+        + block(4, [f"for j in range(0, rows, {points}):"])
         + block(8, [f"j{j} = min(j + {j}, rows - 1)" for j in g])
-        + block(8, [" = ".join(f"s{j}_{w}" for j in g) + " = ZERO" for w in lane])
-        + block(8, ["a = np.uint64(qa * n)"] + [f"y{j} = np.uint64((d0 + j{j}) * n)" for j in g])
-        + block(8, ["for _ in range(n):"])
-        + block(12, [f"c{w} = A[a, {w}]" for w in lane])
-        + block(12, [f"s{j}_{w} += c{w} * D[y{j}, {w}]" for j in g for w in lane])
-        + block(12, ["a += ONE_U"] + [f"y{j} += ONE_U" for j in g])
-        + block(8, [f"G[k0 + j{j}, COL_G + {w}] = s{j}_{w}" for j in g for w in lane])
+        + block(8, [f"y{j}0 = np.uint64((d0 + j{j}) * ns)" for j in g])
+        + inputs_pass(inputs, f"range(0, full, {inputs})")
+        + inputs_pass(1, "range(full, fan_in + 1)")
     )
     header = (
         "\n\n# ---- generated by geomtraj.kernels.mlp.lane_loops_source"
-        f"(lanes={lanes}, group={group}) ----\n"
+        f"(lanes={lanes}, points={points}, rows={rows}, inputs={inputs}) ----\n"
         f"assert LANES == {lanes}, 'the template and mlp.LANES disagree'\n\n\n"
     )
     return header + affine + "\n\n" + dots
