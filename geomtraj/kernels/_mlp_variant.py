@@ -652,30 +652,6 @@ def _lane_backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, y, n, ns, 
 
 
 @njit(**_JIT)
-def _lane_dot16(X, xc, Y, yc, n, acc, out):
-    """``out[w] = sum_k X[k, xc+w] * Y[k, yc+w]`` over ``k < n`` for every lane, in the order of
-    :func:`_dot16` (16 interleaved partial sums in ``acc``, shape ``(16, LANES)``)."""
-    for l in range(16):
-        for w in range(LANES):
-            acc[l, w] = ZERO
-    k = 0
-    while k + 16 <= n:
-        for l in range(16):
-            for w in range(LANES):
-                acc[l, w] += X[k + l, xc + w] * Y[k + l, yc + w]
-        k += 16
-    while k < n:
-        for w in range(LANES):
-            acc[0, w] += X[k, xc + w] * Y[k, yc + w]
-        k += 1
-    for w in range(LANES):
-        s = acc[:, w]
-        out[w] = (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + (
-            ((s[8] + s[9]) + (s[10] + s[11])) + ((s[12] + s[13]) + (s[14] + s[15]))
-        )
-
-
-@njit(**_JIT)
 def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, X, y, n_data,
                 hyper, theta, m, v, powers, loss0, diverged, rec_idx, rec_theta, rec_m, rec_v,
                 rec_loss, step_loss, grad_norm, update_norm, explode):  # fmt: skip
