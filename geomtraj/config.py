@@ -32,6 +32,15 @@ DIVERGENCE_LOSS_FACTOR = 1.0e4
 #: Target size of one stored zarr chunk, in bytes (PITFALLS: ~1 MiB or more keeps task counts sane).
 CHUNK_TARGET_BYTES = 4 * 2**20
 
+#: Runs per stored chunk by default, and the most a default chunk takes when its arrays are small:
+#: with little recorded per run (short runs, few or no coordinates), chunks of 8 runs hold a few
+#: KiB each, and writing them costs about a millisecond per chunk file. The run chunk then doubles
+#: until a chunk of the largest array reaches CHUNK_MIN_BYTES. Analyses and ``geomtraj train
+#: --scheduler`` work in blocks of one run chunk, so the cap bounds their memory and keeps blocks
+#: to hand out.
+RUN_CHUNK, RUN_CHUNK_MAX = 8, 64
+CHUNK_MIN_BYTES = 2**20
+
 #: Memory budget for the recording buffers that ``train`` holds before writing a chunk, in bytes.
 RECORD_BUFFER_BYTES = 512 * 2**20
 

@@ -6,6 +6,9 @@ Example (every key is optional except ``steps``)::
     record_every = 1
     record_params = 16            # "all", a count, or a list of names such as ["W1[0,3]"]
     snapshot_every = 0            # full snapshots of theta/m/v every N updates (0: none)
+    chunk_rows = 4096             # recorded rows per stored chunk (default: chunks of ~4 MiB)
+    run_chunk = 8                 # runs per stored chunk, also the blocks of --scheduler
+                                  # (default: 8, more while chunks stay below 1 MiB, up to 64)
 
     [data]
     name = "sincos"               # or a list, which makes it a grid axis
@@ -67,6 +70,7 @@ _SECTIONS: dict[str, set[str]] = {
         "record_params",
         "snapshot_every",
         "chunk_rows",
+        "run_chunk",
         "data",
         "model",
         "optimizer",
@@ -110,6 +114,16 @@ def _number(value, name: str, kind=float):
     if kind is int and int(value) != value:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     return kind(value)
+
+
+def _count_or_none(value, name: str) -> int | None:
+    """A positive integer setting, or None when absent."""
+    if value is None:
+        return None
+    count = _number(value, name, int)
+    if count < 1:
+        raise ConfigError(f"{name} must be at least 1, got {count}")
+    return count
 
 
 def expand_hidden(item):
@@ -267,7 +281,8 @@ def plan_from_config(cfg: dict) -> Plan:
         steps=steps,
         record_every=_number(cfg.get("record_every", 1), "record_every", int),
         record_params=record,
-        chunk_rows=cfg.get("chunk_rows"),
+        chunk_rows=_count_or_none(cfg.get("chunk_rows"), "chunk_rows"),
+        run_chunk=_count_or_none(cfg.get("run_chunk"), "run_chunk"),
         snapshot_every=_number(cfg.get("snapshot_every", 0), "snapshot_every", int),
         description={k: cfg[k] for k in ("name", "description") if k in cfg},
     )

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomtraj.config import CHUNK_TARGET_BYTES, RECORD_BUFFER_BYTES
+from geomtraj.config import (
+    CHUNK_MIN_BYTES,
+    CHUNK_TARGET_BYTES,
+    RECORD_BUFFER_BYTES,
+    RUN_CHUNK,
+    RUN_CHUNK_MAX,
+)
 from geomtraj.errors import ConfigError
 from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import MLPSpec
@@ -186,17 +192,31 @@ class Plan:
         return out
 
     def chunking(self, n_recorded: int) -> tuple[int, int]:
-        """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers."""
+        """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers.
+
+        The run chunk is ``run_chunk`` when set, else :data:`~geomtraj.config.RUN_CHUNK` runs,
+        doubled (up to :data:`~geomtraj.config.RUN_CHUNK_MAX`) while a chunk of the largest array
+        per run (recorded rows, per-update scalars or final parameters) stays below
+        :data:`~geomtraj.config.CHUNK_MIN_BYTES`.
+        """
         n_runs, item = len(self.runs), self.storage_dtype.itemsize
-        run_chunk = self.run_chunk or min(n_runs, 8)
+        run_chunk = self.run_chunk or min(n_runs, RUN_CHUNK)
         if self.chunk_rows:
-            return run_chunk, min(self.chunk_rows, self.n_rows)
-        per_row_chunk = max(1, run_chunk * n_recorded * item)
-        rows = max(1, CHUNK_TARGET_BYTES // per_row_chunk)
-        per_row_buffer = n_runs * (3 * n_recorded * item + item + 3 * self.record_every * item)
-        rows = min(rows, max(1, RECORD_BUFFER_BYTES // per_row_buffer), self.n_rows)
-        # keep the per-update scalars' chunks (rows*record_every updates) at a sensible size too
-        rows = max(1, min(rows, max(1, 2**20 // self.record_every)))
+            rows = min(self.chunk_rows, self.n_rows)
+        else:
+            per_row_chunk = max(1, run_chunk * n_recorded * item)
+            rows = max(1, CHUNK_TARGET_BYTES // per_row_chunk)
+            per_row_buffer = n_runs * (3 * n_recorded * item + item + 3 * self.record_every * item)
+            rows = min(rows, max(1, RECORD_BUFFER_BYTES // per_row_buffer), self.n_rows)
+            # keep the per-update scalars' chunks (rows*record_every updates) at a sensible size too
+            rows = max(1, min(rows, max(1, 2**20 // self.record_every)))
+        if not self.run_chunk:
+            n_all = max(r.spec.n_params for r in self.runs)
+            per_run = item * max(rows * n_recorded, rows * self.record_every, n_all)
+            while run_chunk * per_run < CHUNK_MIN_BYTES and 2 * run_chunk <= min(
+                n_runs, RUN_CHUNK_MAX
+            ):
+                run_chunk *= 2
         return run_chunk, int(rows)
 
     def fingerprint(self) -> str:

@@ -896,9 +896,18 @@ def train_distributed(
     With ``resume``, an unfinished store of the same plan is trained again block by block (a
     block's values do not depend on where or how often it is trained).
     """
-    from geomtraj.train import check_resume, create_store, finish_store, run_blocks, train_block
+    from geomtraj.train import (
+        check_resume,
+        create_store,
+        finish_store,
+        plan_for_store,
+        run_blocks,
+        train_block,
+    )
 
     path = Path(store).absolute()
+    if resume:
+        plan = plan_for_store(plan, path)
     if not check_resume(plan, path, resume):
         plan.validate()
     client = _connect(scheduler)

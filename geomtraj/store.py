@@ -126,6 +126,16 @@ def set_attrs(path: str | os.PathLike, **attrs) -> None:
     group.attrs.update(attrs)
 
 
+def read_run_chunk(path: str | os.PathLike) -> int | None:
+    """Runs per chunk of an existing store (its ``train_loss`` metadata); None if unreadable."""
+    meta = Path(path) / "train_loss" / "zarr.json"
+    try:
+        shape = json.loads(meta.read_text())["chunk_grid"]["configuration"]["chunk_shape"]
+        return int(shape[0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def read_attrs(path: str | os.PathLike) -> dict:
     meta = Path(path) / "zarr.json"
     try:

@@ -29,6 +29,8 @@ rows up to ``T-1`` equal its original's. A rescaling twin (``scale:k=K``) comput
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
 import os
 import sys
@@ -63,6 +65,7 @@ __all__ = [
     "train_plan",
     "run_blocks",
     "create_store",
+    "plan_for_store",
     "train_block",
     "finish_store",
 ]
@@ -503,9 +506,11 @@ def _static_dataset(tr: _Trainer) -> xr.Dataset:
     """Coordinates, run table, data sets, parameter names and initial parameters."""
     plan = tr.plan
     r = plan.record_every
-    names = []
+    names, names_of = [], {}  # (grids share a few architectures: name each one once)
     for k, run in enumerate(plan.runs):
-        all_names = run.spec.param_names()
+        all_names = names_of.get(run.spec)
+        if all_names is None:
+            all_names = names_of[run.spec] = run.spec.param_names()
         names.append([all_names[i] if i >= 0 else "" for i in tr.rec_idx[k]])
     same = all(n == names[0] for n in names)
     p_max = max(ds.X.shape[0] for ds in plan.datasets)
@@ -687,10 +692,11 @@ def train_plan(
     and the lazily opened store is returned. ``resume=True`` continues an interrupted store from its
     last complete chunk; the finished store is bit-identical to an uninterrupted one.
     """
-    tr = _Trainer(plan)
     if store is None:
-        return _train_in_memory(tr, progress)
-    return _train_to_store(tr, Path(store), resume, progress)
+        return _train_in_memory(_Trainer(plan), progress)
+    if resume:
+        plan = plan_for_store(plan, store)
+    return _train_to_store(_Trainer(plan), Path(store), resume, progress)
 
 
 def _runs_done(tr: _Trainer, t_end: int) -> int:
@@ -739,6 +745,21 @@ def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int) -> None:
     os.replace(tmp, final)
 
 
+def plan_for_store(plan: Plan, store: str | os.PathLike) -> Plan:
+    """``plan`` with the run chunk of the existing ``store`` when the plan leaves it to the default.
+
+    The default run chunk depends on the version that made a store (it grew for small chunks);
+    resuming a store, training a block of it or reusing it must follow the store's own layout.
+    A plan with an explicit ``run_chunk``, or a path with no store, is returned unchanged.
+    """
+    if plan.run_chunk is not None:
+        return plan
+    stored = store_mod.read_run_chunk(store)
+    if stored is None or stored == plan.chunking(plan.recorded_indices().shape[1])[0]:
+        return plan
+    return dataclasses.replace(plan, run_chunk=stored)
+
+
 def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
     """Whether ``path`` holds an unfinished store of ``plan`` to continue (``--resume``).
 
@@ -773,13 +794,21 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
             with np.load(ckpt) as saved:
                 tr.restore(saved)
                 start = int(saved["next_chunk"])
+        creating = None
     else:
-        template, chunks = _template(tr)
-        store_mod.create(path, template, chunks)
+        # The template (metadata, run table, data sets, initial parameters) is written by a
+        # second thread while the first chunk trains (the kernels release the GIL); it reads
+        # only what training never changes. Nothing is written into the store before it exists.
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geomtraj-store")
+        creating = pool.submit(_create_store, tr, path)
+        pool.shutdown(wait=False)  # (the submitted work still runs)
     bar = _Progress(len(plan.runs), plan.steps, start * tr.rows * plan.record_every, progress)
     try:
         for c in range(start, tr.n_chunks):
             row0, rows, buf = tr.run_chunk_steps(c)
+            if creating is not None:
+                creating, done = None, creating
+                done.result()  # (raises what creating the store raised)
             u0, u1 = row0 * plan.record_every, (row0 + rows) * plan.record_every
             store_mod.write_region(
                 path,
@@ -796,8 +825,15 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
             bar.update(u1 - u0, _runs_done(tr, u1))
     finally:
         bar.close()
+        if creating is not None:  # training stopped before the store was needed: let it finish
+            concurrent.futures.wait([creating])
     store_mod.write_region(path, _final_dataset(tr), {"run": slice(None), "param_all": slice(None)})
     return _finish(path)
+
+
+def _create_store(tr: _Trainer, path: Path) -> None:
+    template, chunks = _template(tr)
+    store_mod.create(path, template, chunks)
 
 
 def _write_snapshots(path: Path, buf: dict[str, np.ndarray], run_region: slice) -> None:
@@ -857,6 +893,7 @@ def train_block(plan: Plan, store: str | os.PathLike, runs: range) -> np.ndarray
         ``diverged_step`` of the block's runs.
     """
     path = Path(store)
+    plan = plan_for_store(plan, path)
     n = len(plan.runs)
     run_chunk, _ = plan.chunking(plan.recorded_indices().shape[1])
     runs = range(runs.start, runs.stop)
@@ -897,6 +934,7 @@ def train_block(plan: Plan, store: str | os.PathLike, runs: range) -> np.ndarray
 def finish_store(plan: Plan, store: str | os.PathLike) -> xr.Dataset:
     """Mark ``store`` complete once every block of :func:`run_blocks` is trained; open it."""
     path = Path(store)
+    plan = plan_for_store(plan, path)
     attrs = store_mod.read_attrs(path)
     if attrs.get("geomtraj_fingerprint") != plan.fingerprint():
         raise StoreError(f"{path} was created from a different plan; cannot finish it")

@@ -70,6 +70,8 @@ BAD_CONFIGS = {
     "no steps": ("[data]\nseed = 1\n", "steps"),
     "not toml": ("steps = = 3\n", "invalid TOML"),
     "stride": ("steps = 10\nrecord_every = 3\n", "record_every=3"),
+    "run chunk": ("steps = 10\nrun_chunk = 0\n", "run_chunk must be at least 1"),
+    "chunk rows": ('steps = 10\nchunk_rows = "many"\n', "chunk_rows must be a number"),
 }
 
 

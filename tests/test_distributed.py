@@ -29,6 +29,7 @@ CONFIG = """
 steps = 300
 record_params = 6
 chunk_rows = 64
+run_chunk = 8  # (these chunks are small: the default would hold all 32 runs in one)
 
 [data]
 name = "sincos"

@@ -335,3 +335,64 @@ def test_resume_after_interruption_is_bit_identical(mixed_store, tmp_path, monke
     a, b = _tree_bytes(mixed_store), _tree_bytes(path)
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
+
+
+# ------------------------------------------------------------------------- run chunks by size
+
+SMALL_RUNS = {
+    "steps": 20,
+    "data": {"name": "sincos", "n_points": 16},
+    "model": {"hidden": "4x3"},
+    "optimizer": {"lr": 1e-2},
+    "runs": {"seeds": list(range(40)), "precision": "float32"},
+    "record_params": 0,
+}
+
+
+def test_default_run_chunk_grows_only_while_chunks_are_small():
+    """Eight runs of 20 updates make chunks of a few hundred bytes: the default run chunk doubles
+    (to 32 of these 40 runs: never past the run count); with every coordinate of 20,000 steps
+    recorded, eight runs already fill a chunk of more than 1 MiB and it stays 8."""
+    small = plan_from_config(SMALL_RUNS)
+    assert small.chunking(0)[0] == 32
+    many = plan_from_config({**SMALL_RUNS, "runs": {"seeds": list(range(300))}})
+    assert many.chunking(0)[0] == 64  # RUN_CHUNK_MAX
+    small.run_chunk = 8  # an explicit run chunk is kept
+    assert small.chunking(0)[0] == 8
+    big = plan_from_config({**SMALL_RUNS, "steps": 20_000, "record_params": "all"})
+    rec = big.recorded_indices().shape[1]
+    run_chunk, rows = big.chunking(rec)
+    assert run_chunk == 8
+    assert run_chunk * rows * rec * 4 >= 2**20
+
+
+def test_a_store_keeps_its_own_run_chunk_when_resumed_trained_by_block_or_finished(tmp_path):
+    """A store laid out with another run chunk than today's default (as older versions made
+    them) is resumed in its own layout, and ends byte-identical to one trained in that layout."""
+    from geomtraj.train import create_store, finish_store, plan_for_store, run_blocks, train_block
+
+    old = plan_from_config(SMALL_RUNS)
+    old.run_chunk = 8
+    now = plan_from_config(SMALL_RUNS)
+    assert now.chunking(0)[0] != 8 and now.fingerprint() != old.fingerprint()
+
+    reference = tmp_path / "reference.zarr"
+    train_plan(old, reference)
+    assert plan_for_store(now, reference).fingerprint() == old.fingerprint()
+    assert plan_for_store(now, tmp_path / "absent.zarr") is now
+
+    interrupted = tmp_path / "interrupted.zarr"
+    create_store(old, interrupted)  # the template only, as a run killed before its first write
+    train_plan(now, interrupted, resume=True)
+
+    blocks = tmp_path / "blocks.zarr"
+    create_store(old, blocks)
+    for b in run_blocks(old):
+        train_block(now, blocks, b)
+    finish_store(now, blocks)
+
+    want = _tree_bytes(reference)
+    for path in (interrupted, blocks):
+        got = _tree_bytes(path)
+        assert sorted(got) == sorted(want)
+        assert [k for k in want if got[k] != want[k]] == []

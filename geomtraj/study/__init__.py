@@ -229,9 +229,9 @@ def describe(study: Study, out_dir: Path) -> str:
 def _train_store(spec: StoreSpec, path: Path, progress: bool | None, log) -> dict:
     """Train (or reuse, or resume) one store; returns what ``study.json`` records of it."""
     from geomtraj import store as store_mod
-    from geomtraj.train import train_plan
+    from geomtraj.train import plan_for_store, train_plan
 
-    plan = spec.plan
+    plan = plan_for_store(spec.plan, path)
     fingerprint = plan.fingerprint()
     resume = False
     if path.exists():
