@@ -170,8 +170,11 @@ class Plan:
 
     def recorded_indices(self) -> np.ndarray:
         """``(n_runs, n_recorded)`` flat indices of the recorded coordinates, -1 as padding."""
-        per_run = []
+        per_run, of_spec = [], {}  # (grids share a few architectures: select once for each)
         for r in self.runs:
+            if r.spec in of_spec:
+                per_run.append(of_spec[r.spec])
+                continue
             n = r.spec.n_params
             sel = self.record_params
             if isinstance(sel, str):
@@ -184,7 +187,7 @@ class Plan:
                 idx = np.unique(np.round(np.linspace(0, n - 1, min(int(sel), n))).astype(np.int64))
             else:
                 idx = np.array([r.spec.param_index(name) for name in sel], dtype=np.int64)
-            per_run.append(idx)
+            per_run.append(of_spec.setdefault(r.spec, idx))
         width = max(len(i) for i in per_run)
         out = np.full((len(self.runs), width), -1, dtype=np.int64)
         for k, idx in enumerate(per_run):
