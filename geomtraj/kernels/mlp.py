@@ -199,29 +199,38 @@ def lane_loops_source(lanes: int, points: int, rows: int, inputs: int) -> str:
     g, lane = range(points), range(lanes)
     block = _block
 
+    def tile_loop(R, trips: str, c_load: str, d_load: str, steps: list[str]) -> str:
+        """The loop of one register tile: ``s{r}_{j} += c{r} * d{j}`` for every row ``r`` in
+        ``R``, point (or output row) ``j`` and lane, ``trips`` times; ``c_load``/``d_load`` give
+        the loaded element from ``r``/``j`` and the lane, ``steps`` advance the indices."""
+        return (
+            block(12, [f"for _ in range({trips}):"])
+            + block(16, [f"c{r}_{w} = " + c_load.format(r=r, w=w) for r in R for w in lane])
+            + block(16, [f"d{j}_{w} = " + d_load.format(j=j, w=w) for j in g for w in lane])
+            + block(
+                16, [f"s{r}_{j}_{w} += c{r}_{w} * d{j}_{w}" for r in R for j in g for w in lane]
+            )
+            + block(16, steps)
+        )
+
     def rows_pass(nrows: int, o_range: str) -> str:
         """A pass of ``_lane_affine`` over output rows ``o_range``, ``nrows`` at a time."""
         R = range(nrows)
+        inits = [
+            " = ".join(f"s{r}_{j}_{w}" for j in g) + f" = init[ib{r}, {w}]" for r in R for w in lane
+        ]
         return (
             block(8, [f"for o in {o_range}:"])
             + block(12, [f"ib{r} = np.uint64(i0 + (o + {r}) * istep)" for r in R])
             + block(12, [f"kk{r} = np.uint64(k0 + (o + {r}) * kstep)" for r in R])
-            + block(12, [f"x{j} = x{j}0" for j in g])
-            + block(
-                12,
-                [
-                    " = ".join(f"s{r}_{j}_{w}" for j in g) + f" = init[ib{r}, {w}]"
-                    for r in R
-                    for w in lane
-                ],
-            )  # fmt: skip
-            + block(12, ["for _ in range(count):"])
-            + block(16, [f"c{r}_{w} = theta[kk{r}, {w}]" for r in R for w in lane])
-            + block(16, [f"d{j}_{w} = S[x{j}, {w}]" for j in g for w in lane])
-            + block(
-                16, [f"s{r}_{j}_{w} += c{r}_{w} * d{j}_{w}" for r in R for j in g for w in lane]
+            + block(12, [f"x{j} = x{j}0" for j in g] + inits)
+            + tile_loop(
+                R,
+                "count",
+                "theta[kk{r}, {w}]",
+                "S[x{j}, {w}]",
+                [f"kk{r} += ks" for r in R] + [f"x{j} += nn" for j in g],
             )
-            + block(16, [f"kk{r} += ks" for r in R] + [f"x{j} += nn" for j in g])
             + block(12, [f"e{r}_{j} = e{j}0 + np.uint64((o + {r}) * ns)" for r in R for j in g])
             + block(12, [f"out[e{r}_{j}, {w}] = s{r}_{j}_{w}" for r in R for j in g for w in lane])
         )
@@ -230,10 +239,8 @@ def lane_loops_source(lanes: int, points: int, rows: int, inputs: int) -> str:
         "@njit(**_JIT)\n"
         "def _lane_affine(theta, k0, kstep, kstride, S, q0, count, n, ns, out, r0, rows, init, i0,"
         " istep):\n"
-        + block(
-            4, ["ks = np.uint64(kstride)", "nn = np.uint64(ns)", f"full = rows - rows % {rows}"]
-        )
-        + block(4, [f"for p in range(0, n, {points}):"])
+        + block(4, ["ks = np.uint64(kstride)", "nn = np.uint64(ns)"])
+        + block(4, [f"full = rows - rows % {rows}", f"for p in range(0, n, {points}):"])
         + block(8, [f"x{j}0 = np.uint64(q0 * ns + min(p + {j}, n - 1))" for j in g])
         + block(8, [f"e{j}0 = np.uint64(r0 * ns + min(p + {j}, n - 1))" for j in g])
         + rows_pass(rows, f"range(0, full, {rows})")
@@ -244,30 +251,24 @@ def lane_loops_source(lanes: int, points: int, rows: int, inputs: int) -> str:
         """A pass of ``_lane_dots`` over input rows ``i_range`` (0: the ones row), ``nin`` at a
         time."""
         R = range(nin)
+        zeros = [" = ".join(f"s{r}_{j}_{w}" for r in R for j in g) + " = ZERO" for w in lane]
+        stores = [
+            f"G[kg{r} + j{j}, COL_G + {w}] = s{r}_{j}_{w}" for r in R for j in g for w in lane
+        ]
         return (
             block(8, [f"for ii in {i_range}:"])
             + block(12, [f"qa{r} = ones_row if ii + {r} == 0 else a_in + ii + {r} - 1" for r in R])
             + block(12, [f"kg{r} = bo if ii + {r} == 0 else wo + (ii + {r} - 1) * rows" for r in R])
-            + block(
-                12, [" = ".join(f"s{r}_{j}_{w}" for r in R for j in g) + " = ZERO" for w in lane]
-            )  # fmt: skip
+            + block(12, zeros)
             + block(12, [f"a{r} = np.uint64(qa{r} * ns)" for r in R] + [f"y{j} = y{j}0" for j in g])
-            + block(12, ["for _ in range(n):"])
-            + block(16, [f"c{r}_{w} = A[a{r}, {w}]" for r in R for w in lane])
-            + block(16, [f"d{j}_{w} = D[y{j}, {w}]" for j in g for w in lane])
-            + block(
-                16, [f"s{r}_{j}_{w} += c{r}_{w} * d{j}_{w}" for r in R for j in g for w in lane]
+            + tile_loop(
+                R,
+                "n",
+                "A[a{r}, {w}]",
+                "D[y{j}, {w}]",
+                [f"a{r} += ONE_U" for r in R] + [f"y{j} += ONE_U" for j in g],
             )
-            + block(16, [f"a{r} += ONE_U" for r in R] + [f"y{j} += ONE_U" for j in g])
-            + block(
-                12,
-                [
-                    f"G[kg{r} + j{j}, COL_G + {w}] = s{r}_{j}_{w}"
-                    for r in R
-                    for j in g
-                    for w in lane
-                ],
-            )  # fmt: skip
+            + block(12, stores)
         )
 
     dots = (
@@ -298,7 +299,7 @@ def lane_loops_source(lanes: int, points: int, rows: int, inputs: int) -> str:
                 for j in h
                 for w in lane
             ],
-        )  # fmt: skip
+        )
         + block(8, [f"acc[l0 + {j}, {w}] = s{j}_{w}" for j in h for w in lane])
         + block(4, [f"t{w} = acc[0, {w}]" for w in lane])
         + block(4, ["for k in range(n16, n):", "    r = np.uint64(k)"])
