@@ -16,6 +16,7 @@ import numpy as np
 from geomtraj.config import (
     CHUNK_MIN_BYTES,
     CHUNK_TARGET_BYTES,
+    MIN_BLOCKS,
     RECORD_BUFFER_BYTES,
     RUN_CHUNK,
     RUN_CHUNK_MAX,
@@ -198,9 +199,10 @@ class Plan:
         """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers.
 
         The run chunk is ``run_chunk`` when set, else :data:`~geomtraj.config.RUN_CHUNK` runs,
-        doubled (up to :data:`~geomtraj.config.RUN_CHUNK_MAX`) while a chunk of the largest array
-        per run (recorded rows, per-update scalars or final parameters) stays below
-        :data:`~geomtraj.config.CHUNK_MIN_BYTES`.
+        doubled while a chunk of the largest array per run (recorded rows, per-update scalars or
+        final parameters) stays below :data:`~geomtraj.config.CHUNK_MIN_BYTES`, up to
+        :data:`~geomtraj.config.RUN_CHUNK_MAX` runs or a :data:`~geomtraj.config.MIN_BLOCKS`-th of
+        the runs, whichever is more.
         """
         n_runs, item = len(self.runs), self.storage_dtype.itemsize
         run_chunk = self.run_chunk or min(n_runs, RUN_CHUNK)
@@ -216,9 +218,8 @@ class Plan:
         if not self.run_chunk:
             n_all = max(r.spec.n_params for r in self.runs)
             per_run = item * max(rows * n_recorded, rows * self.record_every, n_all)
-            while run_chunk * per_run < CHUNK_MIN_BYTES and 2 * run_chunk <= min(
-                n_runs, RUN_CHUNK_MAX
-            ):
+            cap = min(n_runs, max(RUN_CHUNK_MAX, n_runs // MIN_BLOCKS))
+            while run_chunk * per_run < CHUNK_MIN_BYTES and 2 * run_chunk <= cap:
                 run_chunk *= 2
         return run_chunk, int(rows)
 

@@ -351,12 +351,16 @@ SMALL_RUNS = {
 
 def test_default_run_chunk_grows_only_while_chunks_are_small():
     """Eight runs of 20 updates make chunks of a few hundred bytes: the default run chunk doubles
-    (to 32 of these 40 runs: never past the run count); with every coordinate of 20,000 steps
+    (to 32 of these 40 runs: never past the run count; to 64 of 300; to 128 of 1,024, an eighth,
+    so --scheduler still has blocks to hand out); with every coordinate of 20,000 steps
     recorded, eight runs already fill a chunk of more than 1 MiB and it stays 8."""
     small = plan_from_config(SMALL_RUNS)
     assert small.chunking(0)[0] == 32
     many = plan_from_config({**SMALL_RUNS, "runs": {"seeds": list(range(300))}})
     assert many.chunking(0)[0] == 64  # RUN_CHUNK_MAX
+    # past 8 * RUN_CHUNK_MAX runs, blocks of an eighth of the runs: 1,024 runs -> 128 per chunk
+    plenty = plan_from_config({**SMALL_RUNS, "runs": {"seeds": list(range(1024))}})
+    assert plenty.chunking(0)[0] == 128
     small.run_chunk = 8  # an explicit run chunk is kept
     assert small.chunking(0)[0] == 8
     big = plan_from_config({**SMALL_RUNS, "steps": 20_000, "record_params": "all"})
