@@ -7,6 +7,7 @@ layer: first ``W_l`` of shape ``(fan_in, fan_out)`` in row-major order, then ``b
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ class MLPSpec:
         """Number of weight layers (hidden layers + the linear output layer)."""
         return len(self.hidden) + 1
 
-    @property
+    @functools.cached_property
     def n_params(self) -> int:
         s = self.sizes
         return sum(s[i] * s[i + 1] + s[i + 1] for i in range(len(s) - 1))

@@ -130,10 +130,11 @@ class _Group:
         ]
         self.hyper = np.array(hyper, np.float64).astype(self.dtype)
         assert self.hyper.shape[1] == len(HYPER_COLUMNS)
-        self.theta = np.zeros((n, n_max), self.dtype)
+        theta0 = np.zeros((n, n_max))
         for k, r in enumerate(runs):
-            th0 = init_params(r.spec, r.seed) if r.theta0 is None else np.asarray(r.theta0)
-            self.theta[k, : r.spec.n_params] = _to_format(th0, fmt)
+            th0 = init_params(r.spec, r.seed) if r.theta0 is None else r.theta0
+            theta0[k, : r.spec.n_params] = th0
+        self.theta = _to_format(theta0, fmt)  # (elementwise: one call rounds every run alike)
         self.theta_init = self.theta.copy()
         self.m = np.zeros_like(self.theta)
         self.v = np.zeros_like(self.theta)
