@@ -34,14 +34,16 @@ CHUNK_TARGET_BYTES = 4 * 2**20
 
 #: Runs per stored chunk by default, and the most a default chunk takes when its arrays are small:
 #: with little recorded per run (short runs, few or no coordinates), chunks of 8 runs hold a few
-#: KiB each, and every chunk costs zarr about 1.5-2 ms to write whatever its size (1024 float32
+#: KiB each, and every chunk costs zarr about 1.5 ms to write whatever its size (1024 float32
 #: runs of 2,000 updates: their four per-update series took 0.14 s in chunks of 64 runs, 0.115 s
-#: in chunks of 128). The run chunk then doubles until a chunk of the largest array reaches
-#: CHUNK_MIN_BYTES, which also bounds the memory of a block. Analyses and ``geomtraj train
-#: --scheduler`` work in blocks of one run chunk, so it doubles only up to RUN_CHUNK_MAX runs,
-#: or up to a MIN_BLOCKS-th of the runs where that is more, to keep blocks to hand out.
+#: in chunks of 128). The run chunk then doubles while a chunk of the largest array is below 3/4
+#: of CHUNK_TARGET_BYTES (it ends between 3 and 6 MiB), which also bounds the memory of a block.
+#: With 16 coordinates of 1024 runs recorded, growing to this rather than to 1 MiB took float32
+#: training from 6.41 to 6.32 s (chunks of 32 runs, not 16) and float64 from 18.2 to 16.7 s (32,
+#: not 8). Analyses and ``geomtraj train --scheduler`` work in blocks of
+#: one run chunk, so it doubles only up to RUN_CHUNK_MAX runs, or up to a MIN_BLOCKS-th of the
+#: runs where that is more, to keep blocks to hand out.
 RUN_CHUNK, RUN_CHUNK_MAX, MIN_BLOCKS = 8, 64, 8
-CHUNK_MIN_BYTES = 2**20
 
 #: Memory budget for the recording buffers that ``train`` holds before writing a chunk, in bytes.
 RECORD_BUFFER_BYTES = 512 * 2**20

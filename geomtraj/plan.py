@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomtraj.config import (
-    CHUNK_MIN_BYTES,
     CHUNK_TARGET_BYTES,
     MIN_BLOCKS,
     RECORD_BUFFER_BYTES,
@@ -200,9 +199,9 @@ class Plan:
 
         The run chunk is ``run_chunk`` when set, else :data:`~geomtraj.config.RUN_CHUNK` runs,
         doubled while a chunk of the largest array per run (recorded rows, per-update scalars or
-        final parameters) stays below :data:`~geomtraj.config.CHUNK_MIN_BYTES`, up to
-        :data:`~geomtraj.config.RUN_CHUNK_MAX` runs or a :data:`~geomtraj.config.MIN_BLOCKS`-th of
-        the runs, whichever is more.
+        final parameters) is below 3/4 of :data:`~geomtraj.config.CHUNK_TARGET_BYTES` (so it ends
+        between 3/4 and 3/2 of it), up to :data:`~geomtraj.config.RUN_CHUNK_MAX` runs or a
+        :data:`~geomtraj.config.MIN_BLOCKS`-th of the runs, whichever is more.
         """
         n_runs, item = len(self.runs), self.storage_dtype.itemsize
         run_chunk = self.run_chunk or min(n_runs, RUN_CHUNK)
@@ -219,7 +218,7 @@ class Plan:
             n_all = max(r.spec.n_params for r in self.runs)
             per_run = item * max(rows * n_recorded, rows * self.record_every, n_all)
             cap = min(n_runs, max(RUN_CHUNK_MAX, n_runs // MIN_BLOCKS))
-            while run_chunk * per_run < CHUNK_MIN_BYTES and 2 * run_chunk <= cap:
+            while 4 * run_chunk * per_run < 3 * CHUNK_TARGET_BYTES and 2 * run_chunk <= cap:
                 run_chunk *= 2
         return run_chunk, int(rows)
 

@@ -353,7 +353,8 @@ def test_default_run_chunk_grows_only_while_chunks_are_small():
     """Eight runs of 20 updates make chunks of a few hundred bytes: the default run chunk doubles
     (to 32 of these 40 runs: never past the run count; to 64 of 300; to 128 of 1,024, an eighth,
     so --scheduler still has blocks to hand out); with every coordinate of 20,000 steps
-    recorded, eight runs already fill a chunk of more than 1 MiB and it stays 8."""
+    recorded, eight runs already fill a chunk of about 4 MiB (the chunk target) and it stays 8;
+    16 coordinates of 2,000 steps grow to 32 runs, the first chunk of 3 MiB or more."""
     small = plan_from_config(SMALL_RUNS)
     assert small.chunking(0)[0] == 32
     many = plan_from_config({**SMALL_RUNS, "runs": {"seeds": list(range(300))}})
@@ -367,7 +368,11 @@ def test_default_run_chunk_grows_only_while_chunks_are_small():
     rec = big.recorded_indices().shape[1]
     run_chunk, rows = big.chunking(rec)
     assert run_chunk == 8
-    assert run_chunk * rows * rec * 4 >= 2**20
+    assert run_chunk * rows * rec * 4 >= 3 * 2**20
+    runs = {"seeds": list(range(1024)), "precision": "float32"}
+    some = plan_from_config({**SMALL_RUNS, "steps": 2000, "record_params": 16, "runs": runs})
+    run_chunk, rows = some.chunking(16)
+    assert (run_chunk, rows) == (32, 2000)  # 16 runs: 2.0 MB, 32 runs: 4.1 MB
 
 
 def test_a_store_keeps_its_own_run_chunk_when_resumed_trained_by_block_or_finished(tmp_path):
