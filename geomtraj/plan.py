@@ -21,10 +21,11 @@ from geomtraj.config import (
     RUN_CHUNK_MAX,
 )
 from geomtraj.errors import ConfigError
+from geomtraj.kernels.mlp import LANES
 from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import MLPSpec
 
-__all__ = ["DataSource", "Perturbation", "Run", "Plan", "estimate"]
+__all__ = ["DataSource", "Perturbation", "Run", "Plan", "estimate", "estimate_seconds", "lane_key"]
 
 
 @dataclass(frozen=True)
@@ -262,16 +263,56 @@ def estimate(plan: Plan, net_steps_per_s: float) -> dict:
 #: numba thread, training (no store) the 196-architecture width grid of
 #: ``benchmarks/bench_train.py`` for 600 steps: (12,24)-equivalents of 131,800 (float32), 70,900
 #: (float64) and 122,700 (bfloat16) per second, taken 25% lower here for writing the store, which
-#: costs 10-30% more (README "Speed"). Grids of one architecture take the lane kernel and run up
-#: to about 1.5x faster than this. float16 uses the bfloat16 figure: its runs often diverge early,
-#: which makes a measured rate look optimistic.
+#: costs 10-30% more (README "Speed"). float16 uses the bfloat16 figure: its runs often diverge
+#: early, which makes a measured rate look optimistic.
 REFERENCE_RATE = {
     "float64": 53_000.0,
     "float32": 99_000.0,
     "bfloat16": 92_000.0,
     "float16": 92_000.0,
 }
+
+#: The same for runs that take the lane kernel (see :func:`lane_key`): 1024 (12,24) networks on 64
+#: points, 2,000 steps into a store with nothing recorded, 2 threads (``make bench``,
+#: 2026-11-23; bfloat16 the same way, best of three), halved: 393,800 (float32), 148,000
+#: (float64) and 340,400 (bfloat16) network-steps per second.
+LANE_RATE = {
+    "float64": 74_000.0,
+    "float32": 197_000.0,
+    "bfloat16": 170_000.0,
+    "float16": 170_000.0,
+}
 _REFERENCE_WORK = 373 * 64
+
+
+def lane_key(run: Run, plan: Plan) -> tuple | None:
+    """What a run shares with the runs it can train beside in the lane kernel, or None.
+
+    Full-batch runs of one precision, activation, loss, architecture and data set advance
+    together, the run as the vector axis; mini-batch runs always take the per-run kernel.
+    """
+    n_points = len(plan.datasets[run.data].y)
+    if run.batch_size and run.batch_size < n_points:
+        return None
+    spec = run.spec
+    return (run.precision, spec.activation, spec.loss, spec.sizes, run.data)
+
+
+def estimate_seconds(plan: Plan, cores: int) -> float:
+    """Estimated training time of ``plan`` on ``cores`` cores: each run's work at its rate."""
+    counts: dict[tuple, int] = {}
+    keys = [lane_key(r, plan) for r in plan.runs]
+    for key in keys:
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    seconds = 0.0
+    for r, key in zip(plan.runs, keys, strict=True):
+        # (as the trainer decides with its default LANE_MIN_RUNS: one lane block per thread)
+        lanes = key is not None and counts[key] >= LANES * cores
+        rate = (LANE_RATE if lanes else REFERENCE_RATE)[r.precision]
+        work = r.spec.n_params * len(plan.datasets[r.data].y) / _REFERENCE_WORK
+        seconds += plan.steps * work / (rate * cores)
+    return seconds
 
 
 def estimate_text(plan: Plan, cores: int | None = None) -> str:
@@ -280,14 +321,7 @@ def estimate_text(plan: Plan, cores: int | None = None) -> str:
 
     cores = cores or os.cpu_count() or 1
     # time is the sum over runs of work / rate: a mixed-precision grid pays each run's own rate
-    seconds = sum(
-        plan.steps
-        * r.spec.n_params
-        * len(plan.datasets[r.data].y)
-        / (REFERENCE_RATE[r.precision] * cores * _REFERENCE_WORK)
-        for r in plan.runs
-    )
-    est = estimate(plan, len(plan.runs) * plan.steps / seconds)
+    est = estimate(plan, len(plan.runs) * plan.steps / estimate_seconds(plan, cores))
     return (
         f"grid: {est['runs']} runs x {est['steps']} steps, {est['recorded_params']} recorded "
         f"parameters per run\nstore: about {est['store_bytes_uncompressed'] / 2**20:,.1f} MiB "

@@ -48,7 +48,7 @@ from geomtraj.errors import ConfigError, StoreError
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run
+from geomtraj.plan import DataSource, Perturbation, Plan, Run, lane_key
 
 #: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
 #: vector axis) when there are at least this many of them; fewer train one run per thread. None
@@ -147,7 +147,7 @@ class _Group:
             for k, r in enumerate(runs)
             if r.perturbation is not None and r.perturbation.kind == "ulp"
         ]
-        self._plan_lanes(runs)
+        self._plan_lanes(plan, runs)
 
     STATE = ("theta", "m", "v", "powers", "loss0", "diverged", "rng", "perm", "pos")
 
@@ -191,20 +191,20 @@ class _Group:
                    "theta", "m", "v", "powers", "loss0", "diverged", "rec_idx")  # fmt: skip
     _UPDATED = ("rng", "perm", "pos", "theta", "m", "v", "powers", "loss0", "diverged")
 
-    def _plan_lanes(self, runs) -> None:
+    def _plan_lanes(self, plan: Plan, runs) -> None:
         """Split the group into lane blocks and runs for the per-run kernel.
 
-        Full-batch runs that share architecture and data set, when there are enough of them (see
-        :data:`LANE_MIN_RUNS`), train in blocks of ``LANES`` with the run as the vector axis; a
-        last partial block is padded with copies of a real run, whose results are discarded.
+        Full-batch runs that share architecture and data set (:func:`geomtraj.plan.lane_key`),
+        when there are enough of them (see :data:`LANE_MIN_RUNS`), train in blocks of ``LANES``
+        with the run as the vector axis; a last partial block is padded with copies of a real
+        run, whose results are discarded.
         """
         width = self.kernels.LANES
         min_runs = LANE_MIN_RUNS if LANE_MIN_RUNS is not None else width * numba.get_num_threads()
         by_key: dict[tuple, list[int]] = {}
         for k, r in enumerate(runs):
-            full = r.batch_size == 0 or r.batch_size >= self.data_n[r.data]
-            key = (r.spec.sizes, r.data) if full else ("solo", k)
-            by_key.setdefault(key, []).append(k)
+            key = lane_key(r, plan)
+            by_key.setdefault(("solo", k) if key is None else key, []).append(k)
         self.lane_sets, solo = [], []
         for key, idx in by_key.items():
             if key[0] == "solo" or len(idx) < min_runs:
@@ -213,7 +213,7 @@ class _Group:
             pad = (-len(idx)) % width
             padded = np.array(idx + [idx[-1]] * pad, np.int64)
             real = np.arange(len(padded)) < len(idx)
-            self.lane_sets.append((padded, real, key[1]))
+            self.lane_sets.append((padded, real, runs[idx[0]].data))
         self.solo = np.array(sorted(solo), np.int64)
         self.solo_cost = np.array(
             [_step_cost(runs[k].spec, int(self.data_n[runs[k].data])) for k in self.solo]

@@ -405,3 +405,31 @@ def test_a_store_keeps_its_own_run_chunk_when_resumed_trained_by_block_or_finish
         got = _tree_bytes(path)
         assert sorted(got) == sorted(want)
         assert [k for k in want if got[k] != want[k]] == []
+
+
+def test_dry_run_estimate_follows_the_kernel_each_run_takes():
+    """``--dry-run`` prices each run at the rate of the kernel it will train in: full-batch runs
+    of one architecture with a lane block per thread take the lane kernel (faster per
+    network-step); a group too small for that, and mini-batch runs, take the per-run kernel."""
+    from geomtraj.plan import LANE_RATE, REFERENCE_RATE, estimate_seconds, lane_key
+
+    cfg = {
+        **SMALL_RUNS,
+        "data": {"name": "sincos", "n_points": 64},
+        "model": {"hidden": "12x24"},
+        "runs": {"seeds": list(range(64)), "precision": "float32"},
+    }
+    lanes = plan_from_config(cfg)
+    assert all(lane_key(r, lanes) == lane_key(lanes.runs[0], lanes) for r in lanes.runs)
+    few = plan_from_config({**cfg, "runs": {"seeds": list(range(8)), "precision": "float32"}})
+    mini = plan_from_config(
+        {**cfg, "runs": {"seeds": list(range(64)), "precision": "float32", "batch_size": 16}}
+    )
+    assert lane_key(mini.runs[0], mini) is None
+    per_step = {name: estimate_seconds(p, 2) / len(p.runs) for name, p in
+                [("lanes", lanes), ("few", few), ("mini", mini)]}  # fmt: skip
+    speedup = LANE_RATE["float32"] / REFERENCE_RATE["float32"]
+    assert per_step["few"] == pytest.approx(per_step["lanes"] * speedup)
+    assert per_step["mini"] == pytest.approx(per_step["few"])
+    # with 2 cores, 32 runs is one lane block per thread; on 4 cores 64 runs are just enough
+    assert estimate_seconds(lanes, 4) == pytest.approx(estimate_seconds(lanes, 2) / 2)
