@@ -40,9 +40,9 @@ CHUNK_TARGET_BYTES = 4 * 2**20
 #: of CHUNK_TARGET_BYTES (it ends between 3 and 6 MiB), which also bounds the memory of a block.
 #: With 16 coordinates of 1024 runs recorded, growing to this rather than to 1 MiB took float32
 #: training from 6.41 to 6.32 s (chunks of 32 runs, not 16) and float64 from 18.2 to 16.7 s (32,
-#: not 8). Analyses and ``geomtraj train --scheduler`` work in blocks of
-#: one run chunk, so it doubles only up to RUN_CHUNK_MAX runs, or up to a MIN_BLOCKS-th of the
-#: runs where that is more, to keep blocks to hand out.
+#: not 8). Analyses and ``geomtraj train --scheduler`` work in blocks of one run chunk, so it
+#: doubles only up to RUN_CHUNK_MAX runs, or up to a MIN_BLOCKS-th of the runs where that is
+#: more, to keep blocks to hand out.
 RUN_CHUNK, RUN_CHUNK_MAX, MIN_BLOCKS = 8, 64, 8
 
 #: Memory budget for the recording buffers that ``train`` holds before writing a chunk, in bytes.

@@ -60,7 +60,7 @@ the final multiplication overflows to ``inf`` exactly when the result does.
 ``|x| >= TANH_SAT`` returns exactly ``+-1``, where ``TANH_SAT`` is the smallest
 value whose exact tanh rounds to 1: ``0.5*ln(2**26 - 1) -> 9.010914`` (float32),
 ``0.5*ln(2**55 - 1) -> 19.061547465398498`` (float64).  Below ``TANH_SAT``,
-``2|x|`` needs neither the clamp nor the cap of ``k`` (``k <= 27``, float64 55), and a NaN
+``2|x|`` needs neither the clamp nor the cap of ``k`` (``k <= 26``, float64 55), and a NaN
 argument is the only NaN any of its operations meets, so tanh uses
 an ``expm1`` without the clamp, the cap and the NaN select, which also scales
 by ``2**k`` in one exact multiplication: the same bits (all 2**32 float32
@@ -243,7 +243,7 @@ def _make_fpmath(ftype: type) -> SimpleNamespace:
     @njit(**_JIT)
     def _expm1_tanh(a):
         """``expm1_pos(a)`` for tanh: the same operations, bit for bit, without what
-        ``0 <= a < 2*TANH_SAT`` never needs (there ``k <= 27``, float64 55): no clamp of ``a``,
+        ``0 <= a < 2*TANH_SAT`` never needs (there ``k <= 26``, float64 55): no clamp of ``a``,
         no cap of ``k``, no NaN select. A NaN argument still comes out as the same NaN, because
         it is the only NaN any operation meets (``2**j`` built from exponent bits is never
         NaN); larger ``a`` give values that tanh replaces by 1. The integers stay far from
