@@ -202,12 +202,16 @@ class _Group:
         width = self.kernels.LANES
         min_runs = LANE_MIN_RUNS if LANE_MIN_RUNS is not None else width * numba.get_num_threads()
         by_key: dict[tuple, list[int]] = {}
+        solo: list[int] = []
         for k, r in enumerate(runs):
             key = lane_key(r, plan)
-            by_key.setdefault(("solo", k) if key is None else key, []).append(k)
-        self.lane_sets, solo = [], []
-        for key, idx in by_key.items():
-            if key[0] == "solo" or len(idx) < min_runs:
+            if key is None:
+                solo.append(k)
+            else:
+                by_key.setdefault(key, []).append(k)
+        self.lane_sets = []
+        for idx in by_key.values():
+            if len(idx) < min_runs:
                 solo += idx
                 continue
             pad = (-len(idx)) % width
