@@ -8,7 +8,8 @@ Example (every key is optional except ``steps``)::
     snapshot_every = 0            # full snapshots of theta/m/v every N updates (0: none)
     chunk_rows = 4096             # recorded rows per stored chunk (default: chunks of ~4 MiB)
     run_chunk = 8                 # runs per stored chunk, also the blocks of --scheduler
-                                  # (default: 8, more while chunks stay below 1 MiB, up to 64)
+                                  # (default: 8, doubled while chunks stay below 3 MiB, up
+                                  # to 64 or an eighth of the runs)
 
     [data]
     name = "sincos"               # or a list, which makes it a grid axis
