@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +104,48 @@ def create(path: str | os.PathLike, template: xr.Dataset, chunks: dict[str, int]
     """Write the metadata and the small eager variables of ``template``; large ones stay lazy.
 
     Dask-backed variables of ``template`` are not computed: only their metadata is written, and
-    their chunks are filled later by :func:`write_region`.
+    their chunks are filled later by :func:`write_region`. The template is built in a hidden
+    sibling folder and renamed into place, so ``path`` either does not exist or holds the whole
+    template whenever the process is killed (docs/robustness.md).
+
+    Raises
+    ------
+    StoreError
+        If ``path`` already exists.
     """
-    template.to_zarr(
-        os.fspath(path),
-        mode="w-",
-        compute=False,
-        encoding=encoding_for(template, chunks),
-        consolidated=ZARR_CONSOLIDATED,
-        zarr_format=3,
-    )
+    p = Path(path)
+    remove_partial(p)
+    tmp = p.with_name(f"{_PARTIAL_PREFIX}{p.name}.{uuid.uuid4().hex[:12]}")
+    try:
+        template.to_zarr(
+            os.fspath(tmp),
+            mode="w-",
+            compute=False,
+            encoding=encoding_for(template, chunks),
+            consolidated=ZARR_CONSOLIDATED,
+            zarr_format=3,
+        )
+        try:
+            os.rename(tmp, p)  # atomic on one file system; refuses an existing non-empty folder
+        except OSError:
+            raise StoreError(
+                f"{p} already exists; choose another --out, or --resume to continue it"
+            ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Hidden sibling folders a killed :func:`create` may leave; they are never a store.
+_PARTIAL_PREFIX = ".geomtraj-creating."
+
+
+def remove_partial(path: str | os.PathLike) -> None:
+    """Delete the half-built templates that killed creations of ``path`` left beside it."""
+    p = Path(path)
+    if p.parent.is_dir():
+        for left in p.parent.glob(f"{_PARTIAL_PREFIX}{p.name}.*"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def write_region(path: str | os.PathLike, part: xr.Dataset, region: dict[str, slice]) -> None:
@@ -122,12 +156,90 @@ def write_region(path: str | os.PathLike, part: xr.Dataset, region: dict[str, sl
     part.to_zarr(os.fspath(path), region=region, consolidated=ZARR_CONSOLIDATED, zarr_format=3)
 
 
-def set_attrs(path: str | os.PathLike, **attrs) -> None:
-    """Update global attributes of an existing store."""
-    import zarr
+def set_attrs(path: str | os.PathLike, *, drop: tuple[str, ...] = (), **attrs) -> None:
+    """Update global attributes of an existing store (and delete those named in ``drop``).
 
-    group = zarr.open_group(os.fspath(path), mode="r+", zarr_format=3)
-    group.attrs.update(attrs)
+    The group's ``zarr.json`` is rewritten beside itself and renamed over the old one, so a kill
+    leaves either the old or the new attributes, never a truncated file.
+    """
+    meta = Path(path) / "zarr.json"
+    doc = json.loads(meta.read_text())
+    values = doc.setdefault("attributes", {})
+    for key in drop:
+        values.pop(key, None)
+    values.update(attrs)
+    tmp = meta.with_name(f"zarr.json.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, meta)
+
+
+#: Root attribute of a finished geomtraj store: for every array, each chunk file's CRC32C (the
+#: 4 bytes the checksum codec appends), keyed by the chunk's path. It ties each checksum to its
+#: array and chunk key, and says which chunk files exist (docs/robustness.md).
+CHUNK_CHECKSUMS = "geomtraj_chunk_crc32c"
+
+
+def _array_dirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir() and (d / "zarr.json").is_file())
+
+
+def _chunk_files(array_dir: Path) -> dict[str, Path]:
+    return {
+        f.relative_to(array_dir).as_posix(): f
+        for f in array_dir.rglob("*")
+        if f.is_file() and f.name != "zarr.json"
+    }
+
+
+def _crc_tail(f: Path) -> str | None:
+    """The last 4 bytes of a chunk file as hex (its CRC32C), or None when it has fewer."""
+    with open(f, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 4:
+            return None
+        fh.seek(-4, os.SEEK_END)
+        return fh.read(4).hex()
+
+
+def chunk_checksums(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """``{array: {chunk key: crc32c hex}}`` of every chunk file in the store at ``path``.
+
+    Reads 4 bytes per chunk file; keys are sorted, so the result is the same for equal stores.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for d in _array_dirs(Path(path)):
+        files = _chunk_files(d)
+        out[d.name] = {k: _crc_tail(files[k]) or "" for k in sorted(files)}
+    return out
+
+
+def _check_checksums(path: Path, recorded: dict, name: str) -> None:
+    """Every chunk file listed in ``recorded`` is present, in its place, with its checksum."""
+
+    def damaged(what: str) -> StoreError:
+        return StoreError(
+            f"{name}: {what}; the store is damaged: restore it from a copy or re-train it"
+        )
+
+    if not isinstance(recorded, dict):
+        raise damaged(f"attribute {CHUNK_CHECKSUMS} is not a table")
+    for var in sorted(recorded):
+        keys = recorded[var]
+        d = path / var
+        if not (d / "zarr.json").is_file():
+            raise damaged(f"array {var!r} is missing")
+        files = _chunk_files(d)
+        for key in sorted(keys):
+            f = files.pop(key, None)
+            if f is None:
+                raise damaged(f"chunk {var}/{key} of array {var!r} is missing")
+            got = _crc_tail(f)
+            if got != keys[key]:
+                why = "truncated" if got is None else "not the chunk written there (checksum)"
+                raise damaged(f"chunk {var}/{key} of array {var!r} is {why}")
+        if files:
+            key = sorted(files)[0]
+            raise damaged(f"chunk {var}/{key} of array {var!r} was not written by training")
 
 
 def read_run_chunk(path: str | os.PathLike) -> int | None:
@@ -250,9 +362,13 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
             f"{name}: the store has {ds.sizes.get('run', 0)} runs and "
             f"{ds.sizes.get('step', 0)} recorded steps; nothing to analyse, re-train it"
         )
+    recorded = read_attrs(path).get(CHUNK_CHECKSUMS)
+    if recorded is not None:  # geomtraj stores since checksums were recorded: exact
+        _check_checksums(Path(path), recorded, name)
     _check_hyper(ds, name)
     _check_storage_dtype(ds, name)
-    _check_chunks(Path(path), ds, name)
+    if recorded is None:  # older or foreign stores: chunk files that must hold data
+        _check_chunks(Path(path), ds, name)
 
 
 def _check_hyper(ds: xr.Dataset, name: str) -> None:
