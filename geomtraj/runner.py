@@ -310,6 +310,8 @@ class RunHealth:
     overview: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0))
     )
+    #: insufficient because its stored data is missing (not because it diverged early)
+    damaged: bool = False
 
 
 def _real_columns(ds: xr.Dataset, r0: int, r1: int) -> np.ndarray:
@@ -444,13 +446,13 @@ def scan_block(
         if diverged[i] >= 0:
             h.status = "diverged"
         if all_nan[i] and diverged[i] < 0:
-            h.status = "insufficient"
+            h.status, h.damaged = "insufficient", True
             h.note = (
                 "no finite values: the run's data is all NaN although it did not diverge; "
                 "its chunks are missing or overwritten, restore or re-train the store"
             )
         elif first_nan[i] != np.iinfo(np.int64).max:
-            h.status = "insufficient"
+            h.status, h.damaged = "insufficient", True
             h.note = (
                 f"{nan_var[i]} is NaN at step {first_nan[i]}, before the run diverged "
                 f"({'never' if diverged[i] < 0 else diverged[i]}): part of its data is missing; "
@@ -578,6 +580,37 @@ def _failure(name: str, runs: list[int], exc: BaseException) -> dict:
     }
 
 
+def _mark_twins_of_damaged(
+    ds: xr.Dataset, health: dict[int, RunHealth], params: AnalyzeParams, name: str, span: int
+) -> None:
+    """Mark ``insufficient`` (damaged) the twins in ``health`` whose original run lacks data.
+
+    A twin is measured against its original, so a damaged original would give wrong twin
+    numbers. Originals outside the block are scanned (read once per run-chunk, not kept).
+    """
+    twin_of = np.asarray(ds["twin_of"].values, dtype=np.int64)
+    wanted = {int(twin_of[r]) for r in health if twin_of[r] >= 0}
+    known = {o: health[o] for o in wanted if o in health}
+    by_chunk: dict[int, list[int]] = {}
+    for o in sorted(wanted - set(known)):
+        if 0 <= o < twin_of.size:
+            by_chunk.setdefault(o // span, []).append(o)
+    for originals in by_chunk.values():
+        got, _ = scan_block(ds, originals, params, name=name, keep=False)
+        known.update(got)
+    for r, h in health.items():
+        o = int(twin_of[r])
+        if o < 0 or h.status == "insufficient":
+            continue
+        orig = known.get(o)
+        if orig is None or orig.damaged:
+            h.status, h.damaged = "insufficient", True
+            h.note = (
+                f"its original run {o} is damaged ({orig.note if orig else 'out of range'}), "
+                "so the twin cannot be compared with it"
+            )
+
+
 def analyze_block(
     path: str,
     names: Sequence[str],
@@ -609,6 +642,7 @@ def analyze_block(
         span = _run_chunk(ds)
         loaded = _block_bytes(ds, span) <= params.memory_budget_bytes // 2
         health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
+        _mark_twins_of_damaged(ds, health, params, str(path), span)
         view = _with_block(ds, data) if loaded else ds
         del data
         good = [r for r in runs if health[r].status != "insufficient"]

@@ -11,6 +11,7 @@ with chunk boundaries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -173,14 +174,27 @@ def set_attrs(path: str | os.PathLike, *, drop: tuple[str, ...] = (), **attrs) -
     os.replace(tmp, meta)
 
 
-#: Root attribute of a finished geomtraj store: for every array, each chunk file's CRC32C (the
-#: 4 bytes the checksum codec appends), keyed by the chunk's path. It ties each checksum to its
-#: array and chunk key, and says which chunk files exist (docs/robustness.md).
+#: Root attribute of a finished geomtraj store: for every array, a digest of its layout
+#: (shape, dtype, chunks, codecs) and each chunk file's CRC32C (the 4 bytes the checksum codec
+#: appends) keyed by the chunk's path. It ties each checksum to its array and chunk key, and says
+#: which chunk files exist (docs/robustness.md).
 CHUNK_CHECKSUMS = "geomtraj_chunk_crc32c"
+
+_LAYOUT_KEYS = ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")
 
 
 def _array_dirs(path: Path) -> list[Path]:
     return sorted(d for d in path.iterdir() if d.is_dir() and (d / "zarr.json").is_file())
+
+
+def _layout(array_dir: Path) -> str | None:
+    """Digest of an array's layout metadata; None when its ``zarr.json`` is unreadable."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        layout = json.dumps({k: meta.get(k) for k in _LAYOUT_KEYS}, sort_keys=True)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 
 def _chunk_files(array_dir: Path) -> dict[str, Path]:
@@ -201,20 +215,52 @@ def _crc_tail(f: Path) -> str | None:
         return fh.read(4).hex()
 
 
-def chunk_checksums(path: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """``{array: {chunk key: crc32c hex}}`` of every chunk file in the store at ``path``.
+def chunk_checksums(path: str | os.PathLike) -> dict[str, dict]:
+    """``{array: {"layout": digest, "chunks": {key: crc32c hex}}}`` of the store at ``path``.
 
-    Reads 4 bytes per chunk file; keys are sorted, so the result is the same for equal stores.
+    Reads 4 bytes per chunk file; keys are sorted, so equal stores give equal tables.
     """
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict] = {}
     for d in _array_dirs(Path(path)):
         files = _chunk_files(d)
-        out[d.name] = {k: _crc_tail(files[k]) or "" for k in sorted(files)}
+        out[d.name] = {
+            "layout": _layout(d),
+            "chunks": {k: _crc_tail(files[k]) or "" for k in sorted(files)},
+        }
     return out
 
 
-def _check_checksums(path: Path, recorded: dict, name: str) -> None:
-    """Every chunk file listed in ``recorded`` is present, in its place, with its checksum."""
+def _describe_chunk(path: Path, ds: xr.Dataset | None, var: str, key: str) -> str:
+    """``"(runs 0-7, step 101-200)"``: what chunk ``key`` of ``var`` holds ("" if unknown)."""
+    try:
+        meta = json.loads((path / var / "zarr.json").read_text())
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        shape, dims = meta["shape"], meta.get("dimension_names") or []
+        idx = [int(x) for x in key.split("/" if "/" in key else ".") if x.isdigit()]
+        parts = []
+        for d, (i, c, n) in enumerate(zip(idx, chunk, shape, strict=False)):
+            dim = dims[d] if d < len(dims) else None
+            lo, hi = i * c, min((i + 1) * c, n) - 1
+            if lo > hi:
+                return ""  # (a key outside the array)
+            if dim == "run":
+                parts.append(f"runs {lo}-{hi}")
+            elif dim == var:  # a coordinate: its own values may be the damaged ones
+                parts.append(f"{dim} indices {lo}-{hi}")
+            elif dim in ("step", "iteration") and ds is not None and dim in ds.coords:
+                t = np.asarray(ds[dim].values)
+                parts.append(f"{dim} {int(t[lo])}-{int(t[hi])}")
+        return f" ({', '.join(parts)})" if parts else ""
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def _check_checksums(path: Path, recorded, ds: xr.Dataset | None, name: str) -> bool:
+    """Every chunk file listed in ``recorded`` is present, in its place, with its checksum.
+
+    Returns whether every array was checked: an array whose layout differs from the recorded
+    one was rewritten by another tool (not damage of what training wrote) and is skipped.
+    """
 
     def damaged(what: str) -> StoreError:
         return StoreError(
@@ -222,24 +268,37 @@ def _check_checksums(path: Path, recorded: dict, name: str) -> None:
         )
 
     if not isinstance(recorded, dict):
-        raise damaged(f"attribute {CHUNK_CHECKSUMS} is not a table")
+        raise damaged(f"its attribute {CHUNK_CHECKSUMS} is not a table")
+    complete = True
     for var in sorted(recorded):
-        keys = recorded[var]
+        entry = recorded[var]
         d = path / var
         if not (d / "zarr.json").is_file():
             raise damaged(f"array {var!r} is missing")
+        if not isinstance(entry, dict) or entry.get("layout") != _layout(d):
+            complete = False
+            continue
         files = _chunk_files(d)
-        for key in sorted(keys):
+        for key, crc in sorted(entry.get("chunks", {}).items()):
             f = files.pop(key, None)
+            where = f"chunk {var}/{key}{_describe_chunk(path, ds, var, key)}"
             if f is None:
-                raise damaged(f"chunk {var}/{key} of array {var!r} is missing")
+                raise damaged(f"{where} is missing")
             got = _crc_tail(f)
-            if got != keys[key]:
-                why = "truncated" if got is None else "not the chunk written there (checksum)"
-                raise damaged(f"chunk {var}/{key} of array {var!r} is {why}")
+            if got is None:
+                raise damaged(f"{where} is empty (truncated)")
+            if got != crc:
+                raise damaged(
+                    f"{where} does not match its recorded checksum (truncated, overwritten or "
+                    "swapped with another chunk)"
+                )
         if files:
             key = sorted(files)[0]
-            raise damaged(f"chunk {var}/{key} of array {var!r} was not written by training")
+            raise damaged(
+                f"chunk {var}/{key}{_describe_chunk(path, ds, var, key)} was not written by "
+                "training (moved or copied in)"
+            )
+    return complete
 
 
 def read_run_chunk(path: str | os.PathLike) -> int | None:
@@ -346,8 +405,13 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
     * there are recorded steps;
     * hyper-parameters are valid numbers (a lost chunk of the run table reads as a fill value);
     * trajectories are stored at least as wide as every run's precision (lossless, contract 2);
-    * no chunk file that must hold data is missing or empty. zarr reads a missing chunk as its
-      fill value (NaN), which would silently cut a run short.
+    * every chunk file is where training wrote it: in a store that carries the table
+      :data:`CHUNK_CHECKSUMS`, each chunk file listed there exists and ends with its recorded
+      CRC32C (4 bytes read per file), and no other chunk file is present. zarr reads a missing
+      chunk as its fill value (NaN, 0, ...), which would silently give wrong numbers, and the
+      codec's own checksum does not notice a chunk file moved to another key or array. Stores
+      without the table (older or foreign ones) get the weaker test: no chunk file that must
+      hold trajectory data is missing or empty.
 
     Chunks that cannot be decoded are found when they are read (see ``geomtraj.runner``).
 
@@ -363,11 +427,12 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
             f"{ds.sizes.get('step', 0)} recorded steps; nothing to analyse, re-train it"
         )
     recorded = read_attrs(path).get(CHUNK_CHECKSUMS)
-    if recorded is not None:  # geomtraj stores since checksums were recorded: exact
-        _check_checksums(Path(path), recorded, name)
+    # exact for stores that carry geomtraj's table; older or foreign stores (or arrays another
+    # tool rewrote) get the weaker test: chunk files that must hold data exist
+    exact = recorded is not None and _check_checksums(Path(path), recorded, ds, name)
     _check_hyper(ds, name)
     _check_storage_dtype(ds, name)
-    if recorded is None:  # older or foreign stores: chunk files that must hold data
+    if not exact:
         _check_chunks(Path(path), ds, name)
 
 
