@@ -25,6 +25,7 @@ import operator
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -153,7 +154,7 @@ _OPS: dict[str, Callable] = {
     "=": operator.eq,
 }
 _QUERY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|!=|==|>|<|=)\s*(.+?)\s*$")
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$", re.ASCII)  # ("²" is no index)
 
 
 def _run_fields(ds: xr.Dataset) -> list[str]:
@@ -189,7 +190,7 @@ def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
     fields = _run_fields(ds)
     for term in terms:
         t = term.strip()
-        if t.isdigit() or _RANGE.match(t):
+        if (t.isascii() and t.isdigit()) or _RANGE.match(t):
             m = _RANGE.match(t)
             lo, hi = (int(m.group(1)), int(m.group(2))) if m else (int(t), int(t))
             if not (0 <= lo <= hi < n):
@@ -728,19 +729,51 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-class _Bar:
-    """tqdm over runs on a terminal (stderr); silent otherwise or when ``enabled`` is False."""
+#: Longest silence, in seconds, of progress written where stderr is not a terminal (nohup, CI).
+PROGRESS_LINE_SECONDS = 9.0
 
-    def __init__(self, total: int, desc: str, enabled: bool | None):
-        if enabled is None:
-            enabled = sys.stderr.isatty()
+
+class _Bar:
+    """Progress on stderr: a tqdm bar on a terminal; elsewhere a plain line every few seconds.
+
+    ``enabled`` None chooses by whether stderr is a terminal; True forces the bar; False is
+    silent. Off a terminal, a line ``desc: done/total (pct%) after N s`` is printed every
+    ``interval`` seconds from a daemon thread, so a long analysis is never silent for long.
+    """
+
+    def __init__(
+        self, total: int, desc: str, enabled: bool | None, interval: float = PROGRESS_LINE_SECONDS
+    ):
+        tty = sys.stderr.isatty()
         self.bar = None
-        if enabled and total:
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+        self._stop: threading.Event | None = None
+        if total and (enabled or (enabled is None and tty)):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, file=sys.stderr)
+        elif total and enabled is None:
+            self._t0 = time.monotonic()
+            self._stop = threading.Event()
+            threading.Thread(
+                target=self._lines, args=(interval,), daemon=True, name="geomtraj-progress"
+            ).start()
+
+    def _lines(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            pct = 100 * self.done / self.total
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(
+                f"{self.desc}: {self.done}/{self.total} ({pct:.0f}%) after "
+                f"{time.monotonic() - self._t0:.0f} s{extra}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def update(self, n: int, postfix: str = "") -> None:
+        self.done += n
+        if postfix:
+            self.postfix = postfix
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
@@ -749,6 +782,8 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self._stop is not None:
+            self._stop.set()
 
 
 def _connect(scheduler: str):
