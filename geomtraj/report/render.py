@@ -11,7 +11,6 @@ import base64
 import html
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -161,24 +160,16 @@ def _md_text(x) -> str:
     return html.escape(str(x), quote=False).replace("\n", " ")
 
 
-def _md_code(x) -> str:
-    """``x`` as a Markdown code span (literal text), fenced by more backticks than it holds."""
-    text = str(x).replace("\n", " ")
-    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
 def markdown(doc: Mapping) -> str:
     """``report.md``: summary, analyses, errors, runs, twins, diffusion, figures."""
     s = doc.get("summary", {})
     out = [
         "# geomtraj report",
         "",
-        f"- store: {_md_code(doc['store'])}",
+        f"- store: {_md_text(doc['store'])}",
         f"- runs: {doc['n_runs']} analysed of {doc.get('n_runs_store', doc['n_runs'])}",
         f"- created: {doc.get('created', '-')}, geomtraj {doc['versions'].get('geomtraj')}",
-        f"- options: {_md_code(json.dumps(doc.get('options', {})))}",
+        f"- options: {_md_text(json.dumps(doc.get('options', {})))}",
         "",
         "## Grid summary",
         "",
@@ -206,7 +197,7 @@ def markdown(doc: Mapping) -> str:
         out += ["", "## Errors", ""]
         for e in doc["errors"]:
             out.append(
-                f"- **{_md_text(e['analysis'])}** runs {e.get('runs', [])}: {_md_code(e['error'])}"
+                f"- **{_md_text(e['analysis'])}** runs {e.get('runs', [])}: {_md_text(e['error'])}"
             )
     if doc.get("warnings"):
         out += ["", "## Warnings", ""]
@@ -238,7 +229,7 @@ def markdown(doc: Mapping) -> str:
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
             title = _md_text(f.get("title", f["file"])).replace("]", "\\]")
-            out += [f"![{title}](<{f['file']}>)", ""]
+            out += [f"![{title}]({f['file']})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
