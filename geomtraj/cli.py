@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ PLOT_KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum"
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from geomtraj.experiment import load_config, plan_from_config
-    from geomtraj.plan import estimate_text
+    from geomtraj.plan import check_resources, estimate_text
     from geomtraj.train import train_plan
 
-    plan = plan_from_config(load_config(args.config))
+    plan = plan_from_config(load_config(args.config))  # (refuses a grid the memory cannot hold)
+    if args.out is not None and not (args.resume and Path(args.out).exists()):
+        check_resources(plan, store_dir=_existing_folder(Path(args.out).absolute().parent))
     if args.dry_run:
         print(estimate_text(plan))
         return 0
@@ -45,6 +48,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {args.out}: {ds.sizes['run']} runs x {plan.steps} steps, {n_div} diverged")
     return 0
+
+
+def _existing_folder(p: Path) -> str:
+    """``p`` or its nearest existing ancestor (where free disk space can be asked for)."""
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return os.fspath(p)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -104,8 +114,27 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise GeomtrajError(f"--jobs must be >= 1, got {args.jobs}")
-    if args.memory_limit <= 0:
-        raise GeomtrajError(f"--memory-limit must be > 0 MiB, got {args.memory_limit}")
+    if not math.isfinite(args.memory_limit) or args.memory_limit <= 0:
+        raise GeomtrajError(f"--memory-limit must be a number > 0 MiB, got {args.memory_limit}")
+    if args.analyses is not None and not any(a.strip() for a in args.analyses.split(",")):
+        raise GeomtrajError(
+            f"--analyses {args.analyses!r} names no analysis; leave it out to run all of them"
+        )
+    store = Path(args.store)
+    out = (
+        Path(args.out)
+        if args.out
+        else store.with_name(store.name.removesuffix(".zarr") + "-report")
+    )
+    s_abs, o_abs = store.resolve(), out.resolve()
+    if o_abs == s_abs or s_abs in o_abs.parents:
+        raise GeomtrajError(
+            f"--out {out} lies inside the store {store}; write the report outside it"
+        )
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise GeomtrajError(
+            f"{out} already exists; choose another --out, or --force to write over it"
+        )
     params = AnalyzeParams(memory_budget_bytes=int(args.memory_limit * 2**20))
     ds = open_store(args.store)
     per_run = estimate_run_bytes(ds)
@@ -118,7 +147,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
     rep = make_report(
         args.store,
-        args.out,
+        out,
         analyses=args.analyses,
         runs=args.runs,
         steps=args.steps,
@@ -177,8 +206,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from geomtraj.runner import parse_steps, select_steps
     from geomtraj.store import open_store
 
-    ds = select_steps(open_store(args.store), parse_steps(args.steps))
     out = args.out or f"run{args.run}_{args.kind}.png"
+    if Path(out).suffix.lower() != ".png":
+        raise GeomtrajError(f"--out {out}: geomtraj plot writes PNG files; name it *.png")
+    ds = select_steps(open_store(args.store), parse_steps(args.steps))
     path = plot_run(ds, args.run, args.kind, out)
     if not args.quiet:
         print(f"wrote {path}")
@@ -240,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         metavar="MIB",
         help="store data one process holds at a time (default 256 MiB)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="write into an existing, non-empty --out directory"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.set_defaults(func=_cmd_analyze)

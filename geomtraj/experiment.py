@@ -54,6 +54,7 @@ precision`` (the last varies fastest); twins follow all original runs, grouped b
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -62,7 +63,7 @@ from geomtraj.data import DATASETS, dataset_attrs, make_dataset
 from geomtraj.errors import ConfigError
 from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run
+from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_data_size, check_resources
 
 _SECTIONS: dict[str, set[str]] = {
     "": {
@@ -110,11 +111,31 @@ def _as_list(value, name: str) -> list:
 
 
 def _number(value, name: str, kind=float):
+    """A finite number (an integer when ``kind`` is int) from the config, else ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if kind is int and int(value) != value:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     return kind(value)
+
+
+#: Seeds are stored as int64 and feed numpy's generators, which refuse negative seeds.
+_SEED_MAX = 2**63 - 1
+
+
+def _seed(value, name: str) -> int:
+    seed = _number(value, name, int)
+    if not 0 <= seed <= _SEED_MAX:
+        raise ConfigError(f"{name} must be an integer from 0 to 2**63-1, got {seed}")
+    return seed
+
+
+def _string(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def _count_or_none(value, name: str) -> int | None:
@@ -156,7 +177,15 @@ def load_config(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        return tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8-sig")  # (a leading byte-order mark is allowed)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}); TOML files must be UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML ({exc})") from None
 
@@ -177,10 +206,11 @@ def plan_from_config(cfg: dict) -> Plan:
 
     datasets = []
     for name in _as_list(data_cfg.get("name", "sincos"), "data.name"):
-        if name not in DATASETS:
+        if not isinstance(name, str) or name not in DATASETS:
             raise ConfigError(f"data set {name!r} unknown; choose from {sorted(DATASETS)}")
         n_points = _number(data_cfg.get("n_points", 64), "data.n_points", int)
-        seed = _number(data_cfg.get("seed", 0), "data.seed", int)
+        seed = _seed(data_cfg.get("seed", 0), "data.seed")
+        check_data_size(n_points)
         noise = data_cfg.get("noise")
         noise = None if noise is None else _number(noise, "data.noise")
         try:
@@ -189,8 +219,8 @@ def plan_from_config(cfg: dict) -> Plan:
             raise ConfigError(f"[data] {exc}") from None
         datasets.append(DataSource(name, X, y, dataset_attrs(name, n_points, seed, noise)))
 
-    activation = model.get("activation", "tanh")
-    loss = model.get("loss", "mse")
+    activation = _string(model.get("activation", "tanh"), "model.activation")
+    loss = _string(model.get("loss", "mse"), "model.loss")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"model.activation {activation!r} unknown; choose from {ACTIVATIONS}")
     if loss not in LOSSES:
@@ -204,21 +234,21 @@ def plan_from_config(cfg: dict) -> Plan:
             for item in _as_list(model.get("hidden", "12x24"), "hidden")
             for h in expand_hidden(item)
         ]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"model.hidden: {exc}") from None
 
     axes = {
         k: [_number(v, f"optimizer.{k}") for v in _as_list(opt.get(k, d), k)]
         for k, d in _DEFAULTS.items()
     }
-    seeds = [_number(s, "runs.seeds", int) for s in _as_list(runs_cfg.get("seeds", 0), "seeds")]
+    seeds = [_seed(s, "runs.seeds") for s in _as_list(runs_cfg.get("seeds", 0), "seeds")]
     precisions = _as_list(runs_cfg.get("precision", "float64"), "precision")
     for p in precisions:
-        if p not in STORAGE_DTYPE:
+        if not isinstance(p, str) or p not in STORAGE_DTYPE:
             raise ConfigError(f"precision {p!r} unknown; choose from {list(STORAGE_DTYPE)}")
     batch = _number(runs_cfg.get("batch_size", 0), "runs.batch_size", int)
 
-    mode = grid.get("mode", "product")
+    mode = _string(grid.get("mode", "product"), "grid.mode")
     if mode == "product":
         combos = list(itertools.product(hiddens, *axes.values()))
     elif mode == "zip":
@@ -255,12 +285,14 @@ def plan_from_config(cfg: dict) -> Plan:
     if not isinstance(twins_cfg, list):
         raise ConfigError("twins must be an array of tables: [[twins]]")
     for tw in twins_cfg:
+        if not isinstance(tw, dict):
+            raise ConfigError(f"each [[twins]] entry must be a table, got {tw!r}")
         _check_keys(tw, "twins")
         kind = tw.get("kind")
         if kind == "ulp":
             pert = Perturbation(
                 "ulp",
-                param=str(tw.get("param", "")),
+                param=_string(tw.get("param", ""), "twins.param"),
                 ulps=_number(tw.get("ulps", 1), "twins.ulps", int),
                 step=_number(tw.get("step", 1), "twins.step", int),
             )
@@ -272,7 +304,11 @@ def plan_from_config(cfg: dict) -> Plan:
             runs.append(Run(**{**base.__dict__, "twin_of": i, "perturbation": pert}))
 
     record = cfg.get("record_params", "all")
-    if not (record == "all" or isinstance(record, int | list)) or isinstance(record, bool):
+    if (
+        not (record == "all" or isinstance(record, int | list))
+        or isinstance(record, bool)
+        or (isinstance(record, list) and not all(isinstance(x, str) for x in record))
+    ):
         raise ConfigError(
             f"record_params must be 'all', a count or a list of names, got {record!r}"
         )
@@ -289,6 +325,7 @@ def plan_from_config(cfg: dict) -> Plan:
     )
     try:
         plan.validate()
+        check_resources(plan)  # before anything grid-sized is allocated
         plan.recorded_indices()
     except ConfigError:
         raise

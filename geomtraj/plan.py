@@ -8,7 +8,6 @@ recorded, how the store is chunked) but nothing about kernels or storage.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +24,18 @@ from geomtraj.kernels.mlp import LANES
 from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import MLPSpec
 
-__all__ = ["DataSource", "Perturbation", "Run", "Plan", "estimate", "estimate_seconds", "lane_key"]
+__all__ = [
+    "DataSource",
+    "Perturbation",
+    "Run",
+    "Plan",
+    "check_data_size",
+    "check_resources",
+    "estimate",
+    "estimate_seconds",
+    "lane_key",
+    "resources",
+]
 
 
 @dataclass(frozen=True)
@@ -254,8 +264,14 @@ def estimate(plan: Plan, net_steps_per_s: float) -> dict:
         "recorded_params": rec,
         "store_bytes_uncompressed": int(traj + scalars),
         "seconds_estimate": n * plan.steps / net_steps_per_s,
-        "time": time.strftime("%H:%M:%S", time.gmtime(n * plan.steps / net_steps_per_s)),
+        "time": _hms(n * plan.steps / net_steps_per_s),
     }
+
+
+def _hms(seconds: float) -> str:
+    """``H:MM:SS`` with as many hours as it takes (``"25:45:00"``, not the time of day)."""
+    total = round(seconds)
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 #: Network-steps per second on one core for a (12,24) network on 64 points, the figure ``--dry-run``
@@ -328,3 +344,133 @@ def estimate_text(plan: Plan, cores: int | None = None) -> str:
         f"before compression\ntime: about {est['time']} on {cores} cores (plus 10-20 s to "
         "compile each new kernel variant once per machine)"
     )
+
+
+# ------------------------------------------------------------------- memory and disk, up front
+#
+# A grid too large for the machine must be refused before anything grid-sized is allocated
+# (docs/robustness.md): the figures below are arithmetic on the plan's sizes, never arrays.
+
+#: Bytes of bookkeeping per chunk of the lazy store template (dask's graph and zarr's metadata).
+_TEMPLATE_BYTES_PER_CHUNK = 1024
+#: Bytes a parameter name costs in memory (a Python string, e.g. ``"W2[11,23]"``).
+_NAME_BYTES = 80
+
+
+def _n_recorded(plan: Plan) -> int:
+    """Recorded coordinates per run, as :meth:`Plan.recorded_indices` will find them."""
+    n_all = max(r.spec.n_params for r in plan.runs)
+    sel = plan.record_params
+    if isinstance(sel, str):
+        return n_all
+    if isinstance(sel, int | np.integer):
+        return max(0, min(int(sel), n_all))
+    return len(sel)
+
+
+def resources(plan: Plan) -> dict[str, int]:
+    """Peak memory (bytes) that training ``plan`` needs, and the disk its store needs.
+
+    Memory: the training state (theta, m, v, the start point and the final values, per run and
+    parameter), one chunk's recording and snapshot buffers (twice: the buffer and the copy being
+    written), the coordinates, the recorded indices and names, the data sets, and the template's
+    per-chunk bookkeeping. Disk: the store before compression (an upper bound: compression is
+    lossless and only shrinks it).
+    """
+    n, item = len(plan.runs), plan.storage_dtype.itemsize
+    n_all = max(r.spec.n_params for r in plan.runs)
+    rec = _n_recorded(plan)
+    run_chunk, rows = plan.chunking(rec)
+    upd = rows * plan.record_every
+    n_snap = plan.steps // plan.snapshot_every if plan.snapshot_every else 0
+    snap_per_chunk = min(n_snap, max(1, upd // plan.snapshot_every)) if n_snap else 0
+    points = sum(ds.X.shape[0] * (ds.X.shape[1] + 1) for ds in plan.datasets)
+    state = 8 * n * n_all * 8  # theta, m, v, theta0 and gathers in float64, finals in storage
+    buffers = 2 * n * (rows * (3 * rec + 1) + 3 * upd) * item
+    snapshots = 2 * 3 * n * snap_per_chunk * n_all * item
+    coords = 8 * (plan.n_rows + plan.steps + n_snap)
+    names = 8 * n * rec + _NAME_BYTES * rec * len({r.spec for r in plan.runs})
+    run_blocks = -(-n // max(1, run_chunk))
+    chunks = run_blocks * (
+        4 * -(-plan.n_rows // max(1, rows)) + 3 * -(-plan.steps // max(1, upd)) + 4 + 3 * n_snap
+    )
+    memory = (
+        state + buffers + snapshots + coords + names + 3 * 8 * points
+        + _TEMPLATE_BYTES_PER_CHUNK * chunks
+    )  # fmt: skip
+    est = estimate_sizes(plan, rec)
+    disk = est + 4 * n * n_all * item + 8 * (points + coords // 8) + 4 * chunks
+    return {"memory_bytes": int(memory), "disk_bytes": int(disk)}
+
+
+def estimate_sizes(plan: Plan, rec: int) -> int:
+    """Trajectory and per-update bytes of the store before compression (no allocation)."""
+    n, item = len(plan.runs), plan.storage_dtype.itemsize
+    n_all = max(r.spec.n_params for r in plan.runs)
+    n_snap = plan.steps // plan.snapshot_every if plan.snapshot_every else 0
+    traj = 3 * n * plan.n_rows * rec * item + 3 * n * n_snap * n_all * item
+    return int(traj + n * (plan.n_rows + 3 * plan.steps) * item)
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use (what the kernel reports as available)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # (no psutil, or an unusual platform: fall back to physical memory)
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_resources(
+    plan: Plan, store_dir: str | None = None, memory: int | None = None, disk: int | None = None
+) -> dict[str, int]:
+    """Refuse ``plan`` when it needs more memory than is available, or more disk than is free.
+
+    ``store_dir`` is the folder the store will be written in (its free space is checked; None:
+    memory only). ``memory`` and ``disk`` override what is available (tests).
+
+    Raises
+    ------
+    ConfigError
+        One line stating the memory and the disk the grid needs, and what there is.
+    """
+    import shutil
+
+    need = resources(plan)
+    have_mem = available_memory() if memory is None else memory
+    have_disk = disk
+    if have_disk is None and store_dir is not None:
+        have_disk = shutil.disk_usage(store_dir).free
+    too_big = need["memory_bytes"] > have_mem or (
+        have_disk is not None and need["disk_bytes"] > have_disk
+    )
+    if too_big:
+        free = f"{_gib(have_disk)} free" if have_disk is not None else "free space not checked"
+        raise ConfigError(
+            f"the grid ({len(plan.runs)} runs x {plan.steps} steps, {_n_recorded(plan)} recorded "
+            f"parameters) needs about {_gib(need['memory_bytes'])} of memory "
+            f"({_gib(have_mem)} available) and {_gib(need['disk_bytes'])} of disk for its store "
+            f"({free}); make the grid, steps or recording smaller"
+        )
+    return need
+
+
+def check_data_size(n_points: int, memory: int | None = None) -> None:
+    """Refuse a data set too large to generate (before generating it)."""
+    if n_points < 1:
+        return  # (make_dataset says what is wrong)
+    need = 3 * 8 * 8 * n_points  # a few float64 columns and temporaries per point
+    have = available_memory() if memory is None else memory
+    if need > have:
+        raise ConfigError(
+            f"data.n_points = {n_points} needs about {_gib(need)} of memory ({_gib(have)} "
+            f"available) and {_gib(3 * 8 * n_points)} of disk for the store's copy of the data "
+            "set; use fewer points"
+        )

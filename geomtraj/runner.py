@@ -25,6 +25,7 @@ import operator
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -153,7 +154,7 @@ _OPS: dict[str, Callable] = {
     "=": operator.eq,
 }
 _QUERY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|!=|==|>|<|=)\s*(.+?)\s*$")
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$", re.ASCII)  # ("²" is no index)
 
 
 def _run_fields(ds: xr.Dataset) -> list[str]:
@@ -189,7 +190,7 @@ def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
     fields = _run_fields(ds)
     for term in terms:
         t = term.strip()
-        if t.isdigit() or _RANGE.match(t):
+        if (t.isascii() and t.isdigit()) or _RANGE.match(t):
             m = _RANGE.match(t)
             lo, hi = (int(m.group(1)), int(m.group(2))) if m else (int(t), int(t))
             if not (0 <= lo <= hi < n):
@@ -310,6 +311,8 @@ class RunHealth:
     overview: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0))
     )
+    #: insufficient because its stored data is missing (not because it diverged early)
+    damaged: bool = False
 
 
 def _real_columns(ds: xr.Dataset, r0: int, r1: int) -> np.ndarray:
@@ -444,13 +447,13 @@ def scan_block(
         if diverged[i] >= 0:
             h.status = "diverged"
         if all_nan[i] and diverged[i] < 0:
-            h.status = "insufficient"
+            h.status, h.damaged = "insufficient", True
             h.note = (
                 "no finite values: the run's data is all NaN although it did not diverge; "
                 "its chunks are missing or overwritten, restore or re-train the store"
             )
         elif first_nan[i] != np.iinfo(np.int64).max:
-            h.status = "insufficient"
+            h.status, h.damaged = "insufficient", True
             h.note = (
                 f"{nan_var[i]} is NaN at step {first_nan[i]}, before the run diverged "
                 f"({'never' if diverged[i] < 0 else diverged[i]}): part of its data is missing; "
@@ -578,6 +581,37 @@ def _failure(name: str, runs: list[int], exc: BaseException) -> dict:
     }
 
 
+def _mark_twins_of_damaged(
+    ds: xr.Dataset, health: dict[int, RunHealth], params: AnalyzeParams, name: str, span: int
+) -> None:
+    """Mark ``insufficient`` (damaged) the twins in ``health`` whose original run lacks data.
+
+    A twin is measured against its original, so a damaged original would give wrong twin
+    numbers. Originals outside the block are scanned (read once per run-chunk, not kept).
+    """
+    twin_of = np.asarray(ds["twin_of"].values, dtype=np.int64)
+    wanted = {int(twin_of[r]) for r in health if twin_of[r] >= 0}
+    known = {o: health[o] for o in wanted if o in health}
+    by_chunk: dict[int, list[int]] = {}
+    for o in sorted(wanted - set(known)):
+        if 0 <= o < twin_of.size:
+            by_chunk.setdefault(o // span, []).append(o)
+    for originals in by_chunk.values():
+        got, _ = scan_block(ds, originals, params, name=name, keep=False)
+        known.update(got)
+    for r, h in health.items():
+        o = int(twin_of[r])
+        if o < 0 or h.status == "insufficient":
+            continue
+        orig = known.get(o)
+        if orig is None or orig.damaged:
+            h.status, h.damaged = "insufficient", True
+            h.note = (
+                f"its original run {o} is damaged ({orig.note if orig else 'out of range'}), "
+                "so the twin cannot be compared with it"
+            )
+
+
 def analyze_block(
     path: str,
     names: Sequence[str],
@@ -609,6 +643,7 @@ def analyze_block(
         span = _run_chunk(ds)
         loaded = _block_bytes(ds, span) <= params.memory_budget_bytes // 2
         health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
+        _mark_twins_of_damaged(ds, health, params, str(path), span)
         view = _with_block(ds, data) if loaded else ds
         del data
         good = [r for r in runs if health[r].status != "insufficient"]
@@ -694,19 +729,51 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-class _Bar:
-    """tqdm over runs on a terminal (stderr); silent otherwise or when ``enabled`` is False."""
+#: Longest silence, in seconds, of progress written where stderr is not a terminal (nohup, CI).
+PROGRESS_LINE_SECONDS = 9.0
 
-    def __init__(self, total: int, desc: str, enabled: bool | None):
-        if enabled is None:
-            enabled = sys.stderr.isatty()
+
+class _Bar:
+    """Progress on stderr: a tqdm bar on a terminal; elsewhere a plain line every few seconds.
+
+    ``enabled`` None chooses by whether stderr is a terminal; True forces the bar; False is
+    silent. Off a terminal, a line ``desc: done/total (pct%) after N s`` is printed every
+    ``interval`` seconds from a daemon thread, so a long analysis is never silent for long.
+    """
+
+    def __init__(
+        self, total: int, desc: str, enabled: bool | None, interval: float = PROGRESS_LINE_SECONDS
+    ):
+        tty = sys.stderr.isatty()
         self.bar = None
-        if enabled and total:
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+        self._stop: threading.Event | None = None
+        if total and (enabled or (enabled is None and tty)):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, file=sys.stderr)
+        elif total and enabled is None:
+            self._t0 = time.monotonic()
+            self._stop = threading.Event()
+            threading.Thread(
+                target=self._lines, args=(interval,), daemon=True, name="geomtraj-progress"
+            ).start()
+
+    def _lines(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            pct = 100 * self.done / self.total
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(
+                f"{self.desc}: {self.done}/{self.total} ({pct:.0f}%) after "
+                f"{time.monotonic() - self._t0:.0f} s{extra}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def update(self, n: int, postfix: str = "") -> None:
+        self.done += n
+        if postfix:
+            self.postfix = postfix
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
@@ -715,6 +782,8 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self._stop is not None:
+            self._stop.set()
 
 
 def _connect(scheduler: str):

@@ -11,8 +11,11 @@ with chunk boundaries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +105,48 @@ def create(path: str | os.PathLike, template: xr.Dataset, chunks: dict[str, int]
     """Write the metadata and the small eager variables of ``template``; large ones stay lazy.
 
     Dask-backed variables of ``template`` are not computed: only their metadata is written, and
-    their chunks are filled later by :func:`write_region`.
+    their chunks are filled later by :func:`write_region`. The template is built in a hidden
+    sibling folder and renamed into place, so ``path`` either does not exist or holds the whole
+    template whenever the process is killed (docs/robustness.md).
+
+    Raises
+    ------
+    StoreError
+        If ``path`` already exists.
     """
-    template.to_zarr(
-        os.fspath(path),
-        mode="w-",
-        compute=False,
-        encoding=encoding_for(template, chunks),
-        consolidated=ZARR_CONSOLIDATED,
-        zarr_format=3,
-    )
+    p = Path(path)
+    remove_partial(p)
+    tmp = p.with_name(f"{_PARTIAL_PREFIX}{p.name}.{uuid.uuid4().hex[:12]}")
+    try:
+        template.to_zarr(
+            os.fspath(tmp),
+            mode="w-",
+            compute=False,
+            encoding=encoding_for(template, chunks),
+            consolidated=ZARR_CONSOLIDATED,
+            zarr_format=3,
+        )
+        try:
+            os.rename(tmp, p)  # atomic on one file system; refuses an existing non-empty folder
+        except OSError:
+            raise StoreError(
+                f"{p} already exists; choose another --out, or --resume to continue it"
+            ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Hidden sibling folders a killed :func:`create` may leave; they are never a store.
+_PARTIAL_PREFIX = ".geomtraj-creating."
+
+
+def remove_partial(path: str | os.PathLike) -> None:
+    """Delete the half-built templates that killed creations of ``path`` left beside it."""
+    p = Path(path)
+    if p.parent.is_dir():
+        for left in p.parent.glob(f"{_PARTIAL_PREFIX}{p.name}.*"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def write_region(path: str | os.PathLike, part: xr.Dataset, region: dict[str, slice]) -> None:
@@ -122,12 +157,148 @@ def write_region(path: str | os.PathLike, part: xr.Dataset, region: dict[str, sl
     part.to_zarr(os.fspath(path), region=region, consolidated=ZARR_CONSOLIDATED, zarr_format=3)
 
 
-def set_attrs(path: str | os.PathLike, **attrs) -> None:
-    """Update global attributes of an existing store."""
-    import zarr
+def set_attrs(path: str | os.PathLike, *, drop: tuple[str, ...] = (), **attrs) -> None:
+    """Update global attributes of an existing store (and delete those named in ``drop``).
 
-    group = zarr.open_group(os.fspath(path), mode="r+", zarr_format=3)
-    group.attrs.update(attrs)
+    The group's ``zarr.json`` is rewritten beside itself and renamed over the old one, so a kill
+    leaves either the old or the new attributes, never a truncated file.
+    """
+    meta = Path(path) / "zarr.json"
+    doc = json.loads(meta.read_text())
+    values = doc.setdefault("attributes", {})
+    for key in drop:
+        values.pop(key, None)
+    values.update(attrs)
+    tmp = meta.with_name(f"zarr.json.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, meta)
+
+
+#: Root attribute of a finished geomtraj store: for every array, a digest of its layout
+#: (shape, dtype, chunks, codecs) and each chunk file's CRC32C (the 4 bytes the checksum codec
+#: appends) keyed by the chunk's path. It ties each checksum to its array and chunk key, and says
+#: which chunk files exist (docs/robustness.md).
+CHUNK_CHECKSUMS = "geomtraj_chunk_crc32c"
+
+_LAYOUT_KEYS = ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")
+
+
+def _array_dirs(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir() and (d / "zarr.json").is_file())
+
+
+def _layout(array_dir: Path) -> str | None:
+    """Digest of an array's layout metadata; None when its ``zarr.json`` is unreadable."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        layout = json.dumps({k: meta.get(k) for k in _LAYOUT_KEYS}, sort_keys=True)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return hashlib.sha256(layout.encode()).hexdigest()[:16]
+
+
+def _chunk_files(array_dir: Path) -> dict[str, Path]:
+    return {
+        f.relative_to(array_dir).as_posix(): f
+        for f in array_dir.rglob("*")
+        if f.is_file() and f.name != "zarr.json"
+    }
+
+
+def _crc_tail(f: Path) -> str | None:
+    """The last 4 bytes of a chunk file as hex (its CRC32C), or None when it has fewer."""
+    with open(f, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 4:
+            return None
+        fh.seek(-4, os.SEEK_END)
+        return fh.read(4).hex()
+
+
+def chunk_checksums(path: str | os.PathLike) -> dict[str, dict]:
+    """``{array: {"layout": digest, "chunks": {key: crc32c hex}}}`` of the store at ``path``.
+
+    Reads 4 bytes per chunk file; keys are sorted, so equal stores give equal tables.
+    """
+    out: dict[str, dict] = {}
+    for d in _array_dirs(Path(path)):
+        files = _chunk_files(d)
+        out[d.name] = {
+            "layout": _layout(d),
+            "chunks": {k: _crc_tail(files[k]) or "" for k in sorted(files)},
+        }
+    return out
+
+
+def _describe_chunk(path: Path, ds: xr.Dataset | None, var: str, key: str) -> str:
+    """``"(runs 0-7, step 101-200)"``: what chunk ``key`` of ``var`` holds ("" if unknown)."""
+    try:
+        meta = json.loads((path / var / "zarr.json").read_text())
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        shape, dims = meta["shape"], meta.get("dimension_names") or []
+        idx = [int(x) for x in key.split("/" if "/" in key else ".") if x.isdigit()]
+        parts = []
+        for d, (i, c, n) in enumerate(zip(idx, chunk, shape, strict=False)):
+            dim = dims[d] if d < len(dims) else None
+            lo, hi = i * c, min((i + 1) * c, n) - 1
+            if lo > hi:
+                return ""  # (a key outside the array)
+            if dim == "run":
+                parts.append(f"runs {lo}-{hi}")
+            elif dim == var:  # a coordinate: its own values may be the damaged ones
+                parts.append(f"{dim} indices {lo}-{hi}")
+            elif dim in ("step", "iteration") and ds is not None and dim in ds.coords:
+                t = np.asarray(ds[dim].values)
+                parts.append(f"{dim} {int(t[lo])}-{int(t[hi])}")
+        return f" ({', '.join(parts)})" if parts else ""
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def _check_checksums(path: Path, recorded, ds: xr.Dataset | None, name: str) -> bool:
+    """Every chunk file listed in ``recorded`` is present, in its place, with its checksum.
+
+    Returns whether every array was checked: an array whose layout differs from the recorded
+    one was rewritten by another tool (not damage of what training wrote) and is skipped.
+    """
+
+    def damaged(what: str) -> StoreError:
+        return StoreError(
+            f"{name}: {what}; the store is damaged: restore it from a copy or re-train it"
+        )
+
+    if not isinstance(recorded, dict):
+        raise damaged(f"its attribute {CHUNK_CHECKSUMS} is not a table")
+    complete = True
+    for var in sorted(recorded):
+        entry = recorded[var]
+        d = path / var
+        if not (d / "zarr.json").is_file():
+            raise damaged(f"array {var!r} is missing")
+        if not isinstance(entry, dict) or entry.get("layout") != _layout(d):
+            complete = False
+            continue
+        files = _chunk_files(d)
+        for key, crc in sorted(entry.get("chunks", {}).items()):
+            f = files.pop(key, None)
+            where = f"chunk {var}/{key}{_describe_chunk(path, ds, var, key)}"
+            if f is None:
+                raise damaged(f"{where} is missing")
+            got = _crc_tail(f)
+            if got is None:
+                raise damaged(f"{where} is empty (truncated)")
+            if got != crc:
+                raise damaged(
+                    f"{where} does not match its recorded checksum (truncated, overwritten or "
+                    "swapped with another chunk)"
+                )
+        if files:
+            key = sorted(files)[0]
+            raise damaged(
+                f"chunk {var}/{key}{_describe_chunk(path, ds, var, key)} was not written by "
+                "training (moved or copied in)"
+            )
+    return complete
 
 
 def read_run_chunk(path: str | os.PathLike) -> int | None:
@@ -234,8 +405,13 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
     * there are recorded steps;
     * hyper-parameters are valid numbers (a lost chunk of the run table reads as a fill value);
     * trajectories are stored at least as wide as every run's precision (lossless, contract 2);
-    * no chunk file that must hold data is missing or empty. zarr reads a missing chunk as its
-      fill value (NaN), which would silently cut a run short.
+    * every chunk file is where training wrote it: in a store that carries the table
+      :data:`CHUNK_CHECKSUMS`, each chunk file listed there exists and ends with its recorded
+      CRC32C (4 bytes read per file), and no other chunk file is present. zarr reads a missing
+      chunk as its fill value (NaN, 0, ...), which would silently give wrong numbers, and the
+      codec's own checksum does not notice a chunk file moved to another key or array. Stores
+      without the table (older or foreign ones) get the weaker test: no chunk file that must
+      hold trajectory data is missing or empty.
 
     Chunks that cannot be decoded are found when they are read (see ``geomtraj.runner``).
 
@@ -250,9 +426,14 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
             f"{name}: the store has {ds.sizes.get('run', 0)} runs and "
             f"{ds.sizes.get('step', 0)} recorded steps; nothing to analyse, re-train it"
         )
+    recorded = read_attrs(path).get(CHUNK_CHECKSUMS)
+    # exact for stores that carry geomtraj's table; older or foreign stores (or arrays another
+    # tool rewrote) get the weaker test: chunk files that must hold data exist
+    exact = recorded is not None and _check_checksums(Path(path), recorded, ds, name)
     _check_hyper(ds, name)
     _check_storage_dtype(ds, name)
-    _check_chunks(Path(path), ds, name)
+    if not exact:
+        _check_chunks(Path(path), ds, name)
 
 
 def _check_hyper(ds: xr.Dataset, name: str) -> None:

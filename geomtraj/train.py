@@ -34,6 +34,8 @@ import dataclasses
 import json
 import os
 import sys
+import uuid
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -507,8 +509,12 @@ def _run_table(plan: Plan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     }
 
 
-def _static_dataset(tr: _Trainer) -> xr.Dataset:
-    """Coordinates, run table, data sets, parameter names and initial parameters."""
+def _static_dataset(tr: _Trainer, store_id: str | None = None) -> xr.Dataset:
+    """Coordinates, run table, data sets, parameter names and initial parameters.
+
+    ``store_id`` (a random token) ties a store in training to its resume checkpoint; it is
+    dropped when the store is finished, so finished stores stay byte-identical.
+    """
     plan = tr.plan
     r = plan.record_every
     names, names_of = [], {}  # (grids share a few architectures: name each one once)
@@ -556,6 +562,8 @@ def _static_dataset(tr: _Trainer) -> xr.Dataset:
         "init": "Glorot-uniform weights from numpy default_rng(seed), zero biases",
         "description": json.dumps(plan.description),
     }
+    if store_id is not None:
+        attrs[STORE_ID] = store_id
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
@@ -566,7 +574,7 @@ def _lazy(shape, dtype, chunks):
     return da.full(shape, fill, dtype=dtype, chunks=chunks)
 
 
-def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
+def _template(tr: _Trainer, store_id: str | None = None) -> tuple[xr.Dataset, dict[str, int]]:
     """Full-size store template: static variables eager, trajectories lazy (written later)."""
     plan, sd = tr.plan, tr.sdtype
     n, rows, rec = len(plan.runs), plan.n_rows, tr.n_rec
@@ -579,7 +587,7 @@ def _template(tr: _Trainer) -> tuple[xr.Dataset, dict[str, int]]:
         "param_all": n_all,
     }
     rc, sc, uc = tr.run_chunk, tr.rows, tr.rows * plan.record_every
-    ds = _static_dataset(tr)
+    ds = _static_dataset(tr, store_id)
     for name in ("theta", "m", "v"):
         ds[name] = (("run", "step", "param"), _lazy((n, rows, rec), sd, (rc, sc, max(rec, 1))))
     ds["loss"] = (("run", "step"), _lazy((n, rows), sd, (rc, sc)))
@@ -739,12 +747,23 @@ def _train_in_memory(tr: _Trainer, progress) -> xr.Dataset:
 _SCALARS = ("train_loss", "grad_norm", "update_norm")
 
 
-def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int) -> None:
+#: Store attribute, present while a store is in training: a random token its resume checkpoint
+#: repeats, so that a checkpoint left by an earlier, deleted store is never applied to this one.
+STORE_ID = "geomtraj_store_id"
+
+
+def _save_checkpoint(path: Path, tr: _Trainer, next_chunk: int, store_id: str) -> None:
     """Write the resume state atomically: a crash leaves either the old or the new file."""
     final = store_mod.resume_path(path)
     tmp = final.with_name(final.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, next_chunk=np.int64(next_chunk), **tr.checkpoint())
+        np.savez(
+            fh,
+            next_chunk=np.int64(next_chunk),
+            store_id=np.str_(store_id),
+            fingerprint=np.str_(tr.plan.fingerprint()),
+            **tr.checkpoint(),
+        )
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -775,8 +794,7 @@ def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
         not exist although ``resume`` was asked for.
     """
     if not path.exists():
-        if resume:
-            raise StoreError(f"{path} does not exist; nothing to resume (drop --resume)")
+        # (a kill before the template was renamed into place leaves no store: start it afresh)
         return False
     if not resume:
         raise StoreError(f"{path} already exists; choose another --out, or --resume to continue it")
@@ -790,22 +808,55 @@ def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
     return True
 
 
+def _load_checkpoint(tr: _Trainer, path: Path, store_id: str | None) -> int:
+    """Restore the resume state of ``path`` into ``tr``; the chunk to continue from.
+
+    A checkpoint is used only when it names this store (its ``store_id``) and this plan;
+    otherwise training restarts at chunk 0, which rewrites every chunk with the same values.
+    """
+    ckpt = store_mod.resume_path(path)
+    if store_id is None or not ckpt.exists():
+        return 0
+    try:
+        with np.load(ckpt) as saved:
+            if (
+                "store_id" not in saved
+                or str(saved["store_id"]) != store_id
+                or str(saved["fingerprint"]) != tr.plan.fingerprint()
+            ):
+                return 0
+            tr.restore(saved)
+            return int(saved["next_chunk"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return 0  # (written atomically, so only outside damage gets here)
+
+
 def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Dataset:
     plan = tr.plan
     start = 0
+    if resume and path.exists():
+        attrs = store_mod.read_attrs(path)
+        if (
+            attrs.get("geomtraj_status") == store_mod.STATUS_COMPLETE
+            and attrs.get("geomtraj_fingerprint") == plan.fingerprint()
+        ):
+            # killed between marking it complete and deleting the checkpoint: nothing left to do
+            store_mod.resume_path(path).unlink(missing_ok=True)
+            return store_mod.open_store(path)
     if check_resume(plan, path, resume):
-        ckpt = store_mod.resume_path(path)
-        if ckpt.exists():
-            with np.load(ckpt) as saved:
-                tr.restore(saved)
-                start = int(saved["next_chunk"])
+        store_id = store_mod.read_attrs(path).get(STORE_ID)
+        start = _load_checkpoint(tr, path, store_id)
+        if start == 0:
+            tr = _Trainer(plan)  # (a rejected checkpoint may have been half restored)
         creating = None
     else:
+        store_id = uuid.uuid4().hex
+        store_mod.resume_path(path).unlink(missing_ok=True)  # an earlier store's, if any
         # The template (metadata, run table, data sets, initial parameters) is written by a
         # second thread while the first chunk trains (the kernels release the GIL); it reads
         # only what training never changes. Nothing is written into the store before it exists.
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geomtraj-store")
-        creating = pool.submit(_create_store, tr, path)
+        creating = pool.submit(_create_store, tr, path, store_id)
         pool.shutdown(wait=False)  # (the submitted work still runs)
     bar = _Progress(len(plan.runs), plan.steps, start * tr.rows * plan.record_every, progress)
     try:
@@ -826,7 +877,7 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
                 },
             )
             _write_snapshots(path, buf, slice(None))
-            _save_checkpoint(path, tr, c + 1)
+            _save_checkpoint(path, tr, c + 1, store_id)
             bar.update(u1 - u0, _runs_done(tr, u1))
     finally:
         bar.close()
@@ -836,8 +887,8 @@ def _train_to_store(tr: _Trainer, path: Path, resume: bool, progress) -> xr.Data
     return _finish(path)
 
 
-def _create_store(tr: _Trainer, path: Path) -> None:
-    template, chunks = _template(tr)
+def _create_store(tr: _Trainer, path: Path, store_id: str) -> None:
+    template, chunks = _template(tr, store_id)
     store_mod.create(path, template, chunks)
 
 
@@ -849,7 +900,13 @@ def _write_snapshots(path: Path, buf: dict[str, np.ndarray], run_region: slice) 
 
 
 def _finish(path: Path) -> xr.Dataset:
-    store_mod.set_attrs(path, geomtraj_status=store_mod.STATUS_COMPLETE)
+    # the chunk checksums, the status and the dropped store id land in one atomic rewrite
+    store_mod.set_attrs(
+        path,
+        drop=(STORE_ID,),
+        **{store_mod.CHUNK_CHECKSUMS: store_mod.chunk_checksums(path)},
+        geomtraj_status=store_mod.STATUS_COMPLETE,
+    )
     store_mod.resume_path(path).unlink(missing_ok=True)
     return store_mod.open_store(path)
 

@@ -147,3 +147,55 @@ def test_plot_kinds_listed_by_the_parser_are_the_drawable_ones() -> None:
     from geomtraj.report.plots import KINDS
 
     assert list(PLOT_KINDS) == list(KINDS)
+
+
+def test_progress_lines_off_a_terminal(capsys) -> None:
+    """Off a terminal (nohup, CI) analyze is never silent for long: a line every interval."""
+    import time
+
+    from geomtraj.runner import PROGRESS_LINE_SECONDS, _Bar
+
+    assert PROGRESS_LINE_SECONDS <= 10
+    bar = _Bar(4, "analyze", None, interval=0.05)
+    bar.update(1, "insufficient 0")
+    time.sleep(0.4)
+    bar.close()
+    time.sleep(0.1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) >= 2, lines
+    assert lines[0].startswith("analyze: 1/4 (25%) after ") and "insufficient 0" in lines[0]
+    time.sleep(0.2)
+    assert capsys.readouterr().err == ""  # stopped by close()
+    quiet = _Bar(4, "analyze", False, interval=0.05)
+    time.sleep(0.2)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_existing_report_folder_needs_force(tmp_path, capsys, fake_registry) -> None:
+    out = tmp_path / "r"
+    argv = ["analyze", str(small_store()), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    before = (out / "report.json").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "already exists" in err and "--force" in err
+    assert (out / "report.json").read_bytes() == before  # untouched
+    assert main([*argv, "--force"]) == 0
+    (tmp_path / "empty").mkdir()  # an empty folder is no report to lose
+    assert main(["analyze", str(small_store()), "--out", str(tmp_path / "empty"), "--quiet"]) == 0
+
+
+def test_store_strings_are_escaped_in_the_reports(tmp_path, capsys, fake_registry) -> None:
+    """A store string holding markup (here its path) stays text in report.md and report.html."""
+    store = copy_store(tmp_path / "a<!--b<script>x" / "s.zarr")
+    out = tmp_path / "r"
+    assert main(["analyze", str(store), "--out", str(out), "--quiet"]) == 0
+    md = (out / "report.md").read_text()
+    assert "<!--" not in md and "<script>" not in md
+    assert "a&lt;!--b&lt;script&gt;x" in md
+    page = (out / "report.html").read_text()
+    data = page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0]
+    assert "<" not in data and ">" not in data
+    assert json.loads(data)["store"] == str(store)  # the escapes keep the value
+    assert page.count("<!--") == 0

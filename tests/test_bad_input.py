@@ -26,6 +26,8 @@ from report_stores import (
 
 import geomtraj.runner
 from geomtraj.cli import main
+from geomtraj.store import CHUNK_CHECKSUMS, chunk_checksums, read_attrs
+from geomtraj.store import set_attrs as store_set_attrs
 
 FAKE = {"periods": fake_analysis}
 
@@ -39,6 +41,7 @@ def _fake_registry(monkeypatch):
 def _rewrite(src: Path, dst: Path, change) -> Path:
     """A copy of ``src`` rewritten through xarray after ``change(ds)``."""
     ds = change(xr.open_zarr(src, consolidated=False).load())
+    ds.attrs.pop(CHUNK_CHECKSUMS)  # (another tool's store: no chunk checksum table)
     for var in ds.variables.values():
         var.encoding = {}
     ds.to_zarr(dst, consolidated=False, zarr_format=3)
@@ -111,18 +114,72 @@ def _empty_chunk(tmp):
     return ["analyze", str(s)], "is empty (truncated)"
 
 
+def _without_table(store: Path) -> Path:
+    """``store`` as a store made before the chunk checksum table (or by another tool)."""
+    store_set_attrs(store, drop=(CHUNK_CHECKSUMS,))
+    return store
+
+
 def _truncated_chunk(tmp):
     s = copy_store(tmp / "s.zarr")
     f = _theta_chunk(s)
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    return ["analyze", str(s)], "cannot decode theta runs 0-7, step 101-200"
+    return ["analyze", str(s)], (
+        "chunk theta/c/0/1/0 (runs 0-7, step 101-200) does not match its recorded checksum"
+    )
+
+
+def _truncated_chunk_no_table(tmp):
+    argv, _ = _truncated_chunk(tmp)
+    _without_table(Path(argv[1]))
+    return argv, "cannot decode theta runs 0-7, step 101-200"
 
 
 def _garbled_chunk(tmp):
     s = copy_store(tmp / "s.zarr")
     f = chunk_files(s, "update_norm")[-1]
     f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
-    return ["analyze", str(s)], "cannot decode update_norm runs 8-10"
+    return ["analyze", str(s)], "chunk update_norm/c/1/3 (runs 8-10, iteration 301-400) does not"
+
+
+def _garbled_chunk_no_table(tmp):
+    argv, _ = _garbled_chunk(tmp)
+    _without_table(Path(argv[1]))
+    return argv, "cannot decode update_norm runs 8-10"
+
+
+def _swapped_m_and_v(tmp):
+    # both chunks hold valid data with a valid codec checksum: only their place is wrong
+    s = copy_store(tmp / "s.zarr")
+    fm, fv = s / "m" / "c" / "0" / "1" / "0", s / "v" / "c" / "0" / "1" / "0"
+    a, b = fm.read_bytes(), fv.read_bytes()
+    fm.write_bytes(b)
+    fv.write_bytes(a)
+    return ["analyze", str(s)], "chunk m/c/0/1/0 (runs 0-7, step 101-200) does not match"
+
+
+def _swapped_chunk_keys(tmp):
+    s = copy_store(tmp / "s.zarr")
+    f1, f2 = s / "theta" / "c" / "0" / "1" / "0", s / "theta" / "c" / "0" / "2" / "0"
+    a, b = f1.read_bytes(), f2.read_bytes()
+    f1.write_bytes(b)
+    f2.write_bytes(a)
+    return ["analyze", str(s)], "chunk theta/c/0/1/0 (runs 0-7, step 101-200) does not match"
+
+
+def _rewritten_chunk(tmp):
+    # rewritten through zarr: a valid chunk with a valid codec checksum, but not the one trained
+    s = copy_store(tmp / "s.zarr")
+    set_values(s, "loss", (1, slice(0, 5)), 0.5)
+    return ["analyze", str(s)], "chunk loss/c/0/0 (runs 0-7, step 1-100) does not match"
+
+
+def _chunk_copied_in(tmp):
+    s = copy_store(tmp / "s.zarr")
+    src = s / "theta_final" / "c" / "0" / "0"
+    (s / "theta_final" / "c" / "7").mkdir()
+    shutil.copy(src, s / "theta_final" / "c" / "7" / "0")
+    return ["analyze", str(s)], "chunk theta_final/c/7/0 was not written by training"
 
 
 def _flipped_bit(tmp):
@@ -139,7 +196,26 @@ def _flipped_bit(tmp):
 def _damaged_run_table(tmp):
     s = copy_store(tmp / "s.zarr")
     chunk_files(s, "beta2")[0].unlink()  # reads back as the fill value, NaN
+    return ["analyze", str(s)], "chunk beta2/c/0 (runs 0-10) is missing"
+
+
+def _damaged_run_table_no_table(tmp):
+    s = _without_table(copy_store(tmp / "s.zarr"))
+    chunk_files(s, "beta2")[0].unlink()
     return ["analyze", str(s)], "run 0 has beta2=nan"
+
+
+def _lost_static_chunk(var: str, expected: str):
+    # zarr reads a lost chunk as its fill value (0, -1 or NaN): wrong numbers, unless refused
+    def case(tmp):
+        s = copy_store(tmp / "s.zarr")
+        files = chunk_files(s, var)
+        assert files, var
+        files[0].unlink()
+        return ["analyze", str(s)], f"chunk {var}/{expected} is missing"
+
+    case.__name__ = f"_lost_{var}"
+    return case
 
 
 def _mixed_precisions(tmp):
@@ -189,7 +265,18 @@ EXIT_2 = {
         _missing, _not_zarr, _a_file, _plain_zarr, _wrong_schema, _unfinished,
         _missing_variable, _broken_metadata, _deleted_chunk, _empty_chunk, _truncated_chunk,
         _garbled_chunk, _flipped_bit, _damaged_run_table, _mixed_precisions, _zero_steps,
-        _empty_step_range,
+        _empty_step_range, _truncated_chunk_no_table, _garbled_chunk_no_table,
+        _damaged_run_table_no_table, _swapped_m_and_v, _swapped_chunk_keys, _rewritten_chunk,
+        _chunk_copied_in,
+        *(
+            _lost_static_chunk(v, key)
+            for v, key in (
+                ("diverged_step", "c/0 (runs 0-7)"), ("twin_of", "c/0 (runs 0-10)"),
+                ("seed", "c/0 (runs 0-10)"), ("step", "c/0 (step indices 0-399)"),
+                ("theta_init", "c/0/0 (runs 0-10)"), ("theta_final", "c/0/0 (runs 0-7)"),
+                ("n_params", "c/0 (runs 0-10)"), ("data_x", "c/0/0/0"),
+            )
+        ),
         _bad_runs, _bad_analysis, _bad_jobs, _info_deleted_chunk, _plot_empty_run, _plot_bad_kind,
     )
 }  # fmt: skip
@@ -245,6 +332,7 @@ def test_runs_without_data_are_marked_insufficient(tmp_path, capsys) -> None:
         set_values(s, var, 2, nan_like(s, var))
     # run 4: a stretch of theta overwritten with NaN
     set_values(s, "theta", (4, slice(150, 160)), nan_like(s, "theta"))
+    _retake_checksums(s)
     runs = _analyze(s, tmp_path / "rep", capsys)
     assert runs[2]["status"] == "insufficient" and "all NaN" in runs[2]["note"]
     assert runs[4]["status"] == "insufficient"
@@ -257,6 +345,25 @@ def test_runs_without_data_are_marked_insufficient(tmp_path, capsys) -> None:
     # the others are measured as usual
     assert runs[0]["status"] == "ok" and runs[0]["n_bursts"] is not None
     assert runs[8]["status"] == "diverged"
+    assert runs[10]["status"] == "ok"  # a twin of an intact original is measured
+
+
+def _retake_checksums(store: Path) -> None:
+    """Record the chunks as they are now: data lost before the store was finished (a store
+    whose chunks were rewritten after it is refused whole, see ``_rewritten_chunk``)."""
+    store_set_attrs(store, **{CHUNK_CHECKSUMS: chunk_checksums(store)})
+    assert read_attrs(store)[CHUNK_CHECKSUMS]
+
+
+def test_twins_of_a_damaged_original_are_marked_too(tmp_path, capsys) -> None:
+    s = copy_store(tmp_path / "s.zarr")
+    set_values(s, "theta", (0, slice(150, 160)), nan_like(s, "theta"))  # run 10 is its twin
+    _retake_checksums(s)
+    runs = _analyze(s, tmp_path / "rep", capsys)
+    assert runs[0]["status"] == "insufficient"
+    assert runs[10]["status"] == "insufficient"
+    assert "its original run 0 is damaged (theta is NaN at step 151" in runs[10]["note"]
+    assert runs[1]["status"] == "ok"
 
 
 def test_mixed_precision_runs_are_reported_side_by_side(tmp_path, capsys) -> None:

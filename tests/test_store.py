@@ -300,13 +300,20 @@ def test_existing_path_and_resume_of_complete_store(mixed_store, tmp_path):
     path = _copy(mixed_store, tmp_path / "again.zarr")
     before = _tree_bytes(path)
     plan = plan_from_config(MIXED)
-    for kwargs in ({}, {"resume": True}):
-        with pytest.raises(StoreError) as info:
-            train_plan(plan, store=path, **kwargs)
-        assert str(path) in str(info.value) and "\n" not in str(info.value)
-    assert _tree_bytes(path) == before  # refused without touching it
+    with pytest.raises(StoreError) as info:
+        train_plan(plan, store=path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    # resuming a complete store of the same config (a kill can land between marking it complete
+    # and deleting the checkpoint) returns it untouched
+    train_plan(plan, store=path, resume=True)
+    assert _tree_bytes(path) == before
+    other = plan_from_config({**MIXED, "steps": 2 * STEPS})
     with pytest.raises(StoreError):
-        train_plan(plan, store=tmp_path / "absent.zarr", resume=True)
+        train_plan(other, store=path, resume=True)
+    assert _tree_bytes(path) == before  # refused without touching it
+    # with no store yet (a kill before the template was in place), --resume trains it afresh
+    train_plan(plan, store=tmp_path / "absent.zarr", resume=True)
+    assert _tree_bytes(tmp_path / "absent.zarr") == before
 
 
 class _Crash(Exception):

@@ -152,7 +152,12 @@ def terminal_summary(doc: Mapping, *, max_rows: int = 50, out_dir: str | None = 
 
 
 def _md(x) -> str:
-    return fmt(x).replace("|", "\\|").replace("\n", " ")
+    """A table cell or text from the store: HTML-escaped (Markdown passes raw HTML through)."""
+    return html.escape(fmt(x), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_text(x) -> str:
+    return html.escape(str(x), quote=False).replace("\n", " ")
 
 
 def markdown(doc: Mapping) -> str:
@@ -161,10 +166,10 @@ def markdown(doc: Mapping) -> str:
     out = [
         "# geomtraj report",
         "",
-        f"- store: `{doc['store']}`",
+        f"- store: {_md_text(doc['store'])}",
         f"- runs: {doc['n_runs']} analysed of {doc.get('n_runs_store', doc['n_runs'])}",
         f"- created: {doc.get('created', '-')}, geomtraj {doc['versions'].get('geomtraj')}",
-        f"- options: `{json.dumps(doc.get('options', {}))}`",
+        f"- options: {_md_text(json.dumps(doc.get('options', {})))}",
         "",
         "## Grid summary",
         "",
@@ -175,28 +180,31 @@ def markdown(doc: Mapping) -> str:
         "|---|---|---|---|",
     ]
     for p, c in sorted(s.get("precision", {}).items()):
-        out.append(f"| {p} | {c['runs']} | {c['diverged']} | {c['insufficient']} |")
+        out.append(f"| {_md(p)} | {c['runs']} | {c['diverged']} | {c['insufficient']} |")
     out += ["", "| grid test | slope | CI | runs | verdict | note |", "|---|---|---|---|---|---|"]
     for k, v in _grid_rows(doc):
         out.append(
-            f"| {k} | {_md(v.get('slope'))} | {_md(v.get('ci'))} | {_md(v.get('n_runs'))} | "
+            f"| {_md(k)} | {_md(v.get('slope'))} | {_md(v.get('ci'))} | {_md(v.get('n_runs'))} | "
             f"{_md(v.get('verdict'))} | {_md(v.get('note'))} |"
         )
     out += ["", "## Analyses", "", "| analysis | status | runs | note |", "|---|---|---|---|"]
     for name, st in doc.get("analyses", {}).items():
         out.append(
-            f"| {name} | {st.get('status')} | {_md(st.get('n_runs'))} | {_md(st.get('note'))} |"
+            f"| {_md(name)} | {_md(st.get('status'))} | {_md(st.get('n_runs'))} | "
+            f"{_md(st.get('note'))} |"
         )
     if doc.get("errors"):
         out += ["", "## Errors", ""]
         for e in doc["errors"]:
-            out.append(f"- **{e['analysis']}** runs {e.get('runs', [])}: `{e['error']}`")
+            out.append(
+                f"- **{_md_text(e['analysis'])}** runs {e.get('runs', [])}: {_md_text(e['error'])}"
+            )
     if doc.get("warnings"):
         out += ["", "## Warnings", ""]
         for w in doc["warnings"]:
             out.append(
-                f"- {w['analysis']}: {w['category']} x{w['count']} at {w.get('where', '?')}: "
-                f"{w['message']}"
+                f"- {_md_text(w['analysis'])}: {_md_text(w['category'])} x{w['count']} at "
+                f"{_md_text(w.get('where', '?'))}: {_md_text(w['message'])}"
             )
     out += ["", "## Runs", ""]
     out.append("| " + " | ".join(h for h, _, _ in _COLUMNS) + " |")
@@ -211,7 +219,7 @@ def markdown(doc: Mapping) -> str:
         out += ["", f"## {section.capitalize()}", ""]
         if not rows:
             note = (doc.get("analyses", {}).get(section) or {}).get("note")
-            out.append(f"No entries{f' ({note})' if note else ''}.")
+            out.append(f"No entries{f' ({_md_text(note)})' if note else ''}.")
             continue
         out.append("| " + " | ".join(keys) + " |")
         out.append("|" + "---|" * len(keys))
@@ -220,7 +228,8 @@ def markdown(doc: Mapping) -> str:
     if doc.get("figures"):
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
-            out += [f"![{f.get('title', f['file'])}]({f['file']})", ""]
+            title = _md_text(f.get("title", f["file"])).replace("]", "\\]")
+            out += [f"![{title}]({f['file']})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -469,7 +478,14 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
             f"(<code>{_e(f['file'])}</code>)</figcaption></figure>"
         )
     parts.append("</section>")
-    payload = json.dumps(doc, allow_nan=False).replace("</", "<\\/")
+    # no <, > or & may reach the script element: "<!--" or "</script" in a store string would
+    # change how the page is parsed; JSON's \\u escapes keep the values
+    payload = (
+        json.dumps(doc, allow_nan=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     parts.append(f'<script type="application/json" id="report-data">{payload}</script>')
     parts.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(parts)
