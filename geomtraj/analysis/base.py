@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
+from geomtraj.errors import StoreError
 from geomtraj.store import strings
 
 #: Hyper-parameters and labels copied from the store for every run, with their Python types.
@@ -58,6 +59,12 @@ class RunData:
     """
 
     def __init__(self, ds: xr.Dataset, run: int):
+        missing = [k for k in RUN_FIELDS if k not in ds.variables]
+        if missing:
+            raise StoreError(
+                f"dataset: missing variable(s) {', '.join(missing)} required by schema 1 "
+                "(see docs/store-contract.md); geomtraj.record.write_store builds a valid store"
+            )
         self.ds = ds
         self.run = int(run)
         self._one = ds.isel(run=self.run)
