@@ -265,9 +265,18 @@ def combine_stores(sources: Sequence[str | os.PathLike], path: str | os.PathLike
         width = max(len(n) for n in names)
         padded = []
         for ds, n in zip(parts, names, strict=True):
-            ds = ds.pad(param=(0, width - len(n)), constant_values=np.nan)
+            extra, fields = width - len(n), {}
+            for k, var in ds.data_vars.items():
+                if "param" not in var.dims or k == "param_name":
+                    continue
+                var = var.pad(
+                    param=(0, extra), constant_values=np.nan if var.dtype.kind == "f" else -1
+                )
+                # per-run now: each run keeps its own parameter labels
+                fields[k] = var if "run" in var.dims else var.expand_dims(run=ds.sizes["run"])
             labels = np.array([n + [""] * (width - len(n))] * ds.sizes["run"], dtype=object)
-            padded.append(ds.assign(param_name=(("run", "param"), labels)))
+            fields["param_name"] = (("run", "param"), labels)
+            padded.append(ds.drop_vars(list(fields)).assign(fields))
         parts = padded
     out = xr.concat(parts, dim="run", data_vars="minimal", coords="minimal",
                     compat="override", join="exact")  # fmt: skip
@@ -278,6 +287,9 @@ def combine_stores(sources: Sequence[str | os.PathLike], path: str | os.PathLike
     for var in out.variables.values():
         var.encoding = {}
     out = out.chunk({"run": 1}).unify_chunks()
+    for k, var in out.variables.items():
+        if var.dtype == object:  # labels: small, and zarr needs their values to pick a dtype
+            out[k] = out[k].compute()
     chunks = {d: c[0] for d, c in out.chunks.items() if c}
     out.to_zarr(os.fspath(p), mode="w", encoding=encoding_for(out, chunks),
                 consolidated=ZARR_CONSOLIDATED, zarr_format=3)  # fmt: skip
