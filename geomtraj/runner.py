@@ -38,6 +38,7 @@ from types import ModuleType
 import numpy as np
 import xarray as xr
 
+from geomtraj.analysis.base import per_update_note, rows_are_consecutive
 from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
 
@@ -166,7 +167,11 @@ def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
 
     ``spec`` is None (all runs), a list of indices, or a string of terms separated by ``,`` or
     ``and``. Index terms (``3``, ``0-7``) are united; query terms on per-run variables
-    (``beta2>0.99``, ``precision=float32``, ``hidden==12x24``) all have to hold.
+    (``beta2>0.99``, ``precision=float32``, ``hidden==12x24``) all have to hold. The query terms
+    are evaluated by xarray itself, as ``ds.query(run="beta2 > 0.99 and precision == 'float32'")``
+    (the run table is a set of coordinates on ``run``, see :func:`geomtraj.store.open_store`),
+    so ``--runs`` picks exactly the runs that ``ds.query`` or ``ds.sel(run=ds.beta2 > 0.99)``
+    picks in a notebook.
 
     Raises
     ------
@@ -186,7 +191,7 @@ def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
     if not terms:
         raise GeomtrajError(f"--runs {spec!r} is empty; give indices (0-7) or a query (beta2>0.99)")
     indices: set[int] | None = None
-    keep = np.ones(n, bool)
+    clauses: list[str] = []
     fields = _run_fields(ds)
     for term in terms:
         t = term.strip()
@@ -211,18 +216,22 @@ def select_runs(ds: xr.Dataset, spec: str | Iterable[int] | None) -> list[int]:
                 f"--runs: no per-run variable {name!r} in the store; "
                 f"choose from {', '.join(fields)}"
             )
-        var = ds[name]
-        if var.dtype.kind in "biuf":
+        if ds[name].dtype.kind in "biuf":
             try:
-                value = float(raw)
+                value = repr(float(raw))
             except ValueError:
                 raise GeomtrajError(f"--runs: {name} is numeric, {raw!r} is not a number") from None
-            keep &= _OPS[op](np.asarray(var.values, dtype=np.float64), value)
         else:
             if op not in ("=", "==", "!="):
                 raise GeomtrajError(f"--runs: {name} holds text; compare it with = or !=")
-            labels = np.array(strings(var), dtype=object)
-            keep &= _OPS[op](labels, raw.strip("'\""))
+            value = repr(raw.strip("'\""))
+        clauses.append(f"({name} {'==' if op == '=' else op} {value})")
+    keep = np.ones(n, bool)
+    if clauses:
+        # xarray's own query on the run table: ds.query(run="beta2 > 0.99 and ...")
+        table = ds[fields].reset_coords().assign_coords(run=np.arange(n))
+        chosen = table.query(run=" and ".join(clauses))["run"].values
+        keep = np.isin(np.arange(n), chosen)
     picked = sorted(i for i in (indices if indices is not None else range(n)) if keep[i])
     if not picked:
         raise GeomtrajError(f"--runs {spec!r} selects no runs of the store's {n}")
@@ -439,9 +448,12 @@ def scan_block(
         n_steps[:] = int(ds.sizes["step"])  # no per-step series: count recorded rows instead
 
     health: dict[int, RunHealth] = {}
+    derivable = rows_are_consecutive(ds)
     for r in runs:
         i = r - r0
         h = RunHealth(run=r, n_steps=int(n_steps[i]))
+        # a store of another producer may lack the per-update series (docs/store-contract.md)
+        h.note = per_update_note(ds, r)
         h.final_loss = float(final_loss[i]) if np.isfinite(final_loss[i]) else None
         h.overview = (np.asarray(samples[i][0], np.int64), np.asarray(samples[i][1]))
         if diverged[i] >= 0:
@@ -459,6 +471,8 @@ def scan_block(
                 f"({'never' if diverged[i] < 0 else diverged[i]}): part of its data is missing; "
                 "restore or re-train the store"
             )
+        elif h.note and not derivable:
+            h.status = "insufficient"
         elif n_steps[i] < params.min_finite_steps:
             h.status = "insufficient"
             why = (

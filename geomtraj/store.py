@@ -327,7 +327,18 @@ def strings(da: xr.DataArray) -> list[str]:
 
 
 def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr.Dataset:
-    """Open a geomtraj store lazily and check it against contract 2.
+    """Open a store lazily, check it against contract 2 and expose the run table as coordinates.
+
+    Any producer's store is read (see ``docs/store-contract.md``): one without a
+    ``geomtraj_status`` attribute comes from a producer other than ``geomtraj train`` and is taken
+    as complete; only ``geomtraj_status = "training"`` marks an unfinished store. Chunking is the
+    producer's choice: variables whose chunks disagree along a dimension (``xarray``'s default
+    ``to_zarr`` lets zarr choose each array's chunks) are read with unified chunks.
+
+    The per-run fields (every variable of dims ``(run,)``: hyper-parameters, labels, seeds) become
+    coordinates on ``run``, loaded eagerly since they are small, so that xarray's own selection
+    works on them: ``ds.sel(run=ds.beta2 == 0.999)``, ``ds.query(run="beta2 > 0.99")``,
+    ``ds.groupby("beta2")``.
 
     Raises
     ------
@@ -344,24 +355,59 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> xr
     attrs = read_attrs(p)
     if "geomtraj_schema" not in attrs:
         raise StoreError(
-            f"{p}: zarr store without a geomtraj_schema attribute; not a geomtraj store"
+            f"{p}: zarr store without a geomtraj_schema attribute; not a geomtraj store "
+            "(a store of another producer needs the attribute geomtraj_schema = 1, see "
+            "docs/store-contract.md)"
         )
     if attrs["geomtraj_schema"] != SCHEMA_VERSION:
         raise StoreError(
             f"{p}: store schema {attrs['geomtraj_schema']!r}, this geomtraj reads schema "
             f"{SCHEMA_VERSION}; use a matching geomtraj version"
         )
-    if not allow_incomplete and attrs.get("geomtraj_status") != STATUS_COMPLETE:
+    status = attrs.get("geomtraj_status", STATUS_COMPLETE)  # absent: another producer's store
+    if not allow_incomplete and status == STATUS_TRAINING:
+        producer = attrs.get("geomtraj_producer", "geomtraj.train")
+        if producer == "geomtraj.train":
+            fix = "resume it with `geomtraj train CONFIG --out STORE --resume`"
+        else:
+            fix = (
+                f"its producer ({producer}) stopped before close(); the chunks written so far "
+                "open with open_store(path, allow_incomplete=True)"
+            )
+        raise StoreError(f"{p}: training did not finish (status {status!r}); {fix}")
+    if status not in (STATUS_TRAINING, STATUS_COMPLETE):
         raise StoreError(
-            f"{p}: training did not finish (status {attrs.get('geomtraj_status')!r}); "
-            "resume it with `geomtraj train CONFIG --out STORE --resume`"
+            f"{p}: unknown geomtraj_status {status!r}; expected {STATUS_COMPLETE!r} or "
+            f"{STATUS_TRAINING!r} (or no such attribute)"
         )
     try:
         ds = xr.open_zarr(os.fspath(p), consolidated=ZARR_CONSOLIDATED, zarr_format=3)
     except Exception as exc:  # zarr raises many types for damaged metadata
         raise StoreError(f"{p}: cannot open as zarr ({type(exc).__name__}: {exc})") from None
     validate(ds, name=str(p))
+    return run_table_as_coords(unified_chunks(ds))
+
+
+def unified_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with one chunking per dimension (a no-op for stores geomtraj writes).
+
+    Another producer's arrays may be chunked differently along a shared dimension (``theta`` and
+    ``param_name`` along ``param``), which makes whole-Dataset operations raise "inconsistent
+    chunks"; :meth:`xarray.Dataset.unify_chunks` splits each dask array at the union of the
+    boundaries, so every chunk read still lies inside one on-disk chunk.
+    """
+    try:
+        ds.chunks  # noqa: B018 - raises ValueError when chunks disagree
+    except ValueError:
+        return ds.unify_chunks()
     return ds
+
+
+def run_table_as_coords(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every per-run variable (dims ``(run,)``) as an eagerly loaded coordinate."""
+    names = [k for k, var in ds.variables.items() if var.dims == ("run",) and k != "run"]
+    ds = ds.set_coords(names)
+    return ds.assign_coords({k: ds[k].variable.load() for k in names})
 
 
 def validate(ds: xr.Dataset, name: str = "dataset") -> None:

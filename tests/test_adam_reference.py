@@ -46,7 +46,8 @@ def test_kernel_matches_naive_adam(activation, loss, run):
     )
 
 
-def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay):
+def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay, record=None):
+    """torch.optim.Adam on the MLP; ``record``: a store path for a TorchRecorder of the loop."""
     torch = pytest.importorskip("torch")
     from naive import unflatten
 
@@ -60,6 +61,11 @@ def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay):
     opt = torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps,
                            weight_decay=weight_decay)  # fmt: skip
     out = np.empty((steps, spec.n_params))
+    rec = None
+    if record is not None:
+        from geomtraj.record import TorchRecorder
+
+        rec = TorchRecorder(record, opt, record_params="all", chunk_updates=32)
     for t in range(steps):
         opt.zero_grad()
         a = Xt
@@ -73,7 +79,11 @@ def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(f, yt)
         loss.backward()
         opt.step()
+        if rec is not None:
+            rec.step(loss)
         out[t] = np.concatenate([p.detach().numpy().ravel() for p in params])
+    if rec is not None:
+        rec.close()
     return out
 
 
@@ -87,3 +97,29 @@ def test_kernel_matches_torch_adam(activation, loss, run):
     err = _rel_max(theta, theta_torch)
     print(f"max relative deviation from torch: {err:.3g}")
     assert err < 1e-12
+
+
+@pytest.mark.parametrize("run", range(len(ADAM_HYPER)))
+def test_torch_recorder_store_matches_the_kernel_store(tmp_path, run):
+    """A TorchRecorder store of torch.optim.Adam holds what the trainer's own store holds."""
+    pytest.importorskip("torch")
+    from geomtraj.store import open_store
+
+    spec, X, y, theta0, ds = adam_float64("tanh", "mse")
+    path = tmp_path / "torch.zarr"
+    _torch_adam(theta0[run], spec, X, y, ADAM_STEPS, **ADAM_HYPER[run], record=path)
+    rec = open_store(path)
+    n = spec.n_params
+    assert rec.sizes["param"] == n and str(rec["precision"].values[0]) == "float64"
+    for key in ("beta1", "beta2", "lr", "eps", "weight_decay"):
+        assert float(rec[key].values[0]) == ADAM_HYPER[run][key]
+    np.testing.assert_array_equal(rec["step"].values, ds["step"].values)
+    np.testing.assert_array_equal(rec["iteration"].values, ds["iteration"].values)
+    for var in ("theta", "m", "v"):
+        assert _rel_max(rec[var].values[0], ds[var].values[run, :, :n]) < 1e-12, var
+    # loss, and the per-update series: the same quantities of the same updates (the recorder adds
+    # Adam's coupled weight decay to the gradient, as torch and the kernel do)
+    for var in ("loss", "train_loss", "grad_norm"):
+        np.testing.assert_allclose(rec[var].values[0], ds[var].values[run], rtol=1e-12)
+    np.testing.assert_allclose(rec["update_norm"].values[0], ds["update_norm"].values[run],
+                               rtol=1e-9)  # fmt: skip

@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
+from geomtraj.errors import StoreError
 from geomtraj.store import strings
 
 #: Hyper-parameters and labels copied from the store for every run, with their Python types.
@@ -58,6 +59,12 @@ class RunData:
     """
 
     def __init__(self, ds: xr.Dataset, run: int):
+        missing = [k for k in RUN_FIELDS if k not in ds.variables]
+        if missing:
+            raise StoreError(
+                f"dataset: missing variable(s) {', '.join(missing)} required by schema 1 "
+                "(see docs/store-contract.md); geomtraj.record.write_store builds a valid store"
+            )
         self.ds = ds
         self.run = int(run)
         self._one = ds.isel(run=self.run)
@@ -87,18 +94,42 @@ class RunData:
 
     @cached_property
     def _per_step(self) -> dict[str, np.ndarray]:
-        if "iteration" not in self.ds.dims:
-            return {
-                "iteration": np.zeros(0, np.int64),
-                "update_norm": np.zeros(0),
-                "train_loss": np.zeros(0),
-            }
+        missing = missing_per_update(self.ds)
+        if missing:
+            if not rows_are_consecutive(self.ds):
+                return {
+                    "iteration": np.zeros(0, np.int64),
+                    "update_norm": np.zeros(0),
+                    "train_loss": np.zeros(0),
+                }
+            return self._derived_per_step()
         it = np.asarray(self.ds["iteration"].values, dtype=np.int64)
         un = np.asarray(self._one["update_norm"].values, dtype=np.float64)
         tl = np.asarray(self._one["train_loss"].values, dtype=np.float64)
         keep = self._before_divergence(it) & np.isfinite(un) & np.isfinite(tl)
         n = _leading_true(keep)
         return {"iteration": it[:n], "update_norm": un[:n], "train_loss": tl[:n]}
+
+    def _derived_per_step(self) -> dict[str, np.ndarray]:
+        """Per-update series from consecutive recorded rows (docs/store-contract.md).
+
+        Update ``t`` (row ``t``) moved ``theta`` from row ``t-1``, and the row's ``loss`` is the
+        loss at ``theta_{t-1}``, the same quantity as ``train_loss``; the first row has no
+        predecessor, so the series start at the second row. ``update_norm`` is taken over the
+        recorded parameters only (all of them when the producer recorded every parameter).
+        """
+        theta = self.theta
+        it = self.step[1:]
+        un = np.linalg.norm(np.diff(theta, axis=0), axis=1) if len(theta) > 1 else np.zeros(0)
+        tl = self.loss[1:]
+        keep = np.isfinite(un) & np.isfinite(tl)
+        n = _leading_true(keep)
+        return {"iteration": it[:n], "update_norm": un[:n], "train_loss": tl[:n]}
+
+    @property
+    def per_update_note(self) -> str | None:
+        """How the per-update series were obtained when the store does not hold them, else None."""
+        return per_update_note(self.ds, self.run)
 
     @property
     def iteration(self) -> np.ndarray:
@@ -168,11 +199,74 @@ class RunData:
 
     @property
     def record_every(self) -> int:
-        return int(self.ds.attrs.get("record_every", 1))
+        """Updates between recorded rows: the store's attribute, else the ``step`` spacing."""
+        return record_every(self.ds)
 
     def _before_divergence(self, t: np.ndarray) -> np.ndarray:
         d = self.diverged_step
         return np.ones(t.shape, bool) if d is None else t < d
+
+
+#: Per-update series (dims ``(run, iteration)``) the burst analyses read; a store may lack them.
+PER_UPDATE_SERIES = ("update_norm", "train_loss")
+
+
+def missing_per_update(ds: xr.Dataset) -> list[str]:
+    """Names of :data:`PER_UPDATE_SERIES` the store does not hold."""
+    return [
+        k for k in PER_UPDATE_SERIES if k not in ds.variables or ds[k].dims != ("run", "iteration")
+    ]
+
+
+def record_every(ds: xr.Dataset) -> int:
+    """Updates between recorded rows: the ``record_every`` attribute, else the ``step`` spacing.
+
+    A store of another producer may lack the attribute; its ``step`` coordinate then says it
+    (the smallest gap when the spacing is irregular).
+    """
+    if "record_every" in ds.attrs:
+        return int(ds.attrs["record_every"])
+    gaps = np.unique(np.diff(np.asarray(ds["step"].values, dtype=np.int64)))
+    return int(gaps[0]) if gaps.size else 1
+
+
+def rows_are_consecutive(ds: xr.Dataset) -> bool:
+    """Whether the recorded rows are consecutive updates, so per-update series can be derived."""
+    st = np.asarray(ds["step"].values, dtype=np.int64)
+    return st.size >= 2 and bool(np.all(np.diff(st) == 1))
+
+
+def per_update_note(ds: xr.Dataset, run: int) -> str | None:
+    """Note for a run whose store lacks per-update series; None when the store holds them.
+
+    When the rows are consecutive updates (``record_every = 1``) the series are derived from them
+    (see :meth:`RunData._derived_per_step`) and the note says so; otherwise the note names the
+    missing variables and the run cannot be analysed for bursts.
+    """
+    missing = missing_per_update(ds)
+    if not missing:
+        return None
+    names = " and ".join(missing)
+    if rows_are_consecutive(ds):
+        n_rec = len(RunData(ds, run).param_names)
+        n_par = int(ds["n_params"].values[run])
+        over = "all" if n_rec >= n_par else f"{n_rec} of the {n_par}"
+        return (
+            f"{names} not in the store: derived from the recorded rows (record_every = 1), "
+            f"update_norm over {over} parameters"
+        )
+    st = np.asarray(ds["step"].values, dtype=np.int64)
+    spacing = (
+        f"every {int(st[1] - st[0])} updates"
+        if st.size >= 2 and np.unique(np.diff(st)).size == 1
+        else "at irregular updates"
+        if st.size >= 2
+        else "at a single update"
+    )
+    return (
+        f"{names} not in the store and the rows are recorded {spacing}, so they cannot be "
+        "derived; record them per update (or record every update) to analyse bursts"
+    )
 
 
 def _leading_true(mask: np.ndarray) -> int:
