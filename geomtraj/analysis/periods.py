@@ -281,10 +281,13 @@ def efold_times(
     amplitude = np.sqrt(np.maximum(amplitude**2 - background**2, 0.0))
     times = np.full(len(bursts), np.nan)
     for i, (p, e) in enumerate(zip(bursts.peak, bursts.end, strict=True)):
-        sel = (steps >= p) & (steps <= e) & (amplitude > 0)
-        if np.count_nonzero(sel) < params.min_decay_points:
+        # steps are sorted: slice rather than compare every step with every burst
+        i0, i1 = np.searchsorted(steps, p, "left"), np.searchsorted(steps, e, "right")
+        amp = amplitude[i0:i1]
+        ok = amp > 0
+        if np.count_nonzero(ok) < params.min_decay_points:
             continue
-        slope = np.polyfit(steps[sel].astype(np.float64), np.log(amplitude[sel]), 1)[0]
+        slope = _ls_slope(steps[i0:i1][ok].astype(np.float64), np.log(amp[ok]))
         if slope < 0:
             times[i] = -1.0 / slope
     good = times[np.isfinite(times)]
@@ -293,6 +296,27 @@ def efold_times(
     rng = np.random.default_rng(params.seed)
     boot = np.median(rng.choice(good, size=(params.n_boot, good.size)), axis=1)
     return EfoldTimes(times, float(np.median(good)), _percentile_ci(boot, params.ci_level))
+
+
+def _ls_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` on ``x`` (closed form; ``np.polyfit(x, y, 1)[0]``, faster)."""
+    xc = x - x.mean()
+    return float(xc @ (y - y.mean()) / (xc @ xc))
+
+
+def _hann_power(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies and summed one-sided periodogram of the columns of ``d`` (Hann window).
+
+    The same peak shape as ``scipy.signal.periodogram(d, window="hann", detrend=False,
+    axis=0).sum(axis=1)`` up to its constant scale (DC and, for an even length, Nyquist not
+    doubled), with one FFT call instead of scipy's per-call set-up, which dominated per burst.
+    """
+    m = d.shape[0]
+    w = sps.get_window("hann", m)
+    x = np.fft.rfft(d * w[:, None], axis=0)
+    power = (x.real**2 + x.imag**2).sum(axis=1)
+    power[1 : (m + 1) // 2] *= 2.0
+    return np.fft.rfftfreq(m), power
 
 
 def flip_period(
@@ -310,17 +334,16 @@ def flip_period(
         return None, "flip period needs theta recorded at every step (record_every = 1)"
     periods = []
     for a, e in zip(bursts.onset, bursts.end, strict=True):
-        sel = (steps >= a) & (steps <= e)
-        if np.count_nonzero(sel) < params.min_flip_samples:
+        i0, i1 = np.searchsorted(steps, a, "left"), np.searchsorted(steps, e, "right")
+        if i1 - i0 < params.min_flip_samples:
             continue
-        d = np.diff(theta[sel], axis=0)
+        d = np.diff(theta[i0:i1], axis=0)
         d = d - d.mean(axis=0)
         if not np.any(d):
             continue
         # total power over the coordinates: the trace of the cross-spectral matrix, which peaks
         # at the frequency of the dominant motion whatever its direction
-        freq, power = sps.periodogram(d, detrend=False, window="hann", axis=0)
-        power = power.sum(axis=1)
+        freq, power = _hann_power(d)
         if freq.size < 3:
             continue
         k = int(np.argmax(power[1:]) + 1)
@@ -348,7 +371,8 @@ def _quiet_rows(steps: np.ndarray, bursts: Bursts, params: PeriodParams) -> list
     margin = params.quiet_margin
     for k in range(len(bursts) - 1):
         a, b = bursts.end[k] + margin, bursts.onset[k + 1] - margin
-        sel = np.flatnonzero((steps >= a) & (steps <= b))
+        # steps are sorted: the rows in [a, b] by bisection, not by comparing every step
+        sel = np.arange(np.searchsorted(steps, a, "left"), np.searchsorted(steps, b, "right"))
         if sel.size >= params.min_quiet:
             out.append(sel)
     return out
