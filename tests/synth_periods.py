@@ -124,3 +124,72 @@ def random_walk_trajectory(
     v = np.abs(rng.normal(1e-6, 1e-7, size=(n_steps, n_params)))
     loss = 1e-2 + (theta**2).sum(axis=1)
     return _finish(theta, np.zeros(n_params), theta, v, loss, [])
+
+
+# --------------------------------------------------------------------------------------------------
+# independent slow-period estimate and spike trains with known periods
+# --------------------------------------------------------------------------------------------------
+
+
+def spike_spacing_period(
+    update_norm: np.ndarray, sigma: float = 2.0, prominence: float = 1.0, skip: int = 0
+) -> float:
+    """Median spacing of the spikes of the smoothed log update norm: an independent slow period.
+
+    Independent of the burst detector by construction: a Gaussian smoothing (``sigma`` steps)
+    rather than a moving average, a fixed prominence of one e-fold rather than the detector's
+    ``on`` level, peaks rather than onsets, and no baseline. The first ``skip`` steps are left out.
+    """
+    from scipy import ndimage
+    from scipy import signal as sps
+
+    y = np.log(np.maximum(np.asarray(update_norm, dtype=np.float64)[skip:], 1e-300))
+    y = y[: np.flatnonzero(~np.isfinite(y))[0]] if not np.all(np.isfinite(y)) else y
+    peaks, _ = sps.find_peaks(ndimage.gaussian_filter1d(y, sigma), prominence=prominence)
+    return float(np.median(np.diff(peaks))) if peaks.size > 4 else float("nan")
+
+
+def spike_train(
+    n_steps: int,
+    period: float,
+    regime: str = "sparse",
+    noise: float = 0.3,
+    height: float = 3.0,
+    jitter: float = 0.2,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An update-norm series of bursts with known onsets, dense or sparse, with log-normal noise.
+
+    Each burst rises linearly in ``log`` by ``height`` (natural-log units) over ``rise`` steps and
+    then decays exponentially. ``regime="sparse"`` decays within a quarter of the period and leaves
+    a flat quiet level; ``"dense"`` decays over the whole interval, straight into the next rise
+    (the sawtooth of Adam at beta2 = 0.99). Intervals are ``period`` times ``1 + jitter*U(-1, 1)``;
+    ``noise`` is the standard deviation of white noise added to the log. Returns
+    ``(update_norm, onsets)``.
+    """
+    if regime not in ("sparse", "dense"):
+        raise ValueError(f"regime={regime!r}; expected 'sparse' or 'dense'")
+    rng = np.random.default_rng(seed)
+    rise = max(2.0, 0.1 * period)
+    logu = np.zeros(n_steps)
+    onsets = []
+    s = float(rng.uniform(0.2, 0.8) * period)
+    while s < n_steps:
+        onsets.append(int(round(s)))
+        s += period * (1.0 + jitter * rng.uniform(-1.0, 1.0))
+    onsets_a = np.array(onsets, dtype=np.int64)
+    t = np.arange(n_steps, dtype=np.float64)
+    nxt = np.append(onsets_a[1:], n_steps + int(period))
+    for o, o_next in zip(onsets_a, nxt, strict=True):
+        p = o + rise
+        up = (t >= o) & (t < p)
+        logu[up] = np.maximum(logu[up], height * (t[up] - o) / rise)
+        if regime == "dense":
+            # linear in log from the peak down to the quiet level at the next onset
+            down = (t >= p) & (t < o_next)
+            logu[down] = np.maximum(logu[down], height * (o_next - t[down]) / (o_next - p))
+        else:
+            down = (t >= p) & (t < p + 0.25 * period)
+            logu[down] = np.maximum(logu[down], height * np.exp(-(t[down] - p) / (0.05 * period)))
+    logu += rng.normal(0.0, noise, n_steps)
+    return 1e-4 * np.exp(logu), onsets_a

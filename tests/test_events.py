@@ -118,3 +118,70 @@ def test_bad_input_and_params():
     with pytest.raises(GeomtrajError, match="hysteresis"):
         BurstParams(on_factor=2.0, off_factor=3.0)
     assert len(detect_bursts(np.zeros(0))) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the O(n log w) rolling median and the prominence method
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, window", [(1, 3), (5, 3), (10, 11), (12, 11), (300, 101), (2500, 501)])
+def test_fast_rolling_median_equals_clipped_numpy(n, window):
+    # scipy's rank filter pads at the ends; the public function must still clip like numpy.median
+    from geomtraj.analysis.events import rolling_median as fast
+
+    rng = np.random.default_rng(n)
+    y = np.round(rng.normal(size=n), 1)  # ties
+    np.testing.assert_array_equal(fast(y, window), rolling_median(y, window // 2))
+
+
+@pytest.mark.parametrize("regime", ["dense", "sparse"])
+@pytest.mark.parametrize("period", [50, 300])
+def test_prominence_onsets_match_true_onsets(regime, period):
+    from synth_periods import spike_train
+
+    u, onsets = spike_train(20_000, period, regime, noise=0.2, seed=period)
+    b = detect_bursts(u, None, BurstParams(method="prominence"))
+    # every true onset found once, within a tenth of a period (the rise lasts a tenth)
+    assert len(b) == onsets.size or len(b) == onsets.size - 1  # the first may start in the signal
+    d = np.abs(b.onset[:, None] - onsets[None, :]).min(axis=1)
+    assert np.all(d <= 0.1 * period + 3)
+    # burst ends lie before the next onset, peaks inside the burst
+    assert np.all(b.end[:-1] < b.onset[1:])
+    assert np.all((b.peak >= b.onset) & (b.peak <= b.end))
+
+
+def test_prominence_bursts_do_not_depend_on_the_baseline_window():
+    from synth_periods import spike_train
+
+    u, _ = spike_train(20_000, 60, "dense", noise=0.3, seed=1)
+    ref = detect_bursts(u, None, BurstParams(method="prominence", baseline_window=101))
+    for w in (501, 2001):
+        b = detect_bursts(u, None, BurstParams(method="prominence", baseline_window=w))
+        np.testing.assert_array_equal(b.onset, ref.onset)
+
+
+def test_threshold_method_misses_dense_spikes_that_prominence_finds():
+    # the regime of issue: a sawtooth of spikes every 50 steps fills the median's window, so few
+    # spikes clear 4x the median; the prominence method counts each spike once
+    from synth_periods import spike_train
+
+    u, onsets = spike_train(20_000, 50, "dense", noise=0.2, height=2.5, seed=3)
+    old = detect_bursts(u, None, BurstParams())
+    new = detect_bursts(u, None, BurstParams(method="prominence"))
+    assert len(new) >= 0.95 * onsets.size
+    assert len(old) < 0.5 * onsets.size
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("sd", [0.3, 2.0])
+def test_prominence_finds_nothing_in_white_noise(seed, sd):
+    y = np.random.default_rng(seed).normal(0.0, sd, 20_000)
+    assert len(detect_bursts(np.exp(y), None, BurstParams(method="prominence"))) == 0
+
+
+def test_prominence_bad_params():
+    with pytest.raises(GeomtrajError, match="method"):
+        BurstParams(method="median")
+    with pytest.raises(GeomtrajError, match="rise_fraction"):
+        BurstParams(method="prominence", rise_fraction=1.0)

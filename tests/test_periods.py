@@ -197,3 +197,101 @@ def test_gradient_recovered_from_the_first_moment():
     g = (m[1:] - 0.8 * m[:-1]) / (1 - 0.8)
     grad_norm = ds["grad_norm"].values[0, 1:]
     np.testing.assert_allclose(np.linalg.norm(g, axis=1), grad_norm, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# slow period in every regime, the agreement flag, the fast ratios per beta1
+# --------------------------------------------------------------------------------------------------
+
+#: (period, regime, noise) of known-answer spike trains, from 20 to 2000 steps; docs/periods.md
+#: has the full table (benchmarks/periods_accuracy.py).
+SPIKE_CASES = [(20, "dense", 0.1), (50, "sparse", 0.3), (100, "dense", 0.5), (500, "sparse", 0.5),
+               (2000, "dense", 0.3), (2000, "sparse", 0.1)]  # fmt: skip
+
+
+@pytest.mark.parametrize("period, regime, noise", SPIKE_CASES)
+def test_slow_period_of_spike_trains_with_known_period(period, regime, noise):
+    from synth_periods import spike_train
+
+    params = P.PeriodParams()
+    u, onsets = spike_train(int(max(20_000, 40 * period)), period, regime, noise, seed=period)
+    b = detect_bursts(u, None, params.bursts)
+    sp = P.slow_period(b.onset, params)
+    true = np.median(np.diff(onsets))
+    assert abs(sp.period / true - 1) < 0.03
+    assert sp.ci[0] <= true <= sp.ci[1] or abs(sp.period / true - 1) < 0.01
+    spec = P.spectral_period(np.log(u), 1.0, params, P.agreement_segment(sp.period, params), True)
+    assert abs(spec.period / true - 1) < 0.05
+
+
+def test_agreement_segment_holds_eight_periods():
+    params = P.PeriodParams()
+    assert P.agreement_segment(None, params) == 2048
+    assert P.agreement_segment(50.0, params) == 2048
+    assert P.agreement_segment(1000.0, params) == 8192
+
+
+def _result(rows: dict):
+    n = len(next(iter(rows.values())))
+    data = {k: ("run", np.asarray(v)) for k, v in rows.items()}
+    return P.xr.Dataset(data, coords={"run": np.arange(n)})
+
+
+def test_agreement_summary_lists_disagreeing_runs():
+    res = _result({"slow_agreement": np.array(["agree", "disagree", "", "disagree"], dtype=object)})
+    out = P._agreement_summary(res, P.PeriodParams())
+    assert out == {"tol": 0.25, "n_compared": 3, "n_disagree": 2, "runs": [1, 3]}
+
+
+def test_median_ci_known_answers():
+    params = P.PeriodParams(n_boot=1000)
+    x = np.random.default_rng(0).normal(2.0, 0.1, 200)
+    out = P.median_ci(x, params)
+    assert out["n"] == 200 and out["median"] == pytest.approx(np.median(x))
+    assert out["ci"][0] < 2.0 < out["ci"][1] and out["ci"][1] - out["ci"][0] < 0.1
+    assert P.median_ci(np.array([1.0, np.nan]), params) == {"median": 1.0, "ci": None, "n": 1}
+    assert P.median_ci(np.array([3.0, 3.0, 3.0]), params)["ci"] is None
+
+
+def test_fast_by_beta1_shows_a_trend_that_pooling_hides():
+    # ratios of 2.5 at beta1 = 0.5 and 0.65 at 0.95 pool to ~1: per beta1 they must read apart
+    rng = np.random.default_rng(1)
+    b1 = np.repeat([0.5, 0.95], 12)
+    lin = -1 / np.log(np.sqrt(b1))
+    ratio = np.where(b1 == 0.5, 2.5, 0.65) * np.exp(rng.normal(0, 0.05, b1.size))
+    res = _result({"beta1": b1, "efold_ratio_linear": ratio, "fast_ratio": ratio * lin * (1 - b1),
+                   "flip_ratio": 2 * (1 - b1), "flip_ratio_linear": 2 / lin})  # fmt: skip
+    out = P.fast_by_beta1(res, P.PeriodParams())
+    assert set(out) == {"0.5", "0.95"}
+    lo, hi = out["0.5"]["efold_over_linear"]["ci"]
+    assert lo > 2.0 and hi < 3.0 and out["0.5"]["n_runs"] == 12
+    lo, hi = out["0.95"]["efold_over_linear"]["ci"]
+    assert lo > 0.5 and hi < 0.8
+    assert out["0.95"]["flip_over_predicted"]["median"] == pytest.approx(0.1)
+    assert out["0.5"]["linear_prediction"] == pytest.approx(-1 / np.log(np.sqrt(0.5)))
+    # an overlapping pooled interval would have said "near 1"; the per-beta1 ones exclude it
+    pooled = P.median_ci(ratio, P.PeriodParams())
+    assert pooled["ci"][0] < 1.6 and out["0.95"]["efold_over_linear"]["ci"][1] < 1.0
+
+
+#: Held-out real runs of the slow-period criteria (benchmarks/check_periods_real.py has the grid).
+REAL_CASES = [(0.99, 1e-2), (0.995, 1e-3), (0.9995, 1e-3)]
+
+
+@pytest.mark.slow
+def test_real_runs_agree_with_independent_estimates():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from check_periods_real import check, train_grid
+
+    rows = []
+    for beta2, lr in REAL_CASES:
+        rows += check(train_grid(beta2=(beta2,), lr=(lr,), steps=40_000))
+    for r in rows:
+        # the bars: within 15% of the spike spacing, at most 5% move over windows 101-2001
+        assert abs(r["vs_spikes"]) <= 0.15, r
+        assert r["window_move"] <= 0.05, r
+        # the agreement flag says what the numbers say
+        assert (r["agreement"] == "disagree") == (abs(r["vs_spectral"]) > 0.25), r

@@ -16,6 +16,25 @@ its rolling median, counted once thanks to hysteresis. Detection works on ``y = 
    falls back below ``off``, its peak is the maximum of ``r`` in between. Bursts closer than
    :attr:`~BurstParams.merge_gap` steps are merged.
 
+A second method, ``method="prominence"`` (used by the period analysis), finds bursts as the spikes
+of the smoothed log signal and needs no baseline at all (docs/periods.md explains why):
+
+1. ``s`` is ``y`` smoothed by a centred moving average of :attr:`BurstParams.smooth` samples, which
+   averages out the period-2 flip and sample noise;
+2. a burst is a peak of ``s`` whose topographic prominence (``scipy.signal.find_peaks``: its height
+   above the higher of the two lowest points that separate it from a higher peak) is at least the
+   ``on`` level above, ``max(log(on_factor), noise_z * sigma)``;
+3. its onset is the last sample before the peak at which ``s`` lay within
+   :attr:`~BurstParams.rise_fraction` of the rise above the trough since the previous burst (or
+   within ``off_z * sigma``, if more, so that noise on a flat quiet level does not place it
+   early); its end the last sample before ``s`` falls back to the same level above the next
+   trough; its peak is the maximum of ``y`` in between.
+
+With dense spikes (Adam with beta2 = 0.99 bursts every ~50 steps and each burst decays straight into
+the next) a rolling median sits on top of the spikes, so a threshold over it depends on the
+window; the prominence of a spike does not. ``log_baseline`` is still the rolling median, which
+the e-folding fit uses as the quiet level.
+
 Non-finite values (diverged runs) end the analysed signal: everything from the first NaN or inf on
 is ignored.
 """
@@ -25,9 +44,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
+from scipy import signal as sps
 
 from geomtraj.errors import GeomtrajError
-from geomtraj.kernels.events import _hysteresis_events, _rolling_median
+from geomtraj.kernels.events import _hysteresis_events, _rise_bounds, _rolling_median
+
+#: Burst detection methods (:attr:`BurstParams.method`).
+METHODS = ("threshold", "prominence")
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,18 @@ class BurstParams:
     floor : float
         Values below ``floor`` are raised to it before taking logs (an exact zero update would
         otherwise give ``-inf``).
+    method : str
+        ``"threshold"`` (default: the excess over the rolling median, with hysteresis) or
+        ``"prominence"`` (spikes of the smoothed log signal by prominence; see the module). With
+        ``"prominence"``, ``off_factor``, ``min_duration`` and ``merge_gap`` are unused
+        and ``baseline_window`` only sets ``log_baseline``.
+    smooth : int
+        Width of the centred moving average applied before the prominence search (default 5:
+        long enough to average out the period-2 flip and sample noise, short against the slow
+        period of 20 steps or more).
+    rise_fraction : float
+        Where a spike's onset and end are placed, as a fraction of its rise above the neighbouring
+        trough (default 0.1: the onset is where the last 90% of the rise begins).
     """
 
     baseline_window: int = 501
@@ -73,8 +109,18 @@ class BurstParams:
     min_duration: int = 3
     merge_gap: int = 5
     floor: float = 1e-300
+    method: str = "threshold"
+    smooth: int = 5
+    rise_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise GeomtrajError(f"method={self.method!r}; expected one of {METHODS}")
+        if self.smooth < 1 or not 0.0 <= self.rise_fraction < 1.0:
+            raise GeomtrajError(
+                f"smooth={self.smooth}, rise_fraction={self.rise_fraction}; "
+                "expected smooth >= 1 and 0 <= rise_fraction < 1"
+            )
         if self.baseline_window < 3:
             raise GeomtrajError(f"baseline_window={self.baseline_window}; expected >= 3 samples")
         if not self.on_factor > self.off_factor >= 1.0:
@@ -168,7 +214,24 @@ def rolling_median(y: np.ndarray, window: int) -> np.ndarray:
         raise GeomtrajError(f"rolling_median needs a 1-D array, got shape {y.shape}")
     if not np.all(np.isfinite(y)):
         raise GeomtrajError("rolling_median needs finite values; cut the signal at its first NaN")
-    return _rolling_median(y, int(window) // 2)
+    return _clipped_median(y, int(window) // 2)
+
+
+def _clipped_median(y: np.ndarray, half: int) -> np.ndarray:
+    """Exact rolling median over ``[i-half, i+half]`` clipped to the array, in O(n log w).
+
+    The interior is ``scipy.ndimage.median_filter`` (an exact rank filter, O(n log w)); its edge
+    modes pad rather than clip, so the ``half`` samples at each end, whose windows are clipped,
+    come from the sorted-window kernel run on the first and last ``2 * half`` samples only.
+    """
+    n = y.size
+    if n <= 2 * half + 1:
+        return _rolling_median(y, half)
+    out = ndimage.median_filter(y, size=2 * half + 1, mode="nearest")
+    m = min(n, 2 * half)
+    out[:half] = _rolling_median(y[:m], half)[:half]
+    out[n - half :] = _rolling_median(y[n - m :], half)[m - half :]
+    return out
 
 
 def detect_bursts(
@@ -203,14 +266,17 @@ def detect_bursts(
         raise GeomtrajError("detect_bursts needs a non-negative signal (a norm or a loss)")
     y = np.log(np.maximum(x, params.floor))
     half = params.baseline_window // 2
-    base = _rolling_median(y, half) if n else np.zeros(0)
+    base = _clipped_median(y, half) if n else np.zeros(0)
     r = y - base
     sigma = white_noise_level(y)
     on = max(np.log(params.on_factor), params.noise_z * sigma)
     off = max(np.log(params.off_factor), params.off_z * sigma)
-    on_i, peak_i, end_i = _hysteresis_events(
-        r, on, off, int(params.min_duration), int(params.merge_gap)
-    )
+    if params.method == "prominence":
+        on_i, peak_i, end_i = _prominence_events(y, on, params.off_z * sigma, params)
+    else:
+        on_i, peak_i, end_i = _hysteresis_events(
+            r, on, off, int(params.min_duration), int(params.merge_gap)
+        )
     if on_i.size and on_i[0] == 0:
         on_i, peak_i, end_i = on_i[1:], peak_i[1:], end_i[1:]
     return Bursts(
@@ -223,6 +289,31 @@ def detect_bursts(
         off_level=float(off),
         sigma=sigma,
     )
+
+
+def smooth_log(y: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average of ``y`` over ``width`` samples (edges: nearest value repeated)."""
+    if width <= 1 or y.size == 0:
+        return np.asarray(y, dtype=np.float64)
+    return ndimage.uniform_filter1d(np.asarray(y, dtype=np.float64), int(width), mode="nearest")
+
+
+def _prominence_events(
+    y: np.ndarray, on: float, margin: float, params: BurstParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Onset, peak and end indices of the spikes of ``y`` with prominence ``>= on`` (smoothed)."""
+    empty = np.zeros(0, dtype=np.int64)
+    if y.size < 3:
+        return empty, empty, empty
+    s = smooth_log(y, params.smooth)
+    peaks, _ = sps.find_peaks(s, prominence=on)
+    if peaks.size == 0:
+        return empty, empty, empty
+    onset, end = _rise_bounds(s, peaks.astype(np.int64), float(params.rise_fraction), margin)
+    # the peak of the raw log signal inside each burst (the smoothed peak lags or leads it)
+    peak = np.array([a + int(np.argmax(y[a : e + 1])) for a, e in zip(onset, end, strict=True)],
+                    dtype=np.int64)  # fmt: skip
+    return onset, peak, end
 
 
 #: Per-step signals of a run that bursts can be detected on.

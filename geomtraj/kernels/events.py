@@ -106,3 +106,44 @@ def _hysteresis_events(excess, on, off, min_duration, merge_gap):
         count += 1
         i = stop
     return onset[:count], peak[:count], end[:count]
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _rise_bounds(smooth, peaks, fraction, margin):
+    """Onset and end of each spike of ``smooth`` around its ``peaks`` (sorted indices; JIT).
+
+    Between two successive peaks the trough is the minimum of ``smooth``. A spike's onset is the
+    last sample before its peak at or below ``trough + max(fraction * (smooth[peak] - trough),
+    margin)`` (the start of the final ``1 - fraction`` of the rise, with the trough since the
+    previous peak; ``margin`` keeps noise around a flat quiet level from placing it early); its
+    end is the last sample after the peak before ``smooth`` falls to the same level above the
+    next trough. Before the first peak and after the last, the trough is taken over the signal's
+    start or end. ``end`` is inclusive and always lies before the next onset.
+    """
+    n = smooth.shape[0]
+    k = peaks.shape[0]
+    onset = np.empty(k, dtype=np.int64)
+    end = np.empty(k, dtype=np.int64)
+    for j in range(k):
+        p = peaks[j]
+        lo = peaks[j - 1] if j > 0 else 0
+        trough = smooth[lo]
+        for i in range(lo, p + 1):
+            if smooth[i] < trough:
+                trough = smooth[i]
+        level = trough + max(fraction * (smooth[p] - trough), margin)
+        i = p
+        while i > lo and smooth[i] > level:
+            i -= 1
+        onset[j] = i
+        hi = peaks[j + 1] if j + 1 < k else n - 1
+        trough = smooth[p]
+        for i in range(p, hi + 1):
+            if smooth[i] < trough:
+                trough = smooth[i]
+        level = trough + max(fraction * (smooth[p] - trough), margin)
+        i = p
+        while i < hi and smooth[i + 1] > level:
+            i += 1
+        end[j] = i
+    return onset, end
