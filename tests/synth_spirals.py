@@ -1,7 +1,7 @@
 """Synthetic trajectory windows with known spiral labels, for the spiral detector's tests.
 
 Every window is an ``(n_steps, n_params)`` float64 array ``theta`` plus its truth. Signals are
-built from the definitions in SCIENCE.md section 3 ("Spiral"), not from the detector's code:
+built from the definitions in docs/spirals.md, not from the detector's code:
 
 Spirals (``spiral=True``), a rotation ``w(t) = A r(t) (cos phi(t) + i e sin phi(t))`` (ellipticity
 ``e``) embedded in a plane of parameter space, on top of a background (linear drift, curvature,

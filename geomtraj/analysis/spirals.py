@@ -1,7 +1,7 @@
 """Double twisted spirals: find, measure and classify rotations of parameters inside windows.
 
-SCIENCE.md section 3 ("Spiral") defines the measurement; this module implements it per window of a
-trajectory ``theta`` (``n_steps x n_params``):
+docs/spirals.md defines the measurement and gives its measured error rates; this module implements
+it per window of a trajectory ``theta`` (``n_steps x n_params``):
 
 1. **Residual.** ``theta`` minus its centred moving average over :attr:`SpiralParams.smooth_steps`
    steps, centred over time. The average needs ``h = smooth_steps // 2`` steps on either side, so
@@ -10,11 +10,12 @@ trajectory ``theta`` (``n_steps x n_params``):
    negative lag-1 autocorrelation: near 1 when consecutive steps sit on opposite sides of the local
    mean (the period-2 flip of a burst), negative for slow motion. When it is positive the window
    is demodulated, ``d_t = (-1)^t r_t``, and smoothed with weights [1, 2, 1]/4 (the *flip frame*).
-   SCIENCE.md projects first and demodulates after, ``w_t = (-1)^t z_t``; the two orders give the
-   same plane for a pure flip, because PCA does not see the sign of a row, but demodulating first
-   lets the smoothing remove slow motion (which the flip frame moves to the Nyquist frequency)
-   before it can take a principal component. Slow rotations (no flip) are analysed as they are:
-   demodulating them would move them to the Nyquist frequency, where no phase can be unwrapped.
+   The definition (docs/spirals.md) projects first and demodulates after, ``w_t = (-1)^t z_t``;
+   the two orders give the same plane for a pure flip, because PCA does not see the sign of a
+   row, but demodulating first lets the smoothing remove slow motion (which the flip frame moves
+   to the Nyquist frequency) before it can take a principal component. Slow rotations (no flip)
+   are analysed as they are: demodulating them would move them to the Nyquist frequency, where no
+   phase can be unwrapped.
 3. **Plane.** The top two principal components of the (flip-frame) residual, eigenvectors of its
    ``p x p`` Gram matrix (the SVD route, faster than scikit-learn for thousands of small windows),
    give ``w_t = PC1_t + i PC2_t``; ``plane_fraction`` is their share of the residual energy. In the
@@ -57,18 +58,34 @@ Classification (flags, then one label):
 - **spiral**: ``|winding| >= min_winding`` (winds at least once), ``coherence >= min_coherence``
   (coherent phase), ``p_value <= alpha`` (beats its surrogates) and
   ``cosine_content <= max_cosine_content`` (not random-walk-like);
-- **double**: a spiral found in the flip frame (its even and odd steps are two interleaved arms in
-  counter-phase, ``z_{t+1} ~ -z_t``), or one whose outward arm (significant growth of the radius)
-  is followed by an inward arm (significant decay) of the same rotation sense;
+- **double**: a spiral with two arms, by either of two readings, each measured and able to fail
+  (``double_arms``, ``double_out_in``; docs/spirals.md). *Interleaved arms*: the even and the odd
+  sub-sequences of the raw frame, ``e_k = z_{2k}`` and ``o_k = z_{2k+1}`` (the raw residual on the
+  window's plane, neither demodulated nor smoothed), each wind at least ``min_winding`` turns with
+  coherence ``>= min_coherence`` and beat their own phase-randomised surrogates
+  (``p <= alpha``), in one sense, and in counter-phase (``arm_counter_phase >=
+  min_counter_phase``: the odd arm is the even arm turned by about half a turn, ``z_{t+1} ~
+  -z_t``; :func:`measure_arms`). *Outward then inward*: significant growth of the radius then
+  significant decay (``slope_z`` standard errors each), each side winding at least
+  ``min_arm_turns`` in the same sense. Demodulation alone decides nothing: a rotation without a
+  flip has arms in phase, a flip without rotation has arms that do not wind, and a flip-frame
+  rotation faster than about a quarter turn per step is one spiral whose even and odd steps are not
+  in counter-phase;
 - **twisted**: a spiral whose best-fit plane turns by at least ``min_plane_turn`` degrees between
   the halves of its active span, and by at least ``plane_noise_factor`` times the turn that noise
   alone gives (``plane_turn_noise``), both halves moving in a plane rather than along a line
-  (``plane_aspect >= min_plane_aspect``). SCIENCE.md also names "twist rate non-zero with
+  (``plane_aspect >= min_plane_aspect``). The definition also names "twist rate non-zero with
   confidence"; the twist rate is the phase slope, which any coherent spiral of at least one turn
   has, so that reading would mark every spiral twisted. It is available as
   ``twist_rule="plane_or_rate"``; the default ``"plane"`` keeps the label informative. The twist
   rate is reported either way.
 - label: ``"noise"``, ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double twisted"``.
+
+**Error rates.** The rates at which these labels fall on windows where nothing rotates were
+measured on six null ensembles (:data:`FALSE_POSITIVE_RATE`) and the recall on rotating bursts
+over a grid of turns, e-folding times and noise (``benchmarks/spiral_error_rates.py``, both tables
+in docs/spirals.md). A prevalence is evidence of spirals only above the false-positive bound; the
+surrogate test's ``alpha`` is one criterion among several, not the detector's error rate.
 
 The paper's own view, a raw parameter pair, is recorded per window: the two parameters with the
 largest burst amplitude (RMS of the residual over the window), or a pair the user names.
@@ -151,7 +168,7 @@ class SpiralParams:
         Half-width of the moving average of the radius used for the active span and the log-radius
         slopes (default 2: five steps, enough to smooth the beat of an elliptical orbit).
     min_winding : float
-        A spiral winds at least this many turns over its active span (default 1, SCIENCE.md).
+        A spiral winds at least this many turns over its active span (default 1, docs/spirals.md).
     min_coherence : float
         Minimum coherence of the winding (default 0.8: nine tenths of the radius-weighted phase
         motion forward, one tenth back). A rotation of one sense scores 1 whatever its speed or
