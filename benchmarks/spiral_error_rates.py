@@ -10,8 +10,9 @@ are what :data:`geomtraj.analysis.spirals.FALSE_POSITIVE_RATE` holds.
 Recall: flipped rotating bursts (``rotating_burst``: an outward then an inward arm of one sense, the
 even and odd steps two counter-phase arms) over a grid of turns over the active part, e-folding
 times of the envelope and white-noise levels (standard deviation per parameter; the peak radius is
-1), 200 analysed steps, 16 parameters. Each is a double spiral; the table gives the share found as
-spiral and as double, and by which reading of double (even/odd arms, outward then inward arm).
+1), 64 and 200 analysed steps, 16 parameters. Each is a double spiral; the table gives the share
+found as spiral and as double, and by which reading of double (even/odd arms, outward then inward
+arm).
 
 Every window is measured by :func:`geomtraj.analysis.spirals.measure_windows` with the default
 :class:`~geomtraj.analysis.spirals.SpiralParams`. Prints both tables in Markdown (as in
@@ -39,7 +40,7 @@ PARAMS = 16
 TURNS = (1.5, 3.0, 6.0)
 EFOLDS = (5.0, 10.0, 20.0)
 NOISES = (0.01, 0.03, 0.1, 0.3)
-RECALL_LENGTH = 200
+RECALL_LENGTHS = (64, 200)
 FLAGS = ("spiral", "double", "twisted", "double_twisted")
 _BATCH = 100
 
@@ -79,16 +80,17 @@ def _recall_task(task) -> dict:
 
     from geomtraj.analysis import spirals as sp
 
-    turns, efold, noise, count, seed = task
+    length, turns, efold, noise, count, seed = task
     params = sp.SpiralParams()
-    rng = np.random.default_rng([seed, int(10 * turns), int(efold), int(1000 * noise)])
-    rows = RECALL_LENGTH + 2 * params.half
+    rng = np.random.default_rng([seed, length, int(10 * turns), int(efold), int(1000 * noise)])
+    rows = length + 2 * params.half
     batch = np.stack(
         [synth_spirals.rotating_burst(rng, turns, efold, noise, rows, PARAMS) for _ in range(count)]
     )
     res = sp.measure_windows(batch, params, keys=np.arange(count))
     flags = _flags(res)
     return {
+        "length": length,
         "turns": turns,
         "efold": efold,
         "noise": noise,
@@ -136,8 +138,8 @@ def main(argv=None) -> int:
         for length in LENGTHS
     ]
     cells = [
-        (turns, efold, noise, args.per_cell, args.seed)
-        for turns, efold, noise in itertools.product(TURNS, EFOLDS, NOISES)
+        (length, turns, efold, noise, args.per_cell, args.seed)
+        for length, turns, efold, noise in itertools.product(RECALL_LENGTHS, TURNS, EFOLDS, NOISES)
     ]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
@@ -158,21 +160,19 @@ def main(argv=None) -> int:
     pooled = " | ".join(_pct(sum(r[f] for r in null_rows), n) for f in FLAGS)
     print(f"| **pooled** | | {n} | {pooled} |\n")
 
-    print(
-        f"## Recall on flipped rotating bursts ({RECALL_LENGTH} steps, {PARAMS} parameters, "
-        f"{args.per_cell} per cell)\n"
-    )
-    print("| turns | e-folding (steps) | noise | spiral | double | by arms | by out-in |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"## Recall on flipped rotating bursts ({PARAMS} parameters, {args.per_cell} per cell)\n")
+    print("| steps | turns | e-folding | noise | spiral | double | by arms | by out-in |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in recall_rows:
         print(
-            f"| {r['turns']:g} | {r['efold']:g} | {r['noise']:g} | {_pct(r['spiral'], r['n'])} "
-            f"| {_pct(r['double'], r['n'])} | {100 * r['double_arms'] / r['n']:.0f}% "
+            f"| {r['length']} | {r['turns']:g} | {r['efold']:g} | {r['noise']:g} "
+            f"| {_pct(r['spiral'], r['n'])} | {_pct(r['double'], r['n'])} "
+            f"| {100 * r['double_arms'] / r['n']:.0f}% "
             f"| {100 * r['double_out_in'] / r['n']:.0f}% |"
         )
     n = sum(r["n"] for r in recall_rows)
     print(
-        f"| **all** | | | {_pct(sum(r['spiral'] for r in recall_rows), n)} "
+        f"| **all** | | | | {_pct(sum(r['spiral'] for r in recall_rows), n)} "
         f"| {_pct(sum(r['double'] for r in recall_rows), n)} | | |\n"
     )
     table = false_positive_table(null_rows)
