@@ -102,11 +102,11 @@ def _recall_task(task) -> dict:
     }
 
 
-def _pct(k: int, n: int) -> str:
+def _pct(k: int, n: int, digits: int = 1) -> str:
     from geomtraj.study.claims import wilson
 
     lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * k / n:.{digits}f}% [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
 def false_positive_table(null_rows: list[dict]) -> dict:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         cells_txt = " | ".join(_pct(r[f], r["n"]) for f in FLAGS)
         print(f"| {r['kind']} | {r['length']} | {r['n']} | {cells_txt} |")
     n = sum(r["n"] for r in null_rows)
-    pooled = " | ".join(_pct(sum(r[f] for r in null_rows), n) for f in FLAGS)
+    pooled = " | ".join(_pct(sum(r[f] for r in null_rows), n, 3) for f in FLAGS)
     print(f"| **pooled** | | {n} | {pooled} |\n")
 
     print(f"## Recall on flipped rotating bursts ({PARAMS} parameters, {args.per_cell} per cell)\n")
