@@ -778,25 +778,29 @@ def measure_arms(
     The raw residual (no demodulation, no smoothing) of each window ``theta`` (n_windows, n, p)
     is projected on the window's principal plane ``axes`` (n_windows, p, 2), ``z_t``; the even
     arm is ``e_k = z_{2k}``, the odd arm ``o_k = z_{2k+1}``. Each arm goes through the window's
-    own measurement (active span, winding, coherence) and its own surrogate test (the arms'
-    surrogates are seeded by the window's key followed by 1 for the even arm, 2 for the odd arm).
-    ``arm_counter_phase`` is ``-Re(sum_k o_k conj(e_k)) / sqrt(sum |e_k|^2 sum |o_k|^2)`` with
-    ``z`` read as a complex number: 1 when the odd arm is the even arm turned by half a turn
-    (``z_{t+1} = -z_t``), -1 when the arms coincide.
+    own measurement (active span, winding, coherence). ``arm_counter_phase`` is
+    ``-Re(sum_k o_k conj(e_k)) / sqrt(sum |e_k|^2 sum |o_k|^2)`` with ``z`` read as a complex
+    number: 1 when the odd arm is the even arm turned by half a turn (``z_{t+1} = -z_t``), -1
+    when the arms coincide. Where both arms wind at least ``min_winding`` turns in one sense with
+    coherence ``>= min_coherence`` and in counter-phase (``>= min_counter_phase``), each arm also
+    gets its own surrogate test (seeded by the window's key followed by 1 for the even arm, 2 for
+    the odd arm); elsewhere the p-values cannot change the label and are not computed (NaN), which
+    spares the surrogates of every rotation without a flip.
 
     Returns one array of length n_windows per name in :data:`ARM_QUANTITIES`; NaN where an arm
     has fewer than 8 samples or no motion.
     """
     nw = theta.shape[0]
     out = {name: np.full(nw, np.nan) for name in ARM_QUANTITIES}
-    raw = residual(theta, params.smooth_steps)
-    n_arm = raw.shape[1] // 2
+    n_arm = (theta.shape[1] - 2 * params.half) // 2
     if n_arm < _MIN_ARM_STEPS:
         return out
-    z = np.matmul(raw, axes)
-    norm = np.sqrt(np.einsum("wtp,wtp->wt", raw, raw))
-    arm_z = {}
-    for parity, (name, extra) in enumerate((("even", 1), ("odd", 2))):
+    # the residual is linear in theta: project first, then take the residual of two coordinates
+    z = residual(np.matmul(theta, axes), params.smooth_steps)
+    # winding and coherence need only the plane radius (the norm feeds the envelope, unused here)
+    norm = np.hypot(z[..., 0], z[..., 1])
+    series = {}
+    for parity, name in enumerate(("even", "odd")):
         rows = slice(parity, parity + 2 * n_arm, 2)
         xs = np.ascontiguousarray(z[:, rows, 0])
         ys = np.ascontiguousarray(z[:, rows, 1])
@@ -804,20 +808,36 @@ def measure_arms(
         norms = np.ascontiguousarray(norm[:, rows])
         _plane_features_batch(xs, ys, norms, params.active_fraction, params.radius_half, feats)
         moving = np.einsum("wt,wt->w", norms, norms) > 0
-        coherence = feats[:, FEATURES.index("coherence")]
-        observed = (np.where(moving, coherence, np.inf), quadrature(*rotation_spectrum(xs, ys)))
-        arm_keys = np.concatenate([keys, np.full((nw, 1), extra, dtype=np.int64)], axis=1)
-        p_value, _ = surrogate_test(xs, ys, observed, params, arm_keys)
         out[f"arm_winding_{name}"] = np.where(moving, feats[:, FEATURES.index("winding")], np.nan)
-        out[f"arm_coherence_{name}"] = np.where(moving, coherence, np.nan)
-        out[f"arm_p_{name}"] = np.where(moving, p_value, np.nan)
-        arm_z[name] = xs + 1j * ys
-    cross = np.sum(arm_z["odd"] * np.conj(arm_z["even"]), axis=1)
-    power = np.sqrt(
-        np.sum(np.abs(arm_z["even"]) ** 2, axis=1) * np.sum(np.abs(arm_z["odd"]) ** 2, axis=1)
-    )
+        out[f"arm_coherence_{name}"] = np.where(
+            moving, feats[:, FEATURES.index("coherence")], np.nan
+        )
+        series[name] = (xs, ys)
+    even = series["even"][0] + 1j * series["even"][1]
+    odd = series["odd"][0] + 1j * series["odd"][1]
+    cross = np.sum(odd * np.conj(even), axis=1)
+    power = np.sqrt(np.sum(np.abs(even) ** 2, axis=1) * np.sum(np.abs(odd) ** 2, axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         out["arm_counter_phase"] = np.where(power > 0, -cross.real / power, np.nan)
+        we, wo = out["arm_winding_even"], out["arm_winding_odd"]
+        candidate = (
+            (np.minimum(np.abs(we), np.abs(wo)) >= params.min_winding)
+            & (np.sign(we) == np.sign(wo))
+            & (
+                np.minimum(out["arm_coherence_even"], out["arm_coherence_odd"])
+                >= params.min_coherence
+            )
+            & (out["arm_counter_phase"] >= params.min_counter_phase)
+        )
+    todo = np.flatnonzero(candidate)
+    if todo.size:
+        for name, extra in (("even", 1), ("odd", 2)):
+            xs, ys = series[name][0][todo], series[name][1][todo]
+            observed = (out[f"arm_coherence_{name}"][todo], quadrature(*rotation_spectrum(xs, ys)))
+            arm_keys = np.concatenate(
+                [keys[todo], np.full((todo.size, 1), extra, dtype=np.int64)], axis=1
+            )
+            out[f"arm_p_{name}"][todo] = surrogate_test(xs, ys, observed, params, arm_keys)[0]
     return out
 
 
