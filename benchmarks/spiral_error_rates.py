@@ -12,7 +12,9 @@ even and odd steps two counter-phase arms) over a grid of turns over the active 
 times of the envelope and white-noise levels (standard deviation per parameter; the peak radius is
 1), 64 and 200 analysed steps, 16 parameters. Each is a double spiral; the table gives the share
 found as spiral and as double, and by which reading of double (even/odd arms, outward then inward
-arm).
+arm). A second grid turns the burst's plane by 0 to 90 degrees (3 turns, e-folding 10 steps) and
+gives the share found twisted and double twisted; at 0 degrees "twisted" is a false positive among
+real spirals.
 
 Every window is measured by :func:`geomtraj.analysis.spirals.measure_windows` with the default
 :class:`~geomtraj.analysis.spirals.SpiralParams`. Prints both tables in Markdown (as in
@@ -41,6 +43,8 @@ TURNS = (1.5, 3.0, 6.0)
 EFOLDS = (5.0, 10.0, 20.0)
 NOISES = (0.01, 0.03, 0.1, 0.3)
 RECALL_LENGTHS = (64, 200)
+PLANE_TURNS = (0.0, 30.0, 60.0, 90.0)
+TWIST_NOISES = (0.01, 0.03, 0.1)
 FLAGS = ("spiral", "double", "twisted", "double_twisted")
 _BATCH = 100
 
@@ -102,6 +106,33 @@ def _recall_task(task) -> dict:
     }
 
 
+def _twist_task(task) -> dict:
+    """Share of ``count`` flipped rotating bursts whose plane turns by ``plane_turn`` degrees
+    found as spiral, twisted and double twisted."""
+    import synth_spirals
+
+    from geomtraj.analysis import spirals as sp
+
+    length, plane_turn, noise, count, seed = task
+    params = sp.SpiralParams()
+    rng = np.random.default_rng([seed, 7, length, int(plane_turn), int(1000 * noise)])
+    rows = length + 2 * params.half
+    batch = np.stack(
+        [
+            synth_spirals.rotating_burst(rng, 3.0, 10.0, noise, rows, PARAMS, plane_turn=plane_turn)
+            for _ in range(count)
+        ]
+    )
+    flags = _flags(sp.measure_windows(batch, params, keys=np.arange(count)))
+    return {
+        "length": length,
+        "plane_turn": plane_turn,
+        "noise": noise,
+        "n": count,
+        **{flag: int(flags[flag].sum()) for flag in FLAGS},
+    }
+
+
 def _pct(k: int, n: int, digits: int = 1) -> str:
     from geomtraj.study.claims import wilson
 
@@ -141,13 +172,21 @@ def main(argv=None) -> int:
         (length, turns, efold, noise, args.per_cell, args.seed)
         for length, turns, efold, noise in itertools.product(RECALL_LENGTHS, TURNS, EFOLDS, NOISES)
     ]
+    twists = [
+        (length, plane_turn, noise, args.per_cell, args.seed)
+        for length, plane_turn, noise in itertools.product(
+            RECALL_LENGTHS, PLANE_TURNS, TWIST_NOISES
+        )
+    ]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             null_rows = list(pool.map(_null_task, null_tasks))
             recall_rows = list(pool.map(_recall_task, cells))
+            twist_rows = list(pool.map(_twist_task, twists))
     else:
         null_rows = [_null_task(t) for t in null_tasks]
         recall_rows = [_recall_task(t) for t in cells]
+        twist_rows = [_twist_task(t) for t in twists]
     elapsed = time.perf_counter() - t0
 
     print(f"## False positives on null ensembles ({PARAMS} parameters)\n")
@@ -175,12 +214,28 @@ def main(argv=None) -> int:
         f"| **all** | | | | {_pct(sum(r['spiral'] for r in recall_rows), n)} "
         f"| {_pct(sum(r['double'] for r in recall_rows), n)} | | |\n"
     )
+    print(
+        f"## Twisted: flipped rotating bursts whose plane turns (3 turns, e-folding 10 steps, "
+        f"{PARAMS} parameters, {args.per_cell} per cell)\n"
+    )
+    print("| steps | plane turn (deg) | noise | spiral | twisted | double twisted |")
+    print("|---|---|---|---|---|---|")
+    for r in twist_rows:
+        print(
+            f"| {r['length']} | {r['plane_turn']:g} | {r['noise']:g} "
+            f"| {_pct(r['spiral'], r['n'])} | {_pct(r['twisted'], r['n'])} "
+            f"| {_pct(r['double_twisted'], r['n'])} |"
+        )
+    print()
     table = false_positive_table(null_rows)
     print("FALSE_POSITIVE_RATE = " + json.dumps(table, indent=4))
     print(f"\n{elapsed:.1f} s (seed {args.seed}, {args.workers} process(es))")
     if args.json:
         args.json.write_text(
-            json.dumps({"null": null_rows, "recall": recall_rows, "table": table}, indent=1)
+            json.dumps(
+                {"null": null_rows, "recall": recall_rows, "twist": twist_rows, "table": table},
+                indent=1,
+            )
         )
     return 0
 

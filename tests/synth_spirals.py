@@ -382,6 +382,7 @@ def rotating_burst(
     n_rows: int,
     n_params: int,
     flip: bool = True,
+    plane_turn: float = 0.0,
 ) -> np.ndarray:
     """A burst that rotates: ``w`` turns ``turns`` times over its active part (``r >= 0.1``).
 
@@ -391,6 +392,8 @@ def rotating_burst(
     ``z = (-1)^t w``: the even and the odd steps are two counter-phase arms, and every window is
     a double spiral by both readings once it winds at least twice. White noise of standard
     deviation ``noise`` (the peak radius is 1) is added to every parameter, with a slow drift.
+    With ``plane_turn`` (degrees) the plane turns about its first axis by that angle over the
+    burst, at a constant rate per unit of accumulated energy (twisted).
     """
     n, p = n_rows, n_params
     t = np.arange(n, dtype=float)
@@ -403,8 +406,10 @@ def rotating_burst(
     if flip:
         sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
         a, b = a * sign, b * sign
-    u = _orthonormal(rng, p, 2)
-    theta = np.outer(a, u[:, 0]) + np.outer(b, u[:, 1])
+    u = _orthonormal(rng, p, 3)
+    ang = np.deg2rad(plane_turn) * np.cumsum(r**2) / np.sum(r**2)
+    e2 = np.outer(np.cos(ang), u[:, 1]) + np.outer(np.sin(ang), u[:, 2])
+    theta = np.outer(a, u[:, 0]) + b[:, None] * e2
     theta += noise * rng.standard_normal((n, p))
     theta += np.outer(t / n, rng.standard_normal(p))
     return theta
