@@ -146,3 +146,32 @@ def plane_turn(seg: np.ndarray, min_rows: int) -> tuple[float, float, float]:
     (p1, r1), (p2, r2) = plane(halves[0]), plane(halves[1])
     split = [angle(plane(h[0::2])[0], plane(h[1::2])[0]) for h in halves]
     return angle(p1, p2), 0.5 * float(np.hypot(*split)), float(min(r1, r2))
+
+
+def arms(
+    theta: np.ndarray, half: int, axes: np.ndarray, active_fraction: float, radius_half: int
+) -> dict[str, float]:
+    """The two interleaved arms of one window (n, p) on the plane ``axes`` (p, 2): winding and
+    coherence of the even and the odd steps of the raw residual (no flip frame), and their
+    counter-phase ``-Re <o, e> / (|e| |o|)`` with the plane read as complex numbers."""
+    n = theta.shape[0]
+    width = 2 * half + 1
+    ma = np.array([theta[t : t + width].mean(axis=0) for t in range(n - 2 * half)])
+    raw = theta[half : n - half] - ma
+    raw = raw - raw.mean(axis=0)
+    k = raw.shape[0] // 2
+    z = raw @ axes
+    out = {}
+    arm = {}
+    for parity, name in enumerate(("even", "odd")):
+        rows = np.arange(parity, 2 * k, 2)
+        x, y = z[rows, 0].copy(), z[rows, 1].copy()
+        feats = plane_features(
+            x, y, np.linalg.norm(raw[rows], axis=1), active_fraction, radius_half
+        )
+        out[f"arm_winding_{name}"] = feats[FEATURES.index("winding")]
+        out[f"arm_coherence_{name}"] = feats[FEATURES.index("coherence")]
+        arm[name] = x + 1j * y
+    e, o = arm["even"], arm["odd"]
+    out["arm_counter_phase"] = float(-np.vdot(e, o).real / (np.linalg.norm(e) * np.linalg.norm(o)))
+    return out

@@ -1,7 +1,7 @@
 """Synthetic trajectory windows with known spiral labels, for the spiral detector's tests.
 
 Every window is an ``(n_steps, n_params)`` float64 array ``theta`` plus its truth. Signals are
-built from the definitions in SCIENCE.md section 3 ("Spiral"), not from the detector's code:
+built from the definitions in docs/spirals.md, not from the detector's code:
 
 Spirals (``spiral=True``), a rotation ``w(t) = A r(t) (cos phi(t) + i e sin phi(t))`` (ellipticity
 ``e``) embedded in a plane of parameter space, on top of a background (linear drift, curvature,
@@ -310,3 +310,106 @@ def make_run(
             sign * r * np.sin(phi), u[:, 1]
         )
     return SynthRun(theta, run, info={"peaks": peaks})
+
+
+# -- null ensembles and rotating bursts, for the detector's measured error rates -----------------
+#: Null ensembles: windows with no rotation at all, on which every spiral label is a false positive.
+NULL_KINDS = ("random_walk", "ar1_pos", "ar1_neg", "white", "flip", "am_flip")
+
+
+def _burst_envelope(t: np.ndarray, peak: float, tau_grow: float, tau_decay: float) -> np.ndarray:
+    """``exp((t - peak)/tau_grow)`` before the peak, ``exp(-(t - peak)/tau_decay)`` after."""
+    return np.where(t < peak, np.exp((t - peak) / tau_grow), np.exp(-(t - peak) / tau_decay))
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, k: int, width: float) -> np.ndarray:
+    """``k`` unit-RMS Gaussian processes: white noise smoothed by a Gaussian of ``width`` steps."""
+    t = np.arange(-int(4 * width), int(4 * width) + 1)
+    kernel = np.exp(-0.5 * (t / width) ** 2)
+    e = rng.standard_normal((n + kernel.size - 1, k))
+    x = np.stack([np.convolve(e[:, j], kernel, mode="valid") for j in range(k)], axis=1)
+    return x / np.sqrt(np.mean(x**2))
+
+
+def null_window(kind: str, rng: np.random.Generator, n_rows: int, n_params: int) -> np.ndarray:
+    """One window (n_rows, n_params) of a null ensemble of :data:`NULL_KINDS`; nothing rotates.
+
+    ``random_walk``
+        independent Gaussian random walks, per-parameter scales 0.1 to 1 (Hess 2002's diffusion);
+    ``ar1_pos``, ``ar1_neg``
+        independent AR(1) series with ``phi = +0.9`` (slow, red noise) and ``phi = -0.9`` (each
+        step on the other side of the mean: a noisy period-2 flip with no direction);
+    ``white``
+        independent Gaussian white noise;
+    ``flip``
+        a period-2 flip along one line, ``(-1)^t r(t) u``, with a burst envelope (growth and decay
+        e-folding times 3 to 20 steps, peak inside the window), on white noise of 1% to 30% of
+        the peak and a slow drift;
+    ``am_flip``
+        a period-2 flip along two directions whose amplitudes are independent smooth random
+        processes (Gaussian-smoothed noise, width 3 to 30 steps) under a burst envelope: the
+        flip-frame point wanders in a plane without a sense of rotation.
+    """
+    n, p = n_rows, n_params
+    t = np.arange(n, dtype=float)
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    if kind == "random_walk":
+        return np.cumsum(rng.standard_normal((n, p)) * _scales(rng, p), axis=0)
+    if kind in ("ar1_pos", "ar1_neg"):
+        return _ar1_series(rng, 0.9 if kind == "ar1_pos" else -0.9, n, p) * _scales(rng, p)
+    if kind == "white":
+        return rng.standard_normal((n, p)) * _scales(rng, p)
+    if kind in ("flip", "am_flip"):
+        peak = rng.uniform(0.3, 0.7) * n
+        env = _burst_envelope(t, peak, rng.uniform(3.0, 20.0), rng.uniform(3.0, 20.0))
+        if kind == "flip":
+            amp = env[:, None] * _orthonormal(rng, p, 1).T
+        else:
+            mod = _smooth_noise(rng, n, 2, rng.uniform(3.0, 30.0))
+            amp = (env[:, None] * mod) @ _orthonormal(rng, p, 2).T
+        theta = sign[:, None] * amp
+        theta += rng.uniform(0.01, 0.3) * rng.standard_normal((n, p))
+        theta += np.outer(t / n, rng.standard_normal(p))
+        return theta
+    raise ValueError(f"unknown null kind {kind!r}; expected one of {NULL_KINDS}")
+
+
+def rotating_burst(
+    rng: np.random.Generator,
+    turns: float,
+    efold: float,
+    noise: float,
+    n_rows: int,
+    n_params: int,
+    flip: bool = True,
+    plane_turn: float = 0.0,
+) -> np.ndarray:
+    """A burst that rotates: ``w`` turns ``turns`` times over its active part (``r >= 0.1``).
+
+    The radius grows and decays with e-folding time ``efold`` around a peak at the window's
+    middle (active part ``2 efold ln 10`` steps, half outward and half inward); the rotation has
+    a random sense, ellipticity 0.5 to 1 and plane. With ``flip`` the point flips every step,
+    ``z = (-1)^t w``: the even and the odd steps are two counter-phase arms, and every window is
+    a double spiral by both readings once it winds at least twice. White noise of standard
+    deviation ``noise`` (the peak radius is 1) is added to every parameter, with a slow drift.
+    With ``plane_turn`` (degrees) the plane turns about its first axis by that angle over the
+    burst, at a constant rate per unit of accumulated energy (twisted).
+    """
+    n, p = n_rows, n_params
+    t = np.arange(n, dtype=float)
+    peak = 0.5 * n + rng.uniform(-1.0, 1.0)
+    r = _burst_envelope(t, peak, efold, efold)
+    period = 2.0 * efold * np.log(1.0 / ACTIVE) / turns
+    phi = rng.choice([-1.0, 1.0]) * 2.0 * np.pi * t / period + rng.uniform(0, 2 * np.pi)
+    a = r * np.cos(phi)
+    b = r * rng.uniform(0.5, 1.0) * np.sin(phi)
+    if flip:
+        sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+        a, b = a * sign, b * sign
+    u = _orthonormal(rng, p, 3)
+    ang = np.deg2rad(plane_turn) * np.cumsum(r**2) / np.sum(r**2)
+    e2 = np.outer(np.cos(ang), u[:, 1]) + np.outer(np.sin(ang), u[:, 2])
+    theta = np.outer(a, u[:, 0]) + b[:, None] * e2
+    theta += noise * rng.standard_normal((n, p))
+    theta += np.outer(t / n, rng.standard_normal(p))
+    return theta

@@ -1,7 +1,7 @@
 """Double twisted spirals: find, measure and classify rotations of parameters inside windows.
 
-SCIENCE.md section 3 ("Spiral") defines the measurement; this module implements it per window of a
-trajectory ``theta`` (``n_steps x n_params``):
+docs/spirals.md defines the measurement and gives its measured error rates; this module implements
+it per window of a trajectory ``theta`` (``n_steps x n_params``):
 
 1. **Residual.** ``theta`` minus its centred moving average over :attr:`SpiralParams.smooth_steps`
    steps, centred over time. The average needs ``h = smooth_steps // 2`` steps on either side, so
@@ -10,11 +10,12 @@ trajectory ``theta`` (``n_steps x n_params``):
    negative lag-1 autocorrelation: near 1 when consecutive steps sit on opposite sides of the local
    mean (the period-2 flip of a burst), negative for slow motion. When it is positive the window
    is demodulated, ``d_t = (-1)^t r_t``, and smoothed with weights [1, 2, 1]/4 (the *flip frame*).
-   SCIENCE.md projects first and demodulates after, ``w_t = (-1)^t z_t``; the two orders give the
-   same plane for a pure flip, because PCA does not see the sign of a row, but demodulating first
-   lets the smoothing remove slow motion (which the flip frame moves to the Nyquist frequency)
-   before it can take a principal component. Slow rotations (no flip) are analysed as they are:
-   demodulating them would move them to the Nyquist frequency, where no phase can be unwrapped.
+   The definition (docs/spirals.md) projects first and demodulates after, ``w_t = (-1)^t z_t``;
+   the two orders give the same plane for a pure flip, because PCA does not see the sign of a
+   row, but demodulating first lets the smoothing remove slow motion (which the flip frame moves
+   to the Nyquist frequency) before it can take a principal component. Slow rotations (no flip)
+   are analysed as they are: demodulating them would move them to the Nyquist frequency, where no
+   phase can be unwrapped.
 3. **Plane.** The top two principal components of the (flip-frame) residual, eigenvectors of its
    ``p x p`` Gram matrix (the SVD route, faster than scikit-learn for thousands of small windows),
    give ``w_t = PC1_t + i PC2_t``; ``plane_fraction`` is their share of the residual energy. In the
@@ -57,18 +58,34 @@ Classification (flags, then one label):
 - **spiral**: ``|winding| >= min_winding`` (winds at least once), ``coherence >= min_coherence``
   (coherent phase), ``p_value <= alpha`` (beats its surrogates) and
   ``cosine_content <= max_cosine_content`` (not random-walk-like);
-- **double**: a spiral found in the flip frame (its even and odd steps are two interleaved arms in
-  counter-phase, ``z_{t+1} ~ -z_t``), or one whose outward arm (significant growth of the radius)
-  is followed by an inward arm (significant decay) of the same rotation sense;
+- **double**: a spiral with two arms, by either of two readings, each measured and able to fail
+  (``double_arms``, ``double_out_in``; docs/spirals.md). *Interleaved arms*: the even and the odd
+  sub-sequences of the raw frame, ``e_k = z_{2k}`` and ``o_k = z_{2k+1}`` (the raw residual on the
+  window's plane, neither demodulated nor smoothed), each wind at least ``min_winding`` turns with
+  coherence ``>= min_coherence`` and beat their own phase-randomised surrogates
+  (``p <= alpha``), in one sense, and in counter-phase (``arm_counter_phase >=
+  min_counter_phase``: the odd arm is the even arm turned by about half a turn, ``z_{t+1} ~
+  -z_t``; :func:`measure_arms`). *Outward then inward*: significant growth of the radius then
+  significant decay (``slope_z`` standard errors each), each side winding at least
+  ``min_arm_turns`` in the same sense. Demodulation alone decides nothing: a rotation without a
+  flip has arms in phase, a flip without rotation has arms that do not wind, and a flip-frame
+  rotation faster than about a quarter turn per step is one spiral whose even and odd steps are not
+  in counter-phase;
 - **twisted**: a spiral whose best-fit plane turns by at least ``min_plane_turn`` degrees between
   the halves of its active span, and by at least ``plane_noise_factor`` times the turn that noise
   alone gives (``plane_turn_noise``), both halves moving in a plane rather than along a line
-  (``plane_aspect >= min_plane_aspect``). SCIENCE.md also names "twist rate non-zero with
+  (``plane_aspect >= min_plane_aspect``). The definition also names "twist rate non-zero with
   confidence"; the twist rate is the phase slope, which any coherent spiral of at least one turn
   has, so that reading would mark every spiral twisted. It is available as
   ``twist_rule="plane_or_rate"``; the default ``"plane"`` keeps the label informative. The twist
   rate is reported either way.
 - label: ``"noise"``, ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double twisted"``.
+
+**Error rates.** The rates at which these labels fall on windows where nothing rotates were
+measured on six null ensembles (:data:`FALSE_POSITIVE_RATE`) and the recall on rotating bursts
+over a grid of turns, e-folding times and noise (``benchmarks/spiral_error_rates.py``, both tables
+in docs/spirals.md). A prevalence is evidence of spirals only above the false-positive bound; the
+surrogate test's ``alpha`` is one criterion among several, not the detector's error rate.
 
 The paper's own view, a raw parameter pair, is recorded per window: the two parameters with the
 largest burst amplitude (RMS of the residual over the window), or a pair the user names.
@@ -108,6 +125,21 @@ from geomtraj.kernels.spirals import (
 
 LABELS = ("noise", "spiral", "double", "twisted", "double twisted")
 
+#: The detector's false-positive rates, measured with the default :class:`SpiralParams` by
+#: ``benchmarks/spiral_error_rates.py`` (seed 2026) on 6,000 windows in which nothing rotates: six
+#: null ensembles (random walk, AR(1) with phi = +0.9 and -0.9, white noise, a period-2 flip along
+#: a line, amplitude-modulated flips in a plane), 500 windows each of 64 and of 200 analysed steps,
+#: 16 parameters (docs/spirals.md, "False-positive rates"). Per flag (``double_twisted``: double and
+#: twisted), ``rate`` is the pooled share of null windows given that flag, ``upper`` its Wilson 95%
+#: upper bound and ``n`` the number of windows. A prevalence of a label in real windows means
+#: something only above ``upper``; verdicts use this bound, not the surrogate test's ``alpha``.
+FALSE_POSITIVE_RATE: dict[str, dict[str, float]] = {
+    "spiral": {"rate": 5 / 6000, "upper": 0.001949, "n": 6000},
+    "double": {"rate": 0.0, "upper": 0.00064, "n": 6000},
+    "twisted": {"rate": 2 / 6000, "upper": 0.001215, "n": 6000},
+    "double_twisted": {"rate": 0.0, "upper": 0.00064, "n": 6000},
+}
+
 #: Windows whose surrogates are built at once (about 0.6 MB per window of 400 steps and block of
 #: surrogates, small enough to stay in reused memory).
 _SURROGATE_BLOCK = 32
@@ -136,7 +168,7 @@ class SpiralParams:
         Half-width of the moving average of the radius used for the active span and the log-radius
         slopes (default 2: five steps, enough to smooth the beat of an elliptical orbit).
     min_winding : float
-        A spiral winds at least this many turns over its active span (default 1, SCIENCE.md).
+        A spiral winds at least this many turns over its active span (default 1, docs/spirals.md).
     min_coherence : float
         Minimum coherence of the winding (default 0.8: nine tenths of the radius-weighted phase
         motion forward, one tenth back). A rotation of one sense scores 1 whatever its speed or
@@ -175,6 +207,13 @@ class SpiralParams:
         the same sense (default 1: each arm is a spiral in its own right). Less lets an abrupt
         start or stop pass for an arm: the moving average smears a kick over ``smooth_steps / 2``
         steps, in which a damped rotation of the synthetic set turns 0.5 to 0.9 of a turn.
+    min_counter_phase : float
+        For the even/odd reading of "double", the two arms must be in counter-phase: the
+        normalised correlation ``-Re(sum_k o_k conj(e_k)) / sqrt(sum |e_k|^2 sum |o_k|^2)`` of the
+        even arm ``e_k = z_{2k}`` and the odd arm ``o_k = z_{2k+1}`` in the raw frame must be at
+        least this (default 0.5). A period-2 flip of a rotation advancing ``delta`` rad per step
+        scores ``cos(delta)`` (0.5 at six steps per turn) times its share of the arms' energy;
+        arms in phase (a rotation without a flip) score near -1, noise near 0.
     min_plane_turn : float
         A spiral is twisted when its best-fit plane turns by at least this many degrees between the
         halves of its active span (default 20).
@@ -213,6 +252,7 @@ class SpiralParams:
     max_cosine_content: float = 0.7
     slope_z: float = 3.0
     min_arm_turns: float = 1.0
+    min_counter_phase: float = 0.5
     min_plane_turn: float = 20.0
     plane_noise_factor: float = 2.0
     min_plane_rows: int = 8
@@ -243,6 +283,22 @@ class SpiralParams:
         return self.smooth_steps // 2
 
 
+#: Per-window quantities of the two interleaved arms (even and odd steps of the raw frame), measured
+#: for spiral windows only (NaN elsewhere): each arm's winding, coherence and surrogate p-value,
+#: and the counter-phase of the pair (see :func:`measure_arms`).
+ARM_QUANTITIES = (
+    "arm_winding_even",
+    "arm_winding_odd",
+    "arm_coherence_even",
+    "arm_coherence_odd",
+    "arm_p_even",
+    "arm_p_odd",
+    "arm_counter_phase",
+)
+
+#: Fewest samples an arm needs to be measured (half the residual steps of the window).
+_MIN_ARM_STEPS = 8
+
 #: Per-window quantities, in the order of the columns of :func:`measure_windows`' output.
 QUANTITIES = (
     "n_steps",
@@ -257,12 +313,15 @@ QUANTITIES = (
     "quadrature",
     "p_value",
     "n_surrogates",
+    *ARM_QUANTITIES,
     "pair_x",
     "pair_y",
     "is_spiral",
     "is_double",
     "is_twisted",
     "label",
+    "double_arms",
+    "double_out_in",
 )
 
 
@@ -647,7 +706,7 @@ def _measure(theta, params, keys, pair):
     flip = np.empty(nw)
     demod = np.empty(nw, dtype=bool)
     _residuals(theta, h, resid, flip, demod)
-    plane, _, fraction, energy = principal_plane(resid)
+    plane, axes, fraction, energy = principal_plane(resid)
     xs = np.ascontiguousarray(plane[..., 0])
     ys = np.ascontiguousarray(plane[..., 1])
     energy = np.ascontiguousarray(energy)
@@ -699,15 +758,95 @@ def _measure(theta, params, keys, pair):
     out["n_surrogates"] = n_used.astype(float)
     out["pair_x"] = pair_x.astype(np.int64)
     out["pair_y"] = pair_y.astype(np.int64)
+    for name in ARM_QUANTITIES:
+        out[name] = np.full(nw, np.nan)
+    # the arms are measured where they can decide a label: in spiral windows
+    todo = np.flatnonzero(classify(out, params)["is_spiral"])
+    if todo.size:
+        arms = measure_arms(theta[todo], axes[todo], params, keys[todo])
+        for name in ARM_QUANTITIES:
+            out[name][todo] = arms[name]
     out.update(classify(out, params))
+    return out
+
+
+def measure_arms(
+    theta: np.ndarray, axes: np.ndarray, params: SpiralParams, keys: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Measure the two interleaved arms of windows: the even and the odd steps of the raw frame.
+
+    The raw residual (no demodulation, no smoothing) of each window ``theta`` (n_windows, n, p)
+    is projected on the window's principal plane ``axes`` (n_windows, p, 2), ``z_t``; the even
+    arm is ``e_k = z_{2k}``, the odd arm ``o_k = z_{2k+1}``. Each arm goes through the window's
+    own measurement (active span, winding, coherence). ``arm_counter_phase`` is
+    ``-Re(sum_k o_k conj(e_k)) / sqrt(sum |e_k|^2 sum |o_k|^2)`` with ``z`` read as a complex
+    number: 1 when the odd arm is the even arm turned by half a turn (``z_{t+1} = -z_t``), -1
+    when the arms coincide. Where both arms wind at least ``min_winding`` turns in one sense with
+    coherence ``>= min_coherence`` and in counter-phase (``>= min_counter_phase``), each arm also
+    gets its own surrogate test (seeded by the window's key followed by 1 for the even arm, 2 for
+    the odd arm); elsewhere the p-values cannot change the label and are not computed (NaN), which
+    spares the surrogates of every rotation without a flip.
+
+    Returns one array of length n_windows per name in :data:`ARM_QUANTITIES`; NaN where an arm
+    has fewer than 8 samples or no motion.
+    """
+    nw = theta.shape[0]
+    out = {name: np.full(nw, np.nan) for name in ARM_QUANTITIES}
+    n_arm = (theta.shape[1] - 2 * params.half) // 2
+    if n_arm < _MIN_ARM_STEPS:
+        return out
+    # the residual is linear in theta: project first, then take the residual of two coordinates
+    z = residual(np.matmul(theta, axes), params.smooth_steps)
+    # winding and coherence need only the plane radius (the norm feeds the envelope, unused here)
+    norm = np.hypot(z[..., 0], z[..., 1])
+    series = {}
+    for parity, name in enumerate(("even", "odd")):
+        rows = slice(parity, parity + 2 * n_arm, 2)
+        xs = np.ascontiguousarray(z[:, rows, 0])
+        ys = np.ascontiguousarray(z[:, rows, 1])
+        feats = np.full((nw, N_FEATURES), np.nan)
+        norms = np.ascontiguousarray(norm[:, rows])
+        _plane_features_batch(xs, ys, norms, params.active_fraction, params.radius_half, feats)
+        moving = np.einsum("wt,wt->w", norms, norms) > 0
+        out[f"arm_winding_{name}"] = np.where(moving, feats[:, FEATURES.index("winding")], np.nan)
+        out[f"arm_coherence_{name}"] = np.where(
+            moving, feats[:, FEATURES.index("coherence")], np.nan
+        )
+        series[name] = (xs, ys)
+    even = series["even"][0] + 1j * series["even"][1]
+    odd = series["odd"][0] + 1j * series["odd"][1]
+    cross = np.sum(odd * np.conj(even), axis=1)
+    power = np.sqrt(np.sum(np.abs(even) ** 2, axis=1) * np.sum(np.abs(odd) ** 2, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["arm_counter_phase"] = np.where(power > 0, -cross.real / power, np.nan)
+        we, wo = out["arm_winding_even"], out["arm_winding_odd"]
+        candidate = (
+            (np.minimum(np.abs(we), np.abs(wo)) >= params.min_winding)
+            & (np.sign(we) == np.sign(wo))
+            & (
+                np.minimum(out["arm_coherence_even"], out["arm_coherence_odd"])
+                >= params.min_coherence
+            )
+            & (out["arm_counter_phase"] >= params.min_counter_phase)
+        )
+    todo = np.flatnonzero(candidate)
+    if todo.size:
+        for name, extra in (("even", 1), ("odd", 2)):
+            xs, ys = series[name][0][todo], series[name][1][todo]
+            observed = (out[f"arm_coherence_{name}"][todo], quadrature(*rotation_spectrum(xs, ys)))
+            arm_keys = np.concatenate(
+                [keys[todo], np.full((todo.size, 1), extra, dtype=np.int64)], axis=1
+            )
+            out[f"arm_p_{name}"][todo] = surrogate_test(xs, ys, observed, params, arm_keys)[0]
     return out
 
 
 def classify(q: dict[str, np.ndarray], params: SpiralParams = SpiralParams()) -> dict:
     """Flags and labels from measured quantities (arrays of equal length).
 
-    Returns ``{"is_spiral", "is_double", "is_twisted", "label"}``; see the module docstring for
-    the rules. NaN quantities fail every test, so unmeasurable windows are noise.
+    Returns ``{"is_spiral", "is_double", "is_twisted", "label", "double_arms",
+    "double_out_in"}`` (the last two: which reading of "double" a spiral passes); see the module
+    docstring for the rules. NaN quantities fail every test, so unmeasurable windows are noise.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         spiral = (
@@ -716,7 +855,18 @@ def classify(q: dict[str, np.ndarray], params: SpiralParams = SpiralParams()) ->
             & (q["p_value"] <= params.alpha)
             & (q["cosine_content"] <= params.max_cosine_content)
         )
-        arms = np.asarray(q["demodulated"], dtype=bool)
+        # two interleaved arms: each winds, coherently and beyond its surrogates, in one sense,
+        # and the odd arm is the even arm turned by half a turn
+        arms = (
+            (np.abs(q["arm_winding_even"]) >= params.min_winding)
+            & (np.abs(q["arm_winding_odd"]) >= params.min_winding)
+            & (np.sign(q["arm_winding_even"]) == np.sign(q["arm_winding_odd"]))
+            & (q["arm_coherence_even"] >= params.min_coherence)
+            & (q["arm_coherence_odd"] >= params.min_coherence)
+            & (q["arm_p_even"] <= params.alpha)
+            & (q["arm_p_odd"] <= params.alpha)
+            & (q["arm_counter_phase"] >= params.min_counter_phase)
+        )
         out_in = (
             (q["growth_slope"] >= params.slope_z * q["growth_stderr"])
             & (-q["decay_slope"] >= params.slope_z * q["decay_stderr"])
@@ -742,7 +892,14 @@ def classify(q: dict[str, np.ndarray], params: SpiralParams = SpiralParams()) ->
         ],
         dtype=object,
     )
-    return {"is_spiral": spiral, "is_double": double, "is_twisted": twisted, "label": label}
+    return {
+        "is_spiral": spiral,
+        "is_double": double,
+        "is_twisted": twisted,
+        "label": label,
+        "double_arms": spiral & arms,
+        "double_out_in": spiral & out_in,
+    }
 
 
 def measure_window(
@@ -1026,7 +1183,8 @@ RUN_VARIABLES = {
     "n_windows": "windows analysed",
     "n_windows_total": "windows cut from the run, before subsampling (WindowParams.max_windows)",
     "n_spirals": "windows classified spiral (any label but noise)",
-    "n_double": "spirals with two counter-phase arms or an outward then inward arm",
+    "n_double": "spirals whose even and odd steps each wind, in counter-phase, or whose outward "
+    "arm is followed by an inward arm of the same sense",
     "n_twisted": "spirals whose best-fit plane turns",
     "n_windows_quiet": "windows with no burst within burst_margin steps",
     "n_spirals_quiet": "spirals among the quiet windows",
@@ -1157,7 +1315,15 @@ def windows_table(result):
     df = pd.concat(frames, ignore_index=True)
     for col in ("start", "end", "n_steps"):
         df[col] = df[col].astype(np.int64)
-    for col in ("quiet", "demodulated", "is_spiral", "is_double", "is_twisted"):
+    for col in (
+        "quiet",
+        "demodulated",
+        "is_spiral",
+        "is_double",
+        "is_twisted",
+        "double_arms",
+        "double_out_in",
+    ):
         df[col] = df[col].astype(bool)
     for col in ("pair_x", "pair_y", "label"):
         df[col] = df[col].astype(str)
