@@ -326,7 +326,9 @@ def figures(ctx, outdir) -> list:
     cell: dict[tuple, list[bool]] = {}
     for r in runs:
         rk, ck = (r["dataset"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
-        cell.setdefault((r["precision"], rk, ck), []).append(_late(r) is not None)
+        # start-up failures are left out: a cell where every run failed at start-up stays grey
+        if not _startup(r):
+            cell.setdefault((r["precision"], rk, ck), []).append(_late(r) is not None)
     for ax, p in zip(axes[0], precisions, strict=True):
         frac = np.full((len(rows_), len(cols)), np.nan)
         for i, rk in enumerate(rows_):
@@ -334,7 +336,8 @@ def figures(ctx, outdir) -> list:
                 div = cell.get((p, rk, ck))
                 if div:
                     frac[i, j] = np.mean(div)
-        im = ax.imshow(frac, aspect="auto", cmap="Reds", vmin=0, vmax=1)
+        cmap = matplotlib.colormaps["Reds"].with_extremes(bad="0.6")
+        im = ax.imshow(np.ma.masked_invalid(frac), aspect="auto", cmap=cmap, vmin=0, vmax=1)
         ax.set_xticks(range(len(cols)), [f"{lr:g}/{eps:g}" for lr, eps in cols], rotation=90,
                       fontsize=6)  # fmt: skip
         ax.set_yticks(
@@ -345,7 +348,10 @@ def figures(ctx, outdir) -> list:
         ax.set_xlabel("lr / eps")
         ax.set_title(p, fontsize=10)
     fig.colorbar(im, ax=axes[0, -1], label="fraction of seeds diverged")
-    fig.suptitle("Divergence phase diagram (rows: task beta1/beta2, * where beta1 > sqrt(beta2))")
+    fig.suptitle(
+        "Divergence phase diagram (rows: task beta1/beta2, * where beta1 > sqrt(beta2); grey: "
+        "every run failed at start-up)"
+    )
     p1 = outdir / "divergence_phase.png"
     fig.savefig(p1, dpi=90)
     plt.close(fig)
@@ -356,7 +362,9 @@ def figures(ctx, outdir) -> list:
         pts = [
             (_late(by["float32"][k]) or steps * 1.1, _late(r) or steps * 1.1)
             for k, r in by[p].items()
-            if k in by["float32"] and (_late(r) or _late(by["float32"][k]))
+            if k in by["float32"]
+            and (_late(r) or _late(by["float32"][k]))
+            and not (_startup(r) or _startup(by["float32"][k]))
         ]
         if pts:
             x, y = np.array(pts, float).T
