@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
 
 .PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
-        study-netay study-betas study-twins studies
+        study-netay study-betas study-twins study-divergence studies
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,10 @@ lint: setup
 # after an interruption loses nothing. SCALE=small runs the reduced grids (out/studies/small/).
 SCALE ?= full
 JOBS  ?= 2
-study-netay study-betas study-twins: study-%: setup
+study-netay study-betas study-twins study-divergence: study-%: setup
 	$(BIN)/geomtraj study $* --scale $(SCALE) --jobs $(JOBS)
 
-studies: study-netay study-betas study-twins
+studies: study-netay study-betas study-twins study-divergence
 
 # Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
 bench: setup

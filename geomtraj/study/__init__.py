@@ -18,7 +18,8 @@ and a manifest ``study.toml``::
 
 ``geomtraj study NAME`` (:func:`run_study`) trains every store (a complete store of the same config
 is reused, an interrupted one resumed), writes ``geomtraj analyze``'s report for each, lets the
-study's module (:mod:`geomtraj.study.netay`, ``betas``, ``twins``) measure what the reports do not
+study's module (:mod:`geomtraj.study.netay`, ``betas``, ``twins``,
+``divergence``) measure what the reports do not
 hold and judge the claims it owns, saves ``study.json`` and regenerates the results page from every
 study found beside it (:mod:`geomtraj.study.results`). The same code runs at ``--scale full`` (the
 papers' scale) and ``--scale small`` (a reduced grid for tests).
@@ -44,7 +45,7 @@ from geomtraj.errors import ConfigError, GeomtrajError
 __all__ = ["STUDIES", "Study", "StoreSpec", "find_studies_dir", "load_study", "run_study"]
 
 #: Studies with a module in this package (the ``name`` of ``studies/NAME/study.toml``).
-STUDIES = ("netay", "betas", "twins")
+STUDIES = ("netay", "betas", "twins", "divergence")
 
 SCALES = ("full", "small")
 

@@ -25,6 +25,12 @@ __all__ = [
     "pct",
     "run_field",
     "originals",
+    "NEAR_BAND",
+    "near",
+    "median_ratio",
+    "STARTUP_STEPS",
+    "split_divergence",
+    "false_positive_rate",
 ]
 
 #: The verdicts a row may carry.
@@ -45,6 +51,11 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "Sun et al. 2022 (arXiv 2206.02001)", "twins"),
     ("twin_spread", "The spread caused by last-bit perturbations is comparable to the spread "
      "across seeds", "Sun et al. 2022", "twins"),
+    ("divergence_phase", "Long runs of Adam go numerically unstable and diverge (phase diagram "
+     "over lr, eps, beta1 against beta2 and three tasks, where Adam can diverge)",
+     "Netay 2024, abstract", "divergence"),
+    ("precision_divergence", "Finite precision is a main cause of the instability (judged on "
+     "the divergences of the phase diagram, paired seeds)", "Netay 2024", "divergence"),
     ("diffusion", "After convergence parameters diffuse anomalously: MSD ~ k^c with c != 1",
      "Kunin et al. 2021 (arXiv 2107.09133)", "netay"),
     ("edge_of_stability", "Full-batch Adam's preconditioned sharpness hovers at "
@@ -52,6 +63,18 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
 )  # fmt: skip
 
 _BY_ID = {c[0]: c for c in CLAIMS}
+
+#: "Near" a prediction: the 95% interval of the median measured/predicted ratio lies within this
+#: band (a factor of two either way); a slope alone never makes a period near (docs/verdicts.md).
+NEAR_BAND = (0.5, 2.0)
+
+#: Divergences at or before this update are a start-up failure (float16 underflows to a zero
+#: second moment at update 2), counted apart from long-run instability (docs/verdicts.md).
+STARTUP_STEPS = 10
+
+#: The spiral detector's false-positive rate assumed when the spirals analysis does not publish a
+#: measured one (the surrogate test's alpha).
+FALLBACK_FALSE_POSITIVE_RATE = 0.01
 
 #: Resamples of every bootstrap interval, and its seed (intervals are reproducible).
 N_BOOTSTRAP = 2000
@@ -175,3 +198,44 @@ def run_field(run: dict, *keys, default=None):
 def originals(report: dict) -> list[dict]:
     """The report's run entries that are not twins."""
     return [r for r in report["runs"] if r.get("twin_of", -1) < 0]
+
+
+def median_ratio(ratios: Sequence[float]) -> tuple[float | None, tuple[float, float] | None, int]:
+    """Median of the finite positive ``ratios``, its bootstrap interval and their number."""
+    x = np.asarray([r for r in ratios if r is not None], float)
+    x = x[np.isfinite(x) & (x > 0)]
+    if not x.size:
+        return None, None, 0
+    return float(np.median(x)), bootstrap_ci(x), int(x.size)
+
+
+def near(ci: tuple[float, float] | None, band: tuple[float, float] = NEAR_BAND) -> bool:
+    """True when the interval ``ci`` of a measured/predicted ratio lies within ``band``."""
+    return ci is not None and band[0] <= ci[0] and ci[1] <= band[1]
+
+
+def split_divergence(runs: Sequence[dict]) -> dict:
+    """Runs that diverged at start-up (update <= STARTUP_STEPS) and later, counted apart."""
+    steps = [r.get("diverged_step") for r in runs]
+    startup = [s for s in steps if s is not None and s <= STARTUP_STEPS]
+    late = [s for s in steps if s is not None and s > STARTUP_STEPS]
+    return {"n": len(runs), "startup": len(startup), "late": len(late), "late_steps": late}
+
+
+def false_positive_rate(kind: str) -> dict:
+    """The spiral detector's measured false-positive rate of ``kind``, or the fallback.
+
+    ``kind`` is ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double_twisted"``. The spirals
+    analysis publishes ``FALSE_POSITIVE_RATE`` (rate, 95% upper bound, number of null windows)
+    measured on null ensembles; without it the surrogate test's alpha stands in, and the returned
+    ``source`` says so.
+    """
+    from geomtraj.analysis import spirals
+
+    table = getattr(spirals, "FALSE_POSITIVE_RATE", None)
+    entry = table.get(kind) if isinstance(table, dict) else None
+    if entry and entry.get("upper") is not None:
+        return {"rate": float(entry.get("rate", entry["upper"])), "upper": float(entry["upper"]),
+                "n": entry.get("n"), "source": "measured on null ensembles"}  # fmt: skip
+    fp = FALLBACK_FALSE_POSITIVE_RATE
+    return {"rate": fp, "upper": fp, "n": None, "source": "the surrogate test's alpha"}

@@ -23,6 +23,12 @@ CAPTIONS = {
     "betas_periods": "Measured slow periods and burst e-folding times against 1/(1-beta2) and "
     "1/(1-beta1), one point per run, coloured by precision.",
     "betas_ladder": "Burst rate on each rung of the precision ladder (same settings and seeds).",
+    "divergence_phase": "Fraction of seeds that diverged after start-up in each cell of the "
+    "phase diagram (task, beta1/beta2 by lr/eps), per precision; * marks beta1 > sqrt(beta2); "
+    "start-up failures are left out, grey cells had nothing else.",
+    "divergence_times": "Paired divergence updates: each run against its float32 twin of the same "
+    "setting and seed; runs that never diverged sit on the edges (censored at the run length); "
+    "pairs with a start-up failure are left out.",
     "twins_amplification": "Growth d_sat/d_0 of last-bit (ulp) and k-rescaling twins, per "
     "precision.",
 }
@@ -207,6 +213,7 @@ def _reproduce(studies: dict[str, dict]) -> list[str]:
         "make study-netay     # geomtraj study netay: 1600 + 100 networks, 50,000 steps each",
         "make study-betas     # geomtraj study betas: the beta1 x beta2 grid, precision ladder",
         "make study-twins     # geomtraj study twins: last-bit and k-rescaling twins",
+        "make study-divergence  # geomtraj study divergence: where Adam diverges, paired runs",
         "```",
         "",
         "Each command trains its stores under `out/studies/full/NAME/` (a complete store of the "

@@ -72,19 +72,13 @@ def _restrained(report: dict) -> dict:
     )
 
 
-def _spread(report: dict) -> dict:
-    spread = report.get("twin_spread") or {}
-    last, window = spread.get("final_loss") or {}, spread.get("final_loss_window") or {}
-    parts, verdicts = [], []
-    for prec, e in last.items():
-        ci = e.get("ci")
-        parts.append(
-            f"{prec}: perturbation sd / seed sd of the final loss {fmt(e.get('ratio'))} "
-            f"{fmt_ci(ci)}"
-        )
+def spread_verdict(cis: list) -> str:
+    """The precisions' common verdict on the spread ratio's intervals, partly when they differ."""
+    lo, hi = COMPARABLE
+    verdicts = []
+    for ci in cis:
         if ci is None:
             continue
-        lo, hi = COMPARABLE
         if lo <= ci[0] and ci[1] <= hi:
             verdicts.append("supported")
         elif ci[1] >= lo and ci[0] <= hi:
@@ -92,39 +86,39 @@ def _spread(report: dict) -> dict:
         else:
             verdicts.append("not supported")
     if not verdicts:
-        verdict = "not testable here"
-    elif len(set(verdicts)) == 1:
-        verdict = verdicts[0]
-    else:
-        verdict = "partly"
-    win = "; ".join(
-        f"{prec} {fmt(e.get('ratio'))} {fmt_ci(e.get('ci'))}" for prec, e in window.items()
-    )
-    # a last-step ratio well above the window-averaged one means the twins sit at different phases
-    # of the same oscillation rather than at different loss levels
-    phase = all(
-        (last.get(p) or {}).get("ratio") is not None
-        and e.get("ci") is not None
-        and e["ci"][1] < last[p]["ratio"] / 3
-        for p, e in window.items()
-    )
-    if window:
-        win += (
-            ": far smaller, so the perturbation moves the loss along its oscillation more than "
-            "it moves its level"
-            if phase
+        return "not testable here"
+    return verdicts[0] if len(set(verdicts)) == 1 else "partly"
+
+
+def _spread(report: dict) -> dict:
+    spread = report.get("twin_spread") or {}
+    last, window = spread.get("final_loss") or {}, spread.get("final_loss_window") or {}
+    # the window-averaged loss decides: the last step alone catches each twin at a random phase of
+    # the same oscillation, which measures the oscillation, not a spread of outcomes
+    decided_on, decide = ("window-averaged", window) if window else ("last-step", last)
+    verdict = spread_verdict([e.get("ci") for e in decide.values()])
+    parts = [
+        f"{prec}: perturbation sd / seed sd of the {decided_on} final loss {fmt(e.get('ratio'))} "
+        f"{fmt_ci(e.get('ci'))}"
+        + (
+            f" (last step: {fmt(last[prec].get('ratio'))} {fmt_ci(last[prec].get('ci'))})"
+            if decide is window and prec in last
             else ""
         )
+        for prec, e in decide.items()
+    ]
     return row(
         "twin_spread",
-        "; ".join(parts),
+        "; ".join(parts) or "no twin spread measured",
         verdict,
-        f"Per precision: supported when the ratio's 95% interval lies within [{COMPARABLE[0]:.2g}, "
-        f"{COMPARABLE[1]:g}] (same order of magnitude), partly when it overlaps that band, not "
-        "supported when it lies outside. Verdict: the precisions' common verdict, partly when "
-        "they differ.",
-        "Sun compare test accuracies at the end of training; the final loss at the last step is "
-        f"the analogue here. Averaged over the last window of steps, the ratio is {win}.",
+        "Decided on the final loss averaged over the last window of steps (the last step is "
+        "reported beside it). Per precision: supported when the ratio's 95% interval lies within "
+        f"[{COMPARABLE[0]:.2g}, {COMPARABLE[1]:g}] (same order of magnitude), partly when it "
+        "overlaps that band, not supported when it lies outside. Verdict: the precisions' common "
+        "verdict, partly when they differ.",
+        "Sun compare test accuracies at the end of training; the final loss is the analogue here. "
+        "A last-step ratio far above the window-averaged one means the perturbation moves the "
+        "loss along its oscillation more than it moves its level.",
     )
 
 
