@@ -199,3 +199,34 @@ def test_a_store_without_divergence_is_not_measurable():
     assert "no run of the store diverged" in str(res["note"].values[0])
     rep = ew.report(res)["early_warning"]
     assert rep["verdict"] == "not measurable" and rep["n_diverged"] == 0
+
+
+def test_a_store_without_training_data_marks_the_sharpness_not_measurable(tmp_path, capsys):
+    """geomtraj analyze on a fixture copy whose data variables were dropped exits 0."""
+    import json
+    import shutil
+
+    from geomtraj import datafiles
+    from geomtraj.cli import main
+
+    store = tmp_path / "nodata.zarr"
+    shutil.copytree(datafiles.fixture_path("diverging"), store)
+    for name in ("data_x", "data_y"):
+        shutil.rmtree(store / name)
+    meta = json.loads((store / "zarr.json").read_text())
+    for name in ("data_x", "data_y"):  # consolidated metadata, where the writer kept it
+        (meta.get("consolidated_metadata") or {}).get("metadata", {}).pop(name, None)
+    (store / "zarr.json").write_text(json.dumps(meta))
+    out = tmp_path / "report"
+    code = main(["analyze", str(store), "--out", str(out), "--analyses",
+                 "stability,early_warning", "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["errors"] == []
+    (run,) = doc["runs"]
+    assert run["stability"]["verdict"] == "not measurable"
+    assert run["early_warning"]["sharpness_ratio"] == "not measurable"
+    assert "data_x, data_y" in run["early_warning"]["note"]
+    assert doc["early_warning"]["sharpness_ratio"].startswith("not measurable: ")
+    (entry,) = doc["stability"]["runs"]
+    assert "data_x, data_y" in entry["note"]

@@ -17,6 +17,7 @@ from synth_stability import (
 
 from geomtraj.analysis import stability
 from geomtraj.analysis.stability import (
+    SharpnessSolver,
     StabilityParams,
     adam_preconditioner,
     checkpoint_states,
@@ -109,6 +110,40 @@ def test_sharpness_matches_a_generalised_eigenproblem_on_an_mlp():
     H = lin(np.eye(spec.n_params))
     ref = scipy.linalg.eigh(0.5 * (H + H.T), np.diag(P), eigvals_only=True)[-1]
     assert top == pytest.approx(ref, rel=1e-8)
+
+
+def test_warm_started_lanczos_matches_the_dense_solver_along_a_trained_run():
+    """Netay-sized network (12x24, 373 parameters) at 9 checkpoints of a float32 run."""
+    X, y = make_dataset("sincos", 64, 0)
+    ds = train(X, y, hidden=(12, 24), lr=1e-2, beta2=0.99, steps=800, record_every=100,
+               record_params="all", precision="float32", seed=0)  # fmt: skip
+    spec = make_spec("tanh", "mse", (12, 24))
+    objective = MLPObjective(spec, *stability.run_data_arrays(ds, 0))
+    states = checkpoint_states(ds, 0)
+    assert states.steps.size == 9 and spec.n_params == 373
+    warm, dense = SharpnessSolver(method="eigsh"), SharpnessSolver(method="dense")
+    for i, t in enumerate(states.steps):
+        lin = objective.at(states.theta[i])
+        P = adam_preconditioner(states.v[i], lin.grad, int(t), 0.9, 0.99, 1e-8)
+        s_w, h_w = warm(lin, P)
+        s_d, h_d = dense(lin, P)
+        # eigsh stops at a relative residual of 1e-8; the eigenvalue error is far smaller
+        assert s_w == pytest.approx(s_d, rel=1e-9) and h_w == pytest.approx(h_d, rel=1e-9)
+    # the point of Lanczos: a few tens of HVPs per checkpoint instead of n_params
+    assert dense.n_hvp == 9 * 373 and warm.n_hvp < 0.2 * dense.n_hvp
+
+
+def test_a_warm_start_on_a_lower_eigenvector_still_finds_the_top():
+    """The previous top eigenvector is an exact, but no longer the top, eigenvector."""
+    n = 50
+    first = np.linspace(1.0, 2.0, n)
+    first[0] = 10.0  # top along e_0
+    second = first.copy()
+    second[0], second[-1] = 3.0, 20.0  # e_0 still an eigenvector, but the top is now e_{n-1}
+    for method in ("eigsh", "power"):
+        solver = SharpnessSolver(method=method, tol=1e-12)
+        assert solver(lambda V, d=first: V * d, np.ones(n))[0] == pytest.approx(10.0, rel=1e-8)
+        assert solver(lambda V, d=second: V * d, np.ones(n))[0] == pytest.approx(20.0, rel=1e-8)
 
 
 def test_bad_preconditioner_is_an_error():
@@ -303,3 +338,18 @@ def test_a_step_range_restricts_the_checkpoints(small_store):
     assert states.steps.min() == 100 and states.steps.max() == 300
     full = checkpoint_states(small_store, 0, steps=states.steps)
     assert states.theta.tobytes() == full.theta.tobytes()
+
+
+def test_a_store_without_training_data_is_not_measurable(tmp_path):
+    """A store written elsewhere (PyTorch, xarray) may lack data_x/data_y: no crash, a reason."""
+    from geomtraj import datafiles
+    from geomtraj.store import open_store
+
+    ds = open_store(datafiles.fixture_path("bursts_f32")).drop_vars(["data_x", "data_y"])
+    rep = stability.report(stability.analyze(ds))["stability"]
+    (entry,) = rep["runs"]
+    assert entry["verdict"] == rep["overall"]["verdict"] == "not measurable"
+    assert "data_x, data_y" in entry["note"] and entry["note"] == rep["overall"]["note"]
+    assert entry["sharpness_ratio_median"] is None and entry["n_checkpoints"] == 0
+    # what needs no curvature is still reported: the threshold and the bursts
+    assert entry["threshold"] == pytest.approx(3800.0) and entry["n_bursts"] == 42

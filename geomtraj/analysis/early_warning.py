@@ -251,9 +251,8 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
     """``(steps, lambda_max(P^-1 H)/threshold)`` at the run's full states; None with only two."""
     from geomtraj.analysis import stability as st
 
-    needed = ("theta_init", "theta_final", "m_final", "v_final", "data_x", "data_y", "loss_fn")
-    if any(name not in ds.variables for name in needed):
-        return None  # not a full store (e.g. hand-made): no network to rebuild
+    if st.missing_curvature_inputs(ds) is not None:
+        return None  # no network or data to rebuild (analyze notes why)
     states = st.checkpoint_states(ds, run, max_checkpoints=params.sharpness_checkpoints)
     if states.steps.size <= 2 and states.source == "init+final":
         return None
@@ -268,6 +267,8 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
     ratio = np.full(states.steps.size, np.nan)
     from threadpoolctl import threadpool_limits
 
+    # one solver per run: each checkpoint's Lanczos starts from the previous one's eigenvectors
+    solver = st.SharpnessSolver()
     with threadpool_limits(1):
         for i, t in enumerate(states.steps):
             if not np.all(np.isfinite(states.theta[i])):
@@ -279,7 +280,7 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
                                        h["eps"])  # fmt: skip
             if not (np.all(np.isfinite(P)) and np.all(P > 0)):
                 continue
-            top, _ = st.preconditioned_sharpness(lin, P)
+            top, _ = solver(lin, P)
             ratio[i] = top / threshold
     return states.steps, ratio
 
@@ -338,6 +339,9 @@ def analyze(
     # without a single diverged run in the store there is nothing to predict: skip the features
     # (checked on the whole store, so that every block of runs decides alike)
     none_diverged = not bool(np.any(np.asarray(ds["diverged_step"].values) >= 0))
+    from geomtraj.analysis.stability import missing_curvature_inputs
+
+    no_curvature = missing_curvature_inputs(ds)
     for j, r in enumerate(run_list):
         rd = RunData(ds, r)
         d = rd.diverged_step
@@ -385,6 +389,8 @@ def analyze(
     )  # fmt: skip
     out.attrs.update(analysis="early_warning", params=repr(params), window=params.window,
                      control_stride=params.control_stride)  # fmt: skip
+    if no_curvature is not None and not none_diverged:
+        out.attrs["sharpness_not_measurable"] = no_curvature
     for name in ("n_splits", "C", "n_boot", "ci", "min_class", "control", "n_matchings", "seed"):
         out.attrs[name] = getattr(params, name)
     return out
@@ -643,6 +649,12 @@ def report(result: xr.Dataset) -> dict:
         "verdict": "not measurable",
         "note": "",
     }
+    no_sharpness = result.attrs.get("sharpness_not_measurable")
+    if no_sharpness:
+        # the classifier still runs on the other features; the sharpness ratio is not measurable
+        for entry in runs.values():
+            entry["early_warning"].update(sharpness_ratio="not measurable", note=str(no_sharpness))
+        section["sharpness_ratio"] = f"not measurable: {no_sharpness}"
     if div.sum() < p.min_class or (~div).sum() < p.min_class:
         section["note"] = (
             f"{int(div.sum())} diverged and {int((~div).sum())} surviving runs; the classifier "

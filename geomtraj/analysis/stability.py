@@ -77,10 +77,13 @@ __all__ = [
     "update_ratio",
     "preconditioned_sharpness",
     "power_iteration",
+    "top_eigenpair",
+    "SharpnessSolver",
     "upward_crossings",
     "onsets_vs_crossings",
     "CheckpointStates",
     "checkpoint_states",
+    "missing_curvature_inputs",
     "analyze",
     "report",
     "figures",
@@ -106,12 +109,16 @@ class StabilityParams:
         that do not.
     eig_method : str
         ``"auto"`` (default): a dense symmetric eigensolver when the network has at most
-        ``dense_max_params`` parameters (its Hessian from ``n_params`` HVPs, exact and fast for
-        tiny nets), otherwise Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on HVPs;
-        ``"dense"``, ``"eigsh"`` or ``"power"`` force a method.
+        ``dense_max_params`` parameters (its Hessian from ``n_params`` HVPs), otherwise Lanczos
+        (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on HVPs, warm-started at each checkpoint
+        from the previous checkpoint's eigenvectors (:class:`SharpnessSolver`); ``"dense"``,
+        ``"eigsh"`` or ``"power"`` force a method.
     dense_max_params : int
-        Largest network solved densely by ``"auto"`` (default 1000: a 1000x1000 ``eigvalsh`` takes
-        about 0.1 s, comparable with a Lanczos solve).
+        Largest network solved densely by ``"auto"`` (default 64). The dense Hessian costs
+        ``n_params`` HVPs and an ``O(n^3)`` eigensolver, Lanczos a few tens of HVPs: at 64 data
+        points the dense solve of a 12x24 network (373 parameters) takes 0.13 s and Lanczos
+        0.01 s; only below about 64 parameters is the dense one faster. Both agree to the
+        solver tolerance (``docs/stability.md``).
     eig_tol : float
         Relative tolerance of the iterative solvers (default 1e-8, far below the 1 % at which a
         crossing could move).
@@ -153,7 +160,7 @@ class StabilityParams:
     max_checkpoints: int = 2000
     large_update_ratio: float = 0.5
     eig_method: str = "auto"
-    dense_max_params: int = 1000
+    dense_max_params: int = 64
     eig_tol: float = 1e-8
     power_iters: int = 2000
     max_lag_momentum: float = 10.0
@@ -230,6 +237,37 @@ def update_ratio(
     return np.abs(m_hat / (np.sqrt(v_hat) + eps))
 
 
+def _power_top_magnitude(
+    op: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, iters: int, tol: float
+) -> tuple[float, np.ndarray, bool, int]:
+    """Eigenvalue of largest magnitude, its unit vector, whether it converged, and the products."""
+    x = x0 / np.linalg.norm(x0)
+    lam = 0.0
+    for k in range(iters):
+        y = op(x)
+        new = float(x @ y)  # Rayleigh quotient of the unit vector x
+        norm = np.linalg.norm(y)
+        if norm == 0.0:
+            return 0.0, x, True, k + 1
+        x = y / norm
+        if abs(new - lam) <= tol * max(abs(new), 1e-300):
+            return new, x, True, k + 1
+        lam = new
+    return lam, x, False, iters
+
+
+def _power_top(
+    matvec: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, iters: int, tol: float
+) -> tuple[float, np.ndarray, bool]:
+    """Largest *algebraic* eigenpair by the power method (shifted when the largest is negative)."""
+    mu, x, ok, _ = _power_top_magnitude(matvec, x0, iters, tol)
+    if mu >= 0:
+        return mu, x, ok
+    shift = abs(mu)
+    top, x, ok2, _ = _power_top_magnitude(lambda z: matvec(z) + shift * z, x0, iters, tol)
+    return top - shift, x, ok and ok2
+
+
 def power_iteration(
     matvec: Callable[[np.ndarray], np.ndarray],
     n: int,
@@ -237,36 +275,171 @@ def power_iteration(
     iters: int = 2000,
     tol: float = 1e-8,
     seed: int = 0,
+    v0: np.ndarray | None = None,
 ) -> tuple[float, bool]:
     """Largest *algebraic* eigenvalue of a symmetric operator by the power method.
 
     The plain power method converges to the eigenvalue of largest magnitude; when that one is
     negative the method is run again on ``A + |mu| I``, whose top eigenvalue is the largest
-    algebraic one of ``A`` shifted by ``|mu|``. Returns ``(eigenvalue, converged)``.
+    algebraic one of ``A`` shifted by ``|mu|``. It starts from ``v0`` when given (a warm start),
+    else from a random vector drawn with ``seed``. Returns ``(eigenvalue, converged)``.
+    """
+    x0 = np.random.default_rng(seed).standard_normal(n) if v0 is None else np.asarray(v0, float)
+    top, _, ok = _power_top(matvec, x0, iters, tol)
+    return top, ok
+
+
+def top_eigenpair(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    v0: np.ndarray,
+    *,
+    method: str = "eigsh",
+    tol: float = 1e-8,
+    power_iters: int = 2000,
+    ncv: int | None = None,
+) -> tuple[float, np.ndarray]:
+    """Largest algebraic eigenvalue and its unit eigenvector of a symmetric operator.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``matvec(X)`` returns ``A @ X`` for ``X`` of shape ``(n,)``; for ``method="dense"`` it is
+        also called once on ``(n, n)`` rows (the identity) to build ``A``.
+    n : int
+        Dimension.
+    v0 : ndarray, shape (n,)
+        Start vector of the iterative methods (a random vector, or the previous eigenvector for a
+        warm start).
+    method : str
+        ``"dense"`` (``numpy.linalg.eigh`` of the built matrix), ``"eigsh"`` (Lanczos,
+        ``scipy.sparse.linalg.eigsh`` with ``which="LA"``) or ``"power"``.
+    tol : float
+        Relative tolerance of the iterative methods.
+    power_iters : int
+        Iteration cap of the power method.
+    ncv : int, optional
+        Lanczos vectors per restart cycle of ``eigsh`` (its default, 20, when None).
+    """
+    if method == "eigsh" and n < 3:  # ARPACK needs k < n - 1 ... and a 2x2 is trivial anyway
+        method = "dense"
+    if method == "dense":
+        A = np.asarray(matvec(np.eye(n)), dtype=np.float64)
+        w, V = np.linalg.eigh(0.5 * (A + A.T))
+        return float(w[-1]), V[:, -1]
+    if method == "eigsh":
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        op = LinearOperator((n, n), matvec=lambda x: matvec(np.ravel(x)), dtype=np.float64)
+        w, V = eigsh(op, k=1, which="LA", tol=tol, v0=v0, ncv=None if ncv is None else min(ncv, n))
+        return float(w[0]), V[:, 0]
+    if method == "power":
+        top, x, _ = _power_top(matvec, np.asarray(v0, dtype=np.float64), power_iters, tol)
+        return top, x
+    raise GeomtrajError(f"method={method!r}; expected 'auto', 'dense', 'eigsh' or 'power'")
+
+
+class SharpnessSolver:
+    """``lambda_max(P^{-1} H)`` and ``lambda_max(H)`` at a sequence of points, warm-started.
+
+    Each call solves both eigenproblems at one point from its Hessian-vector products. The
+    iterative methods start from the previous call's eigenvectors (with a small random admixture,
+    so that a start vector that happens to span an invariant subspace cannot hide a larger
+    eigenvalue): along a trajectory the top eigenvector turns slowly, so Lanczos converges in
+    fewer products. The first call starts from a random vector drawn with ``seed``, exactly as
+    :func:`preconditioned_sharpness` does, so a sequence of calls is deterministic. Reuse one
+    solver per run (in checkpoint order) and a new one for another run.
+
+    Parameters
+    ----------
+    method : str
+        ``"auto"`` (dense up to ``dense_max_params`` parameters, Lanczos above), ``"dense"``,
+        ``"eigsh"`` or ``"power"``.
+    dense_max_params : int
+        Largest network solved densely by ``"auto"``.
+    tol : float
+        Relative tolerance of the iterative solvers.
+    power_iters : int
+        Iteration cap of the power method.
+    seed : int
+        Seed of the first (random) start vector and of the admixtures.
+
+    Attributes
+    ----------
+    n_hvp : int
+        Hessian-vector products used so far (all calls).
     """
 
-    def top_magnitude(op) -> tuple[float, bool]:
-        x = np.random.default_rng(seed).standard_normal(n)
-        x /= np.linalg.norm(x)
-        lam = 0.0
-        for _ in range(iters):
-            y = op(x)
-            new = float(x @ y)  # Rayleigh quotient of the unit vector x
-            norm = np.linalg.norm(y)
-            if norm == 0.0:
-                return 0.0, True
-            x = y / norm
-            if abs(new - lam) <= tol * max(abs(new), 1e-300):
-                return new, True
-            lam = new
-        return lam, False
+    #: Weight of the random unit vector added to a warm start vector (itself of unit norm).
+    WARM_NOISE = 1e-2
+    #: Lanczos vectors per restart cycle. ARPACK checks convergence only at the end of a cycle;
+    #: the top eigenvalue of these Hessians is well separated, so 10 vectors converge in one cycle
+    #: and half the HVPs of eigsh's default 20 (measured on Netay-style runs, docs/stability.md).
+    NCV = 10
 
-    mu, ok = top_magnitude(matvec)
-    if mu >= 0:
-        return mu, ok
-    shift = abs(mu)
-    top, ok2 = top_magnitude(lambda x: matvec(x) + shift * x)
-    return top - shift, ok and ok2
+    def __init__(
+        self,
+        *,
+        method: str = "auto",
+        dense_max_params: int = 64,
+        tol: float = 1e-8,
+        power_iters: int = 2000,
+        seed: int = 0,
+    ) -> None:
+        if method not in ("auto", "dense", "eigsh", "power"):
+            raise GeomtrajError(f"method={method!r}; expected 'auto', 'dense', 'eigsh' or 'power'")
+        self.method, self.dense_max_params = method, dense_max_params
+        self.tol, self.power_iters, self.seed = tol, power_iters, seed
+        self.n_hvp = 0
+        self._rng: np.random.Generator | None = None
+        self._vectors: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _starts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._vectors is None or self._vectors[0].size != n:
+            self._rng = np.random.default_rng(self.seed)
+            v0 = self._rng.standard_normal(n)
+            return v0, v0
+        assert self._rng is not None
+        noise = self._rng.standard_normal((2, n))
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        return tuple(u + self.WARM_NOISE * z for u, z in zip(self._vectors, noise, strict=True))
+
+    def __call__(
+        self, hvp: Callable[[np.ndarray], np.ndarray], precond: np.ndarray
+    ) -> tuple[float, float]:
+        """``(lambda_max(P^{-1/2} H P^{-1/2}), lambda_max(H))`` at the point ``hvp`` linearises.
+
+        ``hvp(V)`` returns ``H @ V`` for ``V`` of shape ``(n,)`` or ``(k, n)``; ``precond`` is the
+        positive diagonal of ``P``.
+        """
+        P = np.asarray(precond, dtype=np.float64)
+        if P.ndim != 1 or not (np.all(np.isfinite(P)) and np.all(P > 0)):
+            raise GeomtrajError("the preconditioner must be a 1-D array of positive finite values")
+        n = P.size
+        method = self.method
+        if method == "auto":
+            method = "dense" if n <= self.dense_max_params else "eigsh"
+        d = 1.0 / np.sqrt(P)
+
+        def counted(V: np.ndarray) -> np.ndarray:
+            self.n_hvp += 1 if np.ndim(V) == 1 else int(np.shape(V)[0])
+            return hvp(V)
+
+        start_s, start_h = self._starts(n)
+        if method == "dense":
+            # one Hessian serves both problems (the n products dominate the cost)
+            H = np.asarray(counted(np.eye(n)), dtype=np.float64)
+            H = 0.5 * (H + H.T)
+            ws, Vs = np.linalg.eigh(d[:, None] * H * d[None, :])
+            wh, Vh = np.linalg.eigh(H)
+            s, us, h, uh = float(ws[-1]), Vs[:, -1], float(wh[-1]), Vh[:, -1]
+        else:
+            kw = {"method": method, "tol": self.tol, "power_iters": self.power_iters,
+                  "ncv": self.NCV}  # fmt: skip
+            s, us = top_eigenpair(lambda x: d * counted(d * x), n, start_s, **kw)
+            h, uh = top_eigenpair(counted, n, start_h, **kw)
+        self._vectors = (us, uh)
+        return s, h
 
 
 def preconditioned_sharpness(
@@ -274,12 +447,15 @@ def preconditioned_sharpness(
     precond: np.ndarray,
     *,
     method: str = "auto",
-    dense_max_params: int = 1000,
+    dense_max_params: int = 64,
     tol: float = 1e-8,
     power_iters: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
     """``lambda_max(P^{-1} H)`` and ``lambda_max(H)`` from Hessian-vector products.
+
+    One solve from a random start; :class:`SharpnessSolver` does the same along a sequence of
+    points with warm starts.
 
     Parameters
     ----------
@@ -298,38 +474,11 @@ def preconditioned_sharpness(
         The largest algebraic eigenvalue of ``P^{-1/2} H P^{-1/2}`` (the spectrum of ``P^{-1} H``)
         and of ``H`` itself.
     """
-    P = np.asarray(precond, dtype=np.float64)
-    if P.ndim != 1 or not (np.all(np.isfinite(P)) and np.all(P > 0)):
-        raise GeomtrajError("the preconditioner must be a 1-D array of positive finite values")
-    n = P.size
-    if method == "auto":
-        method = "dense" if n <= dense_max_params else "eigsh"
-    d = 1.0 / np.sqrt(P)
-    if method == "dense":
-        H = np.asarray(hvp(np.eye(n)), dtype=np.float64)
-        H = 0.5 * (H + H.T)
-        S = d[:, None] * H * d[None, :]
-        return float(np.linalg.eigvalsh(S)[-1]), float(np.linalg.eigvalsh(H)[-1])
-    if method == "eigsh":
-        from scipy.sparse.linalg import LinearOperator, eigsh
-
-        v0 = np.random.default_rng(seed).standard_normal(n)
-
-        def top(scale: np.ndarray) -> float:
-            def mv(x):
-                return scale * hvp(scale * np.ravel(x))
-
-            op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-            if n < 3:  # ARPACK needs k < n
-                return float(np.linalg.eigvalsh(op @ np.eye(n))[-1])
-            return float(eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)[0])
-
-        return top(d), top(np.ones(n))
-    if method == "power":
-        s, _ = power_iteration(lambda x: d * hvp(d * x), n, iters=power_iters, tol=tol, seed=seed)
-        h, _ = power_iteration(hvp, n, iters=power_iters, tol=tol, seed=seed)
-        return s, h
-    raise GeomtrajError(f"method={method!r}; expected 'auto', 'dense', 'eigsh' or 'power'")
+    solver = SharpnessSolver(
+        method=method, dense_max_params=dense_max_params, tol=tol, power_iters=power_iters,
+        seed=seed,
+    )  # fmt: skip
+    return solver(hvp, precond)
 
 
 # ------------------------------------------------------------------- crossings against bursts
@@ -760,6 +909,33 @@ _RUN_SCALARS = (
 _RUN_COUNTS = ("n_bursts", "n_onsets", "n_crossings", "n_at_crossing", "n_checkpoints")
 
 
+#: What recomputing a run's curvature needs beyond the recorded series: the network, its full
+#: state at step 0 and at the end, and the data it trained on.
+_CURVATURE_INPUTS = (
+    "data_x", "data_y", "data_n", "data_index", "theta_init", "theta_final", "m_final",
+    "v_final", "hidden", "activation", "loss_fn",
+)  # fmt: skip
+
+
+def missing_curvature_inputs(ds: xr.Dataset) -> str | None:
+    """Why the store's curvature cannot be recomputed (a one-line reason), or None when it can.
+
+    A store written by another trainer (PyTorch, plain xarray) may hold the trajectories without
+    the training data (``data_x``/``data_y``) or the full states; then no Hessian exists to
+    measure, and the analyses that need one mark their runs "not measurable" with this reason.
+    """
+    absent = [name for name in _CURVATURE_INPUTS if name not in ds.variables]
+    if "feature" not in ds.sizes and "data_x" not in absent:
+        absent.append("the feature dimension of data_x")
+    if not absent:
+        return None
+    return (
+        f"the store holds no {', '.join(absent)}, so the network's Hessian cannot be "
+        "recomputed; write the training data and full states with the store (geomtraj train) "
+        "to measure the sharpness"
+    )
+
+
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     """All per-checkpoint measurements and the burst comparison of one run."""
     from geomtraj.analysis.events import run_bursts
@@ -790,16 +966,18 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
 
 def _fill_checkpoints(states, objective, params, h, cols) -> None:
     b1, b2, eps = h["beta1"], h["beta2"], h["eps"]
+    # one solver per run: each checkpoint's Lanczos starts from the previous one's eigenvectors
+    solver = SharpnessSolver(
+        method=params.eig_method, dense_max_params=params.dense_max_params, tol=params.eig_tol,
+        power_iters=params.power_iters, seed=params.seed,
+    )  # fmt: skip
     for i, t in enumerate(states.steps):
         t = int(t)
         if not np.all(np.isfinite(states.theta[i])):
             continue
         lin = objective.at(states.theta[i])
         P = adam_preconditioner(states.v[i], lin.grad, t, b1, b2, eps)
-        s, hmax = preconditioned_sharpness(
-            lin, P, method=params.eig_method, dense_max_params=params.dense_max_params,
-            tol=params.eig_tol, power_iters=params.power_iters, seed=params.seed,
-        )  # fmt: skip
+        s, hmax = solver(lin, P)
         cols["sharpness"][i], cols["hessian_max"][i], cols["loss"][i] = s, hmax, lin.loss
         if t >= 1:
             u = update_ratio(states.m[i], states.v[i], t, b1, b2, eps)
@@ -862,7 +1040,14 @@ def analyze(
     source = np.empty(len(run_list), dtype=object)
     note = np.empty(len(run_list), dtype=object)
     matchable = np.zeros(len(run_list), bool)
+    no_curvature = missing_curvature_inputs(ds)
     for j, r in enumerate(run_list):
+        if no_curvature is not None:
+            _unmeasurable_run(ds, r, params, j, scalars, counts)
+            source[j], note[j] = "none", no_curvature
+            if progress is not None:
+                progress(1)
+            continue
         states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(ds, r, params, checkpoints)
         k = min(states.steps.size, slots)
         ck_step[j, :k] = states.steps[:k]
@@ -910,6 +1095,8 @@ def analyze(
     for name in ("beta1", "beta2", "lr", "eps", "precision", "hidden"):
         variables[name] = (("run",), ds[name].values[run_list])
     out = xr.Dataset(variables, coords={"run": np.array(run_list, np.int64)})
+    if no_curvature is not None:
+        out.attrs["not_measurable"] = no_curvature
     out.attrs.update(
         analysis="stability",
         params=repr(params),
@@ -922,6 +1109,16 @@ def analyze(
         ),
     )
     return out
+
+
+def _unmeasurable_run(ds: xr.Dataset, run: int, params: StabilityParams, j, scalars, counts):
+    """The per-run fields that need no curvature (threshold, bursts) of a run without data."""
+    from geomtraj.analysis.events import run_bursts
+
+    rd = RunData(ds, run)
+    scalars["threshold"][j] = stability_threshold(rd.hyper["beta1"], rd.hyper["lr"])
+    bursts = run_bursts(rd, params.burst_signal)
+    counts["n_bursts"][j] = len(bursts)
 
 
 # ------------------------------------------------------------------------------- the report
@@ -1011,7 +1208,10 @@ def report(result: xr.Dataset) -> dict:
         "p_value": None,
         "note": "",
     }
-    if not any(e["verdict"] != "not measurable" for e in entries):
+    if "not_measurable" in result.attrs:
+        overall["verdict"] = "not measurable"
+        overall["note"] = str(result.attrs["not_measurable"])
+    elif not any(e["verdict"] != "not measurable" for e in entries):
         overall["verdict"] = "not measurable"
         overall["note"] = (
             "no run has checkpoints dense enough to match burst onsets with crossings; record "
