@@ -290,7 +290,7 @@ def test_real_runs_agree_with_independent_estimates():
     for beta2, lr in REAL_CASES:
         rows += check(train_grid(beta2=(beta2,), lr=(lr,), steps=40_000))
     for r in rows:
-        # the bars: within 15% of the spike spacing, at most 5% move over windows 101-2001
+        # the bars: within 15% of the spike spacing, at most 5% move over windows 101-2001
         assert abs(r["vs_spikes"]) <= 0.15, r
         assert r["window_move"] <= 0.05, r
         # the agreement flag says what the numbers say
