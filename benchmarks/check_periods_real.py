@@ -15,6 +15,11 @@ Trains a grid of real runs (sincos, hidden (12, 24), float64, beta1 = 0.9; beta2
   comparison.
 
     .venv/bin/python benchmarks/check_periods_real.py [--steps 40000] [--seed 0]
+    .venv/bin/python benchmarks/check_periods_real.py --precision float32 --seed 1
+    .venv/bin/python benchmarks/check_periods_real.py --fast [--steps 40000]
+
+``--fast`` prints instead the fast component per beta1 (``report["grid"]["fast"]["by_beta1"]``)
+over beta1 in 0.5 ... 0.95 (beta2 = 0.999, lr = 1e-2, three seeds each).
 
 The same check on a few runs is ``tests/test_periods.py::test_real_runs_agree_with_independent``.
 """
@@ -44,12 +49,12 @@ WINDOWS = (101, 501, 2001)
 SKIP = 2000
 
 
-def train_grid(beta2=BETA2, lr=LR, steps: int = 40_000, seed: int = 0):
+def train_grid(beta2=BETA2, lr=LR, steps: int = 40_000, seed: int = 0, precision="float64"):
     """The held-out grid of real runs, in memory (one run per (beta2, lr))."""
     X, y = make_dataset("sincos", n_points=64, seed=0)
     b2 = [b for b in beta2 for _ in lr]
     lrs = [x for _ in beta2 for x in lr]
-    return train(X, y, hidden=(12, 24), beta2=b2, lr=lrs, steps=steps, precision="float64",
+    return train(X, y, hidden=(12, 24), beta2=b2, lr=lrs, steps=steps, precision=precision,
                  seed=seed, record_params=8)  # fmt: skip
 
 
@@ -85,17 +90,53 @@ def check(ds) -> list[dict]:
     return rows
 
 
+BETA1 = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def fast_table(steps: int) -> None:
+    """Per beta1: the median ratios of the fast component with their bootstrap CIs over runs."""
+    X, y = make_dataset("sincos", n_points=64, seed=0)
+    seeds = (0, 1, 2)
+    b1 = [b for b in BETA1 for _ in seeds]
+    ds = train(X, y, hidden=(12, 24), beta1=b1, beta2=0.999, lr=1e-2, steps=steps,
+               precision="float64", seed=[s for _ in BETA1 for s in seeds],
+               record_params=8)  # fmt: skip
+    rep = periods.report(periods.analyze(ds))
+    print(f"fast component per beta1 (sincos 12x24 float64, beta2 0.999, lr 1e-2, {steps} steps, "
+          f"{len(seeds)} seeds; median ratio [95% CI over runs])")  # fmt: skip
+    print("| beta1 | runs | 1/(1-beta1) | -1/ln(sqrt(beta1)) | efold / 1/(1-b1) | "
+          "efold / linear | flip / 1/(1-b1) | flip / linear |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+
+    def cell(d: dict) -> str:
+        if d["median"] is None:
+            return "n/a"
+        ci = f" [{d['ci'][0]:.3g}, {d['ci'][1]:.3g}]" if d["ci"] else ""
+        return f"{d['median']:.3g}{ci}"
+
+    for b, e in rep["grid"]["fast"]["by_beta1"].items():
+        print(f"| {b} | {e['n_runs']} | {e['predicted']:.3g} | {e['linear_prediction']:.3g} | "
+              f"{cell(e['efold_over_predicted'])} | {cell(e['efold_over_linear'])} | "
+              f"{cell(e['flip_over_predicted'])} | {cell(e['flip_over_linear'])} |")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="float64", help="float64 (default) or float32")
+    ap.add_argument("--fast", action="store_true", help="the fast component per beta1 instead")
     args = ap.parse_args()
+    if args.fast:
+        fast_table(args.steps)
+        return
     t0 = time.perf_counter()
-    ds = train_grid(steps=args.steps, seed=args.seed)
+    ds = train_grid(steps=args.steps, seed=args.seed, precision=args.precision)
     t1 = time.perf_counter()
     rows = check(ds)
     t2 = time.perf_counter()
-    print(f"{len(rows)} real runs (sincos, 12x24, float64, {args.steps} steps, seed {args.seed}): "
+    print(f"{len(rows)} real runs (sincos, 12x24, {args.precision}, {args.steps} steps, "
+          f"seed {args.seed}): "
           f"training {t1 - t0:.1f} s, check {t2 - t1:.1f} s")  # fmt: skip
     head = (f"{'beta2':>7} {'lr':>6} {'bursts':>6} {'event':>6} {'spikes':>6} {'spectral':>8} "
             f"{'w101':>6} {'w501':>6} {'w2001':>6} {'move':>6} {'ev/spk':>7} {'spc/ev':>7} "

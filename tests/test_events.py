@@ -162,7 +162,7 @@ def test_prominence_bursts_do_not_depend_on_the_baseline_window():
 
 
 def test_threshold_method_misses_dense_spikes_that_prominence_finds():
-    # the regime of issue: a sawtooth of spikes every 50 steps fills the median's window, so few
+    # beta2 = 0.99 in miniature: spikes every 50 steps fill the median's window, so few
     # spikes clear 4x the median; the prominence method counts each spike once
     from synth_periods import spike_train
 

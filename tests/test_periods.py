@@ -290,8 +290,27 @@ def test_real_runs_agree_with_independent_estimates():
     for beta2, lr in REAL_CASES:
         rows += check(train_grid(beta2=(beta2,), lr=(lr,), steps=40_000))
     for r in rows:
-        # the bars: within 15% of the spike spacing, at most 5% move over windows 101-2001
+        # the bars: within 15% of the spike spacing, at most 5% move over windows 101-2001
         assert abs(r["vs_spikes"]) <= 0.15, r
         assert r["window_move"] <= 0.05, r
         # the agreement flag says what the numbers say
         assert (r["agreement"] == "disagree") == (abs(r["vs_spectral"]) > 0.25), r
+
+
+def test_run_note_and_report_say_when_event_and_spectral_periods_disagree():
+    from types import SimpleNamespace
+
+    tr = relaxation_oscillation(n_steps=30_000, slow_period=500.0, beta2=0.998, seed=3)
+    run = SimpleNamespace(hyper={"beta1": 0.9, "beta2": 0.998}, iteration=tr.steps,
+                          update_norm=tr.update_norm, train_loss=tr.loss, step=tr.steps,
+                          theta=tr.theta, m=tr.m, v=tr.v, record_every=1)  # fmt: skip
+    row = P.analyze_run(run)
+    # a clean oscillation: both estimates near the truth, so they agree
+    assert row["slow_agreement"] == "agree"
+    assert row["spectral_period_update"] == pytest.approx(500.0, rel=0.05)
+    assert row["slow_disagreement"] < 0.05 and "disagree" not in row["note"]
+    # with a zero tolerance any gap is a disagreement: the note must say it, with both periods
+    strict = P.analyze_run(run, P.PeriodParams(agreement_tol=0.0))
+    assert strict["slow_agreement"] == "disagree"
+    assert f"event ({strict['slow_period']:.4g})" in strict["note"]
+    assert "disagree by" in strict["note"]

@@ -23,6 +23,7 @@ synthetic signals with known answers in ``tests/test_periods.py``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -312,11 +313,20 @@ def _hann_power(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     doubled), with one FFT call instead of scipy's per-call set-up, which dominated per burst.
     """
     m = d.shape[0]
-    w = sps.get_window("hann", m)
+    w, freq = _hann_and_freq(m)
     x = np.fft.rfft(d * w[:, None], axis=0)
     power = (x.real**2 + x.imag**2).sum(axis=1)
     power[1 : (m + 1) // 2] *= 2.0
-    return np.fft.rfftfreq(m), power
+    return freq, power
+
+
+@functools.lru_cache(maxsize=256)
+def _hann_and_freq(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window and rfft frequencies of length ``m`` (cached: bursts repeat lengths)."""
+    w, f = sps.get_window("hann", m), np.fft.rfftfreq(m)
+    w.flags.writeable = False
+    f.flags.writeable = False
+    return w, f
 
 
 def flip_period(
