@@ -227,6 +227,38 @@ def _apply_phases(spec, phase_index, keep_last, amp, beta, cos_table, sin_table,
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _window_residual(x, half, r):
+    """``r_t = x_{t+half} - mean(x_{t..t+2 half})``, centred over time, into ``r`` (m, p); a running
+    sum over a reference-shifted copy keeps cancellation small (JIT-compiled)."""
+    n, p = x.shape
+    m = n - 2 * half
+    width = 2 * half + 1
+    for j in range(p):
+        ref = x[0, j]
+        acc = 0.0
+        for t in range(width):
+            acc += x[t, j] - ref
+        for t in range(m):
+            if t > 0:
+                acc += (x[t + width - 1, j] - ref) - (x[t - 1, j] - ref)
+            r[t, j] = (x[t + half, j] - ref) - acc / width
+        mean = 0.0
+        for t in range(m):
+            mean += r[t, j]
+        mean /= m
+        for t in range(m):
+            r[t, j] -= mean
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _raw_residuals(theta, half, out):
+    """Residuals of windows ``theta[i]`` (n, p) from their centred moving average, never
+    demodulated, into ``out[i]`` (m, p) (JIT-compiled)."""
+    for i in range(theta.shape[0]):
+        _window_residual(theta[i], half, out[i])
+
+
+@numba.njit(**ANALYSIS_JIT)
 def _residuals(theta, half, out, flip, demod):
     """Residuals of windows from their centred moving average, in the flip frame where needed.
 
@@ -242,25 +274,9 @@ def _residuals(theta, half, out, flip, demod):
     """
     n_win, n, p = theta.shape
     m = n - 2 * half
-    width = 2 * half + 1
     for i in range(n_win):
-        x = theta[i]
         r = out[i]
-        for j in range(p):
-            ref = x[0, j]
-            acc = 0.0
-            for t in range(width):
-                acc += x[t, j] - ref
-            for t in range(m):
-                if t > 0:
-                    acc += (x[t + width - 1, j] - ref) - (x[t - 1, j] - ref)
-                r[t, j] = (x[t + half, j] - ref) - acc / width
-            mean = 0.0
-            for t in range(m):
-                mean += r[t, j]
-            mean /= m
-            for t in range(m):
-                r[t, j] -= mean
+        _window_residual(theta[i], half, r)
         lag1 = 0.0
         power = 0.0
         for t in range(m):
