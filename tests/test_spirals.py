@@ -42,9 +42,9 @@ from geomtraj.kernels.spirals import (
     _plane_features,
     _plane_turn,
     _principal_planes,
-    _raw_residuals,
     _residuals,
     _winding_scores,
+    _window_residual,
 )
 
 P = sp.SpiralParams()
@@ -577,11 +577,11 @@ def test_noisy_rotating_bursts_are_missed_as_measured():
     assert sp.measure_windows(windows)["is_spiral"].sum() <= 2
 
 
-def test_raw_residuals_match_the_numpy_residual():
+def test_raw_residual_of_the_plane_turns_matches_the_numpy_residual():
     theta = make_window("double", np.random.default_rng(4), 160, 9).theta
-    out = np.empty((1, 160 - 2 * P.half, 9))
-    _raw_residuals(theta[None], P.half, out)
-    np.testing.assert_allclose(out[0], sp.residual(theta, P.smooth_steps), atol=1e-12)
+    out = np.empty((160 - 2 * P.half, 9))
+    _window_residual(theta, P.half, out)
+    np.testing.assert_allclose(out, sp.residual(theta, P.smooth_steps), atol=1e-12)
 
 
 def test_noisy_untwisted_flipped_bursts_are_not_twisted():

@@ -124,7 +124,6 @@ from geomtraj.kernels.spirals import (
     _plane_turn,
     _plane_turns,
     _principal_planes,
-    _raw_residuals,
     _residuals,
     _winding_scores,
 )
@@ -737,13 +736,10 @@ def _measure(theta, params, keys, pair):
     span = np.where(np.isfinite(span), span, -1).astype(np.int64)
     # planes are fitted to the raw residual: the flip frame's [1, 2, 1] smoothing shares samples
     # between neighbouring rows, so its even and odd rows would understate the noise of a plane
-    turn_rows = resid
-    if np.any(demod):
-        turn_rows = resid.copy()
-        raw = np.empty((int(demod.sum()), m, p))
-        _raw_residuals(theta[demod], h, raw)
-        turn_rows[demod] = raw
-    _plane_turns(turn_rows, span[:, 0], span[:, 1], params.min_plane_rows, turn, turn_noise, aspect)
+    _plane_turns(
+        resid, theta, h, demod, span[:, 0], span[:, 1], params.min_plane_rows, turn, turn_noise,
+        aspect,
+    )  # fmt: skip
 
     if pair is None:
         rms = np.sqrt(np.mean(resid * resid, axis=1))

@@ -251,14 +251,6 @@ def _window_residual(x, half, r):
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _raw_residuals(theta, half, out):
-    """Residuals of windows ``theta[i]`` (n, p) from their centred moving average, never
-    demodulated, into ``out[i]`` (m, p) (JIT-compiled)."""
-    for i in range(theta.shape[0]):
-        _window_residual(theta[i], half, out[i])
-
-
-@numba.njit(**ANALYSIS_JIT)
 def _residuals(theta, half, out, flip, demod):
     """Residuals of windows from their centred moving average, in the flip frame where needed.
 
@@ -399,15 +391,25 @@ def _plane_turn(seg, min_rows):
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _plane_turns(resid, start, end, min_rows, turn, noise, aspect):
-    """:func:`_plane_turn` of rows ``start[i]..end[i]`` of every window ``resid[i]``."""
+def _plane_turns(resid, theta, half, demod, start, end, min_rows, turn, noise, aspect):
+    """:func:`_plane_turn` of rows ``start[i]..end[i]`` of the raw residual of every window.
+
+    ``resid[i]`` is used as it is unless ``demod[i]``; then the raw residual is recomputed from
+    ``theta[i]`` (n, p) into a scratch buffer, never demodulated (JIT-compiled).
+    """
+    scratch = np.empty((resid.shape[1], resid.shape[2]))
     for i in range(resid.shape[0]):
         if start[i] < 0:
             turn[i] = math.nan
             noise[i] = math.nan
             aspect[i] = math.nan
+            continue
+        if demod[i]:
+            _window_residual(theta[i], half, scratch)
+            rows = scratch
         else:
-            turn[i], noise[i], aspect[i] = _plane_turn(resid[i, start[i] : end[i] + 1], min_rows)
+            rows = resid[i]
+        turn[i], noise[i], aspect[i] = _plane_turn(rows[start[i] : end[i] + 1], min_rows)
 
 
 @numba.njit(**ANALYSIS_JIT)
