@@ -35,7 +35,12 @@ it per window of a trajectory ``theta`` (``n_steps x n_params``):
    times winding, the turns of coherent rotation.
 5. **Plane turn.** The active span is split where half of its residual energy has passed; the angle
    between the best-fit planes of the two halves (largest principal angle, degrees) is the turn,
-   and ``plane_turn_noise`` the turn that noise alone would give (:func:`plane_turn`).
+   and ``plane_turn_noise`` the turn that noise alone would give (:func:`plane_turn`). Both are
+   measured on the raw residual, also in demodulated windows (PCA does not see the sign of a
+   row, so the plane is the same): the noise estimate compares the planes of the even and the
+   odd rows, which must not share noise, and the flip frame's [1, 2, 1] smoothing makes
+   neighbouring rows share two of their three samples (in noisy flipped bursts that understated
+   the noise fourfold and called most untwisted spirals twisted; docs/spirals.md).
 6. **Null model.** Surrogates of ``Re w`` and ``Im w`` are phase-randomised independently
    (Fourier-transform surrogates, or IAAFT with :attr:`~SpiralParams.iaaft_iterations` > 0): they
    keep each coordinate's spectrum and destroy the phase relation between the two, which is what a
@@ -136,7 +141,7 @@ LABELS = ("noise", "spiral", "double", "twisted", "double twisted")
 FALSE_POSITIVE_RATE: dict[str, dict[str, float]] = {
     "spiral": {"rate": 5 / 6000, "upper": 0.001949, "n": 6000},
     "double": {"rate": 0.0, "upper": 0.00064, "n": 6000},
-    "twisted": {"rate": 2 / 6000, "upper": 0.001215, "n": 6000},
+    "twisted": {"rate": 1 / 6000, "upper": 0.000944, "n": 6000},
     "double_twisted": {"rate": 0.0, "upper": 0.00064, "n": 6000},
 }
 
@@ -729,7 +734,12 @@ def _measure(theta, params, keys, pair):
     aspect = np.empty(nw)
     span = feats[:, [FEATURES.index("active_start"), FEATURES.index("active_end")]]
     span = np.where(np.isfinite(span), span, -1).astype(np.int64)
-    _plane_turns(resid, span[:, 0], span[:, 1], params.min_plane_rows, turn, turn_noise, aspect)
+    # planes are fitted to the raw residual: the flip frame's [1, 2, 1] smoothing shares samples
+    # between neighbouring rows, so its even and odd rows would understate the noise of a plane
+    _plane_turns(
+        resid, theta, h, demod, span[:, 0], span[:, 1], params.min_plane_rows, turn, turn_noise,
+        aspect,
+    )  # fmt: skip
 
     if pair is None:
         rms = np.sqrt(np.mean(resid * resid, axis=1))

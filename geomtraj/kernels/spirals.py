@@ -227,6 +227,30 @@ def _apply_phases(spec, phase_index, keep_last, amp, beta, cos_table, sin_table,
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _window_residual(x, half, r):
+    """``r_t = x_{t+half} - mean(x_{t..t+2 half})``, centred over time, into ``r`` (m, p); a running
+    sum over a reference-shifted copy keeps cancellation small (JIT-compiled)."""
+    n, p = x.shape
+    m = n - 2 * half
+    width = 2 * half + 1
+    for j in range(p):
+        ref = x[0, j]
+        acc = 0.0
+        for t in range(width):
+            acc += x[t, j] - ref
+        for t in range(m):
+            if t > 0:
+                acc += (x[t + width - 1, j] - ref) - (x[t - 1, j] - ref)
+            r[t, j] = (x[t + half, j] - ref) - acc / width
+        mean = 0.0
+        for t in range(m):
+            mean += r[t, j]
+        mean /= m
+        for t in range(m):
+            r[t, j] -= mean
+
+
+@numba.njit(**ANALYSIS_JIT)
 def _residuals(theta, half, out, flip, demod):
     """Residuals of windows from their centred moving average, in the flip frame where needed.
 
@@ -242,25 +266,9 @@ def _residuals(theta, half, out, flip, demod):
     """
     n_win, n, p = theta.shape
     m = n - 2 * half
-    width = 2 * half + 1
     for i in range(n_win):
-        x = theta[i]
         r = out[i]
-        for j in range(p):
-            ref = x[0, j]
-            acc = 0.0
-            for t in range(width):
-                acc += x[t, j] - ref
-            for t in range(m):
-                if t > 0:
-                    acc += (x[t + width - 1, j] - ref) - (x[t - 1, j] - ref)
-                r[t, j] = (x[t + half, j] - ref) - acc / width
-            mean = 0.0
-            for t in range(m):
-                mean += r[t, j]
-            mean /= m
-            for t in range(m):
-                r[t, j] -= mean
+        _window_residual(theta[i], half, r)
         lag1 = 0.0
         power = 0.0
         for t in range(m):
@@ -383,15 +391,25 @@ def _plane_turn(seg, min_rows):
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _plane_turns(resid, start, end, min_rows, turn, noise, aspect):
-    """:func:`_plane_turn` of rows ``start[i]..end[i]`` of every window ``resid[i]``."""
+def _plane_turns(resid, theta, half, demod, start, end, min_rows, turn, noise, aspect):
+    """:func:`_plane_turn` of rows ``start[i]..end[i]`` of the raw residual of every window.
+
+    ``resid[i]`` is used as it is unless ``demod[i]``; then the raw residual is recomputed from
+    ``theta[i]`` (n, p) into a scratch buffer, never demodulated (JIT-compiled).
+    """
+    scratch = np.empty((resid.shape[1], resid.shape[2]))
     for i in range(resid.shape[0]):
         if start[i] < 0:
             turn[i] = math.nan
             noise[i] = math.nan
             aspect[i] = math.nan
+            continue
+        if demod[i]:
+            _window_residual(theta[i], half, scratch)
+            rows = scratch
         else:
-            turn[i], noise[i], aspect[i] = _plane_turn(resid[i, start[i] : end[i] + 1], min_rows)
+            rows = resid[i]
+        turn[i], noise[i], aspect[i] = _plane_turn(rows[start[i] : end[i] + 1], min_rows)
 
 
 @numba.njit(**ANALYSIS_JIT)
