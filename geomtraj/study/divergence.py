@@ -166,7 +166,7 @@ def measure(ctx) -> dict:
             "by": {
                 key: {str(v): _fraction([r for r in rs if r.get(key) == v])
                       for v in sorted({r.get(key) for r in rs})}
-                for key in ("dataset", "lr", "eps", "beta1", "beta2")
+                for key in ("dataset", "hidden", "lr", "eps", "beta1", "beta2")
             },
         }  # fmt: skip
     cells = {}
@@ -317,7 +317,7 @@ def figures(ctx, outdir) -> list:
     runs = _all_runs(ctx)
     steps = _steps(ctx)
     precisions = [p for p in LADDER if any(r["precision"] == p for r in runs)]
-    rows_ = sorted({(r["dataset"], r["beta1"], r["beta2"]) for r in runs})
+    rows_ = sorted({(r["dataset"], r["hidden"], r["beta1"], r["beta2"]) for r in runs})
     cols = sorted({(r["lr"], r["eps"]) for r in runs})
     fig, axes = plt.subplots(
         1, len(precisions), figsize=(3.2 * len(precisions) + 2, 0.28 * len(rows_) + 2.5),
@@ -325,7 +325,7 @@ def figures(ctx, outdir) -> list:
     )  # fmt: skip
     cell: dict[tuple, list[bool]] = {}
     for r in runs:
-        rk, ck = (r["dataset"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
+        rk, ck = (r["dataset"], r["hidden"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
         # start-up failures are left out: a cell where every run failed at start-up stays grey
         if not _startup(r):
             cell.setdefault((r["precision"], rk, ck), []).append(_late(r) is not None)
@@ -342,15 +342,18 @@ def figures(ctx, outdir) -> list:
                       fontsize=6)  # fmt: skip
         ax.set_yticks(
             range(len(rows_)),
-            [f"{d} {b1:g}/{b2:g}{' *' if b1 > math.sqrt(b2) else ''}" for d, b1, b2 in rows_],
+            [
+                f"{d} {h} {b1:g}/{b2:g}{' *' if b1 > math.sqrt(b2) else ''}"
+                for d, h, b1, b2 in rows_
+            ],
             fontsize=6,
         )
         ax.set_xlabel("lr / eps")
         ax.set_title(p, fontsize=10)
     fig.colorbar(im, ax=axes[0, -1], label="fraction of seeds diverged")
     fig.suptitle(
-        "Divergence phase diagram (rows: task beta1/beta2, * where beta1 > sqrt(beta2); grey: "
-        "every run failed at start-up)"
+        "Divergence phase diagram (rows: task, widths, beta1/beta2; * where beta1 > sqrt(beta2); "
+        "grey: every run failed at start-up)"
     )
     p1 = outdir / "divergence_phase.png"
     fig.savefig(p1, dpi=90)
