@@ -152,6 +152,26 @@ def test_float16_start_up_failures_are_counted_apart():
     assert "6 more at start-up" in betas_mod._precision_row(meas)["evidence"]
 
 
+def test_precision_is_supported_when_float64_removes_the_divergences():
+    # equal burst rates (ratio 1) but float32 diverges in 8 of 8 pairs, float64 in none
+    ladder = []
+    for seed in range(8):
+        for prec in ("float64", "float32"):
+            ladder.append({"hidden": "8x8", "beta1": 0.99, "beta2": 0.8, "lr": 0.1, "eps": 1e-8,
+                           "seed": seed, "precision": prec, "twin_of": -1, "n_steps": 5000,
+                           "n_bursts": 10 + seed,
+                           "diverged_step": 700 + seed if prec == "float32" else None})  # fmt: skip
+    meas = betas_mod.measure(type("C", (), {"reports": {"ladder": {"runs": ladder}}})())
+    r = betas_mod._precision_row(meas)
+    assert meas["paired_rate_ratio"]["float64/float32"]["ratio"] == pytest.approx(1.0)
+    assert r["verdict"] == "supported" and "divergences float64/float32" in r["measured"]
+    # float64 diverges alike: back to the burst-rate ratio, which shows no effect
+    for run in ladder:
+        run["diverged_step"] = 700 + run["seed"]
+    meas = betas_mod.measure(type("C", (), {"reports": {"ladder": {"runs": ladder}}})())
+    assert betas_mod._precision_row(meas)["verdict"] == "not supported"
+
+
 # ------------------------------------------------------------------------------ divergence
 
 
