@@ -185,6 +185,7 @@ def measure(ctx) -> dict:
         f"{p}/float32": _burst_ratio(runs, p, "float32") for p in precisions if p != "float32"
     }
     return {
+        "surprises": _surprises(by_prec, pairs),
         "steps": steps,
         "setting": list(SETTING),
         "by_precision": by_prec,
@@ -192,6 +193,34 @@ def measure(ctx) -> dict:
         "paired": pairs,
         "burst_rate_ratio": bursts,
     }
+
+
+def _surprises(by_prec: dict, pairs: dict) -> list[str]:
+    """Findings to set against the claims, each with its numbers."""
+    out = []
+    p64 = pairs.get("float64/float32") or {}
+    if p64.get("ci") and p64["ci"][0] > 1:
+        out.append(
+            "float64 diverges more often than float32 on the same settings and seeds, not less: "
+            f"divergences float64/float32 {fmt(p64['ratio'])} {fmt_ci(p64['ci'])} over "
+            f"{p64['pairs']} pairs."
+        )
+    f32 = by_prec.get("float32")
+    if f32 and f32["unbounded"]["k"] and not f32["bounded"]["k"]:
+        out.append(
+            "Every float32 divergence of the phase diagram is where beta1 > sqrt(beta2) "
+            f"({_frac_text(f32['unbounded'])} there, {_frac_text(f32['bounded'])} elsewhere): "
+            "Adam's known instability of unbounded updates, not a long-run drift of usual settings."
+        )
+    startup = {p: e["startup"] for p, e in by_prec.items() if e["startup"]}
+    if startup:
+        out.append(
+            "Start-up failures (divergence at or before update "
+            f"{STARTUP_STEPS}), counted apart from the phase diagram: "
+            + ", ".join(f"{p} {k} of {by_prec[p]['all']['n']}" for p, k in startup.items())
+            + " (in float16, eps 1e-12 and 1e-8 round to zero: its smallest subnormal is 6e-8)."
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------ claims
