@@ -347,3 +347,21 @@ def test_every_verdict_is_printed_beside_its_rule(tmp_path):
     for r in rows:
         block = text.split(f"### {r['claim']}")[1].split("###")[0]
         assert f"*Verdict: **{r['verdict']}***" in block and f"Rule: {r['rule']}" in block
+
+
+def test_divergence_findings_name_what_the_phase_diagram_shows():
+    none = {"k": 0, "n": 40, "ci": (0.0, 0.09)}
+    some = {"k": 12, "n": 40, "ci": (0.18, 0.46)}
+    by = {"float32": {"bounded": none, "unbounded": some, "startup": 0, "all": some},
+          "float16": {"bounded": none, "unbounded": none, "startup": 30, "all": none}}  # fmt: skip
+    more = div_mod.paired(
+        _pair_runs([900] * 4 + [None] * 8, [800] * 12), "float64", "float32", 5000
+    )
+    found = " ".join(div_mod._surprises(by, {"float64/float32": more}))
+    assert "float64 diverges more often than float32" in found
+    assert "Every float32 divergence" in found and "float16 30 of 40" in found
+    alike = div_mod.paired(_pair_runs([900] * 12, [900] * 12), "float64", "float32", 5000)
+    by["float32"]["bounded"] = some
+    # float64 diverging alike and float32 diverging on both sides: only the start-up line is left
+    found = div_mod._surprises(by, {"float64/float32": alike})
+    assert len(found) == 1 and found[0].startswith("Start-up failures")
