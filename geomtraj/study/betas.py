@@ -259,6 +259,7 @@ def fast_by_beta1(runs: list[dict]) -> dict[float, dict]:
 
     measures = {
         "flip/claim": ratio("flip_period", "predicted"),
+        "flip/linear": ratio("flip_period", "linear_prediction"),
         "efold/claim": ratio("efold", "predicted"),
         "efold/linear": ratio("efold", "linear_prediction"),
     }
@@ -288,13 +289,16 @@ def _fast_row(report: dict) -> dict:
     def line(b1, e):
         return (
             f"beta1 {b1:g}: flip period {fmt(e['flip_period_median'])} steps, flip/(1/(1-beta1)) "
-            f"{fmt(e['flip/claim']['median'])} {fmt_ci(e['flip/claim']['ci'])}, efold/"
-            f"(1/(1-beta1)) {fmt(e['efold/claim']['median'])} {fmt_ci(e['efold/claim']['ci'])}, "
+            f"{fmt(e['flip/claim']['median'])} {fmt_ci(e['flip/claim']['ci'])}, flip/(-1/ln "
+            f"sqrt(beta1)) {fmt(e['flip/linear']['median'])} {fmt_ci(e['flip/linear']['ci'])}, "
+            f"efold/(1/(1-beta1)) {fmt(e['efold/claim']['median'])} "
+            f"{fmt_ci(e['efold/claim']['ci'])}, "
             f"efold/(-1/ln sqrt(beta1)) {fmt(e['efold/linear']['median'])} "
             f"{fmt_ci(e['efold/linear']['ci'])} (n={e['efold/claim']['n']})"
         )
 
     lin_near = [b1 for b1, e in per.items() if e["efold/linear"]["near"]]
+    flip_lin = [b1 for b1, e in per.items() if e["flip/linear"]["near"]]
     return row(
         "fast_period",
         "; ".join(line(b1, e) for b1, e in per.items()) or "no run with a fast period",
@@ -306,6 +310,8 @@ def _fast_row(report: dict) -> dict:
         "The linearised -1/ln(sqrt(beta1)) is reported beside it and does not decide the claim.",
         "E-folding time near the linearised -1/ln(sqrt(beta1)) at beta1 = "
         + (", ".join(f"{b:g}" for b in lin_near) or "none")
+        + "; flip period near it at beta1 = "
+        + (", ".join(f"{b:g}" for b in flip_lin) or "none")
         + f". Log-log slope of the e-folding time on 1/(1-beta1): {_slope_text(report, 'fast')}. "
         "Figure betas_periods.png.",
     )
