@@ -152,6 +152,26 @@ def test_float16_start_up_failures_are_counted_apart():
     assert "6 more at start-up" in betas_mod._precision_row(meas)["evidence"]
 
 
+def test_precision_is_supported_when_float64_removes_the_divergences():
+    # equal burst rates (ratio 1) but float32 diverges in 8 of 8 pairs, float64 in none
+    ladder = []
+    for seed in range(8):
+        for prec in ("float64", "float32"):
+            ladder.append({"hidden": "8x8", "beta1": 0.99, "beta2": 0.8, "lr": 0.1, "eps": 1e-8,
+                           "seed": seed, "precision": prec, "twin_of": -1, "n_steps": 5000,
+                           "n_bursts": 10 + seed,
+                           "diverged_step": 700 + seed if prec == "float32" else None})  # fmt: skip
+    meas = betas_mod.measure(type("C", (), {"reports": {"ladder": {"runs": ladder}}})())
+    r = betas_mod._precision_row(meas)
+    assert meas["paired_rate_ratio"]["float64/float32"]["ratio"] == pytest.approx(1.0)
+    assert r["verdict"] == "supported" and "divergences float64/float32" in r["measured"]
+    # float64 diverges alike: back to the burst-rate ratio, which shows no effect
+    for run in ladder:
+        run["diverged_step"] = 700 + run["seed"]
+    meas = betas_mod.measure(type("C", (), {"reports": {"ladder": {"runs": ladder}}})())
+    assert betas_mod._precision_row(meas)["verdict"] == "not supported"
+
+
 # ------------------------------------------------------------------------------ divergence
 
 
@@ -327,3 +347,21 @@ def test_every_verdict_is_printed_beside_its_rule(tmp_path):
     for r in rows:
         block = text.split(f"### {r['claim']}")[1].split("###")[0]
         assert f"*Verdict: **{r['verdict']}***" in block and f"Rule: {r['rule']}" in block
+
+
+def test_divergence_findings_name_what_the_phase_diagram_shows():
+    none = {"k": 0, "n": 40, "ci": (0.0, 0.09)}
+    some = {"k": 12, "n": 40, "ci": (0.18, 0.46)}
+    by = {"float32": {"bounded": none, "unbounded": some, "startup": 0, "all": some},
+          "float16": {"bounded": none, "unbounded": none, "startup": 30, "all": none}}  # fmt: skip
+    more = div_mod.paired(
+        _pair_runs([900] * 4 + [None] * 8, [800] * 12), "float64", "float32", 5000
+    )
+    found = " ".join(div_mod._surprises(by, {"float64/float32": more}))
+    assert "float64 diverges more often than float32" in found
+    assert "Every float32 divergence" in found and "float16 30 of 40" in found
+    alike = div_mod.paired(_pair_runs([900] * 12, [900] * 12), "float64", "float32", 5000)
+    by["float32"]["bounded"] = some
+    # float64 diverging alike and float32 diverging on both sides: only the start-up line is left
+    found = div_mod._surprises(by, {"float64/float32": alike})
+    assert len(found) == 1 and found[0].startswith("Start-up failures")

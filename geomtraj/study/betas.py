@@ -96,8 +96,16 @@ def measure(ctx) -> dict:
     for p in ("float64", "bfloat16", "float16"):
         est, ci, n = _paired_ratio(runs, p, "float32")
         ratios[f"{p}/float32"] = {"ratio": est, "ci": ci, "pairs": n}
+    from geomtraj.study.divergence import paired
+
+    steps = max((r.get("n_steps") or 0 for r in runs), default=0)
     surprises = _surprises(ctx, ladder, ratios)
-    return {"ladder": ladder, "paired_rate_ratio": ratios, "surprises": surprises}
+    return {
+        "ladder": ladder,
+        "paired_rate_ratio": ratios,
+        "paired_divergence": paired(runs, "float64", "float32", steps),
+        "surprises": surprises,
+    }
 
 
 def _surprises(ctx, ladder: dict, ratios: dict) -> list[str]:
@@ -251,6 +259,7 @@ def fast_by_beta1(runs: list[dict]) -> dict[float, dict]:
 
     measures = {
         "flip/claim": ratio("flip_period", "predicted"),
+        "flip/linear": ratio("flip_period", "linear_prediction"),
         "efold/claim": ratio("efold", "predicted"),
         "efold/linear": ratio("efold", "linear_prediction"),
     }
@@ -280,13 +289,16 @@ def _fast_row(report: dict) -> dict:
     def line(b1, e):
         return (
             f"beta1 {b1:g}: flip period {fmt(e['flip_period_median'])} steps, flip/(1/(1-beta1)) "
-            f"{fmt(e['flip/claim']['median'])} {fmt_ci(e['flip/claim']['ci'])}, efold/"
-            f"(1/(1-beta1)) {fmt(e['efold/claim']['median'])} {fmt_ci(e['efold/claim']['ci'])}, "
+            f"{fmt(e['flip/claim']['median'])} {fmt_ci(e['flip/claim']['ci'])}, flip/(-1/ln "
+            f"sqrt(beta1)) {fmt(e['flip/linear']['median'])} {fmt_ci(e['flip/linear']['ci'])}, "
+            f"efold/(1/(1-beta1)) {fmt(e['efold/claim']['median'])} "
+            f"{fmt_ci(e['efold/claim']['ci'])}, "
             f"efold/(-1/ln sqrt(beta1)) {fmt(e['efold/linear']['median'])} "
             f"{fmt_ci(e['efold/linear']['ci'])} (n={e['efold/claim']['n']})"
         )
 
     lin_near = [b1 for b1, e in per.items() if e["efold/linear"]["near"]]
+    flip_lin = [b1 for b1, e in per.items() if e["flip/linear"]["near"]]
     return row(
         "fast_period",
         "; ".join(line(b1, e) for b1, e in per.items()) or "no run with a fast period",
@@ -298,6 +310,8 @@ def _fast_row(report: dict) -> dict:
         "The linearised -1/ln(sqrt(beta1)) is reported beside it and does not decide the claim.",
         "E-folding time near the linearised -1/ln(sqrt(beta1)) at beta1 = "
         + (", ".join(f"{b:g}" for b in lin_near) or "none")
+        + "; flip period near it at beta1 = "
+        + (", ".join(f"{b:g}" for b in flip_lin) or "none")
         + f". Log-log slope of the e-folding time on 1/(1-beta1): {_slope_text(report, 'fast')}. "
         "Figure betas_periods.png.",
     )
@@ -313,7 +327,19 @@ def _precision_row(meas: dict) -> dict:
         )
     r64 = ratios.get("float64/float32", {})
     ci = r64.get("ci")
-    verdict = precision_verdict(ci)
+    # float64 may remove the effect in either of its two forms: fewer bursts or fewer divergences
+    div = meas.get("paired_divergence") or {}
+    verdicts = [precision_verdict(ci)]
+    if div.get("both", 0) + div.get("only_den", 0):
+        verdicts.append(precision_verdict(div.get("ci")))
+    verdict = min(verdicts, key=_VERDICT_RANK.index)
+    div_text = (
+        f"; divergences float64/float32 on paired runs {fmt(div.get('ratio'))} "
+        f"{fmt_ci(div.get('ci'))} ({div.get('pairs')} pairs, float32 diverged in "
+        f"{div.get('both', 0) + div.get('only_den', 0)})"
+        if div
+        else ""
+    )
     others = "; ".join(
         f"{k} {fmt(v['ratio'])} {fmt_ci(v['ci'])}"
         for k, v in ratios.items()
@@ -336,17 +362,21 @@ def _precision_row(meas: dict) -> dict:
     return row(
         "precision",
         f"burst rate float64/float32 on paired settings {fmt(r64.get('ratio'))} {fmt_ci(ci)} "
-        f"({r64.get('pairs')} pairs); " + "; ".join(parts),
+        f"({r64.get('pairs')} pairs){div_text}; " + "; ".join(parts),
         verdict,
         "If rounding causes the instability, float64 must remove most of it: supported when the "
         f"95% interval of the paired burst-rate ratio float64/float32 lies below {MAIN_CAUSE_RATIO}"
-        f"; partly when it lies below {MINOR_CAUSE_RATIO} (float64 removes at least a fifth); not "
+        " (or, where float32 runs diverge, that of the paired divergence-count ratio); partly "
+        f"when it lies below {MINOR_CAUSE_RATIO} (float64 removes at least a fifth); not "
         "supported otherwise: an effect under 20% is not a main cause, however narrow its "
         "interval. Divergences at or before update "
         f"{STARTUP_STEPS} (float16's start-up underflow) are counted apart, not as instability.",
         f"Other rungs against float32 (paired burst-rate ratio): {others}. Diverged fraction "
         f"(Wilson): {divs}. Figure betas_ladder.png.",
     )
+
+
+_VERDICT_RANK = ("supported", "partly", "not supported", "not testable here")
 
 
 def precision_verdict(ci: tuple[float, float] | None) -> str:

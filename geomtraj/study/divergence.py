@@ -166,7 +166,7 @@ def measure(ctx) -> dict:
             "by": {
                 key: {str(v): _fraction([r for r in rs if r.get(key) == v])
                       for v in sorted({r.get(key) for r in rs})}
-                for key in ("dataset", "lr", "eps", "beta1", "beta2")
+                for key in ("dataset", "hidden", "lr", "eps", "beta1", "beta2")
             },
         }  # fmt: skip
     cells = {}
@@ -185,6 +185,7 @@ def measure(ctx) -> dict:
         f"{p}/float32": _burst_ratio(runs, p, "float32") for p in precisions if p != "float32"
     }
     return {
+        "surprises": _surprises(by_prec, pairs),
         "steps": steps,
         "setting": list(SETTING),
         "by_precision": by_prec,
@@ -192,6 +193,34 @@ def measure(ctx) -> dict:
         "paired": pairs,
         "burst_rate_ratio": bursts,
     }
+
+
+def _surprises(by_prec: dict, pairs: dict) -> list[str]:
+    """Findings to set against the claims, each with its numbers."""
+    out = []
+    p64 = pairs.get("float64/float32") or {}
+    if p64.get("ci") and p64["ci"][0] > 1:
+        out.append(
+            "float64 diverges more often than float32 on the same settings and seeds, not less: "
+            f"divergences float64/float32 {fmt(p64['ratio'])} {fmt_ci(p64['ci'])} over "
+            f"{p64['pairs']} pairs."
+        )
+    f32 = by_prec.get("float32")
+    if f32 and f32["unbounded"]["k"] and not f32["bounded"]["k"]:
+        out.append(
+            "Every float32 divergence of the phase diagram is where beta1 > sqrt(beta2) "
+            f"({_frac_text(f32['unbounded'])} there, {_frac_text(f32['bounded'])} elsewhere): "
+            "Adam's known instability of unbounded updates, not a long-run drift of usual settings."
+        )
+    startup = {p: e["startup"] for p, e in by_prec.items() if e["startup"]}
+    if startup:
+        out.append(
+            "Start-up failures (divergence at or before update "
+            f"{STARTUP_STEPS}), counted apart from the phase diagram: "
+            + ", ".join(f"{p} {k} of {by_prec[p]['all']['n']}" for p, k in startup.items())
+            + " (in float16, eps 1e-12 and 1e-8 round to zero: its smallest subnormal is 6e-8)."
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------------ claims
@@ -317,7 +346,7 @@ def figures(ctx, outdir) -> list:
     runs = _all_runs(ctx)
     steps = _steps(ctx)
     precisions = [p for p in LADDER if any(r["precision"] == p for r in runs)]
-    rows_ = sorted({(r["dataset"], r["beta1"], r["beta2"]) for r in runs})
+    rows_ = sorted({(r["dataset"], r["hidden"], r["beta1"], r["beta2"]) for r in runs})
     cols = sorted({(r["lr"], r["eps"]) for r in runs})
     fig, axes = plt.subplots(
         1, len(precisions), figsize=(3.2 * len(precisions) + 2, 0.28 * len(rows_) + 2.5),
@@ -325,7 +354,7 @@ def figures(ctx, outdir) -> list:
     )  # fmt: skip
     cell: dict[tuple, list[bool]] = {}
     for r in runs:
-        rk, ck = (r["dataset"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
+        rk, ck = (r["dataset"], r["hidden"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
         # start-up failures are left out: a cell where every run failed at start-up stays grey
         if not _startup(r):
             cell.setdefault((r["precision"], rk, ck), []).append(_late(r) is not None)
@@ -342,15 +371,18 @@ def figures(ctx, outdir) -> list:
                       fontsize=6)  # fmt: skip
         ax.set_yticks(
             range(len(rows_)),
-            [f"{d} {b1:g}/{b2:g}{' *' if b1 > math.sqrt(b2) else ''}" for d, b1, b2 in rows_],
+            [
+                f"{d} {h} {b1:g}/{b2:g}{' *' if b1 > math.sqrt(b2) else ''}"
+                for d, h, b1, b2 in rows_
+            ],
             fontsize=6,
         )
         ax.set_xlabel("lr / eps")
         ax.set_title(p, fontsize=10)
     fig.colorbar(im, ax=axes[0, -1], label="fraction of seeds diverged")
     fig.suptitle(
-        "Divergence phase diagram (rows: task beta1/beta2, * where beta1 > sqrt(beta2); grey: "
-        "every run failed at start-up)"
+        "Divergence phase diagram (rows: task, widths, beta1/beta2; * where beta1 > sqrt(beta2); "
+        "grey: every run failed at start-up)"
     )
     p1 = outdir / "divergence_phase.png"
     fig.savefig(p1, dpi=90)

@@ -24,8 +24,8 @@ CAPTIONS = {
     "1/(1-beta1), one point per run, coloured by precision.",
     "betas_ladder": "Burst rate on each rung of the precision ladder (same settings and seeds).",
     "divergence_phase": "Fraction of seeds that diverged after start-up in each cell of the "
-    "phase diagram (task, beta1/beta2 by lr/eps), per precision; * marks beta1 > sqrt(beta2); "
-    "start-up failures are left out, grey cells had nothing else.",
+    "phase diagram (task, widths, beta1/beta2 by lr/eps), per precision; * marks beta1 > "
+    "sqrt(beta2); start-up failures are left out, grey cells had nothing else.",
     "divergence_times": "Paired divergence updates: each run against its float32 twin of the same "
     "setting and seed; runs that never diverged sit on the edges (censored at the run length); "
     "pairs with a start-up failure are left out.",
