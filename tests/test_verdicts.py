@@ -233,16 +233,15 @@ def test_double_twisted_spirals_below_the_false_positive_rate_are_not_supported(
     assert r["verdict"] == "partly"
 
 
-def test_false_positive_rate_falls_back_to_alpha_until_it_is_measured(monkeypatch):
+def test_false_positive_rate_is_the_spirals_measured_table(monkeypatch):
     from geomtraj.analysis import spirals
 
-    monkeypatch.delattr(spirals, "FALSE_POSITIVE_RATE", raising=False)
-    fp = false_positive_rate("double_twisted")
-    assert fp["upper"] == 0.01 and "alpha" in fp["source"]
     table = {"double_twisted": {"rate": 0.02, "upper": 0.03, "n": 900}}
-    monkeypatch.setattr(spirals, "FALSE_POSITIVE_RATE", table, raising=False)
-    assert false_positive_rate("double_twisted")["upper"] == 0.03
-    assert false_positive_rate("twisted")["upper"] == 0.01  # a kind it does not publish
+    monkeypatch.setattr(spirals, "FALSE_POSITIVE_RATE", table)
+    fp = false_positive_rate("double_twisted")
+    assert fp["upper"] == 0.03 and fp["n"] == 900 and "measured" in fp["source"]
+    with pytest.raises(KeyError):
+        false_positive_rate("twisted")  # a kind the table does not hold is an error, not a guess
 
 
 @pytest.mark.parametrize(

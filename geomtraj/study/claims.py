@@ -72,10 +72,6 @@ NEAR_BAND = (0.5, 2.0)
 #: second moment at update 2), counted apart from long-run instability (docs/verdicts.md).
 STARTUP_STEPS = 10
 
-#: The spiral detector's false-positive rate assumed when the spirals analysis does not publish a
-#: measured one (the surrogate test's alpha).
-FALLBACK_FALSE_POSITIVE_RATE = 0.01
-
 #: Resamples of every bootstrap interval, and its seed (intervals are reproducible).
 N_BOOTSTRAP = 2000
 SEED = 20240823
@@ -223,19 +219,14 @@ def split_divergence(runs: Sequence[dict]) -> dict:
 
 
 def false_positive_rate(kind: str) -> dict:
-    """The spiral detector's measured false-positive rate of ``kind``, or the fallback.
+    """The spiral detector's measured false-positive rate of ``kind``.
 
-    ``kind`` is ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double_twisted"``. The spirals
-    analysis publishes ``FALSE_POSITIVE_RATE`` (rate, 95% upper bound, number of null windows)
-    measured on null ensembles; without it the surrogate test's alpha stands in, and the returned
-    ``source`` says so.
+    ``kind`` is ``"spiral"``, ``"double"``, ``"twisted"`` or ``"double_twisted"``: the entry of
+    ``geomtraj.analysis.spirals.FALSE_POSITIVE_RATE`` (rate, Wilson 95% upper bound, number of
+    null windows), measured on null ensembles (docs/spirals.md). Verdicts compare with ``upper``.
     """
-    from geomtraj.analysis import spirals
+    from geomtraj.analysis.spirals import FALSE_POSITIVE_RATE
 
-    table = getattr(spirals, "FALSE_POSITIVE_RATE", None)
-    entry = table.get(kind) if isinstance(table, dict) else None
-    if entry and entry.get("upper") is not None:
-        return {"rate": float(entry.get("rate", entry["upper"])), "upper": float(entry["upper"]),
-                "n": entry.get("n"), "source": "measured on null ensembles"}  # fmt: skip
-    fp = FALLBACK_FALSE_POSITIVE_RATE
-    return {"rate": fp, "upper": fp, "n": None, "source": "the surrogate test's alpha"}
+    entry = FALSE_POSITIVE_RATE[kind]
+    return {"rate": float(entry["rate"]), "upper": float(entry["upper"]), "n": entry["n"],
+            "source": "measured on null ensembles"}  # fmt: skip
