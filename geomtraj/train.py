@@ -50,7 +50,7 @@ from geomtraj.errors import ConfigError, StoreError
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run, lane_key
+from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_resources, lane_key
 
 #: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
 #: vector axis) when there are at least this many of them; fewer train one run per thread. None
@@ -705,6 +705,7 @@ def train_plan(
     and the lazily opened store is returned. ``resume=True`` continues an interrupted store from its
     last complete chunk; the finished store is bit-identical to an uninterrupted one.
     """
+    check_resources(plan)  # (a grid the memory cannot hold is refused before allocating it)
     if store is None:
         return _train_in_memory(_Trainer(plan), progress)
     if resume:
