@@ -788,11 +788,13 @@ def plan_for_store(plan: Plan, store: str | os.PathLike) -> Plan:
 def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
     """Whether ``path`` holds an unfinished store of ``plan`` to continue (``--resume``).
 
+    A missing store is trained from the start, with or without ``resume``: a kill before the
+    template was renamed into place leaves nothing to continue (docs/robustness.md).
+
     Raises
     ------
     StoreError
-        When the store exists without ``resume``, is complete, comes from another plan, or does
-        not exist although ``resume`` was asked for.
+        When the store exists without ``resume``, is complete, or comes from another plan.
     """
     if not path.exists():
         # (a kill before the template was renamed into place leaves no store: start it afresh)
