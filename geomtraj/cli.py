@@ -120,6 +120,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise GeomtrajError(
             f"--analyses {args.analyses!r} names no analysis; leave it out to run all of them"
         )
+    params = AnalyzeParams(memory_budget_bytes=int(args.memory_limit * 2**20))
+    ds = open_store(args.store)  # (an unusable store is named before the output folder)
     store = Path(args.store)
     out = (
         Path(args.out)
@@ -135,8 +137,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise GeomtrajError(
             f"{out} already exists; choose another --out, or --force to write over it"
         )
-    params = AnalyzeParams(memory_budget_bytes=int(args.memory_limit * 2**20))
-    ds = open_store(args.store)
     per_run = estimate_run_bytes(ds)
     if per_run > params.memory_budget_bytes:
         print(

@@ -144,8 +144,13 @@ class Plan:
                 raise ConfigError(f"{where}: network input width != data set input width")
             if not (0 <= r.beta1 < 1 and 0 <= r.beta2 < 1):
                 raise ConfigError(f"{where}: beta1={r.beta1}, beta2={r.beta2} must lie in [0, 1)")
-            if not (r.lr > 0 and r.eps >= 0 and r.weight_decay >= 0):
-                raise ConfigError(f"{where}: need lr > 0, eps >= 0, weight_decay >= 0")
+            if not (r.lr > 0 and r.eps >= 0 and r.weight_decay >= 0) or not np.all(
+                np.isfinite([r.lr, r.eps, r.weight_decay])
+            ):
+                raise ConfigError(
+                    f"{where}: need finite lr > 0, eps >= 0, weight_decay >= 0, got lr={r.lr}, "
+                    f"eps={r.eps}, weight_decay={r.weight_decay}"
+                )
             if r.batch_size < 0:
                 raise ConfigError(f"{where}: batch_size must be >= 0 (0 = full batch)")
             if r.twin_of >= 0:

@@ -197,22 +197,26 @@ def _layout(array_dir: Path) -> str | None:
     return hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 
-def _chunk_files(array_dir: Path) -> dict[str, Path]:
-    return {
-        f.relative_to(array_dir).as_posix(): f
-        for f in array_dir.rglob("*")
-        if f.is_file() and f.name != "zarr.json"
-    }
+def _chunk_files(array_dir: Path) -> dict[str, str]:
+    """``{chunk key: file path}`` of every chunk file under an array's folder."""
+    out: dict[str, str] = {}
+    root = os.fspath(array_dir)
+    for folder, _, files in os.walk(root):
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        for name in files:
+            if name != "zarr.json":
+                out[name if rel == "." else f"{rel}/{name}"] = os.path.join(folder, name)
+    return out
 
 
-def _crc_tail(f: Path) -> str | None:
+def _crc_tail(f: str | os.PathLike) -> str | None:
     """The last 4 bytes of a chunk file as hex (its CRC32C), or None when it has fewer."""
-    with open(f, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() < 4:
-            return None
-        fh.seek(-4, os.SEEK_END)
-        return fh.read(4).hex()
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 4, size - 4).hex() if size >= 4 else None
+    finally:
+        os.close(fd)
 
 
 def chunk_checksums(path: str | os.PathLike) -> dict[str, dict]:

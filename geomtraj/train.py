@@ -50,7 +50,7 @@ from geomtraj.errors import ConfigError, StoreError
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
 from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run, lane_key
+from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_resources, lane_key
 
 #: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
 #: vector axis) when there are at least this many of them; fewer train one run per thread. None
@@ -705,6 +705,7 @@ def train_plan(
     and the lazily opened store is returned. ``resume=True`` continues an interrupted store from its
     last complete chunk; the finished store is bit-identical to an uninterrupted one.
     """
+    check_resources(plan)  # (a grid the memory cannot hold is refused before allocating it)
     if store is None:
         return _train_in_memory(_Trainer(plan), progress)
     if resume:
@@ -787,11 +788,13 @@ def plan_for_store(plan: Plan, store: str | os.PathLike) -> Plan:
 def check_resume(plan: Plan, path: Path, resume: bool) -> bool:
     """Whether ``path`` holds an unfinished store of ``plan`` to continue (``--resume``).
 
+    A missing store is trained from the start, with or without ``resume``: a kill before the
+    template was renamed into place leaves nothing to continue (docs/robustness.md).
+
     Raises
     ------
     StoreError
-        When the store exists without ``resume``, is complete, comes from another plan, or does
-        not exist although ``resume`` was asked for.
+        When the store exists without ``resume``, is complete, or comes from another plan.
     """
     if not path.exists():
         # (a kill before the template was renamed into place leaves no store: start it afresh)

@@ -153,8 +153,12 @@ def test_dry_run_prints_days_of_work_as_hours() -> None:
     from geomtraj.plan import estimate_seconds
 
     plan = plan_from_config(
-        {"steps": 10**8, "record_params": 4, "record_every": 10**4,
-         "runs": {"seeds": list(range(64)), "precision": "float64"}}  # fmt: skip
+        {
+            "steps": 10**8,
+            "record_params": 4,
+            "record_every": 10**4,
+            "runs": {"seeds": list(range(64)), "precision": "float64"},
+        }  # fmt: skip
     )
     seconds = estimate_seconds(plan, 1)
     assert seconds > 24 * 3600
@@ -196,3 +200,16 @@ def test_bad_option_is_one_line_exit_2(case, tmp_path, capsys) -> None:
     _, argv, expected = case
     _one_line_exit_2(argv(tmp_path), capsys, expected)
     assert not (small_store() / "rep").exists() and not (tmp_path / "p.txt").exists()
+
+
+@pytest.mark.parametrize("key", ["lr", "eps", "weight_decay"])
+def test_python_entry_point_refuses_non_finite_hyper_parameters(key) -> None:
+    """`train()` builds its plan without a config; the plan itself refuses inf (contract 3)."""
+    import numpy as np
+
+    from geomtraj.data import make_dataset
+    from geomtraj.train import train
+
+    X, y = make_dataset("sincos", 16, 0)
+    with pytest.raises(ConfigError, match="need finite lr > 0"):
+        train(X, y, hidden=(3,), steps=2, **{key: np.inf})
