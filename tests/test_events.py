@@ -207,3 +207,30 @@ def test_prominence_bad_params():
         BurstParams(method="median")
     with pytest.raises(GeomtrajError, match="rise_fraction"):
         BurstParams(method="prominence", rise_fraction=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# one definition of a burst for every analysis
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_analysis_counts_the_same_bursts():
+    # periods, stability and the spiral burst windows of one run count the bursts of BurstParams()
+    from geomtraj import datafiles
+    from geomtraj.analysis import periods, spirals, stability
+    from geomtraj.analysis.base import RunData
+    from geomtraj.analysis.events import run_bursts
+    from geomtraj.store import open_store
+
+    ds = open_store(datafiles.fixture_path("bursts_f32"))
+    run = RunData(ds, 0)
+    n = len(run_bursts(run))
+    assert n == 43  # the fixture's regular bursts (docs/periods.md)
+    assert int(periods.analyze(ds)["n_bursts"].values[0]) == n
+    no_data = ds.drop_vars(["data_x", "data_y"])  # no curvature needed to count bursts
+    assert stability.report(stability.analyze(no_data))["stability"]["runs"][0]["n_bursts"] == n
+    assert spirals.analyze_run(run, windows="bursts")["n_windows_total"] == n
+    # the former definition stays available, and finds one burst fewer here
+    former = BurstParams(method="threshold")
+    assert len(run_bursts(run, "update_norm", former)) == 42
+    assert spirals.analyze_run(run, burst_params=former)["n_windows_total"] == 42
