@@ -234,3 +234,15 @@ def test_every_analysis_counts_the_same_bursts():
     former = BurstParams(method="threshold")
     assert len(run_bursts(run, "update_norm", former)) == 42
     assert spirals.analyze_run(run, burst_params=former)["n_windows_total"] == 42
+
+
+def test_a_spike_counts_once_it_has_fallen_back_by_the_on_level():
+    # detection on a prefix (early warning) sees no future: a spike cut before it has fallen by
+    # log(on_factor) from its peak is not a burst yet
+    t = np.arange(3000)
+    x = 1e-3 * (1 + 100 * np.exp(-0.5 * ((t - 2500) / 10.0) ** 2))
+    fallen = np.log(x[2500] / x)  # fall from the peak
+    assert len(detect_bursts(x[:2501])) == 0  # cut at the peak
+    cut = 2500 + int(np.argmax(fallen[2500:] > np.log(4.0) + 0.3))
+    assert len(detect_bursts(x[: cut - 8])) == 0  # smoothed fall still short of log 4
+    assert len(detect_bursts(x[: cut + 8])) == 1
