@@ -73,7 +73,7 @@ def check(ds) -> list[dict]:
             )
             b = periods.run_bursts(periods.RunData(ds, int(run)), "update_norm", p.bursts)
             by_window.append(periods.slow_period(b.onset, p).period or np.nan)
-        old_p = dataclasses.replace(base, bursts=BurstParams())
+        old_p = dataclasses.replace(base, bursts=BurstParams(method="threshold"))
         old = periods.run_bursts(periods.RunData(ds, int(run)), "update_norm", old_p.bursts)
         event = float(r["slow_period"])
         spikes = spike_spacing_period(un, skip=SKIP)

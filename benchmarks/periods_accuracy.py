@@ -6,7 +6,7 @@ level and true period (20 to 2000 steps), the true median interval, the event es
 relative error, the bursts found against the true count, and the relative error of the spectral
 cross-check (per log-frequency Welch peak of the log series); then the bursts found on null
 signals (white noise and random walks of the log), which have none, beside the former
-threshold detector (``BurstParams()``, the default of the other analyses).
+threshold detector (``BurstParams(method="threshold")``).
 
     .venv/bin/python benchmarks/periods_accuracy.py [--seeds 3]
 """
@@ -93,7 +93,7 @@ def main() -> None:
             step = rng.normal(0.0, sd, 20_000)
             y = np.cumsum(step) if name == "random walk" else step
             total += len(detect_bursts(np.exp(y), None, params.bursts))
-            former += len(detect_bursts(np.exp(y), None, BurstParams()))
+            former += len(detect_bursts(np.exp(y), None, BurstParams(method="threshold")))
         print(f"| {name} | {sd} | {args.seeds * 3} | {total} | {former} |")
 
 

@@ -41,7 +41,7 @@ def test_one_burst_counts_once_despite_dips():
     x = np.ones(3000)
     x[1000:1060] = 50.0
     x[1030:1034] = 3.0  # above off (2x), below on (4x)
-    b = detect_bursts(x)
+    b = detect_bursts(x, None, BurstParams(method="threshold"))
     assert len(b) == 1
     assert b.onset[0] == 1000 and b.end[0] == 1059
 
@@ -52,7 +52,7 @@ def test_onset_peak_end_of_a_known_burst():
     t = np.arange(n)
     shape = 1e-3 * (1 + 100 * np.exp(-0.5 * ((t - 2500) / 10.0) ** 2))
     x = np.maximum(x, shape)
-    b = detect_bursts(x, steps=t + 1)
+    b = detect_bursts(x, steps=t + 1, params=BurstParams(method="threshold"))
     assert len(b) == 1
     assert b.peak[0] == 2501
     # excess above 2x (off) starts where 100*exp(-z^2/2) > 1, i.e. |t-2500| < 10*sqrt(2 ln 100)
@@ -61,10 +61,10 @@ def test_onset_peak_end_of_a_known_burst():
     assert abs(b.end[0] - (2501 + half_width)) <= 1
 
 
-def test_onsets_of_a_relaxation_oscillation():
+def test_onsets_of_a_relaxation_oscillation_threshold():
     rise = 4.0
     tr = relaxation_oscillation(n_steps=20_000, slow_period=500.0, rise=rise, seed=3)
-    b = detect_bursts(tr.update_norm, tr.steps)
+    b = detect_bursts(tr.update_norm, tr.steps, BurstParams(method="threshold"))
     assert len(b) == len(tr.onsets)
     # The detected onset is where the growing flip crosses the off level (2x the quiet norm): a lag
     # after the true start. The background noise moves that crossing; the flip grows by e every
@@ -72,6 +72,22 @@ def test_onsets_of_a_relaxation_oscillation():
     lag = b.onset - tr.onsets
     assert np.all(lag >= 0)
     assert np.ptp(lag) <= rise
+
+
+def test_onsets_of_a_relaxation_oscillation():
+    # the default (prominence) onset is where the smoothed log norm starts the last 90% of its
+    # rise above the quiet trough: at the true start, up to the noise of the quiet level
+    rise = 4.0
+    tr = relaxation_oscillation(n_steps=20_000, slow_period=500.0, rise=rise, seed=3)
+    b = detect_bursts(tr.update_norm, tr.steps)
+    assert len(b) == len(tr.onsets)
+    lag = b.onset - tr.onsets
+    assert np.median(np.abs(lag)) <= 1
+    # the flip rises from the quiet level to its peak (x200) in ceil(rise * ln 200) = 22 steps;
+    # smoothed noise of the quiet level (sd 0.2 in log) can move an onset earlier, never by
+    # half the rise
+    assert np.all(np.abs(lag) < 0.5 * np.ceil(rise * np.log(200.0)))
+    assert np.all((b.peak > b.onset) & (b.peak <= b.end)) and np.all(b.end[:-1] < b.onset[1:])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -103,9 +119,15 @@ def test_analysis_stops_at_first_nonfinite_value():
 def test_mask_marks_burst_steps():
     x = np.ones(3000)
     x[1000:1050] = 100.0
-    b = detect_bursts(x, steps=np.arange(3000) + 1)
+    b = detect_bursts(x, steps=np.arange(3000) + 1, params=BurstParams(method="threshold"))
     m = b.mask(np.arange(3000) + 1)
     assert m.sum() == 50 and m[1000] and not m[999]
+    # the default smooths over 5 samples first: the burst is widened by the smoothing's
+    # half-width (2) plus the last quiet sample on each side, no more
+    b = detect_bursts(x, steps=np.arange(3000) + 1)
+    m = b.mask(np.arange(3000) + 1)
+    assert len(b) == 1 and m[1000:1050].all()
+    assert 50 <= m.sum() <= 50 + 2 * 3
 
 
 def test_bad_input_and_params():
@@ -167,8 +189,8 @@ def test_threshold_method_misses_dense_spikes_that_prominence_finds():
     from synth_periods import spike_train
 
     u, onsets = spike_train(20_000, 50, "dense", noise=0.2, height=2.5, seed=3)
-    old = detect_bursts(u, None, BurstParams())
-    new = detect_bursts(u, None, BurstParams(method="prominence"))
+    old = detect_bursts(u, None, BurstParams(method="threshold"))
+    new = detect_bursts(u, None, BurstParams())
     assert len(new) >= 0.95 * onsets.size
     assert len(old) < 0.5 * onsets.size
 
@@ -185,3 +207,42 @@ def test_prominence_bad_params():
         BurstParams(method="median")
     with pytest.raises(GeomtrajError, match="rise_fraction"):
         BurstParams(method="prominence", rise_fraction=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# one definition of a burst for every analysis
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_analysis_counts_the_same_bursts():
+    # periods, stability and the spiral burst windows of one run count the bursts of BurstParams()
+    from geomtraj import datafiles
+    from geomtraj.analysis import periods, spirals, stability
+    from geomtraj.analysis.base import RunData
+    from geomtraj.analysis.events import run_bursts
+    from geomtraj.store import open_store
+
+    ds = open_store(datafiles.fixture_path("bursts_f32"))
+    run = RunData(ds, 0)
+    n = len(run_bursts(run))
+    assert n == 43  # the fixture's regular bursts (docs/periods.md)
+    assert int(periods.analyze(ds)["n_bursts"].values[0]) == n
+    no_data = ds.drop_vars(["data_x", "data_y"])  # no curvature needed to count bursts
+    assert stability.report(stability.analyze(no_data))["stability"]["runs"][0]["n_bursts"] == n
+    assert spirals.analyze_run(run, windows="bursts")["n_windows_total"] == n
+    # the former definition stays available, and finds one burst fewer here
+    former = BurstParams(method="threshold")
+    assert len(run_bursts(run, "update_norm", former)) == 42
+    assert spirals.analyze_run(run, burst_params=former)["n_windows_total"] == 42
+
+
+def test_a_spike_counts_once_it_has_fallen_back_by_the_on_level():
+    # detection on a prefix (early warning) sees no future: a spike cut before it has fallen by
+    # log(on_factor) from its peak is not a burst yet
+    t = np.arange(3000)
+    x = 1e-3 * (1 + 100 * np.exp(-0.5 * ((t - 2500) / 10.0) ** 2))
+    fallen = np.log(x[2500] / x)  # fall from the peak
+    assert len(detect_bursts(x[:2501])) == 0  # cut at the peak
+    cut = 2500 + int(np.argmax(fallen[2500:] > np.log(4.0) + 0.3))
+    assert len(detect_bursts(x[: cut - 8])) == 0  # smoothed fall still short of log 4
+    assert len(detect_bursts(x[: cut + 8])) == 1

@@ -12,7 +12,9 @@ Features (all per window, on the recorded coordinates where they need ``theta``/
     ``log10`` of the full-batch loss at the window's end: the trivial baseline.
 ``burst_rate``, ``burst_amplitude``
     Burst onsets per 1000 steps (:func:`.events.detect_bursts` on the update norm), and the
-    largest ``log10`` excess of the update norm over its rolling median.
+    largest ``log10`` excess of the update norm over its rolling median. A burst is a spike by
+    prominence, so it counts once the update norm has fallen back from its peak by the ``on``
+    level within the prefix: a spike still rising at the window's end is not counted yet.
 ``update_trend``
     Slope of ``log10`` update norm per 100 steps (least squares over the window).
 ``v_floor``, ``v_trend``

@@ -1,39 +1,44 @@
 """Burst (event) detection on per-step signals: the update norm or the log loss.
 
-A burst (SCIENCE.md section 3) is a stretch of steps in which the signal jumps above a multiple of
-its rolling median, counted once thanks to hysteresis. Detection works on ``y = log(signal)``:
-
-1. the baseline is the centred rolling median of ``y`` over :attr:`BurstParams.baseline_window`
-   steps (robust to the bursts themselves as long as they fill less than half the window);
-2. the excess ``r = y - baseline`` is compared with two levels, ``on`` and ``off``, each the larger
-   of a fixed factor over the median (``log(on_factor)``, ``log(off_factor)``) and a multiple of the
-   white-noise level of ``y`` (``noise_z * sigma``, ``off_z * sigma``), so that a noisy signal needs
-   a proportionally larger jump. ``sigma`` is the robust spread of the step-to-step differences,
-   ``1.4826 * MAD(diff(y)) / sqrt(2)``: it measures sample-to-sample noise and is blind to the slow
-   rise and fall of a relaxation oscillation, whose bursts are the signal;
-3. a burst is triggered when ``r`` stays above ``on`` for :attr:`~BurstParams.min_duration`
-   steps; its onset is where ``r`` last rose above ``off`` before that, its end is where ``r``
-   falls back below ``off``, its peak is the maximum of ``r`` in between. Bursts closer than
-   :attr:`~BurstParams.merge_gap` steps are merged.
-
-A second method, ``method="prominence"`` (used by the period analysis), finds bursts as the spikes
-of the smoothed log signal and needs no baseline at all (docs/periods.md explains why):
+A burst (docs/science.md, "Operational definitions") is one spike of the signal: a rise well above
+the quiet level around it, counted once. ``BurstParams()`` is the one definition that every
+analysis uses (periods, spirals, stability, twins, early warning, report figures); it finds bursts
+as the spikes of the smoothed log signal by topographic prominence and needs no baseline
+(docs/periods.md explains why). Detection works on ``y = log(signal)``:
 
 1. ``s`` is ``y`` smoothed by a centred moving average of :attr:`BurstParams.smooth` samples, which
    averages out the period-2 flip and sample noise;
 2. a burst is a peak of ``s`` whose topographic prominence (``scipy.signal.find_peaks``: its height
    above the higher of the two lowest points that separate it from a higher peak) is at least the
-   ``on`` level above, ``max(log(on_factor), noise_z * sigma)``;
+   ``on`` level, ``max(log(on_factor), noise_z * sigma)``, where ``sigma`` is the white-noise level
+   of ``y``, the robust spread of its step-to-step differences
+   ``1.4826 * MAD(diff(y)) / sqrt(2)``: it measures sample-to-sample noise and is blind to the
+   slow rise and fall of a relaxation oscillation, whose bursts are the signal;
 3. its onset is the last sample before the peak at which ``s`` lay within
    :attr:`~BurstParams.rise_fraction` of the rise above the trough since the previous burst (or
    within ``off_z * sigma``, if more, so that noise on a flat quiet level does not place it
    early); its end the last sample before ``s`` falls back to the same level above the next
-   trough; its peak is the maximum of ``y`` in between.
+   trough; its peak is the maximum of ``y`` in between. A burst's end always lies before the next
+   burst's onset. Where bursts are dense and each decays straight into the next (beta2 = 0.99), a
+   burst spans most of its interval and the quiet stretches are short.
+
+The former definition, ``method="threshold"``, is kept as an option:
+
+1. the baseline is the centred rolling median of ``y`` over :attr:`BurstParams.baseline_window`
+   steps (robust to the bursts themselves as long as they fill less than half the window);
+2. the excess ``r = y - baseline`` is compared with two levels, ``on`` and ``off``, each the larger
+   of a fixed factor over the median (``log(on_factor)``, ``log(off_factor)``) and a multiple of the
+   white-noise level (``noise_z * sigma``, ``off_z * sigma``);
+3. a burst is triggered when ``r`` stays above ``on`` for :attr:`~BurstParams.min_duration`
+   steps; its onset is where ``r`` last rose above ``off`` before that, its end is where ``r``
+   falls back below ``off``, its peak is the maximum of ``r`` in between. Bursts closer than
+   :attr:`~BurstParams.merge_gap` steps are merged.
 
 With dense spikes (Adam with beta2 = 0.99 bursts every ~50 steps and each burst decays straight into
-the next) a rolling median sits on top of the spikes, so a threshold over it depends on the
-window; the prominence of a spike does not. ``log_baseline`` is still the rolling median, which
-the e-folding fit uses as the quiet level.
+the next) the rolling median sits on top of the spikes, so the threshold method misses most of
+them and what it finds depends on the window; the prominence of a spike does not. With either
+method ``log_baseline`` is the rolling median, which the e-folding fit and the early-warning
+``burst_amplitude`` use as the quiet level.
 
 Non-finite values (diverged runs) end the analysed signal: everything from the first NaN or inf on
 is ignored.
@@ -61,35 +66,43 @@ class BurstParams:
     Attributes
     ----------
     baseline_window : int
-        Width, in samples, of the centred rolling median that serves as baseline (default 501).
-        It must be several times longer than one burst (a burst of Adam with beta1 = 0.9 lasts a few
-        tens of steps) so that bursts do not drag the median up, and shorter than the slow drift of
-        the quiet level. Rounded up to an odd number.
+        Width, in samples, of the centred rolling median (default 501): ``log_baseline``, and the
+        baseline of the threshold method, for which it must be several times longer than one
+        burst (a burst of Adam with beta1 = 0.9 lasts a few tens of steps) so that bursts do not
+        drag the median up, and shorter than the slow drift of the quiet level. Rounded up to an
+        odd number.
     on_factor : float
-        A burst needs the signal above ``on_factor`` times its rolling median (default 4: a clear
-        jump, beyond the step-to-step spread of update norms in quiet phases).
+        A burst needs a spike of the smoothed signal by at least a factor ``on_factor`` above the
+        troughs that separate it from higher spikes (prominence), or, with the threshold method,
+        the signal above ``on_factor`` times its rolling median (default 4: a clear jump, beyond
+        the step-to-step spread of update norms in quiet phases).
     off_factor : float
-        A burst ends when the signal falls below ``off_factor`` times the median (default 2). The
-        gap between ``on`` and ``off`` is the hysteresis that counts one burst once.
+        Threshold method only: a burst ends when the signal falls below ``off_factor`` times the
+        median (default 2). The gap between ``on`` and ``off`` is the hysteresis that counts one
+        burst once.
     noise_z : float
         The ``on`` level is at least ``noise_z`` times the white-noise level of the log signal
-        (default 5). For white noise, exceeding 5 sigma for ``min_duration`` consecutive samples has
-        a probability below 1e-15 per sample, so noise gives no bursts. A log signal that itself
-        wanders like a random walk with large steps (tens of percent per step) is not covered by
-        this guard: its excursions from the rolling median can exceed ``on_factor``.
+        (default 5). White noise of the log gives no bursts (the largest prominence of its smoothed
+        values over 50,000 samples is about 3.8 sigma; docs/periods.md). A log signal that itself
+        wanders like a random walk is not covered by this guard: its slow excursions acquire
+        prominences above ``log(on_factor)``.
     off_z : float
-        The ``off`` level is at least ``off_z`` times the white-noise level (default 2).
+        The onset and end levels lie at least ``off_z`` times the white-noise level above the
+        trough (threshold method: the ``off`` level is at least that; default 2).
     min_duration : int
-        Consecutive samples above ``on`` needed to trigger a burst (default 3): a single outlier is
-        not a burst, while a flip of Adam keeps the update norm high on every step.
+        Threshold method only: consecutive samples above ``on`` needed to trigger a burst
+        (default 3): a single outlier is not a burst, while a flip of Adam keeps the update norm
+        high on every step.
     merge_gap : int
-        Bursts separated by fewer than this many samples below ``off`` count as one (default 5).
+        Threshold method only: bursts separated by fewer than this many samples below ``off``
+        count as one (default 5).
     floor : float
         Values below ``floor`` are raised to it before taking logs (an exact zero update would
         otherwise give ``-inf``).
     method : str
-        ``"threshold"`` (default: the excess over the rolling median, with hysteresis) or
-        ``"prominence"`` (spikes of the smoothed log signal by prominence; see the module). With
+        ``"prominence"`` (default, the definition of a burst for every analysis: spikes of the
+        smoothed log signal by prominence; see the module) or ``"threshold"`` (the former
+        definition: the excess over the rolling median, with hysteresis). With
         ``"prominence"``, ``off_factor``, ``min_duration`` and ``merge_gap`` are unused
         and ``baseline_window`` only sets ``log_baseline``.
     smooth : int
@@ -109,7 +122,7 @@ class BurstParams:
     min_duration: int = 3
     merge_gap: int = 5
     floor: float = 1e-300
-    method: str = "threshold"
+    method: str = "prominence"
     smooth: int = 5
     rise_fraction: float = 0.1
 

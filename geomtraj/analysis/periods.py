@@ -44,8 +44,9 @@ class PeriodParams:
     Attributes
     ----------
     bursts : BurstParams
-        Burst detection on the update norm (default: the ``prominence`` method, whose onsets do
-        not depend on a baseline window; docs/periods.md).
+        Burst detection on the update norm (default ``BurstParams()``, the burst definition every
+        analysis shares: the ``prominence`` method, whose onsets do not depend on a baseline
+        window; docs/periods.md).
     min_intervals : int
         Fewest onset intervals for a slow period (default 4, i.e. 5 bursts): a median of fewer
         intervals has no useful CI.
@@ -89,7 +90,7 @@ class PeriodParams:
         Fewest steps inside a burst to estimate its flip period (default 8).
     """
 
-    bursts: BurstParams = field(default_factory=lambda: BurstParams(method="prominence"))
+    bursts: BurstParams = field(default_factory=BurstParams)
     min_intervals: int = 4
     n_boot: int = 1000
     ci_level: float = 0.95

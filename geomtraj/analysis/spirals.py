@@ -932,12 +932,14 @@ class WindowParams:
     ----------
     burst_margin : int
         Steps added before a burst's onset and after its end (default 21, one moving-average
-        width): the flip grows from the noise floor before the update norm crosses the burst
-        threshold, and its tail decays after. Margins stop one step short of the neighbouring
-        bursts.
+        width): the flip grows from the noise floor before the onset (where the smoothed log
+        update norm has made 10% of its rise, :mod:`geomtraj.analysis.events`), and its tail
+        decays after. Margins stop one step short of the neighbouring bursts, so where bursts
+        are dense a window spans its burst alone.
     max_steps : int
         Longest analysed span of a burst window (default 1000 steps, centred on the burst's peak):
-        merged bursts can last thousands of steps, and a spiral is a local shape.
+        a burst of a run whose spikes are rare can last thousands of steps (its slow decay, or
+        merged bursts with ``method="threshold"``), and a spiral is a local shape.
     sliding_steps : int
         Length of the analysed span of a sliding window (default 200 steps: a burst of Adam with
         beta1 = 0.9 and its decay, or the same length of quiet training).

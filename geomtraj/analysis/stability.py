@@ -140,8 +140,8 @@ class StabilityParams:
         lag window apart (default 0.25, 25 steps for a 100-step window). The ratio stays above
         the threshold only for the few tens of steps between the crossing and the burst that
         knocks it down, and coarser checkpoints miss that excursion: on the bursts_f32 fixture
-        (12x24, beta2 = 0.999) all 42 onsets follow a crossing at 10-step checkpoints, while at
-        50-step ones the crossing fraction equals its chance level.
+        (12x24, beta2 = 0.999) all 43 onsets follow a crossing at 10-step checkpoints, while at
+        50-step ones the crossing fraction is not above its chance level (binomial p = 0.23).
         The verdict says bursts start at crossings when at least this fraction of onsets do
         (default 0.8) *and* the binomial test against chance gives ``p < verdict_alpha``.
     verdict_alpha : float

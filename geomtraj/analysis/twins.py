@@ -38,7 +38,9 @@ Burst and quiet exponents
     update norm, or a mask passed in): ``lambda_burst = sum(dlog d in bursts) / (steps in
     bursts)``, and likewise ``lambda_quiet``. Sums of increments telescope, so the jitter of
     ``log d`` enters only at the burst boundaries, and ``lambda`` is the step-weighted mean of the
-    two.
+    two. A burst spans its spike's whole rise and decay (``BurstParams()``), so on runs whose
+    spikes decay into the next the quiet phase is the trough between them (docs/periods.md,
+    "One definition of a burst for every analysis").
 
 Across runs, :func:`report` compares the spread of the final loss that perturbations cause (the
 original and its twins, same seed) with the spread that seeds cause (originals that differ only by
