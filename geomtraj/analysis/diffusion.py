@@ -18,7 +18,7 @@ Mean squared displacement
     ``MSD(k) = mean_t ||theta_{t+k} - theta_t||^2`` over all pairs in the window (summed over the
     recorded coordinates), computed for every lag at once by the FFT method: ``sum_t (x_{t+k} -
     x_t)^2`` is split into two sums of squares (prefix sums) and a correlation
-    (:func:`scipy.signal.fftconvolve`). Coordinates are centred first; the MSD does not change, and
+    (by FFT, ``scipy.fft``). Coordinates are centred first; the MSD does not change, and
     the correlation loses no precision to a large mean.
 Detrending
     Under full-batch training a slow drift dominates the raw displacement (``v^2 k^2``). The
@@ -88,8 +88,8 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from scipy import fft as sp_fft
 from scipy.ndimage import median_filter
-from scipy.signal import fftconvolve
 
 from geomtraj.analysis.base import RunData, progress_callback
 from geomtraj.analysis.panels import panel_pages
@@ -205,8 +205,8 @@ def msd_block_sums(
     ``S[b, i]`` is the sum of ``||x_{t+lags[i]} - x_t||^2`` over start times ``t`` in block ``b``
     with ``t + lags[i] < n``, and ``N[b, i]`` the number of such pairs, for ``n_blocks``
     consecutive blocks of start times of (nearly) equal length. ``S.sum(0) / N.sum(0)`` is the
-    MSD. The cross term is a correlation computed with :func:`scipy.signal.fftconvolve`; the
-    squares come from prefix sums.
+    MSD. The cross term is a correlation computed by FFT, summed over coordinates before the
+    inverse transform; the squares come from prefix sums.
 
     Parameters
     ----------
@@ -240,8 +240,9 @@ def msd_block_sums(
             continue
         first = x[a:e]
         second = x[a : min(e + kmax, n)]
-        # corr[k] = sum_{i} first[i] . second[i + k] over i with i + k < len(second)
-        full = fftconvolve(second, first[::-1], mode="full", axes=0).sum(axis=1)
+        # corr[k] = sum_{i} first[i] . second[i + k] over i with i + k < len(second); the sum over
+        # coordinates is taken on the spectra, so one inverse FFT serves all of them
+        full = _summed_correlation(second, first)
         u = np.minimum(e, n - lags)  # pairs start at a .. u-1
         cnt = np.maximum(u - a, 0)
         has = cnt > 0
@@ -251,6 +252,14 @@ def msd_block_sums(
         S[b, has] = (sq[u] - sq[a]) + (sq[u + k] - sq[a + k]) - 2.0 * corr
         N[b] = cnt
     return S, N
+
+
+def _summed_correlation(second: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """``sum_j fftconvolve(second[:, j], first[::-1, j], mode="full")`` with one inverse FFT."""
+    length = second.shape[0] + first.shape[0] - 1
+    nfft = sp_fft.next_fast_len(length, real=True)
+    spec = sp_fft.rfft(second, nfft, axis=0) * sp_fft.rfft(first[::-1], nfft, axis=0)
+    return sp_fft.irfft(spec.sum(axis=1), nfft)[:length]
 
 
 def msd(x: np.ndarray, lags: np.ndarray) -> np.ndarray:
