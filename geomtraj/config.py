@@ -29,7 +29,7 @@ ANALYSIS_JIT = {"fastmath": False, "error_model": "numpy", "nogil": True, "cache
 #: (or when the loss or any parameter is non-finite).
 DIVERGENCE_LOSS_FACTOR = 1.0e4
 
-#: Target size of one stored zarr chunk, in bytes (PITFALLS: ~1 MiB or more keeps task counts sane).
+#: Target size of one stored zarr chunk, in bytes (~1 MiB or more keeps dask task counts sane).
 CHUNK_TARGET_BYTES = 4 * 2**20
 
 #: Runs per stored chunk by default, and the most a default chunk takes when its arrays are small:

@@ -3,7 +3,7 @@
 This is the model module's second derivative, used by the edge-of-stability analysis
 (:mod:`geomtraj.analysis.stability`) to measure the curvature of a stored run at its checkpoints.
 Everything is plain float64 NumPy, vectorised over data points (and over several direction vectors
-at once), and follows the definitions of DESIGN.md, not the trainer's arithmetic:
+at once), and follows the definitions of docs/contracts.md, not the trainer's arithmetic:
 
 * parameters in the contract-1 flat layout (per layer ``W`` of shape ``(fan_in, fan_out)`` in
   row-major order, then ``b``), hidden layers ``tanh``/``sigmoid``/``relu``, a linear output;

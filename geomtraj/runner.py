@@ -738,7 +738,7 @@ def _worker_init() -> None:
 
 
 def _mp_context():
-    # PITFALLS: not fork, when zarr's async I/O threads may already be running
+    # not fork: zarr's async I/O threads may already be running (zarr#766)
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 

@@ -1,7 +1,8 @@
 """Slow pure-NumPy twins of the training kernels (one run, float64).
 
-These follow the definitions of DESIGN.md (contracts 1 and 3), not the kernels' arithmetic order,
-so tests compare them with the kernels to a tolerance (summation order differs), never bit for bit.
+These follow the definitions of docs/contracts.md (contracts 1 and 3), not the kernels' arithmetic
+order, so tests compare them with the kernels to a tolerance (summation order differs), never bit
+for bit.
 
 * Parameters use the contract-1 flat layout: per layer ``W`` of shape ``(fan_in, fan_out)`` in
   row-major order, then ``b`` of shape ``(fan_out,)``.
@@ -132,7 +133,7 @@ def adam_reference(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Textbook full-batch Adam (DESIGN.md contract 3).
+    """Textbook full-batch Adam (docs/contracts.md, contract 3).
 
     Returns ``theta``, ``m``, ``v`` of shape ``(steps, n_params)`` (row ``t-1`` holds the values
     after update ``t``) and ``losses`` ``(steps,)`` (row ``t-1`` is the loss at ``theta_{t-1}``).

@@ -1,6 +1,7 @@
 """Synthetic trajectories with known slow period, envelope e-folding time and v decay rate.
 
-``relaxation_oscillation`` builds what SCIENCE.md section 2 describes, with every rate given:
+``relaxation_oscillation`` builds what docs/science.md (The mechanism) describes, with every rate
+given:
 
 - burst onsets separated by ``slow_period`` steps, each interval jittered uniformly by
   ``+-jitter`` (relative);

@@ -1,8 +1,8 @@
 """Training and analysis on a dask.distributed cluster give what one process gives.
 
-A LocalCluster with two worker processes (started with ``spawn``, one numba thread each, as
-PITFALLS asks) trains a grid with ``geomtraj train --scheduler`` and analyses it with
-``run_analyses(scheduler=...)``; the store must be byte-identical to one trained by
+A LocalCluster with two worker processes (started with ``spawn``, one numba thread each: zarr's
+async I/O threads rule out fork) trains a grid with ``geomtraj train --scheduler`` and analyses it
+with ``run_analyses(scheduler=...)``; the store must be byte-identical to one trained by
 ``train_plan`` in this process, and every analysis result identical.
 """
 

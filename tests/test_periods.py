@@ -15,8 +15,8 @@ from geomtraj.data import make_dataset
 from geomtraj.train import train
 
 #: (slow period, e-folding time, beta2) of the synthetic relaxation oscillations: the slow period
-#: near 1/(1-beta2) as SCIENCE.md describes, and e-folding times around 2/(1-beta1) for beta1 in
-#: 0.5 ... 0.95.
+#: near 1/(1-beta2) as docs/science.md describes, and e-folding times around 2/(1-beta1) for beta1
+#: in 0.5 ... 0.95.
 CASES = [(1000.0, 20.0, 0.999), (200.0, 20.0, 0.995), (100.0, 10.0, 0.99), (2000.0, 40.0, 0.9995),
          (500.0, 5.0, 0.998)]  # fmt: skip
 

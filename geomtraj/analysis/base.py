@@ -37,7 +37,8 @@ class RunData:
     """Lazy view of run ``run`` of a store opened with :func:`geomtraj.store.open_store`.
 
     Arrays are loaded on first access and truncated before the divergence step, so analyses see
-    only finite values of a diverged run ("analysed up to that step", SCIENCE.md section 3).
+    only finite values of a diverged run ("analysed up to that step", docs/science.md, Divergence
+    of training).
 
     Attributes
     ----------

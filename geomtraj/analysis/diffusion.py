@@ -3,7 +3,7 @@
 After the loss has converged, parameters keep moving. Kunin et al. find that the mean squared
 displacement grows as a power of the lag, ``MSD(k) ~ k^c``, and that motion in the phase space
 (theta, velocity) rotates. This module measures both on the recorded parameters of each run
-(SCIENCE.md section 3).
+(docs/science.md, Anomalous diffusion).
 
 Analysis window (the post-convergence segment)
     The loss is smoothed by a centred rolling median of ``log(train_loss)`` over

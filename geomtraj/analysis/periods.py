@@ -1,6 +1,6 @@
 """Slow and fast periods of Adam's relaxation oscillations, and their test against the betas.
 
-Definitions are those of SCIENCE.md section 3:
+Definitions are those of docs/science.md (Operational definitions) and docs/periods.md:
 
 - **slow period**: the median interval between successive burst onsets (bursts on the update norm,
   found as the spikes of its smoothed log by prominence, :mod:`geomtraj.analysis.events`, so that
@@ -63,7 +63,7 @@ class PeriodParams:
         Welch segment length in samples (default 8192; clipped to the signal). Long enough to hold
         several slow periods of up to ~1/(1-0.9995) = 2000 steps, short enough to average several
         segments of a 50,000-step run. ``noverlap`` is set to half of the actual segment length
-        (PITFALLS: scipy clamps ``nperseg`` but not ``noverlap``).
+        (scipy clamps ``nperseg`` but not ``noverlap``, scipy#25608).
     min_cycles : float
         A spectral peak must lie at a period no longer than the segment over ``min_cycles``
         (default 3), so that it rests on at least three oscillations per segment.

@@ -3,7 +3,7 @@
 A twin (``twin_of >= 0``) is a copy of its original that differs by one perturbation: ``ulp`` moves
 one parameter by a unit in the last place just before update ``T`` (rows up to ``T - 1`` are
 equal), and ``scale`` computes every update as ``(lr*k)*(u/k)`` from update 1 on (so ``T = 1``).
-For each twin this module measures, on the recorded parameters (SCIENCE.md section 3):
+For each twin this module measures, on the recorded parameters (docs/science.md, Twin divergence):
 
 Divergence curves
     ``d_t = ||a_t - b_t|| / ||a_t||`` (relative L2, ``a`` the original, ``b`` the twin) and Sun's

@@ -29,8 +29,8 @@ class PlotParams:
         2000 covers a few slow periods of the demo grid (1/(1-beta2) up to 1000).
     spiral_smooth : int
         Width, in recorded rows, of the moving average removed from theta before the ``spiral``
-        projection (SCIENCE.md: "residual of theta from its local moving average"). 16 is several
-        flip periods (2 steps) yet short against a slow period.
+        projection (docs/science.md, Spiral: "residual of theta from its local moving average").
+        16 is several flip periods (2 steps) yet short against a slow period.
     welch_segments : int
         Welch segments of the ``spectrum`` look: 8 halves the variance relative to 2 while keeping
         periods up to n/8 steps resolved.
@@ -174,7 +174,7 @@ def _spectrum(rd: RunData, ax, p: PlotParams) -> str:
     x = np.log(loss[loss > 0])
     nperseg = max(8, x.size // max(1, p.welch_segments // 2 + 1))
     nperseg = min(nperseg, x.size)
-    # scipy clamps nperseg but not noverlap (PITFALLS): set both
+    # scipy clamps nperseg but not noverlap (scipy#25608): set both
     f, pxx = welch(x, fs=1.0, nperseg=nperseg, noverlap=nperseg // 2, detrend="linear")
     keep = f > 0
     ax.loglog(1.0 / f[keep], pxx[keep], lw=0.8)

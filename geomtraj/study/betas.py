@@ -109,7 +109,7 @@ def measure(ctx) -> dict:
 
 
 def _surprises(ctx, ladder: dict, ratios: dict) -> list[str]:
-    """Findings to set against the papers and SCIENCE.md, each with its numbers."""
+    """Findings to set against the papers and docs/science.md, each with its numbers."""
     out = []
     f64, f32 = ladder.get("float64"), ladder.get("float32")
     if f64 and f32 and f64["slow_ratio_ci"] and f32["slow_ratio_ci"]:
