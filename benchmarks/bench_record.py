@@ -86,8 +86,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_record_"))
-    print(f"torch {torch.__version__}, float32, 1 thread, {args.steps} full-batch Adam steps, "
-          f"{args.record_params} recorded coordinates, CPU seconds, median of {args.repeats}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, float32, 1 thread, {args.steps} full-batch Adam steps, "
+        f"{args.record_params} recorded coordinates, CPU seconds, median of {args.repeats}"
+    )
     try:
         for name in ("digits", "tiny"):
             loop(name, 50, tmp / "warm.zarr", args.record_params, args.chunk)  # imports, 1st write
