@@ -495,7 +495,7 @@ class TorchRecorder:
                 if row:
                     self._row_buf.append(flat[self._idx3])
                 if snap:
-                    arr = flat.cpu().numpy().astype(self.np_dtype)
+                    arr = self._numpy(flat)
                     self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
             else:
                 theta = torch.cat(self._param_views)
@@ -541,12 +541,18 @@ class TorchRecorder:
             return np.zeros(0, self.np_dtype)
         torch = self._torch
         per_tensor = torch.stack([torch.stack(p) for p in parts])
-        return torch.linalg.vector_norm(per_tensor, dim=1).cpu().numpy().astype(self.np_dtype)
+        return self._numpy(torch.linalg.vector_norm(per_tensor, dim=1))
+
+    def _numpy(self, x) -> np.ndarray:
+        """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
+        float32 holds every bfloat16/float16 value exactly)."""
+        wide = self._torch.float64 if self.np_dtype == np.float64 else self._torch.float32
+        return x.detach().to(wide).cpu().numpy().astype(self.np_dtype, copy=True)
 
     def _series(self, values: list) -> np.ndarray:
         torch = self._torch
         if values and all(torch.is_tensor(x) for x in values):
-            return torch.stack(values).cpu().numpy().astype(self.np_dtype)
+            return self._numpy(torch.stack(values))
         return np.array([float(x) for x in values]).astype(self.np_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -566,7 +572,7 @@ class TorchRecorder:
         steps = its[is_row]
         n_rec = len(self.recorded)
         if self._row_buf:
-            flat = self._torch.stack(self._row_buf).cpu().numpy().astype(self.np_dtype)
+            flat = self._numpy(self._torch.stack(self._row_buf))
         else:
             flat = np.zeros((0, 3 * n_rec), self.np_dtype)
         rows = {"t": flat[:, :n_rec], "m": flat[:, n_rec : 2 * n_rec], "v": flat[:, 2 * n_rec :]}
