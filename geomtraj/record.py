@@ -54,6 +54,9 @@ _RUN_TABLE = {
     "perturbation": str, "diverged_step": np.int64,
 }  # fmt: skip
 
+#: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
+PACK_UPDATES = 64
+
 #: Container dtype of each precision: emulated bfloat16/float16 values are exact in float32.
 _CONTAINER = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
               "float16": np.float32}  # fmt: skip
@@ -384,7 +387,9 @@ class TorchRecorder:
         self._idx3 = torch.cat([rec, rec + n_all, rec + 2 * n_all]).to(device)
         # flat views of the parameters and moments: torch updates them in place, so the views
         # follow, and one concatenation per update reads them all
-        self._param_views = [p.detach().view(-1) for p in self.params]
+        # (a non-contiguous tensor, e.g. channels-last, has no flat view: it is copied each time)
+        self._contiguous = all(p.is_contiguous() for p in self.params)
+        self._param_views = [p.detach().reshape(-1) for p in self.params]
         self._sizes = [p.numel() for p in self.params]
         self._moment_views: tuple[list, list, list] | None = None
         self._prev = self._torch.cat(self._param_views)
@@ -395,6 +400,9 @@ class TorchRecorder:
         # the device is synchronised only when the chunk is written
         self._buf: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "update_norm", "lr")}
         self._row_buf: list = []
+        # ... packed into NumPy every PACK_UPDATES updates: thousands of live small tensors slowed
+        # the training step itself (allocator, garbage collector)
+        self._packed: dict[str, list[np.ndarray]] = {k: [] for k in (*self._buf, "rows")}
         self._snaps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.t = 0  # updates recorded
         self._in_chunk = 0
@@ -490,7 +498,7 @@ class TorchRecorder:
             params = self.params
             n = self.n_params
             if row or snap:
-                flat = torch.cat([*self._param_views, *self._moments()])
+                flat = torch.cat([*self._params_flat(), *self._moments()])
                 theta = flat[:n]
                 if row:
                     self._row_buf.append(flat[self._idx3])
@@ -498,7 +506,7 @@ class TorchRecorder:
                     arr = self._numpy(flat)
                     self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
             else:
-                theta = torch.cat(self._param_views)
+                theta = torch.cat(self._params_flat())
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
                 prev = self._prev.split(self._sizes)
@@ -513,6 +521,8 @@ class TorchRecorder:
             self._prev = theta
             self.t = t
             self._in_chunk += 1
+            if len(b["loss"]) == PACK_UPDATES:
+                self._pack()
         if self._in_chunk == self.chunk_updates:
             self._flush()
 
@@ -532,8 +542,15 @@ class TorchRecorder:
         zero = self._torch.zeros_like
         m = [state[p]["exp_avg"] if p in state else zero(p) for p in self.params]
         v = [state[p]["exp_avg_sq"] if p in state else zero(p) for p in self.params]
-        self._moment_views = (current, [x.view(-1) for x in m], [x.view(-1) for x in v])
-        return self._moment_views[1] + self._moment_views[2]
+        flat_m, flat_v = [x.reshape(-1) for x in m], [x.reshape(-1) for x in v]
+        if self._contiguous and all(x.is_contiguous() for x in m + v):
+            self._moment_views = (current, flat_m, flat_v)
+        return flat_m + flat_v
+
+    def _params_flat(self) -> list:
+        if self._contiguous:
+            return self._param_views
+        return [p.detach().reshape(-1) for p in self.params]
 
     def _grad_norms(self, parts: list) -> np.ndarray:
         """``||g_t||`` from the per-tensor norms of each update: sqrt of their sum of squares."""
@@ -542,6 +559,18 @@ class TorchRecorder:
         torch = self._torch
         per_tensor = torch.stack([torch.stack(p) for p in parts])
         return self._numpy(torch.linalg.vector_norm(per_tensor, dim=1))
+
+    def _pack(self) -> None:
+        """Move the buffered per-update tensors into NumPy arrays (one device sync)."""
+        b, packed = self._buf, self._packed
+        packed["loss"].append(self._series(b["loss"]))
+        packed["grad_norm"].append(self._grad_norms(b["grad_norm"]))
+        packed["update_norm"].append(self._series(b["update_norm"]))
+        packed["lr"].append(np.array(b["lr"], dtype=np.float64))
+        if self._row_buf:
+            packed["rows"].append(self._numpy(self._torch.stack(self._row_buf)))
+        self._buf = {k: [] for k in b}
+        self._row_buf = []
 
     def _numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
@@ -562,17 +591,19 @@ class TorchRecorder:
             return
         first = self.t - n + 1
         its = np.arange(first, self.t + 1, dtype=np.int64)
+        self._pack()
+        packed = self._packed
         series = {
-            "train_loss": self._series(self._buf["loss"]),
-            "grad_norm": self._grad_norms(self._buf["grad_norm"]),
-            "update_norm": self._series(self._buf["update_norm"]),
+            "train_loss": np.concatenate(packed["loss"]),
+            "grad_norm": np.concatenate(packed["grad_norm"]),
+            "update_norm": np.concatenate(packed["update_norm"]),
         }
-        lr = np.array(self._buf["lr"], dtype=np.float64)
+        lr = np.concatenate(packed["lr"])
         is_row = its % self.record_every == 0
         steps = its[is_row]
         n_rec = len(self.recorded)
-        if self._row_buf:
-            flat = self._numpy(self._torch.stack(self._row_buf))
+        if packed["rows"]:
+            flat = np.concatenate(packed["rows"])
         else:
             flat = np.zeros((0, 3 * n_rec), self.np_dtype)
         rows = {"t": flat[:, :n_rec], "m": flat[:, n_rec : 2 * n_rec], "v": flat[:, 2 * n_rec :]}
@@ -608,8 +639,7 @@ class TorchRecorder:
             group["diverged_step"][0] = self.diverged_step
             self._diverged_written = True
         self._in_chunk = 0
-        self._buf = {k: [] for k in self._buf}
-        self._row_buf = []
+        self._packed = {k: [] for k in self._packed}
 
     def _append(self, part: xr.Dataset, dim: str) -> None:
         """Grow the store's arrays along ``dim`` by ``part`` (whole chunks but the last).
