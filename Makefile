@@ -8,9 +8,20 @@ OUT    := out
 .PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
         study-netay study-betas study-twins study-divergence studies
 
+# The test extra includes torch (geomtraj.record's tests). PyPI's default Linux torch wheel is the
+# multi-GB CUDA build, so its CPU build goes in first and `.[test]` then finds torch installed: a
+# local CPU wheel from pip's find-links when there is one (offline machines), else PyTorch's CPU
+# index.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTAG           = $(shell $(PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+FIND_LINKS      = $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+TORCH_CPU_WHEEL = $(lastword $(sort $(foreach d,$(FIND_LINKS),$(wildcard $(d)/torch-*+cpu-$(PYTAG)-*.whl))))
+TORCH_CPU       = $(if $(TORCH_CPU_WHEEL),"$(TORCH_CPU_WHEEL)",--index-url $(TORCH_CPU_INDEX) "torch>=2.2")
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

@@ -54,6 +54,9 @@ _RUN_TABLE = {
     "perturbation": str, "diverged_step": np.int64,
 }  # fmt: skip
 
+#: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
+PACK_UPDATES = 64
+
 #: Container dtype of each precision: emulated bfloat16/float16 values are exact in float32.
 _CONTAINER = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
               "float16": np.float32}  # fmt: skip
@@ -348,7 +351,7 @@ class TorchRecorder:
 
     def __init__(self, path: str | os.PathLike, optimizer, *, model=None,
                  record_params: str | int | Sequence[str] = 16, record_every: int = 1,
-                 snapshot_every: int = 0, chunk_updates: int = 1024, hidden: str | None = None,
+                 snapshot_every: int = 0, chunk_updates: int = 4096, hidden: str | None = None,
                  activation: str = "", dataset: str = "", seed: int | None = None,
                  overwrite: bool = False):  # fmt: skip
         import torch
@@ -379,24 +382,36 @@ class TorchRecorder:
         self.recorded = self._select(record_params, names)
         self.param_name = [names[i] for i in self.recorded]
         device = self.params[0].device
-        self._idx = torch.as_tensor(self.recorded, dtype=torch.long, device=device)
-        self._prev = self._flat([p.detach() for p in self.params]).clone()
-        rows = self.chunk_updates // self.record_every
-        n_rec, f = (
-            len(self.recorded),
-            torch.float64 if self.precision == "float64" else torch.float32,
+        n_all, rec = self.n_params, torch.as_tensor(self.recorded, dtype=torch.long)
+        # rows gather theta, m, v of the recorded coordinates from one concatenation of all three
+        self._idx3 = torch.cat([rec, rec + n_all, rec + 2 * n_all]).to(device)
+        # flat views of the parameters and moments: torch updates them in place, so the views
+        # follow, and one concatenation per update reads them all
+        # (a non-contiguous tensor, e.g. channels-last, has no flat view: it is copied each time)
+        self._contiguous = all(p.is_contiguous() for p in self.params)
+        self._param_views = [p.detach().reshape(-1) for p in self.params]
+        self._sizes = [p.numel() for p in self.params]
+        self._moment_views: tuple[list, list, list] | None = None
+        self._prev = self._torch.cat(self._param_views)
+        self._coupled_decay = self.hyper["weight_decay"] != 0 and not isinstance(
+            optimizer, torch.optim.AdamW
         )
-        self._rows = {k: torch.empty((rows, n_rec), dtype=f, device=device) for k in "thmv"}
-        self._row_loss = torch.empty(rows, dtype=f, device=device)
-        self._series = {k: torch.empty(self.chunk_updates, dtype=f, device=device)
-                        for k in ("train_loss", "grad_norm", "update_norm")}  # fmt: skip
-        self._lr = np.empty(self.chunk_updates, np.float64)
+        # one chunk of per-update values, as small tensors: appending costs no tensor op, and
+        # the device is synchronised only when the chunk is written
+        self._buf: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "update_norm", "lr")}
+        self._row_buf: list = []
+        # ... packed into NumPy every PACK_UPDATES updates: thousands of live small tensors slowed
+        # the training step itself (allocator, garbage collector)
+        self._packed: dict[str, list[np.ndarray]] = {k: [] for k in (*self._buf, "rows")}
         self._snaps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.t = 0  # updates recorded
         self._in_chunk = 0
         self._created = False
+        self._group = None  # the open zarr group, once created
+        self._snap_created = False
         self._closed = False
         self.diverged_step = -1
+        self._diverged_written = False
         self.labels = {
             "hidden": type(model).__name__
             if hidden is None and model is not None
@@ -467,7 +482,7 @@ class TorchRecorder:
         return np.array([where[s] for s in record_params], dtype=np.int64)
 
     def _flat(self, tensors) -> Any:
-        return self._torch.cat([x.reshape(-1) for x in tensors])
+        return self._torch.cat([x.detach().reshape(-1) for x in tensors])
 
     # -- recording -------------------------------------------------------------------------------
     def step(self, loss) -> None:
@@ -477,46 +492,97 @@ class TorchRecorder:
             raise GeomtrajError("TorchRecorder.step after close()")
         torch = self._torch
         with torch.no_grad():
-            state = self.optimizer.state
-            theta = self._flat([p.detach() for p in self.params])
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            g = self._flat(grads)
-            if self.hyper["weight_decay"] and isinstance(self.optimizer, torch.optim.Adam) \
-                    and not isinstance(self.optimizer, torch.optim.AdamW):  # fmt: skip
-                g = g + self.hyper["weight_decay"] * self._prev  # torch's coupled decay
-            i = self._in_chunk
-            s = self._series
-            s["train_loss"][i] = loss.detach() if torch.is_tensor(loss) else float(loss)
-            s["grad_norm"][i] = torch.linalg.vector_norm(g)
-            s["update_norm"][i] = torch.linalg.vector_norm(theta - self._prev)
-            self._lr[i] = float(self.optimizer.param_groups[0]["lr"])
-            self.t += 1
-            if self.t % self.record_every == 0:
-                r = i // self.record_every
-                try:
-                    m = self._flat([state[p]["exp_avg"] for p in self.params])
-                    v = self._flat([state[p]["exp_avg_sq"] for p in self.params])
-                except KeyError:
-                    raise GeomtrajError(
-                        "the optimizer has no exp_avg/exp_avg_sq state: call rec.step(loss) after "
-                        "optimizer.step()"
-                    ) from None
-                self._rows["t"][r] = theta[self._idx]
-                self._rows["m"][r] = m[self._idx]
-                self._rows["v"][r] = v[self._idx]
-                self._row_loss[r] = s["train_loss"][i]
-                if self.snapshot_every and self.t % self.snapshot_every == 0:
-                    self._snaps.append((self.t, *(x.cpu().numpy().astype(self.np_dtype)
-                                                  for x in (theta, m, v))))  # fmt: skip
-            elif self.snapshot_every and self.t % self.snapshot_every == 0:
-                m = self._flat([state[p]["exp_avg"] for p in self.params])
-                v = self._flat([state[p]["exp_avg_sq"] for p in self.params])
-                self._snaps.append((self.t, *(x.cpu().numpy().astype(self.np_dtype)
-                                              for x in (theta, m, v))))  # fmt: skip
+            t = self.t + 1
+            row = t % self.record_every == 0
+            snap = self.snapshot_every and t % self.snapshot_every == 0
+            params = self.params
+            n = self.n_params
+            if row or snap:
+                flat = torch.cat([*self._params_flat(), *self._moments()])
+                theta = flat[:n]
+                if row:
+                    self._row_buf.append(flat[self._idx3])
+                if snap:
+                    arr = self._numpy(flat)
+                    self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
+            else:
+                theta = torch.cat(self._params_flat())
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
+                prev = self._prev.split(self._sizes)
+                grads = [g.add(q.view_as(g), alpha=self.hyper["weight_decay"])
+                         for g, q in zip(grads, prev, strict=True)]  # fmt: skip
+            b = self._buf
+            b["loss"].append(loss.detach() if torch.is_tensor(loss) else float(loss))
+            # per-tensor norms now (one fused op), combined into ||g|| when the chunk is written
+            b["grad_norm"].append(torch._foreach_norm(grads))
+            b["update_norm"].append(torch.dist(theta, self._prev))
+            b["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
             self._prev = theta
+            self.t = t
             self._in_chunk += 1
+            if len(b["loss"]) == PACK_UPDATES:
+                self._pack()
         if self._in_chunk == self.chunk_updates:
             self._flush()
+
+    def _moments(self) -> list:
+        """Flat views of ``exp_avg`` then ``exp_avg_sq`` of every parameter (zero where it never
+        had a gradient), cached while the optimizer keeps the same state tensors."""
+        state = self.optimizer.state
+        current = [state[p].get("exp_avg") if p in state else None for p in self.params]
+        cached = self._moment_views
+        if cached is not None and all(a is b for a, b in zip(current, cached[0], strict=True)):
+            return cached[1] + cached[2]
+        if all(x is None for x in current):
+            raise GeomtrajError(
+                "the optimizer has no exp_avg/exp_avg_sq state: call rec.step(loss) after "
+                "optimizer.step()"
+            )
+        zero = self._torch.zeros_like
+        m = [state[p]["exp_avg"] if p in state else zero(p) for p in self.params]
+        v = [state[p]["exp_avg_sq"] if p in state else zero(p) for p in self.params]
+        flat_m, flat_v = [x.reshape(-1) for x in m], [x.reshape(-1) for x in v]
+        if self._contiguous and all(x.is_contiguous() for x in m + v):
+            self._moment_views = (current, flat_m, flat_v)
+        return flat_m + flat_v
+
+    def _params_flat(self) -> list:
+        if self._contiguous:
+            return self._param_views
+        return [p.detach().reshape(-1) for p in self.params]
+
+    def _grad_norms(self, parts: list) -> np.ndarray:
+        """``||g_t||`` from the per-tensor norms of each update: sqrt of their sum of squares."""
+        if not parts:
+            return np.zeros(0, self.np_dtype)
+        torch = self._torch
+        per_tensor = torch.stack([torch.stack(p) for p in parts])
+        return self._numpy(torch.linalg.vector_norm(per_tensor, dim=1))
+
+    def _pack(self) -> None:
+        """Move the buffered per-update tensors into NumPy arrays (one device sync)."""
+        b, packed = self._buf, self._packed
+        packed["loss"].append(self._series(b["loss"]))
+        packed["grad_norm"].append(self._grad_norms(b["grad_norm"]))
+        packed["update_norm"].append(self._series(b["update_norm"]))
+        packed["lr"].append(np.array(b["lr"], dtype=np.float64))
+        if self._row_buf:
+            packed["rows"].append(self._numpy(self._torch.stack(self._row_buf)))
+        self._buf = {k: [] for k in b}
+        self._row_buf = []
+
+    def _numpy(self, x) -> np.ndarray:
+        """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
+        float32 holds every bfloat16/float16 value exactly)."""
+        wide = self._torch.float64 if self.np_dtype == np.float64 else self._torch.float32
+        return x.detach().to(wide).cpu().numpy().astype(self.np_dtype, copy=True)
+
+    def _series(self, values: list) -> np.ndarray:
+        torch = self._torch
+        if values and all(torch.is_tensor(x) for x in values):
+            return self._numpy(torch.stack(values))
+        return np.array([float(x) for x in values]).astype(self.np_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -525,17 +591,30 @@ class TorchRecorder:
             return
         first = self.t - n + 1
         its = np.arange(first, self.t + 1, dtype=np.int64)
-        series = {k: b[:n].cpu().numpy().astype(self.np_dtype) for k, b in self._series.items()}
-        steps = its[its % self.record_every == 0]
+        self._pack()
+        packed = self._packed
+        series = {
+            "train_loss": np.concatenate(packed["loss"]),
+            "grad_norm": np.concatenate(packed["grad_norm"]),
+            "update_norm": np.concatenate(packed["update_norm"]),
+        }
+        lr = np.concatenate(packed["lr"])
+        is_row = its % self.record_every == 0
+        steps = its[is_row]
+        n_rec = len(self.recorded)
+        if packed["rows"]:
+            flat = np.concatenate(packed["rows"])
+        else:
+            flat = np.zeros((0, 3 * n_rec), self.np_dtype)
+        rows = {"t": flat[:, :n_rec], "m": flat[:, n_rec : 2 * n_rec], "v": flat[:, 2 * n_rec :]}
+        row_loss = series["train_loss"][is_row]
         n_rows = len(steps)
-        rows = {k: b[:n_rows].cpu().numpy().astype(self.np_dtype) for k, b in self._rows.items()}
-        row_loss = self._row_loss[:n_rows].cpu().numpy().astype(self.np_dtype)
         bad = ~(np.isfinite(series["train_loss"]) & np.isfinite(series["update_norm"]))
         if self.diverged_step < 0 and bad.any():
             self.diverged_step = int(its[np.argmax(bad)])
         per_update = xr.Dataset(
             {k: (("run", "iteration"), a[None]) for k, a in series.items()}
-            | {"lr_update": (("run", "iteration"), self._lr[:n][None])},
+            | {"lr_update": (("run", "iteration"), lr[None])},
             coords={"iteration": its},
         )
         per_row = xr.Dataset(
@@ -553,12 +632,38 @@ class TorchRecorder:
                 self._append(per_row, "step")
         if self._snaps:
             self._write_snapshots()
+        if self.diverged_step >= 0 and not self._diverged_written:
+            import zarr
+
+            group = zarr.open_group(os.fspath(self.path), mode="r+", zarr_format=3)
+            group["diverged_step"][0] = self.diverged_step
+            self._diverged_written = True
         self._in_chunk = 0
+        self._packed = {k: [] for k in self._packed}
 
     def _append(self, part: xr.Dataset, dim: str) -> None:
-        part.attrs = self._attrs  # to_zarr replaces the group's attributes with the part's
-        part.to_zarr(os.fspath(self.path), append_dim=dim, consolidated=ZARR_CONSOLIDATED,
-                     zarr_format=3)  # fmt: skip
+        """Grow the store's arrays along ``dim`` by ``part`` (whole chunks but the last).
+
+        Written through zarr directly: xarray's ``append_dim`` re-reads the store's metadata on
+        every call, which cost about 0.2 s a chunk. Data arrays are written before the
+        coordinate, so a coordinate never names a row whose data is not written yet.
+        """
+        import zarr
+
+        if self._group is None:
+            self._group = zarr.open_group(os.fspath(self.path), mode="r+", zarr_format=3)
+        names = [k for k, var in part.variables.items() if dim in var.dims and k != dim] + [dim]
+        for name in names:
+            var = part[name].variable
+            arr = self._group[name]
+            axis = var.dims.index(dim)
+            old = arr.shape[axis]
+            shape = list(arr.shape)
+            shape[axis] = old + var.shape[axis]
+            arr.resize(tuple(shape))
+            where = [slice(None)] * arr.ndim
+            where[axis] = slice(old, shape[axis])
+            arr[tuple(where)] = var.values
 
     def _create(self, per_update: xr.Dataset, per_row: xr.Dataset) -> None:
         table = {
@@ -605,10 +710,7 @@ class TorchRecorder:
              "v_snapshot": (("run", "snapshot", "param_all"), v[None])},
             coords={"snapshot": t.astype(np.int64)},
         )  # fmt: skip
-        import zarr
-
-        group = zarr.open_group(os.fspath(self.path), mode="r", zarr_format=3)
-        if "theta_snapshot" in group:
+        if self._snap_created:
             self._append(snap, "snapshot")
         else:
             enc = {k: {"compressors": COMPRESSORS, "chunks": (1, 1, self.n_params)}
@@ -616,6 +718,7 @@ class TorchRecorder:
             snap.attrs = self._attrs
             snap.to_zarr(os.fspath(self.path), mode="a", encoding=enc,
                          consolidated=ZARR_CONSOLIDATED, zarr_format=3)  # fmt: skip
+            self._snap_created, self._group = True, None  # reopen: the group has new arrays
         self._snaps = []
 
     def close(self) -> Path:
@@ -626,10 +729,6 @@ class TorchRecorder:
             self._closed = True
             raise GeomtrajError("TorchRecorder closed before any step(); nothing was recorded")
         self._flush()
-        import zarr
-
-        group = zarr.open_group(os.fspath(self.path), mode="r+", zarr_format=3)
-        group["diverged_step"][0] = self.diverged_step
         set_attrs(self.path, steps=int(self.t), geomtraj_status=STATUS_COMPLETE)
         self._closed = True
         return self.path

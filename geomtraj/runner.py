@@ -400,6 +400,8 @@ def scan_block(
     sample_at = None
     samples: list[tuple[list, list]] = [([], []) for _ in range(r1 - r0)]
     real = _real_columns(ds, r0, r1)
+    # the per-update loss; a store without it (another producer's) has the recorded rows' loss
+    loss_series = "train_loss" if "train_loss" in ds.variables else "loss"
 
     for var_name in DATA_VARIABLES:
         if var_name not in ds.variables:
@@ -409,7 +411,7 @@ def scan_block(
         times = np.asarray(ds[time_dim].values, dtype=np.int64)
         if keep:
             data[var_name] = np.empty(var.shape, var.dtype)
-        if var_name == "train_loss" and times.size:
+        if var_name == loss_series and times.size:
             k = min(params.overview_points, times.size)
             sample_at = np.unique(np.linspace(0, times.size - 1, k).round().astype(np.int64))
         for a, b in _chunk_bounds(var, time_dim):
@@ -432,7 +434,7 @@ def scan_block(
                 step = int(t[np.argmax(bad[i])])
                 if step < first_nan[i]:
                     first_nan[i], nan_var[i] = step, var_name
-            if var_name == "train_loss":
+            if var_name == loss_series:
                 ok = finite & before
                 n_steps += ok.sum(axis=1)
                 for i in range(r1 - r0):
@@ -444,8 +446,6 @@ def scan_block(
                         sel = sel[ok[i, sel]]
                         samples[i][0].extend(t[sel].tolist())
                         samples[i][1].extend(part[i, sel].tolist())
-    if "train_loss" not in ds.variables:
-        n_steps[:] = int(ds.sizes["step"])  # no per-step series: count recorded rows instead
 
     health: dict[int, RunHealth] = {}
     derivable = rows_are_consecutive(ds)

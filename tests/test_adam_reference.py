@@ -65,7 +65,7 @@ def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay, 
     if record is not None:
         from geomtraj.record import TorchRecorder
 
-        rec = TorchRecorder(record, opt, record_params="all", chunk_updates=32)
+        rec = TorchRecorder(record, opt, record_params="all", chunk_updates=80)  # packs at 64
     for t in range(steps):
         opt.zero_grad()
         a = Xt

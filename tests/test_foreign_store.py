@@ -106,6 +106,7 @@ def test_plain_store_is_analysed_and_its_slow_periods_are_right(plain_store, tmp
     for entry, run in zip(doc["runs"], runs, strict=True):
         assert entry["status"] == "ok"
         assert "derived from the recorded rows" in entry["note"]
+        assert entry["final_loss"] == pytest.approx(run.loss[-1], rel=1e-12)
         truth = float(np.mean(np.diff(run.onsets)))  # jittered intervals: their mean
         assert entry["n_bursts"] == len(run.onsets)
         assert abs(entry["slow"]["period"] - truth) / truth < 0.05, (entry["slow"], truth)
