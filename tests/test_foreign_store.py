@@ -112,14 +112,15 @@ def test_plain_store_is_analysed_and_its_slow_periods_are_right(plain_store, tmp
         assert abs(entry["slow"]["period"] - truth) / truth < 0.05, (entry["slow"], truth)
 
 
-@pytest.mark.xfail(
-    reason="stability and early_warning mark a store without training data 'not measurable' "
-    "in a separate change of issue 20; until then they fail on it",
-    strict=False,
-)
 def test_plain_store_with_every_analysis_exits_0(plain_store, tmp_path) -> None:
     path, _ = plain_store
-    assert main(["analyze", str(path), "--out", str(tmp_path / "r")]) == 0
+    out = tmp_path / "r"
+    assert main(["analyze", str(path), "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    # no training data: the analyses that recompute the Hessian say so instead of measuring
+    assert [e["stability"]["verdict"] for e in doc["runs"]] == ["not measurable"] * 2
+    assert "holds no data_x" in json.dumps(doc["stability"])
+    assert doc["early_warning"]["verdict"] == "not measurable"
 
 
 def test_status_training_is_refused_and_unknown_status_too(tmp_path) -> None:
