@@ -34,6 +34,7 @@ from geomtraj.config import ZARR_CONSOLIDATED
 from geomtraj.errors import GeomtrajError
 from geomtraj.store import (
     COMPRESSORS,
+    CONTAINER_DTYPES,
     PRECISIONS,
     SCHEMA_VERSION,
     STATUS_COMPLETE,
@@ -56,10 +57,6 @@ _RUN_TABLE = {
 
 #: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
 PACK_UPDATES = 64
-
-#: Container dtype of each precision: emulated bfloat16/float16 values are exact in float32.
-_CONTAINER = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
-              "float16": np.float32}  # fmt: skip
 
 
 def _version() -> str:
@@ -146,7 +143,7 @@ def dataset_from_arrays(
     if unknown:
         raise GeomtrajError(f"precision: unknown {sorted(unknown)}; expected one of {PRECISIONS}")
     # stored losslessly in the widest precision present (contract 2)
-    store_dtype = max((np.dtype(_CONTAINER[p]) for p in precisions), key=lambda d: d.itemsize)
+    store_dtype = max((np.dtype(CONTAINER_DTYPES[p]) for p in precisions), key=lambda d: d.itemsize)
     store_dtype = np.promote_types(store_dtype, theta.dtype if theta.dtype.kind == "f" else "f4")
     names = [f"p[{j}]" for j in range(width)] if param_name is None else list(param_name)
     if len(names) != width:
@@ -376,7 +373,7 @@ class TorchRecorder:
         if len(dtypes) != 1 or next(iter(dtypes)) not in _TORCH_PRECISION:
             raise GeomtrajError(f"parameters must share one float dtype, got {sorted(dtypes)}")
         self.precision = _TORCH_PRECISION[next(iter(dtypes))]
-        self.np_dtype = np.dtype(_CONTAINER[self.precision])
+        self.np_dtype = np.dtype(CONTAINER_DTYPES[self.precision])
         names = self._names(model)
         self.n_params = len(names)
         self.recorded = self._select(record_params, names)

@@ -442,8 +442,8 @@ def validate(ds: xr.Dataset, name: str = "dataset") -> None:
 DATA_VARIABLES = ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm")
 
 #: Container dtype of each precision (emulated bfloat16/float16 compute in float32).
-_CONTAINER = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
-              "float16": np.float32}  # fmt: skip
+CONTAINER_DTYPES = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
+                    "float16": np.float32}  # fmt: skip
 
 
 def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
@@ -506,13 +506,14 @@ def _check_hyper(ds: xr.Dataset, name: str) -> None:
 
 def _check_storage_dtype(ds: xr.Dataset, name: str) -> None:
     precisions = strings(ds["precision"])
-    need = max(np.dtype(_CONTAINER[p]).itemsize for p in precisions)
+    need = max(np.dtype(CONTAINER_DTYPES[p]).itemsize for p in precisions)
     for var in DATA_VARIABLES:
         if var not in ds.variables:
             continue
         have = ds[var].dtype
         if have.itemsize < need:
-            r = next(i for i, p in enumerate(precisions) if np.dtype(_CONTAINER[p]).itemsize > 4)
+            wide = [np.dtype(CONTAINER_DTYPES[p]).itemsize > 4 for p in precisions]
+            r = wide.index(True)
             raise StoreError(
                 f"{name}: {var!r} is stored as {have} but run {r} computed in {precisions[r]}, "
                 "so its values were rounded when stored (mixed precisions); re-train into a "
