@@ -208,6 +208,7 @@ def test_a_store_without_training_data_marks_the_sharpness_not_measurable(tmp_pa
 
     from geomtraj import datafiles
     from geomtraj.cli import main
+    from geomtraj.store import CHUNK_CHECKSUMS, chunk_checksums
 
     store = tmp_path / "nodata.zarr"
     shutil.copytree(datafiles.fixture_path("diverging"), store)
@@ -216,6 +217,9 @@ def test_a_store_without_training_data_marks_the_sharpness_not_measurable(tmp_pa
     meta = json.loads((store / "zarr.json").read_text())
     for name in ("data_x", "data_y"):  # consolidated metadata, where the writer kept it
         (meta.get("consolidated_metadata") or {}).get("metadata", {}).pop(name, None)
+    # the arrays were dropped on purpose, so the chunk table is retaken: without that the store
+    # is (rightly) refused as damaged, which tests/test_bad_input.py checks
+    meta["attributes"][CHUNK_CHECKSUMS] = chunk_checksums(store)
     (store / "zarr.json").write_text(json.dumps(meta))
     out = tmp_path / "report"
     code = main(["analyze", str(store), "--out", str(out), "--analyses",
