@@ -1,48 +1,103 @@
-"""Render a ``report.json`` document as Markdown, self-contained HTML and a terminal table.
+"""Render a ``report.json`` document as Markdown, an HTML page and a terminal table.
 
-The HTML page embeds its figures as base64 PNG (it can be mailed or archived alone), opens with
-the grid summary, and has a run table that sorts on a click of any column header. It needs no
-network access and no external script or style.
+The HTML page links its figures from the report's ``figures/`` folder, opens with the grid
+summary and the status of every analysis, and has a run table of ten default columns (the rest
+behind a toggle) whose headers carry units and one-line definitions and sort on a click. It needs
+no network access and no external script or style. See ``docs/report.md``.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-#: Columns of the run tables: (header, getter, kind); kind "num" sorts numerically.
-_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("run", ("run",), "num"),
-    ("status", ("status",), "str"),
-    ("precision", ("precision",), "str"),
-    ("hidden", ("hidden",), "str"),
-    ("beta1", ("beta1",), "num"),
-    ("beta2", ("beta2",), "num"),
-    ("lr", ("lr",), "num"),
-    ("seed", ("seed",), "num"),
-    ("perturbation", ("perturbation",), "str"),
-    ("diverged", ("diverged_step",), "num"),
-    ("final loss", ("final_loss",), "num"),
-    ("bursts", ("n_bursts",), "num"),
-    ("slow period", ("slow", "period"), "num"),
-    ("slow CI", ("slow", "ci"), "str"),
-    ("1/(1-beta2)", ("slow", "predicted"), "num"),
-    ("slow ratio", ("slow", "ratio"), "num"),
-    ("spectral period", ("slow", "spectral_period"), "num"),
-    ("fast efold", ("fast", "efold"), "num"),
-    ("fast ratio", ("fast", "ratio"), "num"),
-    ("flip period", ("fast", "flip_period"), "num"),
-    ("v slope", ("v_decay", "slope"), "num"),
-    ("ln(beta2)", ("v_decay", "expected"), "num"),
-    ("spirals", ("spirals", "n_spirals"), "num"),
-    ("double", ("spirals", "n_double"), "num"),
-    ("twisted", ("spirals", "n_twisted"), "num"),
-    ("note", ("note",), "str"),
-]
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the run table (see ``docs/report.md``, "The run table").
+
+    Attributes
+    ----------
+    header : str
+        The column's short name.
+    unit : str
+        Unit shown under the header ("" for a plain number or a label).
+    path : tuple of str
+        Keys of the value in a ``report.json`` run entry.
+    kind : str
+        ``"num"`` sorts numerically, ``"str"`` as text.
+    default : bool
+        Shown without the "all columns" toggle.
+    definition : str
+        One line, shown as the header's tooltip.
+    """
+
+    header: str
+    unit: str
+    path: tuple[str, ...]
+    kind: str
+    default: bool
+    definition: str
+
+    @property
+    def label(self) -> str:
+        """The header with its unit, e.g. ``slow period [steps]``."""
+        return f"{self.header} [{self.unit}]" if self.unit else self.header
+
+
+#: The run table: the ten default columns first, then those behind the "all columns" toggle.
+COLUMNS: list[Column] = [
+    Column("run", "", ("run",), "num", True, "index of the run in the store"),
+    Column("status", "", ("status",), "str", True,
+           "training health: ok, diverged (non-finite loss) or insufficient (too few finite "
+           "updates to analyse)"),
+    Column("precision", "", ("precision",), "str", True, "number format the run trained in"),
+    Column("beta2", "", ("beta2",), "num", True, "Adam's second-moment decay rate"),
+    Column("lr", "", ("lr",), "num", True, "learning rate"),
+    Column("final loss", "", ("final_loss",), "num", True, "training loss at the last step"),
+    Column("bursts", "count", ("n_bursts",), "num", True,
+           "bursts of the update norm found by the periods analysis"),
+    Column("slow period", "steps", ("slow", "period"), "num", True,
+           "median interval between successive burst onsets"),
+    Column("slow ratio", "x", ("slow", "ratio"), "num", True,
+           "slow period divided by the prediction 1/(1-beta2); 1 means the prediction holds"),
+    Column("fast efold", "steps", ("fast", "efold"), "num", True,
+           "e-folding time of the flip amplitude's decay inside a burst (median over bursts); "
+           "predicted 1/(1-beta1)"),
+    Column("hidden", "", ("hidden",), "str", False, "widths of the hidden layers"),
+    Column("beta1", "", ("beta1",), "num", False, "Adam's first-moment decay rate"),
+    Column("seed", "", ("seed",), "num", False, "seed of the initial weights"),
+    Column("perturbation", "", ("perturbation",), "str", False,
+           "how a twin run was perturbed from the run it copies (empty for an ordinary run)"),
+    Column("diverged", "step", ("diverged_step",), "num", False,
+           "first step with a non-finite loss, if any"),
+    Column("slow CI", "steps", ("slow", "ci"), "str", False,
+           "bootstrap confidence interval of the slow period"),
+    Column("1/(1-beta2)", "steps", ("slow", "predicted"), "num", False,
+           "predicted slow period, Adam's second-moment memory"),
+    Column("spectral period", "steps", ("slow", "spectral_period"), "num", False,
+           "period at the Welch spectral peak of the log loss (a cross-check of the slow period)"),
+    Column("fast ratio", "x", ("fast", "ratio"), "num", False,
+           "fast efold divided by the prediction 1/(1-beta1)"),
+    Column("flip period", "steps", ("fast", "flip_period"), "num", False,
+           "dominant period of the parameter changes inside a burst (median over bursts)"),
+    Column("v slope", "1/step", ("v_decay", "slope"), "num", False,
+           "median slope of log v per step between bursts"),
+    Column("ln(beta2)", "1/step", ("v_decay", "expected"), "num", False,
+           "expected v slope: v decays by beta2 per step without new gradient"),
+    Column("spirals", "count", ("spirals", "n_spirals"), "num", False,
+           "windows whose flip-frame path is a spiral"),
+    Column("double", "count", ("spirals", "n_double"), "num", False,
+           "spirals with two arms (interleaved even/odd arms, or outward then inward)"),
+    Column("twisted", "count", ("spirals", "n_twisted"), "num", False,
+           "spirals whose best-fit plane turns by at least 20 degrees between halves"),
+    Column("note", "", ("note",), "str", False, "why a run or a measurement is missing"),
+]  # fmt: skip
 
 
 def _get(entry: Mapping, path: Sequence[str]):
@@ -103,10 +158,14 @@ def terminal_summary(doc: Mapping, *, max_rows: int = 50, out_dir: str | None = 
     """
     ran = ("ok", "partial")
     names = [n for n, st in doc.get("analyses", {}).items() if st.get("status") in ran]
+    unmeasured = [
+        n for n, st in doc.get("analyses", {}).items() if st.get("status") == "not measurable"
+    ]
     where = f"; report in {out_dir}" if out_dir else ""
+    gaps = f"; not measurable: {', '.join(unmeasured)}" if unmeasured else ""
     title = (
         f"{doc['store']}: {doc['n_runs']} runs analysed with "
-        f"{', '.join(names) if names else 'no analyses (none available)'}{where}"
+        f"{', '.join(names) if names else 'no analyses (none available)'}{gaps}{where}"
     )
     cols = [
         ("run", 4, ("run",)),
@@ -189,10 +248,10 @@ def markdown(doc: Mapping) -> str:
         )
     out += ["", "## Analyses", "", "| analysis | status | runs | note |", "|---|---|---|---|"]
     for name, st in doc.get("analyses", {}).items():
-        out.append(
-            f"| {_md(name)} | {_md(st.get('status'))} | {_md(st.get('n_runs'))} | "
-            f"{_md(st.get('note'))} |"
-        )
+        status = _md(st.get("status"))
+        if st.get("status") not in ("ok", "not selected"):
+            status = f"**{status}**"  # anything short of ok must catch the eye
+        out.append(f"| {_md(name)} | {status} | {_md(st.get('n_runs'))} | {_md(st.get('note'))} |")
     if doc.get("errors"):
         out += ["", "## Errors", ""]
         for e in doc["errors"]:
@@ -207,10 +266,14 @@ def markdown(doc: Mapping) -> str:
                 f"{_md_text(w.get('where', '?'))}: {_md_text(w['message'])}"
             )
     out += ["", "## Runs", ""]
-    out.append("| " + " | ".join(h for h, _, _ in _COLUMNS) + " |")
-    out.append("|" + "---|" * len(_COLUMNS))
+    # the default columns and the note; every field is in report.json and report.html
+    cols = [c for c in COLUMNS if c.default or c.path == ("note",)]
+    out.append("| " + " | ".join(_md_text(c.label) for c in cols) + " |")
+    out.append("|" + "---|" * len(cols))
     for e in doc["runs"]:
-        out.append("| " + " | ".join(_md(_get(e, p)) for _, p, _ in _COLUMNS) + " |")
+        out.append("| " + " | ".join(_md(_get(e, c.path)) for c in cols) + " |")
+    out += ["", "Columns:", ""]
+    out += [f"- **{_md_text(c.label)}**: {_md_text(c.definition)}" for c in cols]
     for section, keys in (
         ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
         ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
@@ -230,6 +293,8 @@ def markdown(doc: Mapping) -> str:
         for f in doc["figures"]:
             title = _md_text(f.get("title", f["file"])).replace("]", "\\]")
             out += [f"![{title}]({f['file']})", ""]
+            if f.get("caption"):
+                out += [f"*{_md_text(f['caption'])}*", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -258,6 +323,10 @@ figure{display:inline-block;margin:8px;background:#fff;border:1px solid #d8dde6;
 figure img{max-width:880px;display:block}
 figcaption{font-size:12px;color:#555}
 .err{color:#a00}
+td.st-ok{color:#176c2e} td.st-not-measurable,td.st-partial,td.st-no-runs{background:#fff4e0;
+font-weight:600} td.st-failed{background:#fdecec;color:#a00;font-weight:600}
+#run-table .x{display:none} #run-table.all .x{display:table-cell}
+th small{font-weight:normal;color:#667}
 """
 
 _JS = """
@@ -295,8 +364,19 @@ _JS = """
     if (m) {
       var want = m[1].split(':');
       document.querySelectorAll('#run-table th').forEach(function(th){
-        if (th.textContent === want[0]) { th.click(); if (want[1] === 'desc') th.click(); }
+        if (th.getAttribute('data-col') === want[0]) {
+          th.click(); if (want[1] === 'desc') th.click();
+        }
       });
+    }
+    var all = document.getElementById('all-columns');
+    if (all) {
+      var sync = function(){
+        document.getElementById('run-table').classList.toggle('all', all.checked);
+      };
+      all.addEventListener('change', sync);
+      if (/(^|[#&])columns=all/.test(location.hash)) { all.checked = true; }
+      sync();
     }
     var imgs = document.querySelectorAll('#figures img');
     var ok = 0;
@@ -332,7 +412,8 @@ _STR_CLASS = ' class="s"'
 
 def _table(headers: Sequence[tuple[str, str]], rows: Sequence[str], table_id: str) -> str:
     head = "".join(
-        f'<th data-type="{kind}"{_STR_CLASS if kind == "str" else ""}>{_e(h)}</th>'
+        f'<th data-type="{kind}" data-col="{_e(h)}"{_STR_CLASS if kind == "str" else ""}>'
+        f"{_e(h)}</th>"
         for h, kind in headers
     )
     return (
@@ -341,8 +422,63 @@ def _table(headers: Sequence[tuple[str, str]], rows: Sequence[str], table_id: st
     )
 
 
+def _run_table(doc: Mapping) -> str:
+    """The run table: default columns shown, the others behind the "all columns" toggle."""
+    head = []
+    for c in COLUMNS:
+        cls = " ".join(x for x in ("s" if c.kind == "str" else "", "" if c.default else "x") if x)
+        unit = f"<br><small>[{_e(c.unit)}]</small>" if c.unit else ""
+        head.append(
+            f'<th data-type="{c.kind}" data-col="{_e(c.header)}" title="{_e(c.definition)}"'
+            f"{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{_e(c.header)}{unit}</th>"
+        )
+    rows = []
+    for e in doc["runs"]:
+        cells = []
+        for c in COLUMNS:
+            css = " ".join(x for x in ("note" if c.path == ("note",) else "",
+                                       "" if c.default else "x") if x)  # fmt: skip
+            cells.append(_cell(_get(e, c.path), c.kind, _section_note(e, c.path), css))
+        rows.append(f'<tr class="{_e(e["status"])}">{"".join(cells)}</tr>')
+    n_extra = sum(not c.default for c in COLUMNS)
+    return (
+        f'<p><label><input type="checkbox" id="all-columns"> show all columns ({n_extra} more: '
+        f"{_e(', '.join(c.header for c in COLUMNS if not c.default))})</label> "
+        "&middot; hover a header for its definition, click it to sort</p>"
+        f'<div class="scroll"><table id="run-table" class="sortable"><thead><tr>{"".join(head)}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+#: A top-level section larger than this (as JSON) stays in report.json only, not in the page.
+PAGE_SECTION_BYTES = 100_000
+
+
+def page_data(doc: Mapping) -> dict:
+    """The document embedded in ``report.html``: all of it but bulky sections.
+
+    Sections of more than :data:`PAGE_SECTION_BYTES` (per-window or per-step tables, such as
+    ``spiral_windows``) are left to ``report.json`` and named in ``omitted_from_page``; on the
+    demo they were a megabyte of a page that shows none of them.
+    """
+    out: dict = {}
+    omitted = []
+    for key, val in doc.items():
+        if len(json.dumps(val, allow_nan=False)) > PAGE_SECTION_BYTES:
+            omitted.append(key)
+        else:
+            out[key] = val
+    if omitted:
+        out["omitted_from_page"] = {"sections": omitted, "see": "report.json"}
+    return out
+
+
 def html_page(doc: Mapping, figure_dir: str | Path) -> str:
-    """``report.html``: one self-contained page; figures are read from ``figure_dir``'s parent."""
+    """``report.html``: the page, linking its figures in ``figure_dir`` (relative ``figures/``).
+
+    Figures are linked, not embedded: embedding doubled every PNG as base64 and made the demo
+    page 10 MB. The report folder (page, ``figures/``, ``report.json``) travels as one.
+    """
     base = Path(figure_dir).parent
     s = doc.get("summary", {})
     parts = [
@@ -395,7 +531,9 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
     parts.append("</section>")
 
     rows = [
-        f'<tr><td class="s">{_e(n)}</td><td class="s">{_e(st.get("status"))}</td>'
+        f'<tr><td class="s">{_e(n)}</td>'
+        f'<td class="s st-{_e(str(st.get("status")).replace(" ", "-"))}">'
+        f"{_e(st.get('status'))}</td>"
         f"{_cell(st.get('n_runs'), 'num')}{_cell(st.get('seconds'), 'num')}"
         f'<td class="note">{_e(st.get("note") or "")}</td></tr>'
         for n, st in doc.get("analyses", {}).items()
@@ -433,15 +571,8 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
             )
         parts.append("</ul></section>")
 
-    run_rows = []
-    for e in doc["runs"]:
-        cells = []
-        for _, path, kind in _COLUMNS:
-            css = "note" if path == ("note",) else ""
-            cells.append(_cell(_get(e, path), kind, _section_note(e, path), css))
-        run_rows.append(f'<tr class="{_e(e["status"])}">{"".join(cells)}</tr>')
     parts.append('<section id="runs"><h2>Runs</h2>')
-    parts.append(_table([(h, k) for h, _, k in _COLUMNS], run_rows, "run-table"))
+    parts.append(_run_table(doc))
     parts.append("</section>")
 
     for section, keys in (
@@ -468,20 +599,27 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
         parts.append("</section>")
 
     parts.append('<section id="figures"><h2>Figures</h2>')
+    parts.append(
+        "<p>Figures are linked from the <code>figures/</code> folder beside this page (keep the "
+        "folder with the page); click one to open it full size.</p>"
+    )
     for f in doc.get("figures", []):
-        png = (base / f["file"]).read_bytes()
-        data = base64.b64encode(png).decode("ascii")
+        if not (base / f["file"]).is_file():
+            raise FileNotFoundError(f"figure {f['file']} is not in {base}")
         title = f.get("title", f["file"])
+        caption = f.get("caption") or ""
+        src = _e(quote(f["file"]))
         parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(title)}" '
-            f'data-file="{_e(f["file"])}"><figcaption>{_e(f["analysis"])}: {_e(title)} '
-            f"(<code>{_e(f['file'])}</code>)</figcaption></figure>"
+            f'<figure><a href="{src}"><img src="{src}" alt="{_e(title)}" '
+            f'data-file="{_e(f["file"])}"></a><figcaption><b>{_e(f["analysis"])}: '
+            f"{_e(title)}</b> (<code>{_e(f['file'])}</code>)<br>{_e(caption)}</figcaption>"
+            "</figure>"
         )
     parts.append("</section>")
     # no <, > or & may reach the script element: "<!--" or "</script" in a store string would
     # change how the page is parsed; JSON's \\u escapes keep the values
     payload = (
-        json.dumps(doc, allow_nan=False)
+        json.dumps(page_data(doc), allow_nan=False)
         .replace("<", "\\u003c")
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
