@@ -36,6 +36,8 @@ __all__ = [
     "load_schema",
     "validate_report",
     "make_report",
+    "measurability",
+    "NOT_MEASURABLE",
     "write_report",
     "build_report",
     "terminal_summary",
