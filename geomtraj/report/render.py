@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
@@ -300,98 +301,13 @@ def markdown(doc: Mapping) -> str:
 
 # -------------------------------------------------------------------------------------- html
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
-background:#fafbfc}
-header,section{padding:0 24px}
-header{background:#1d2330;color:#fff;padding:14px 24px}
-header h1{margin:0 0 4px;font-size:20px} header p{margin:0;opacity:.85}
-h2{font-size:17px;margin:22px 0 8px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #d8dde6;border-radius:6px;padding:10px 14px;min-width:150px}
-.card b{display:block;font-size:22px}
-table{border-collapse:collapse;background:#fff;font-size:13px}
-th,td{border:1px solid #d8dde6;padding:3px 7px;text-align:right;white-space:nowrap}
-td.s,th.s{text-align:left} td.note{white-space:normal;min-width:260px;text-align:left;color:#555}
-th.sortable{cursor:pointer;background:#eef1f6;user-select:none}
-th.sortable:after{content:" \\2195";color:#99a}
-th.asc:after{content:" \\2191"} th.desc:after{content:" \\2193"}
-tr.insufficient td{background:#fff4e0} tr.diverged td{background:#fdecec}
-td.null{color:#aab}
-.scroll{overflow-x:auto;max-width:100%}
-figure{display:inline-block;margin:8px;background:#fff;border:1px solid #d8dde6;padding:6px}
-figure img{max-width:880px;display:block}
-figcaption{font-size:12px;color:#555}
-.err{color:#a00}
-td.st-ok{color:#176c2e} td.st-not-measurable,td.st-partial,td.st-no-runs{background:#fff4e0;
-font-weight:600} td.st-failed{background:#fdecec;color:#a00;font-weight:600}
-#run-table .x{display:none} #run-table.all .x{display:table-cell}
-th small{font-weight:normal;color:#667}
-"""
-
-_JS = """
-(function(){
-  function key(td, num){
-    var v = td.getAttribute('data-v');
-    if (v === null || v === '') return null;
-    return num ? parseFloat(v) : v.toLowerCase();
-  }
-  document.querySelectorAll('table.sortable').forEach(function(table){
-    var ths = table.querySelectorAll('th');
-    ths.forEach(function(th, col){
-      th.classList.add('sortable');
-      th.addEventListener('click', function(){
-        var num = th.getAttribute('data-type') === 'num';
-        var asc = !th.classList.contains('asc');
-        ths.forEach(function(h){ h.classList.remove('asc', 'desc'); });
-        th.classList.add(asc ? 'asc' : 'desc');
-        var body = table.tBodies[0];
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function(a, b){
-          var x = key(a.cells[col], num), y = key(b.cells[col], num);
-          if (x === null && y === null) return 0;
-          if (x === null) return 1;
-          if (y === null) return -1;
-          return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
-        });
-        rows.forEach(function(r){ body.appendChild(r); });
-      });
-    });
-  });
-  window.addEventListener('load', function(){
-    // report.html#sort=COLUMN or #sort=COLUMN:desc opens the run table sorted by COLUMN
-    var m = /sort=([^&]+)/.exec(decodeURIComponent(location.hash));
-    if (m) {
-      var want = m[1].split(':');
-      document.querySelectorAll('#run-table th').forEach(function(th){
-        if (th.getAttribute('data-col') === want[0]) {
-          th.click(); if (want[1] === 'desc') th.click();
-        }
-      });
-    }
-    var all = document.getElementById('all-columns');
-    if (all) {
-      var sync = function(){
-        document.getElementById('run-table').classList.toggle('all', all.checked);
-      };
-      all.addEventListener('change', sync);
-      if (/(^|[#&])columns=all/.test(location.hash)) { all.checked = true; }
-      sync();
-    }
-    var imgs = document.querySelectorAll('#figures img');
-    var ok = 0;
-    imgs.forEach(function(i){ if (i.complete && i.naturalWidth > 0) ok++; });
-    document.body.setAttribute('data-images-ok', ok + '/' + imgs.length);
-  });
-})();
-"""
-
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _cell(value, kind: str, note: str | None = None, css: str = "") -> str:
+def _cell(value, kind: str, note: str | None = None, css: str = "") -> dict:
+    """A table cell for the template: shown text, sort key, classes and tooltip."""
     if value is None:
         sort = ""
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -399,39 +315,20 @@ def _cell(value, kind: str, note: str | None = None, css: str = "") -> str:
     else:
         sort = str(value)
     classes = [c for c in (css, "s" if kind == "str" else "", "null" if value is None else "") if c]
-    attrs = f' data-v="{_e(sort)}"'
-    if classes:
-        attrs += f' class="{" ".join(classes)}"'
-    if note and value is None:
-        attrs += f' title="{_e(note)}"'
-    return f"<td{attrs}>{_e(fmt(value))}</td>"
+    title = note if note and value is None else None
+    return {"text": fmt(value), "sort": sort, "cls": " ".join(classes), "title": title}
 
 
-_STR_CLASS = ' class="s"'
+def _head(header: str, kind: str, unit: str = "", title: str = "", cls: str = "") -> dict:
+    classes = " ".join(c for c in ("s" if kind == "str" else "", cls) if c)
+    return {"header": header, "kind": kind, "unit": unit, "title": title, "cls": classes}
 
 
-def _table(headers: Sequence[tuple[str, str]], rows: Sequence[str], table_id: str) -> str:
-    head = "".join(
-        f'<th data-type="{kind}" data-col="{_e(h)}"{_STR_CLASS if kind == "str" else ""}>'
-        f"{_e(h)}</th>"
-        for h, kind in headers
-    )
-    return (
-        f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr>'
-        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
-
-
-def _run_table(doc: Mapping) -> str:
-    """The run table: default columns shown, the others behind the "all columns" toggle."""
-    head = []
-    for c in COLUMNS:
-        cls = " ".join(x for x in ("s" if c.kind == "str" else "", "" if c.default else "x") if x)
-        unit = f"<br><small>[{_e(c.unit)}]</small>" if c.unit else ""
-        head.append(
-            f'<th data-type="{c.kind}" data-col="{_e(c.header)}" title="{_e(c.definition)}"'
-            f"{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{_e(c.header)}{unit}</th>"
-        )
+def _run_table(doc: Mapping) -> dict:
+    """The run table: default columns shown, the others (class ``x``) behind the toggle."""
+    headers = [
+        _head(c.header, c.kind, c.unit, c.definition, "" if c.default else "x") for c in COLUMNS
+    ]
     rows = []
     for e in doc["runs"]:
         cells = []
@@ -439,15 +336,34 @@ def _run_table(doc: Mapping) -> str:
             css = " ".join(x for x in ("note" if c.path == ("note",) else "",
                                        "" if c.default else "x") if x)  # fmt: skip
             cells.append(_cell(_get(e, c.path), c.kind, _section_note(e, c.path), css))
-        rows.append(f'<tr class="{_e(e["status"])}">{"".join(cells)}</tr>')
-    n_extra = sum(not c.default for c in COLUMNS)
-    return (
-        f'<p><label><input type="checkbox" id="all-columns"> show all columns ({n_extra} more: '
-        f"{_e(', '.join(c.header for c in COLUMNS if not c.default))})</label> "
-        "&middot; hover a header for its definition, click it to sort</p>"
-        f'<div class="scroll"><table id="run-table" class="sortable"><thead><tr>{"".join(head)}'
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        rows.append({"cls": str(e["status"]), "cells": cells})
+    return {"headers": headers, "rows": rows}
+
+
+def _plain_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence]) -> dict:
+    """A table of ``(header, kind)`` columns; a column named ``note`` wraps its text."""
+    return {
+        "headers": [_head(h, k) for h, k in columns],
+        "rows": [
+            {"cls": "", "cells": [_cell(v, k, None, "note" if h == "note" else "")
+                                  for (h, k), v in zip(columns, row, strict=True)]}
+            for row in rows
+        ],
+    }  # fmt: skip
+
+
+@cache
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("geomtraj.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
     )
+    return env.get_template("report.html.j2")
 
 
 #: A top-level section larger than this (as JSON) stays in report.json only, not in the page.
@@ -477,145 +393,56 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
     """``report.html``: the page, linking its figures in ``figure_dir`` (relative ``figures/``).
 
     Figures are linked, not embedded: embedding doubled every PNG as base64 and made the demo
-    page 10 MB. The report folder (page, ``figures/``, ``report.json``) travels as one.
+    page 10 MB. The report folder (page, ``figures/``, ``report.json``) travels as one. The page
+    is ``templates/report.html.j2``, autoescaped.
     """
+    from markupsafe import Markup
+
     base = Path(figure_dir).parent
     s = doc.get("summary", {})
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>geomtraj report: {_e(doc['store'])}</title><style>{_CSS}</style></head><body>",
-        "<header><h1>geomtraj report</h1>",
-        f"<p>{_e(doc['store'])} &middot; {doc['n_runs']} of {doc.get('n_runs_store')} runs "
-        f"&middot; {_e(doc.get('created', ''))} &middot; geomtraj "
-        f"{_e(doc['versions'].get('geomtraj'))}</p></header>",
-        '<section id="summary"><h2>Grid summary</h2><div class="cards">',
-    ]
-    for status in ("ok", "diverged", "insufficient"):
-        parts.append(
-            f'<div class="card" id="count-{status}"><b>{s.get("status", {}).get(status, 0)}</b>'
-            f"runs {status}</div>"
-        )
-    for k, v in _grid_rows(doc):
-        parts.append(
-            f'<div class="card" id="grid-{_e(k)}"><b>{_e(fmt(v.get("slope")))}</b>'
-            f"grid {_e(k)} slope, CI {_e(fmt(v.get('ci')))}, {_e(v.get('n_runs'))} runs: "
-            f"{_e(v.get('verdict'))}</div>"
-        )
-    parts.append("</div>")
-    prec_rows = [
-        f'<tr><td class="s">{_e(p)}</td><td>{c["runs"]}</td><td>{c["diverged"]}</td>'
-        f"<td>{c['insufficient']}</td></tr>"
-        for p, c in sorted(s.get("precision", {}).items())
-    ]
-    parts.append(
-        _table(
-            [("precision", "str"), ("runs", "num"), ("diverged", "num"), ("insufficient", "num")],
-            prec_rows,
-            "precision-table",
-        )
-    )
-    axes = s.get("axes", {})
-    if axes:
-        parts.append(
-            "<p>"
-            + "; ".join(
-                f"<b>{_e(k)}</b>: {_e(', '.join(fmt(x) for x in v))}" for k, v in axes.items()
-            )
-            + "</p>"
-        )
-    grid_notes = [f"<li>{_e(k)}: {_e(v['note'])}</li>" for k, v in _grid_rows(doc) if v.get("note")]
-    if grid_notes:
-        parts.append(f"<ul>{''.join(grid_notes)}</ul>")
-    parts.append("</section>")
-
-    rows = [
-        f'<tr><td class="s">{_e(n)}</td>'
-        f'<td class="s st-{_e(str(st.get("status")).replace(" ", "-"))}">'
-        f"{_e(st.get('status'))}</td>"
-        f"{_cell(st.get('n_runs'), 'num')}{_cell(st.get('seconds'), 'num')}"
-        f'<td class="note">{_e(st.get("note") or "")}</td></tr>'
-        for n, st in doc.get("analyses", {}).items()
-    ]
-    parts.append('<section id="analyses"><h2>Analyses</h2>')
-    parts.append(
-        _table(
-            [
-                ("analysis", "str"),
-                ("status", "str"),
-                ("runs", "num"),
-                ("seconds", "num"),
-                ("note", "str"),
-            ],
-            rows,
-            "analyses-table",
-        )  # fmt: skip
-    )
-    parts.append("</section>")
-    if doc.get("errors"):
-        parts.append('<section id="errors"><h2 class="err">Errors</h2><ul>')
-        for e in doc["errors"]:
-            parts.append(
-                f'<li class="err"><b>{_e(e["analysis"])}</b> runs {_e(e.get("runs", []))}: '
-                f"<code>{_e(e['error'])}</code> {_e(e.get('where', ''))}</li>"
-            )
-        parts.append("</ul></section>")
-
-    if doc.get("warnings"):
-        parts.append('<section id="warnings"><h2>Warnings</h2><ul>')
-        for w in doc["warnings"]:
-            parts.append(
-                f"<li><b>{_e(w['analysis'])}</b>: {_e(w['category'])} x{_e(w['count'])} at "
-                f"{_e(w.get('where', '?'))}: {_e(w['message'])}</li>"
-            )
-        parts.append("</ul></section>")
-
-    parts.append('<section id="runs"><h2>Runs</h2>')
-    parts.append(_run_table(doc))
-    parts.append("</section>")
-
-    for section, keys in (
+    grid = [
+        {"name": k, "slope": fmt(v.get("slope")), "ci": fmt(v.get("ci")),
+         "n_runs": v.get("n_runs"), "verdict": v.get("verdict")}
+        for k, v in _grid_rows(doc)
+    ]  # fmt: skip
+    precision = _plain_table(
+        [("precision", "str"), ("runs", "num"), ("diverged", "num"), ("insufficient", "num")],
+        [(p, c["runs"], c["diverged"], c["insufficient"])
+         for p, c in sorted(s.get("precision", {}).items())],
+    )  # fmt: skip
+    analyses = _plain_table(
+        [("analysis", "str"), ("status", "str"), ("runs", "num"), ("seconds", "num"),
+         ("note", "str")],
+        [(n, st.get("status"), st.get("n_runs"), st.get("seconds"), st.get("note") or "")
+         for n, st in doc.get("analyses", {}).items()],
+    )  # fmt: skip
+    for row in analyses["rows"]:
+        status = row["cells"][1]
+        status["cls"] += " st-" + status["sort"].replace(" ", "-")
+    sections = []
+    for name, keys in (
         ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
         ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
     ):
-        entries = doc.get(section) or []
-        parts.append(f'<section id="{section}"><h2>{section.capitalize()}</h2>')
-        if not entries:
-            note = (doc.get("analyses", {}).get(section) or {}).get("note")
-            parts.append(f"<p>No entries{_e(f' ({note})' if note else '')}.</p></section>")
-            continue
-        kinds = [("str" if k in ("note", "ci") else "num") for k in keys]
-        body = [
-            "<tr>"
-            + "".join(
-                _cell(e.get(k), kd, None, "note" if k == "note" else "")
-                for k, kd in zip(keys, kinds, strict=True)
-            )
-            + "</tr>"
-            for e in entries
-        ]
-        parts.append(_table(list(zip(keys, kinds, strict=True)), body, f"{section}-table"))
-        parts.append("</section>")
-
-    parts.append('<section id="figures"><h2>Figures</h2>')
-    parts.append(
-        "<p>Figures are linked from the <code>figures/</code> folder beside this page (keep the "
-        "folder with the page); click one to open it full size.</p>"
-    )
+        entries = doc.get(name) or []
+        kinds = ["str" if k in ("note", "ci") else "num" for k in keys]
+        table = _plain_table(list(zip(keys, kinds, strict=True)),
+                             [[e.get(k) for k in keys] for e in entries])  # fmt: skip
+        note = (doc.get("analyses", {}).get(name) or {}).get("note")
+        sections.append({"name": name, "note": note, **table})
+    figures = []
     for f in doc.get("figures", []):
         if not (base / f["file"]).is_file():
             raise FileNotFoundError(f"figure {f['file']} is not in {base}")
-        title = f.get("title", f["file"])
-        caption = f.get("caption") or ""
-        src = _e(quote(f["file"]))
-        parts.append(
-            f'<figure><a href="{src}"><img src="{src}" alt="{_e(title)}" '
-            f'data-file="{_e(f["file"])}"></a><figcaption><b>{_e(f["analysis"])}: '
-            f"{_e(title)}</b> (<code>{_e(f['file'])}</code>)<br>{_e(caption)}</figcaption>"
-            "</figure>"
+        figures.append(
+            {
+                "file": f["file"],
+                "src": quote(f["file"]),
+                "analysis": f["analysis"],
+                "title": f.get("title", f["file"]),
+                "caption": f.get("caption") or "",
+            }
         )
-    parts.append("</section>")
     # no <, > or & may reach the script element: "<!--" or "</script" in a store string would
     # change how the page is parsed; JSON's \\u escapes keep the values
     payload = (
@@ -624,6 +451,18 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
     )
-    parts.append(f'<script type="application/json" id="report-data">{payload}</script>')
-    parts.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(parts)
+    return _template().render(
+        doc={**doc, "n_runs_store": doc.get("n_runs_store"), "created": doc.get("created", ""),
+             "errors": doc.get("errors") or [], "warnings": doc.get("warnings") or []},
+        run_counts=[(k, s.get("status", {}).get(k, 0)) for k in ("ok", "diverged", "insufficient")],
+        grid=grid,
+        precision=precision,
+        axes=[(k, ", ".join(fmt(x) for x in v)) for k, v in s.get("axes", {}).items()],
+        grid_notes=[(k, v["note"]) for k, v in _grid_rows(doc) if v.get("note")],
+        analyses=analyses,
+        runs=_run_table(doc),
+        extra_columns=[c.header for c in COLUMNS if not c.default],
+        sections=sections,
+        figures=figures,
+        payload=Markup(payload),
+    )  # fmt: skip
