@@ -171,3 +171,39 @@ def test_sparse_checkpoints_are_not_joined_by_a_line() -> None:
     steps = np.array([0.0, 5.0, 10.0, 500.0, 505.0])
     xs, _ = _joined_where_dense(steps, np.ones(5), 7.4)
     assert np.flatnonzero(np.isnan(xs)).tolist() == [3]
+
+
+# ---------------------------------------------------------------------- a section per analysis
+
+
+def test_every_analysis_has_a_section_with_its_status(unmeasured_report) -> None:
+    doc = unmeasured_report.doc
+    page = (unmeasured_report.out / "report.html").read_text()
+    md = (unmeasured_report.out / "report.md").read_text()
+    for name, st in doc["analyses"].items():
+        m = re.search(rf'<section id="{name}" class="analysis"><h2>[^<]*\s*<span class="badge '
+                      rf'([^"]+)">([^<]+)</span>', page)  # fmt: skip
+        assert m and m.group(2) == st["status"], name
+        heading = f"## {name.replace('_', ' ').capitalize()}"
+        assert md.count(heading) == 1, name
+        assert f"Status: **{st['status']}**" in md.split(heading)[1].split("\n## ")[0]
+    m = re.search(rf'<section id="{NAME}" class="analysis">(.*?)</section>', page, re.S)
+    assert 'class="badge st-not-measurable"' in m.group(1)
+    assert fake_unmeasurable_analysis.REASON in m.group(1)
+
+
+def test_an_analysis_section_shows_its_fields_and_tables() -> None:
+    from geomtraj.report.render import analysis_sections
+
+    doc = {
+        "analyses": {"stability": {"status": "ok", "note": "verdict: x"},
+                     "periods": {"status": "ok", "note": None}},
+        "stability": {"runs": [{"run": 0, "verdict": "x", "ci": [1.0, 2.0]}],
+                      "overall": {"n_onsets": 40, "verdict": "x"}},
+    }  # fmt: skip
+    stab, periods = analysis_sections(doc)
+    assert stab["scalars"] == [("overall.n_onsets", 40), ("overall.verdict", "x")]
+    ((title, cols, rows),) = stab["tables"]
+    assert title == "runs" and cols == [("run", "num"), ("verdict", "str"), ("ci", "str")]
+    assert rows == [[0, "x", [1.0, 2.0]]]
+    assert periods["fields"] == ["n_bursts", "slow", "fast", "v_decay"] and not periods["tables"]

@@ -148,6 +148,70 @@ def _grid_rows(doc: Mapping) -> list[tuple[str, dict]]:
     return rows
 
 
+# ------------------------------------------------------------------------ analysis sections
+
+#: Columns of the analyses whose report section is a list of per-run entries.
+_ENTRY_KEYS: dict[str, tuple[str, ...]] = {
+    "twins": ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note"),
+    "diffusion": ("run", "exponent", "ci", "detrended", "note"),
+}
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
+def _entry_table(title: str, entries: Sequence[Mapping], keys: Sequence[str] | None = None):
+    """``(title, [(key, kind)], rows)`` for a list of entries; only scalar or interval fields."""
+    if keys is None:
+        keys = [k for k, v in entries[0].items() if _is_scalar(v) or k == "ci"]
+    kinds = []
+    for k in keys:
+        vals = [e.get(k) for e in entries if e.get(k) is not None]
+        num = vals and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
+        kinds.append("num" if num else "str")
+    rows = [[e.get(k) for k in keys] for e in entries]
+    return title, list(zip(keys, kinds, strict=True)), rows
+
+
+def analysis_sections(doc: Mapping) -> list[dict]:
+    """One section per analysis of ``doc["analyses"]``: status, note, and what it reported.
+
+    A section lists the analysis's own top-level entry of ``report.json`` (the key named after
+    it): its scalar fields, and a table for each list of entries in it (one level deep, so
+    ``early_warning.curves.matched`` is a table too). Analyses that report only per-run fields
+    point to the run table's columns.
+    """
+    from geomtraj.report.assemble import RUN_SECTION_OWNER
+
+    out = []
+    for name, st in (doc.get("analyses") or {}).items():
+        sec = {"name": name, "status": st.get("status"), "note": st.get("note"),
+               "scalars": [], "tables": [], "fields": []}  # fmt: skip
+        body = doc.get(name)
+        if isinstance(body, list) and body and all(isinstance(e, Mapping) for e in body):
+            sec["tables"].append(_entry_table(name, body, _ENTRY_KEYS.get(name)))
+        elif isinstance(body, Mapping):
+            for key, val in body.items():
+                if _is_scalar(val):
+                    sec["scalars"].append((key, val))
+                elif isinstance(val, list) and val and all(isinstance(e, Mapping) for e in val):
+                    sec["tables"].append(_entry_table(key, val))
+                elif isinstance(val, Mapping):
+                    for sub, v in val.items():
+                        if _is_scalar(v):
+                            sec["scalars"].append((f"{key}.{sub}", v))
+                        elif isinstance(v, list) and v and all(isinstance(e, Mapping) for e in v):
+                            sec["tables"].append(_entry_table(f"{key}: {sub}", v))
+                elif isinstance(val, list) and all(_is_scalar(v) for v in val):
+                    sec["scalars"].append((key, fmt(val)))
+        # the reason already stands under the heading
+        sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
+        sec["fields"] = [k for k, owner in RUN_SECTION_OWNER.items() if owner == name]
+        out.append(sec)
+    return out
+
+
 # ---------------------------------------------------------------------------------- terminal
 
 
@@ -275,20 +339,20 @@ def markdown(doc: Mapping) -> str:
         out.append("| " + " | ".join(_md(_get(e, c.path)) for c in cols) + " |")
     out += ["", "Columns:", ""]
     out += [f"- **{_md_text(c.label)}**: {_md_text(c.definition)}" for c in cols]
-    for section, keys in (
-        ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
-        ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
-    ):
-        rows = doc.get(section) or []
-        out += ["", f"## {section.capitalize()}", ""]
-        if not rows:
-            note = (doc.get("analyses", {}).get(section) or {}).get("note")
-            out.append(f"No entries{f' ({_md_text(note)})' if note else ''}.")
-            continue
-        out.append("| " + " | ".join(keys) + " |")
-        out.append("|" + "---|" * len(keys))
-        for e in rows:
-            out.append("| " + " | ".join(_md(e.get(k)) for k in keys) + " |")
+    for sec in analysis_sections(doc):
+        out += ["", f"## {_md_text(sec['name'].replace('_', ' ').capitalize())}", ""]
+        status = _md(sec["status"])
+        out.append(f"Status: **{status}**" + (f". {_md_text(sec['note'])}" if sec["note"] else ""))
+        if sec["scalars"]:
+            out.append("")
+            out += [f"- {_md_text(k)}: {_md(v)}" for k, v in sec["scalars"]]
+        if sec["fields"]:
+            out += ["", f"Per-run fields in the run table: {', '.join(sec['fields'])}."]
+        for title, cols, rows in sec["tables"]:
+            out += ["", f"{_md_text(title)}:", ""] if title != sec["name"] else [""]
+            out.append("| " + " | ".join(_md_text(k) for k, _ in cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            out += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
     if doc.get("figures"):
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
@@ -420,16 +484,13 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
         status = row["cells"][1]
         status["cls"] += " st-" + status["sort"].replace(" ", "-")
     sections = []
-    for name, keys in (
-        ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
-        ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
-    ):
-        entries = doc.get(name) or []
-        kinds = ["str" if k in ("note", "ci") else "num" for k in keys]
-        table = _plain_table(list(zip(keys, kinds, strict=True)),
-                             [[e.get(k) for k in keys] for e in entries])  # fmt: skip
-        note = (doc.get("analyses", {}).get(name) or {}).get("note")
-        sections.append({"name": name, "note": note, **table})
+    for sec in analysis_sections(doc):
+        tables = [
+            {"title": title, **_plain_table(cols, rows)} for title, cols, rows in sec["tables"]
+        ]
+        scalars = [(k, fmt(v)) for k, v in sec["scalars"]]
+        status_cls = "st-" + str(sec["status"]).replace(" ", "-")
+        sections.append({**sec, "tables": tables, "scalars": scalars, "status_cls": status_cls})
     figures = []
     for f in doc.get("figures", []):
         if not (base / f["file"]).is_file():
