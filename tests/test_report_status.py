@@ -207,3 +207,19 @@ def test_an_analysis_section_shows_its_fields_and_tables() -> None:
     assert title == "runs" and cols == [("run", "num"), ("verdict", "str"), ("ci", "str")]
     assert rows == [[0, "x", [1.0, 2.0]]]
     assert periods["fields"] == ["n_bursts", "slow", "fast", "v_decay"] and not periods["tables"]
+
+
+def test_a_store_without_training_data_reports_stability_not_measurable(tmp_path) -> None:
+    """The real analyses, on a store written by another program (no data set, no network)."""
+    from test_foreign_store import _plain_dataset
+
+    path = tmp_path / "plain.zarr"
+    _plain_dataset()[0].to_zarr(path, zarr_format=3, consolidated=False)
+    rep = make_report(path, tmp_path / "r", analyses="stability,early_warning", progress=False)
+    assert rep.ok, (rep.doc["errors"], rep.schema_errors)
+    for name in ("stability", "early_warning"):
+        st = rep.doc["analyses"][name]
+        assert st["status"] == "not measurable" and st["note"], st
+    md = (rep.out / "report.md").read_text()
+    assert "| stability | **not measurable** |" in md
+    assert "| ok |" not in md.split("## Analyses")[1].split("## Runs")[0]
