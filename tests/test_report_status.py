@@ -223,3 +223,14 @@ def test_a_store_without_training_data_reports_stability_not_measurable(tmp_path
     md = (rep.out / "report.md").read_text()
     assert "| stability | **not measurable** |" in md
     assert "| ok |" not in md.split("## Analyses")[1].split("## Runs")[0]
+
+
+def test_a_value_shared_by_every_entry_is_said_once() -> None:
+    from geomtraj.report.render import analysis_sections
+
+    entries = [{"run": r, "source": "init+final", "ratio": 1.0 + r} for r in range(3)]
+    doc = {"analyses": {"a": {"status": "ok", "note": None}}, "a": {"runs": entries}}
+    (sec,) = analysis_sections(doc)
+    ((title, cols, rows),) = sec["tables"]
+    assert cols == [("run", "num"), ("ratio", "num")] and rows[2] == [2, 3.0]
+    assert ("runs (every entry): source", "init+final") in sec["scalars"]

@@ -174,6 +174,22 @@ def _entry_table(title: str, entries: Sequence[Mapping], keys: Sequence[str] | N
     return title, list(zip(keys, kinds, strict=True)), rows
 
 
+def _lift_constants(table) -> tuple[tuple, list[tuple[str, object]]]:
+    """Columns with one value in every row (but ``run``) leave the table, to be said once.
+
+    On the demo every stability row repeated the same long note, which made each row a paragraph.
+    """
+    title, cols, rows = table
+    if len(rows) < 2:
+        return table, []
+    same = [
+        j for j, (k, _) in enumerate(cols) if k != "run" and all(r[j] == rows[0][j] for r in rows)
+    ]
+    constants = [(f"{title} (every entry): {cols[j][0]}", rows[0][j]) for j in same]
+    keep = [j for j in range(len(cols)) if j not in same]
+    return (title, [cols[j] for j in keep], [[r[j] for j in keep] for r in rows]), constants
+
+
 def analysis_sections(doc: Mapping) -> list[dict]:
     """One section per analysis of ``doc["analyses"]``: status, note, and what it reported.
 
@@ -205,6 +221,9 @@ def analysis_sections(doc: Mapping) -> list[dict]:
                             sec["tables"].append(_entry_table(f"{key}: {sub}", v))
                 elif isinstance(val, list) and all(_is_scalar(v) for v in val):
                     sec["scalars"].append((key, fmt(val)))
+        lifted = [_lift_constants(t) for t in sec["tables"]]
+        sec["tables"] = [t for t, _ in lifted]
+        sec["scalars"] += [c for _, consts in lifted for c in consts]
         # the reason already stands under the heading
         sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
         sec["fields"] = [k for k, owner in RUN_SECTION_OWNER.items() if owner == name]
