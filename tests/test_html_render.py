@@ -75,8 +75,19 @@ def test_figures_load_and_table_sorts(report, tmp_path) -> None:
     table = dom[dom.index('id="run-table"') :]
     rows = re.findall(r'<tr class="[a-z]+">(.*?)</tr>', table)[:N_RUNS]
     assert len(rows) == N_RUNS
-    col = 10  # "final loss"
+    col = 5  # "final loss"
     values = [re.findall(r'data-v="([^"]*)"', r)[col] for r in rows]
     finite = [float(v) for v in values if v]
     assert finite == sorted(finite, reverse=True) and len(finite) == N_RUNS - 1
     assert values[-1] == ""  # the run without a finite loss goes last
+
+
+def test_all_columns_toggle(report, tmp_path) -> None:
+    """Extra columns are hidden by default; #columns=all (or the checkbox) shows them."""
+    url = (report.out / "report.html").as_uri()
+    dom = _chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom", url).stdout
+    assert '<table id="run-table" class="sortable">' in dom
+    dom = _chromium(
+        tmp_path, "--virtual-time-budget=3000", "--dump-dom", url + "#columns=all"
+    ).stdout
+    assert '<table id="run-table" class="sortable all">' in dom

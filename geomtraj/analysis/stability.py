@@ -1103,6 +1103,7 @@ def analyze(
         verdict_fraction=params.verdict_fraction,
         verdict_alpha=params.verdict_alpha,
         min_onsets=params.min_onsets,
+        max_resolution_fraction=params.max_resolution_fraction,
         preconditioner=(
             "P = (1-beta1^(t+1)) * (sqrt(v'/(1-beta2^(t+1))) + eps), "
             "v' = beta2*v_t + (1-beta2)*g(theta_t)^2 (Cohen et al. 2207.14484)"
@@ -1238,6 +1239,27 @@ def report(result: xr.Dataset) -> dict:
 # ------------------------------------------------------------------------------- the figures
 
 
+def _resolution_fraction(result: xr.Dataset) -> float:
+    """The largest checkpoint spacing, as a fraction of ``max_lag``, that still counts as dense."""
+    return float(result.attrs.get("max_resolution_fraction",
+                                  StabilityParams().max_resolution_fraction))  # fmt: skip
+
+
+def _joined_where_dense(
+    steps: np.ndarray, ratio: np.ndarray, dense_gap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``steps, ratio`` with a NaN between checkpoints farther apart than ``dense_gap``.
+
+    matplotlib breaks a line at NaN, so only dense stretches are drawn as curves.
+    """
+    steps = np.asarray(steps, dtype=float)
+    ratio = np.asarray(ratio, dtype=float)
+    if steps.size < 2:
+        return steps, ratio
+    cut = np.flatnonzero(np.diff(steps) > dense_gap) + 1
+    return np.insert(steps, cut, np.nan), np.insert(ratio, cut, np.nan)
+
+
 def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) -> list[Path]:
     """Sharpness ratio against the threshold over steps, with burst onsets.
 
@@ -1273,13 +1295,14 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) ->
             f"beta2={float(one['beta2']):g}, {one['precision'].values}"
         )
         ratio = np.asarray(one["sharpness_ratio"].values)[keep]
-        panels.append((title, st[keep], ratio, run_bursts(rd), rd))
+        dense_gap = _resolution_fraction(result) * float(one["max_lag"])
+        panels.append((title, st[keep], ratio, run_bursts(rd), rd, dense_gap))
     if not panels:
         return []
     paths = []
     for name, zoomed in (("stability_sharpness.png", False), ("stability_zoom.png", True)):
         fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.4 * len(panels)), squeeze=False)
-        for ax, (title, st, ratio, b, rd) in zip(axes[:, 0], panels, strict=True):
+        for ax, (title, st, ratio, b, rd, dense_gap) in zip(axes[:, 0], panels, strict=True):
             lo, hi = int(st[0]), int(st[-1])
             if zoomed and len(b) >= 2:
                 mid = max(len(b) // 2 - 1, 0)
@@ -1287,8 +1310,12 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) ->
                 lo = max(int(b.onset[mid]) - (int(b.onset[last]) - int(b.onset[mid])) // 4, lo)
                 hi = min(int(b.end[last]) + 50, hi)
             sel = (st >= lo) & (st <= hi)
-            ax.plot(st[sel], ratio[sel], ".-" if zoomed else "-", ms=2, lw=0.8, color="C0",
-                    label=r"$\lambda_{max}(P^{-1}H)$ / threshold")  # fmt: skip
+            xs, ys = _joined_where_dense(st[sel], ratio[sel], dense_gap)
+            ax.plot(xs, ys, "-", lw=0.8, color="C0")
+            # every checkpoint is a marker; a line joins only checkpoints close enough to match
+            # onsets (a line across a sparse gap would read as a measured course)
+            ax.plot(st[sel], ratio[sel], "o" if sel.sum() <= 50 else ".", ms=4 if sel.sum() <= 50
+                    else 2, color="C0", label=r"$\lambda_{max}(P^{-1}H)$ / threshold")  # fmt: skip
             ax.axhline(1.0, color="k", lw=0.8, ls="--", label="threshold")
             onsets = b.onset[(b.onset >= lo) & (b.onset <= hi)]
             # one collection, not one axvline per onset: hundreds of artists made tight_layout slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -26,6 +27,7 @@ from geomtraj.report.assemble import (
     build_report,
     to_jsonable,
 )
+from geomtraj.report.captions import figure_caption
 from geomtraj.report.render import html_page, markdown, terminal_summary
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "load_schema",
     "validate_report",
     "make_report",
+    "measurability",
+    "NOT_MEASURABLE",
     "write_report",
     "build_report",
     "terminal_summary",
@@ -133,6 +137,64 @@ def _analysis_status(
                 st["status"] = "ok"
             status[name] = st
     return status
+
+
+NOT_MEASURABLE = "not measurable"
+
+
+def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
+    """Whether analysis ``name`` measured anything, read from its own report, and notes to show.
+
+    An analysis says "nothing could be measured" through the ``verdict`` of its section (the
+    top-level key named after it), of that section's ``overall`` entry, or of every per-run entry
+    it reports under its name; each starts with ``"not measurable"``. A string field of its
+    section that starts so (e.g. one feature that could not be measured) becomes a note while the
+    analysis as a whole stays measurable. See ``docs/report.md`` ("Status of an analysis").
+
+    Returns
+    -------
+    all_unmeasurable : bool
+        True when the analysis as a whole measured nothing.
+    notes : list of str
+        The reasons (for a not-measurable analysis) or the partial gaps and the verdict.
+    """
+    section = (rep or {}).get(name)
+    if not isinstance(section, Mapping):
+        section = {}
+    verdicts = [
+        c for c in (section, section.get("overall")) if isinstance(c, Mapping) and c.get("verdict")
+    ]
+    for c in verdicts:
+        if str(c["verdict"]).startswith(NOT_MEASURABLE):
+            note = c.get("note") or str(c["verdict"])
+            return True, [str(note)]
+    per_run = [
+        e.get(name) for e in ((rep or {}).get("runs") or {}).values() if isinstance(e, Mapping)
+    ]
+    per_run = [e for e in per_run if isinstance(e, Mapping) and "verdict" in e]
+    if per_run and all(str(e["verdict"]).startswith(NOT_MEASURABLE) for e in per_run):
+        notes = {str(e.get("note")) for e in per_run if e.get("note")}
+        return True, sorted(notes) or [f"{NOT_MEASURABLE} on every run"]
+    notes = [
+        f"{k} {v}"
+        for k, v in section.items()
+        if isinstance(v, str) and k != "verdict" and v.startswith(NOT_MEASURABLE)
+    ]
+    if verdicts:
+        notes.append(f"verdict: {verdicts[0]['verdict']}")
+    return False, notes
+
+
+def _apply_measurability(st: dict, name: str, rep: Mapping | None) -> None:
+    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so."""
+    none_measured, notes = measurability(name, rep)
+    if st.get("status") not in ("ok", "partial"):
+        return
+    if none_measured:
+        st["status"] = NOT_MEASURABLE
+    if notes:
+        text = "; ".join(notes)
+        st["note"] = f"{st['note']}; {text}" if st.get("note") else text
 
 
 def _figure_entries(paths, figdir: Path, analysis: str, errors: list[dict]) -> list[dict]:
@@ -248,6 +310,9 @@ def make_report(
         fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
                                "title": "loss of the analysed runs"})  # fmt: skip
     status = _analysis_status(selected, registry, outcome, failed)
+    for name, rep in reports.items():
+        if name in status and name not in failed:
+            _apply_measurability(status[name], name, rep)
     options = {
         "runs": runs if runs is None or isinstance(runs, str) else list(runs),
         "steps": list(step_range) if step_range else None,
@@ -268,6 +333,8 @@ def make_report(
         errors=errors,
         options=options,
     )
+    for entry in doc["figures"]:
+        entry["caption"] = figure_caption(entry, doc)
     doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
     schema_errors = validate_report(doc)
     files = write_report(doc, out)

@@ -1,48 +1,104 @@
-"""Render a ``report.json`` document as Markdown, self-contained HTML and a terminal table.
+"""Render a ``report.json`` document as Markdown, an HTML page and a terminal table.
 
-The HTML page embeds its figures as base64 PNG (it can be mailed or archived alone), opens with
-the grid summary, and has a run table that sorts on a click of any column header. It needs no
-network access and no external script or style.
+The HTML page links its figures from the report's ``figures/`` folder, opens with the grid
+summary and the status of every analysis, and has a run table of ten default columns (the rest
+behind a toggle) whose headers carry units and one-line definitions and sort on a click. It needs
+no network access and no external script or style. See ``docs/report.md``.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
-#: Columns of the run tables: (header, getter, kind); kind "num" sorts numerically.
-_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("run", ("run",), "num"),
-    ("status", ("status",), "str"),
-    ("precision", ("precision",), "str"),
-    ("hidden", ("hidden",), "str"),
-    ("beta1", ("beta1",), "num"),
-    ("beta2", ("beta2",), "num"),
-    ("lr", ("lr",), "num"),
-    ("seed", ("seed",), "num"),
-    ("perturbation", ("perturbation",), "str"),
-    ("diverged", ("diverged_step",), "num"),
-    ("final loss", ("final_loss",), "num"),
-    ("bursts", ("n_bursts",), "num"),
-    ("slow period", ("slow", "period"), "num"),
-    ("slow CI", ("slow", "ci"), "str"),
-    ("1/(1-beta2)", ("slow", "predicted"), "num"),
-    ("slow ratio", ("slow", "ratio"), "num"),
-    ("spectral period", ("slow", "spectral_period"), "num"),
-    ("fast efold", ("fast", "efold"), "num"),
-    ("fast ratio", ("fast", "ratio"), "num"),
-    ("flip period", ("fast", "flip_period"), "num"),
-    ("v slope", ("v_decay", "slope"), "num"),
-    ("ln(beta2)", ("v_decay", "expected"), "num"),
-    ("spirals", ("spirals", "n_spirals"), "num"),
-    ("double", ("spirals", "n_double"), "num"),
-    ("twisted", ("spirals", "n_twisted"), "num"),
-    ("note", ("note",), "str"),
-]
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the run table (see ``docs/report.md``, "The run table").
+
+    Attributes
+    ----------
+    header : str
+        The column's short name.
+    unit : str
+        Unit shown under the header ("" for a plain number or a label).
+    path : tuple of str
+        Keys of the value in a ``report.json`` run entry.
+    kind : str
+        ``"num"`` sorts numerically, ``"str"`` as text.
+    default : bool
+        Shown without the "all columns" toggle.
+    definition : str
+        One line, shown as the header's tooltip.
+    """
+
+    header: str
+    unit: str
+    path: tuple[str, ...]
+    kind: str
+    default: bool
+    definition: str
+
+    @property
+    def label(self) -> str:
+        """The header with its unit, e.g. ``slow period [steps]``."""
+        return f"{self.header} [{self.unit}]" if self.unit else self.header
+
+
+#: The run table: the ten default columns first, then those behind the "all columns" toggle.
+COLUMNS: list[Column] = [
+    Column("run", "", ("run",), "num", True, "index of the run in the store"),
+    Column("status", "", ("status",), "str", True,
+           "training health: ok, diverged (non-finite loss) or insufficient (too few finite "
+           "updates to analyse)"),
+    Column("precision", "", ("precision",), "str", True, "number format the run trained in"),
+    Column("beta2", "", ("beta2",), "num", True, "Adam's second-moment decay rate"),
+    Column("lr", "", ("lr",), "num", True, "learning rate"),
+    Column("final loss", "", ("final_loss",), "num", True, "training loss at the last step"),
+    Column("bursts", "count", ("n_bursts",), "num", True,
+           "bursts of the update norm found by the periods analysis"),
+    Column("slow period", "steps", ("slow", "period"), "num", True,
+           "median interval between successive burst onsets"),
+    Column("slow ratio", "x", ("slow", "ratio"), "num", True,
+           "slow period divided by the prediction 1/(1-beta2); 1 means the prediction holds"),
+    Column("fast efold", "steps", ("fast", "efold"), "num", True,
+           "e-folding time of the flip amplitude's decay inside a burst (median over bursts); "
+           "predicted 1/(1-beta1)"),
+    Column("hidden", "", ("hidden",), "str", False, "widths of the hidden layers"),
+    Column("beta1", "", ("beta1",), "num", False, "Adam's first-moment decay rate"),
+    Column("seed", "", ("seed",), "num", False, "seed of the initial weights"),
+    Column("perturbation", "", ("perturbation",), "str", False,
+           "how a twin run was perturbed from the run it copies (empty for an ordinary run)"),
+    Column("diverged", "step", ("diverged_step",), "num", False,
+           "first step with a non-finite loss, if any"),
+    Column("slow CI", "steps", ("slow", "ci"), "str", False,
+           "bootstrap confidence interval of the slow period"),
+    Column("1/(1-beta2)", "steps", ("slow", "predicted"), "num", False,
+           "predicted slow period, Adam's second-moment memory"),
+    Column("spectral period", "steps", ("slow", "spectral_period"), "num", False,
+           "period at the Welch spectral peak of the log loss (a cross-check of the slow period)"),
+    Column("fast ratio", "x", ("fast", "ratio"), "num", False,
+           "fast efold divided by the prediction 1/(1-beta1)"),
+    Column("flip period", "steps", ("fast", "flip_period"), "num", False,
+           "dominant period of the parameter changes inside a burst (median over bursts)"),
+    Column("v slope", "1/step", ("v_decay", "slope"), "num", False,
+           "median slope of log v per step between bursts"),
+    Column("ln(beta2)", "1/step", ("v_decay", "expected"), "num", False,
+           "expected v slope: v decays by beta2 per step without new gradient"),
+    Column("spirals", "count", ("spirals", "n_spirals"), "num", False,
+           "windows whose flip-frame path is a spiral"),
+    Column("double", "count", ("spirals", "n_double"), "num", False,
+           "spirals with two arms (interleaved even/odd arms, or outward then inward)"),
+    Column("twisted", "count", ("spirals", "n_twisted"), "num", False,
+           "spirals whose best-fit plane turns by at least 20 degrees between halves"),
+    Column("note", "", ("note",), "str", False, "why a run or a measurement is missing"),
+]  # fmt: skip
 
 
 def _get(entry: Mapping, path: Sequence[str]):
@@ -92,6 +148,89 @@ def _grid_rows(doc: Mapping) -> list[tuple[str, dict]]:
     return rows
 
 
+# ------------------------------------------------------------------------ analysis sections
+
+#: Columns of the analyses whose report section is a list of per-run entries.
+_ENTRY_KEYS: dict[str, tuple[str, ...]] = {
+    "twins": ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note"),
+    "diffusion": ("run", "exponent", "ci", "detrended", "note"),
+}
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
+def _entry_table(title: str, entries: Sequence[Mapping], keys: Sequence[str] | None = None):
+    """``(title, [(key, kind)], rows)`` for a list of entries; only scalar or interval fields."""
+    if keys is None:
+        keys = [k for k, v in entries[0].items() if _is_scalar(v) or k == "ci"]
+    kinds = []
+    for k in keys:
+        vals = [e.get(k) for e in entries if e.get(k) is not None]
+        num = vals and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
+        kinds.append("num" if num else "str")
+    rows = [[e.get(k) for k in keys] for e in entries]
+    return title, list(zip(keys, kinds, strict=True)), rows
+
+
+def _lift_constants(table) -> tuple[tuple, list[tuple[str, object]]]:
+    """Columns with one value in every row (but ``run``) leave the table, to be said once.
+
+    On the demo every stability row repeated the same long note, which made each row a paragraph.
+    """
+    title, cols, rows = table
+    if len(rows) < 2:
+        return table, []
+    same = [
+        j for j, (k, _) in enumerate(cols) if k != "run" and all(r[j] == rows[0][j] for r in rows)
+    ]
+    constants = [(f"{title} (every entry): {cols[j][0]}", rows[0][j]) for j in same]
+    keep = [j for j in range(len(cols)) if j not in same]
+    return (title, [cols[j] for j in keep], [[r[j] for j in keep] for r in rows]), constants
+
+
+def analysis_sections(doc: Mapping) -> list[dict]:
+    """One section per analysis of ``doc["analyses"]``: status, note, and what it reported.
+
+    A section lists the analysis's own top-level entry of ``report.json`` (the key named after
+    it): its scalar fields, and a table for each list of entries in it (one level deep, so
+    ``early_warning.curves.matched`` is a table too). Analyses that report only per-run fields
+    point to the run table's columns.
+    """
+    from geomtraj.report.assemble import RUN_SECTION_OWNER
+
+    out = []
+    for name, st in (doc.get("analyses") or {}).items():
+        sec = {"name": name, "status": st.get("status"), "note": st.get("note"),
+               "scalars": [], "tables": [], "fields": []}  # fmt: skip
+        body = doc.get(name)
+        if isinstance(body, list) and body and all(isinstance(e, Mapping) for e in body):
+            sec["tables"].append(_entry_table(name, body, _ENTRY_KEYS.get(name)))
+        elif isinstance(body, Mapping):
+            for key, val in body.items():
+                if _is_scalar(val):
+                    sec["scalars"].append((key, val))
+                elif isinstance(val, list) and val and all(isinstance(e, Mapping) for e in val):
+                    sec["tables"].append(_entry_table(key, val))
+                elif isinstance(val, Mapping):
+                    for sub, v in val.items():
+                        if _is_scalar(v):
+                            sec["scalars"].append((f"{key}.{sub}", v))
+                        elif isinstance(v, list) and v and all(isinstance(e, Mapping) for e in v):
+                            sec["tables"].append(_entry_table(f"{key}: {sub}", v))
+                elif isinstance(val, list) and all(_is_scalar(v) for v in val):
+                    sec["scalars"].append((key, fmt(val)))
+        lifted = [_lift_constants(t) for t in sec["tables"]]
+        sec["tables"] = [t for t, _ in lifted]
+        sec["scalars"] += [c for _, consts in lifted for c in consts]
+        # the reason already stands under the heading
+        sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
+        sec["fields"] = [k for k, owner in RUN_SECTION_OWNER.items() if owner == name]
+        out.append(sec)
+    return out
+
+
 # ---------------------------------------------------------------------------------- terminal
 
 
@@ -103,10 +242,14 @@ def terminal_summary(doc: Mapping, *, max_rows: int = 50, out_dir: str | None = 
     """
     ran = ("ok", "partial")
     names = [n for n, st in doc.get("analyses", {}).items() if st.get("status") in ran]
+    unmeasured = [
+        n for n, st in doc.get("analyses", {}).items() if st.get("status") == "not measurable"
+    ]
     where = f"; report in {out_dir}" if out_dir else ""
+    gaps = f"; not measurable: {', '.join(unmeasured)}" if unmeasured else ""
     title = (
         f"{doc['store']}: {doc['n_runs']} runs analysed with "
-        f"{', '.join(names) if names else 'no analyses (none available)'}{where}"
+        f"{', '.join(names) if names else 'no analyses (none available)'}{gaps}{where}"
     )
     cols = [
         ("run", 4, ("run",)),
@@ -189,10 +332,10 @@ def markdown(doc: Mapping) -> str:
         )
     out += ["", "## Analyses", "", "| analysis | status | runs | note |", "|---|---|---|---|"]
     for name, st in doc.get("analyses", {}).items():
-        out.append(
-            f"| {_md(name)} | {_md(st.get('status'))} | {_md(st.get('n_runs'))} | "
-            f"{_md(st.get('note'))} |"
-        )
+        status = _md(st.get("status"))
+        if st.get("status") not in ("ok", "not selected"):
+            status = f"**{status}**"  # anything short of ok must catch the eye
+        out.append(f"| {_md(name)} | {status} | {_md(st.get('n_runs'))} | {_md(st.get('note'))} |")
     if doc.get("errors"):
         out += ["", "## Errors", ""]
         for e in doc["errors"]:
@@ -207,111 +350,47 @@ def markdown(doc: Mapping) -> str:
                 f"{_md_text(w.get('where', '?'))}: {_md_text(w['message'])}"
             )
     out += ["", "## Runs", ""]
-    out.append("| " + " | ".join(h for h, _, _ in _COLUMNS) + " |")
-    out.append("|" + "---|" * len(_COLUMNS))
+    # the default columns and the note; every field is in report.json and report.html
+    cols = [c for c in COLUMNS if c.default or c.path == ("note",)]
+    out.append("| " + " | ".join(_md_text(c.label) for c in cols) + " |")
+    out.append("|" + "---|" * len(cols))
     for e in doc["runs"]:
-        out.append("| " + " | ".join(_md(_get(e, p)) for _, p, _ in _COLUMNS) + " |")
-    for section, keys in (
-        ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
-        ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
-    ):
-        rows = doc.get(section) or []
-        out += ["", f"## {section.capitalize()}", ""]
-        if not rows:
-            note = (doc.get("analyses", {}).get(section) or {}).get("note")
-            out.append(f"No entries{f' ({_md_text(note)})' if note else ''}.")
-            continue
-        out.append("| " + " | ".join(keys) + " |")
-        out.append("|" + "---|" * len(keys))
-        for e in rows:
-            out.append("| " + " | ".join(_md(e.get(k)) for k in keys) + " |")
+        out.append("| " + " | ".join(_md(_get(e, c.path)) for c in cols) + " |")
+    out += ["", "Columns:", ""]
+    out += [f"- **{_md_text(c.label)}**: {_md_text(c.definition)}" for c in cols]
+    for sec in analysis_sections(doc):
+        out += ["", f"## {_md_text(sec['name'].replace('_', ' ').capitalize())}", ""]
+        status = _md(sec["status"])
+        out.append(f"Status: **{status}**" + (f". {_md_text(sec['note'])}" if sec["note"] else ""))
+        if sec["scalars"]:
+            out.append("")
+            out += [f"- {_md_text(k)}: {_md(v)}" for k, v in sec["scalars"]]
+        if sec["fields"]:
+            out += ["", f"Per-run fields in the run table: {', '.join(sec['fields'])}."]
+        for title, cols, rows in sec["tables"]:
+            out += ["", f"{_md_text(title)}:", ""] if title != sec["name"] else [""]
+            out.append("| " + " | ".join(_md_text(k) for k, _ in cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            out += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
     if doc.get("figures"):
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
             title = _md_text(f.get("title", f["file"])).replace("]", "\\]")
             out += [f"![{title}]({f['file']})", ""]
+            if f.get("caption"):
+                out += [f"*{_md_text(f['caption'])}*", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
 # -------------------------------------------------------------------------------------- html
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
-background:#fafbfc}
-header,section{padding:0 24px}
-header{background:#1d2330;color:#fff;padding:14px 24px}
-header h1{margin:0 0 4px;font-size:20px} header p{margin:0;opacity:.85}
-h2{font-size:17px;margin:22px 0 8px}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #d8dde6;border-radius:6px;padding:10px 14px;min-width:150px}
-.card b{display:block;font-size:22px}
-table{border-collapse:collapse;background:#fff;font-size:13px}
-th,td{border:1px solid #d8dde6;padding:3px 7px;text-align:right;white-space:nowrap}
-td.s,th.s{text-align:left} td.note{white-space:normal;min-width:260px;text-align:left;color:#555}
-th.sortable{cursor:pointer;background:#eef1f6;user-select:none}
-th.sortable:after{content:" \\2195";color:#99a}
-th.asc:after{content:" \\2191"} th.desc:after{content:" \\2193"}
-tr.insufficient td{background:#fff4e0} tr.diverged td{background:#fdecec}
-td.null{color:#aab}
-.scroll{overflow-x:auto;max-width:100%}
-figure{display:inline-block;margin:8px;background:#fff;border:1px solid #d8dde6;padding:6px}
-figure img{max-width:880px;display:block}
-figcaption{font-size:12px;color:#555}
-.err{color:#a00}
-"""
-
-_JS = """
-(function(){
-  function key(td, num){
-    var v = td.getAttribute('data-v');
-    if (v === null || v === '') return null;
-    return num ? parseFloat(v) : v.toLowerCase();
-  }
-  document.querySelectorAll('table.sortable').forEach(function(table){
-    var ths = table.querySelectorAll('th');
-    ths.forEach(function(th, col){
-      th.classList.add('sortable');
-      th.addEventListener('click', function(){
-        var num = th.getAttribute('data-type') === 'num';
-        var asc = !th.classList.contains('asc');
-        ths.forEach(function(h){ h.classList.remove('asc', 'desc'); });
-        th.classList.add(asc ? 'asc' : 'desc');
-        var body = table.tBodies[0];
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function(a, b){
-          var x = key(a.cells[col], num), y = key(b.cells[col], num);
-          if (x === null && y === null) return 0;
-          if (x === null) return 1;
-          if (y === null) return -1;
-          return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
-        });
-        rows.forEach(function(r){ body.appendChild(r); });
-      });
-    });
-  });
-  window.addEventListener('load', function(){
-    // report.html#sort=COLUMN or #sort=COLUMN:desc opens the run table sorted by COLUMN
-    var m = /sort=([^&]+)/.exec(decodeURIComponent(location.hash));
-    if (m) {
-      var want = m[1].split(':');
-      document.querySelectorAll('#run-table th').forEach(function(th){
-        if (th.textContent === want[0]) { th.click(); if (want[1] === 'desc') th.click(); }
-      });
-    }
-    var imgs = document.querySelectorAll('#figures img');
-    var ok = 0;
-    imgs.forEach(function(i){ if (i.complete && i.naturalWidth > 0) ok++; });
-    document.body.setAttribute('data-images-ok', ok + '/' + imgs.length);
-  });
-})();
-"""
 
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _cell(value, kind: str, note: str | None = None, css: str = "") -> str:
+def _cell(value, kind: str, note: str | None = None, css: str = "") -> dict:
+    """A table cell for the template: shown text, sort key, classes and tooltip."""
     if value is None:
         sort = ""
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -319,173 +398,151 @@ def _cell(value, kind: str, note: str | None = None, css: str = "") -> str:
     else:
         sort = str(value)
     classes = [c for c in (css, "s" if kind == "str" else "", "null" if value is None else "") if c]
-    attrs = f' data-v="{_e(sort)}"'
-    if classes:
-        attrs += f' class="{" ".join(classes)}"'
-    if note and value is None:
-        attrs += f' title="{_e(note)}"'
-    return f"<td{attrs}>{_e(fmt(value))}</td>"
+    title = note if note and value is None else None
+    return {"text": fmt(value), "sort": sort, "cls": " ".join(classes), "title": title}
 
 
-_STR_CLASS = ' class="s"'
+def _head(header: str, kind: str, unit: str = "", title: str = "", cls: str = "") -> dict:
+    classes = " ".join(c for c in ("s" if kind == "str" else "", cls) if c)
+    return {"header": header, "kind": kind, "unit": unit, "title": title, "cls": classes}
 
 
-def _table(headers: Sequence[tuple[str, str]], rows: Sequence[str], table_id: str) -> str:
-    head = "".join(
-        f'<th data-type="{kind}"{_STR_CLASS if kind == "str" else ""}>{_e(h)}</th>'
-        for h, kind in headers
+def _run_table(doc: Mapping) -> dict:
+    """The run table: default columns shown, the others (class ``x``) behind the toggle."""
+    headers = [
+        _head(c.header, c.kind, c.unit, c.definition, "" if c.default else "x") for c in COLUMNS
+    ]
+    rows = []
+    for e in doc["runs"]:
+        cells = []
+        for c in COLUMNS:
+            css = " ".join(x for x in ("note" if c.path == ("note",) else "",
+                                       "" if c.default else "x") if x)  # fmt: skip
+            cells.append(_cell(_get(e, c.path), c.kind, _section_note(e, c.path), css))
+        rows.append({"cls": str(e["status"]), "cells": cells})
+    return {"headers": headers, "rows": rows}
+
+
+def _plain_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence]) -> dict:
+    """A table of ``(header, kind)`` columns; a column named ``note`` wraps its text."""
+    return {
+        "headers": [_head(h, k) for h, k in columns],
+        "rows": [
+            {"cls": "", "cells": [_cell(v, k, None, "note" if h == "note" else "")
+                                  for (h, k), v in zip(columns, row, strict=True)]}
+            for row in rows
+        ],
+    }  # fmt: skip
+
+
+@cache
+def _template():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("geomtraj.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
     )
-    return (
-        f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr>'
-        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
+    return env.get_template("report.html.j2")
+
+
+#: A top-level section larger than this (as JSON) stays in report.json only, not in the page.
+PAGE_SECTION_BYTES = 100_000
+
+
+def page_data(doc: Mapping) -> dict:
+    """The document embedded in ``report.html``: all of it but bulky sections.
+
+    Sections of more than :data:`PAGE_SECTION_BYTES` (per-window or per-step tables, such as
+    ``spiral_windows``) are left to ``report.json`` and named in ``omitted_from_page``; on the
+    demo they were a megabyte of a page that shows none of them.
+    """
+    out: dict = {}
+    omitted = []
+    for key, val in doc.items():
+        if len(json.dumps(val, allow_nan=False)) > PAGE_SECTION_BYTES:
+            omitted.append(key)
+        else:
+            out[key] = val
+    if omitted:
+        out["omitted_from_page"] = {"sections": omitted, "see": "report.json"}
+    return out
 
 
 def html_page(doc: Mapping, figure_dir: str | Path) -> str:
-    """``report.html``: one self-contained page; figures are read from ``figure_dir``'s parent."""
+    """``report.html``: the page, linking its figures in ``figure_dir`` (relative ``figures/``).
+
+    Figures are linked, not embedded: embedding doubled every PNG as base64 and made the demo
+    page 10 MB. The report folder (page, ``figures/``, ``report.json``) travels as one. The page
+    is ``templates/report.html.j2``, autoescaped.
+    """
+    from markupsafe import Markup
+
     base = Path(figure_dir).parent
     s = doc.get("summary", {})
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>geomtraj report: {_e(doc['store'])}</title><style>{_CSS}</style></head><body>",
-        "<header><h1>geomtraj report</h1>",
-        f"<p>{_e(doc['store'])} &middot; {doc['n_runs']} of {doc.get('n_runs_store')} runs "
-        f"&middot; {_e(doc.get('created', ''))} &middot; geomtraj "
-        f"{_e(doc['versions'].get('geomtraj'))}</p></header>",
-        '<section id="summary"><h2>Grid summary</h2><div class="cards">',
-    ]
-    for status in ("ok", "diverged", "insufficient"):
-        parts.append(
-            f'<div class="card" id="count-{status}"><b>{s.get("status", {}).get(status, 0)}</b>'
-            f"runs {status}</div>"
-        )
-    for k, v in _grid_rows(doc):
-        parts.append(
-            f'<div class="card" id="grid-{_e(k)}"><b>{_e(fmt(v.get("slope")))}</b>'
-            f"grid {_e(k)} slope, CI {_e(fmt(v.get('ci')))}, {_e(v.get('n_runs'))} runs: "
-            f"{_e(v.get('verdict'))}</div>"
-        )
-    parts.append("</div>")
-    prec_rows = [
-        f'<tr><td class="s">{_e(p)}</td><td>{c["runs"]}</td><td>{c["diverged"]}</td>'
-        f"<td>{c['insufficient']}</td></tr>"
-        for p, c in sorted(s.get("precision", {}).items())
-    ]
-    parts.append(
-        _table(
-            [("precision", "str"), ("runs", "num"), ("diverged", "num"), ("insufficient", "num")],
-            prec_rows,
-            "precision-table",
-        )
-    )
-    axes = s.get("axes", {})
-    if axes:
-        parts.append(
-            "<p>"
-            + "; ".join(
-                f"<b>{_e(k)}</b>: {_e(', '.join(fmt(x) for x in v))}" for k, v in axes.items()
-            )
-            + "</p>"
-        )
-    grid_notes = [f"<li>{_e(k)}: {_e(v['note'])}</li>" for k, v in _grid_rows(doc) if v.get("note")]
-    if grid_notes:
-        parts.append(f"<ul>{''.join(grid_notes)}</ul>")
-    parts.append("</section>")
-
-    rows = [
-        f'<tr><td class="s">{_e(n)}</td><td class="s">{_e(st.get("status"))}</td>'
-        f"{_cell(st.get('n_runs'), 'num')}{_cell(st.get('seconds'), 'num')}"
-        f'<td class="note">{_e(st.get("note") or "")}</td></tr>'
-        for n, st in doc.get("analyses", {}).items()
-    ]
-    parts.append('<section id="analyses"><h2>Analyses</h2>')
-    parts.append(
-        _table(
-            [
-                ("analysis", "str"),
-                ("status", "str"),
-                ("runs", "num"),
-                ("seconds", "num"),
-                ("note", "str"),
-            ],
-            rows,
-            "analyses-table",
-        )  # fmt: skip
-    )
-    parts.append("</section>")
-    if doc.get("errors"):
-        parts.append('<section id="errors"><h2 class="err">Errors</h2><ul>')
-        for e in doc["errors"]:
-            parts.append(
-                f'<li class="err"><b>{_e(e["analysis"])}</b> runs {_e(e.get("runs", []))}: '
-                f"<code>{_e(e['error'])}</code> {_e(e.get('where', ''))}</li>"
-            )
-        parts.append("</ul></section>")
-
-    if doc.get("warnings"):
-        parts.append('<section id="warnings"><h2>Warnings</h2><ul>')
-        for w in doc["warnings"]:
-            parts.append(
-                f"<li><b>{_e(w['analysis'])}</b>: {_e(w['category'])} x{_e(w['count'])} at "
-                f"{_e(w.get('where', '?'))}: {_e(w['message'])}</li>"
-            )
-        parts.append("</ul></section>")
-
-    run_rows = []
-    for e in doc["runs"]:
-        cells = []
-        for _, path, kind in _COLUMNS:
-            css = "note" if path == ("note",) else ""
-            cells.append(_cell(_get(e, path), kind, _section_note(e, path), css))
-        run_rows.append(f'<tr class="{_e(e["status"])}">{"".join(cells)}</tr>')
-    parts.append('<section id="runs"><h2>Runs</h2>')
-    parts.append(_table([(h, k) for h, _, k in _COLUMNS], run_rows, "run-table"))
-    parts.append("</section>")
-
-    for section, keys in (
-        ("twins", ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note")),
-        ("diffusion", ("run", "exponent", "ci", "detrended", "note")),
-    ):
-        entries = doc.get(section) or []
-        parts.append(f'<section id="{section}"><h2>{section.capitalize()}</h2>')
-        if not entries:
-            note = (doc.get("analyses", {}).get(section) or {}).get("note")
-            parts.append(f"<p>No entries{_e(f' ({note})' if note else '')}.</p></section>")
-            continue
-        kinds = [("str" if k in ("note", "ci") else "num") for k in keys]
-        body = [
-            "<tr>"
-            + "".join(
-                _cell(e.get(k), kd, None, "note" if k == "note" else "")
-                for k, kd in zip(keys, kinds, strict=True)
-            )
-            + "</tr>"
-            for e in entries
+    grid = [
+        {"name": k, "slope": fmt(v.get("slope")), "ci": fmt(v.get("ci")),
+         "n_runs": v.get("n_runs"), "verdict": v.get("verdict")}
+        for k, v in _grid_rows(doc)
+    ]  # fmt: skip
+    precision = _plain_table(
+        [("precision", "str"), ("runs", "num"), ("diverged", "num"), ("insufficient", "num")],
+        [(p, c["runs"], c["diverged"], c["insufficient"])
+         for p, c in sorted(s.get("precision", {}).items())],
+    )  # fmt: skip
+    analyses = _plain_table(
+        [("analysis", "str"), ("status", "str"), ("runs", "num"), ("seconds", "num"),
+         ("note", "str")],
+        [(n, st.get("status"), st.get("n_runs"), st.get("seconds"), st.get("note") or "")
+         for n, st in doc.get("analyses", {}).items()],
+    )  # fmt: skip
+    for row in analyses["rows"]:
+        status = row["cells"][1]
+        status["cls"] += " st-" + status["sort"].replace(" ", "-")
+    sections = []
+    for sec in analysis_sections(doc):
+        tables = [
+            {"title": title, **_plain_table(cols, rows)} for title, cols, rows in sec["tables"]
         ]
-        parts.append(_table(list(zip(keys, kinds, strict=True)), body, f"{section}-table"))
-        parts.append("</section>")
-
-    parts.append('<section id="figures"><h2>Figures</h2>')
+        scalars = [(k, fmt(v)) for k, v in sec["scalars"]]
+        status_cls = "st-" + str(sec["status"]).replace(" ", "-")
+        sections.append({**sec, "tables": tables, "scalars": scalars, "status_cls": status_cls})
+    figures = []
     for f in doc.get("figures", []):
-        png = (base / f["file"]).read_bytes()
-        data = base64.b64encode(png).decode("ascii")
-        title = f.get("title", f["file"])
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(title)}" '
-            f'data-file="{_e(f["file"])}"><figcaption>{_e(f["analysis"])}: {_e(title)} '
-            f"(<code>{_e(f['file'])}</code>)</figcaption></figure>"
+        if not (base / f["file"]).is_file():
+            raise FileNotFoundError(f"figure {f['file']} is not in {base}")
+        figures.append(
+            {
+                "file": f["file"],
+                "src": quote(f["file"]),
+                "analysis": f["analysis"],
+                "title": f.get("title", f["file"]),
+                "caption": f.get("caption") or "",
+            }
         )
-    parts.append("</section>")
     # no <, > or & may reach the script element: "<!--" or "</script" in a store string would
     # change how the page is parsed; JSON's \\u escapes keep the values
     payload = (
-        json.dumps(doc, allow_nan=False)
+        json.dumps(page_data(doc), allow_nan=False)
         .replace("<", "\\u003c")
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
     )
-    parts.append(f'<script type="application/json" id="report-data">{payload}</script>')
-    parts.append(f"<script>{_JS}</script></body></html>")
-    return "\n".join(parts)
+    return _template().render(
+        doc={**doc, "n_runs_store": doc.get("n_runs_store"), "created": doc.get("created", ""),
+             "errors": doc.get("errors") or [], "warnings": doc.get("warnings") or []},
+        run_counts=[(k, s.get("status", {}).get(k, 0)) for k in ("ok", "diverged", "insufficient")],
+        grid=grid,
+        precision=precision,
+        axes=[(k, ", ".join(fmt(x) for x in v)) for k, v in s.get("axes", {}).items()],
+        grid_notes=[(k, v["note"]) for k, v in _grid_rows(doc) if v.get("note")],
+        analyses=analyses,
+        runs=_run_table(doc),
+        extra_columns=[c.header for c in COLUMNS if not c.default],
+        sections=sections,
+        figures=figures,
+        payload=Markup(payload),
+    )  # fmt: skip
