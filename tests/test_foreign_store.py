@@ -121,6 +121,9 @@ def test_plain_store_with_every_analysis_exits_0(plain_store, tmp_path) -> None:
     assert [e["stability"]["verdict"] for e in doc["runs"]] == ["not measurable"] * 2
     assert "holds no data_x" in json.dumps(doc["stability"])
     assert doc["early_warning"]["verdict"] == "not measurable"
+    for name in ("stability", "early_warning"):  # and the report does not call them ok
+        assert doc["analyses"][name]["status"] == "not measurable", doc["analyses"][name]
+        assert doc["analyses"][name]["note"]
 
 
 def test_status_training_is_refused_and_unknown_status_too(tmp_path) -> None:
