@@ -57,6 +57,8 @@ _RUN_TABLE = {
 
 #: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
 PACK_UPDATES = 64
+#: ... or fewer, so that their full theta|m|v rows take at most this many bytes.
+BLOCK_BYTES = 16 * 2**20
 
 
 def _version() -> str:
@@ -378,7 +380,7 @@ class TorchRecorder:
         self.n_params = len(names)
         self.recorded = self._select(record_params, names)
         self.param_name = [names[i] for i in self.recorded]
-        device = self.params[0].device
+        device, pdtype = self.params[0].device, self.params[0].dtype
         n_all, rec = self.n_params, torch.as_tensor(self.recorded, dtype=torch.long)
         # rows gather theta, m, v of the recorded coordinates from one concatenation of all three
         self._idx3 = torch.cat([rec, rec + n_all, rec + 2 * n_all]).to(device)
@@ -388,18 +390,34 @@ class TorchRecorder:
         self._contiguous = all(p.is_contiguous() for p in self.params)
         self._param_views = [p.detach().reshape(-1) for p in self.params]
         self._sizes = [p.numel() for p in self.params]
-        self._moment_views: tuple[list, list, list] | None = None
-        self._prev = self._torch.cat(self._param_views)
+        self._moment_views: tuple[list, list] | None = None
         self._coupled_decay = self.hyper["weight_decay"] != 0 and not isinstance(
             optimizer, torch.optim.AdamW
         )
-        # one chunk of per-update values, as small tensors: appending costs no tensor op, and
-        # the device is synchronised only when the chunk is written
-        self._buf: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "update_norm", "lr")}
-        self._row_buf: list = []
-        # ... packed into NumPy every PACK_UPDATES updates: thousands of live small tensors slowed
-        # the training step itself (allocator, garbage collector)
-        self._packed: dict[str, list[np.ndarray]] = {k: [] for k in (*self._buf, "rows")}
+        # On a small model each tensor op's dispatch, not its arithmetic, is the recording's
+        # cost: an update costs two ops (one concatenation of theta|m|v into a preallocated
+        # block, one fused per-tensor gradient norm); update norms and the recorded coordinates
+        # are computed for a whole block at once when it is packed into NumPy.
+        block = max(1, min(PACK_UPDATES, BLOCK_BYTES // (3 * n_all * self.params[0].itemsize)))
+        # row 0: theta of the update before the block (for update_norm); then one row an update
+        self._block = torch.empty(block + 1, 3 * n_all, dtype=pdtype, device=device)
+        self._block[0, :n_all] = torch.cat(self._params_flat())
+        self._slots = list(self._block)
+        self._theta_slots = [r[:n_all] for r in self._slots]
+        # per-tensor views of theta_{t-1}, for torch's coupled weight decay (g + wd * theta_{t-1})
+        self._prev_shaped = [
+            [x.view_as(p) for x, p in zip(r.split(self._sizes), self.params, strict=True)]
+            for r in self._theta_slots[:-1]
+        ] if self._coupled_decay else []  # fmt: skip
+        self._k = 0  # updates in the block
+        self._is_row: list[bool] = []
+        self._loss: list = []
+        self._grad_norms: list = []
+        self._lr: list[float] = []
+        # ... packed into NumPy (one device-to-host copy) every block
+        self._packed: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("loss", "grad_norm", "update_norm", "lr", "rows")
+        }
         self._snaps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.t = 0  # updates recorded
         self._in_chunk = 0
@@ -489,36 +507,33 @@ class TorchRecorder:
             raise GeomtrajError("TorchRecorder.step after close()")
         torch = self._torch
         with torch.no_grad():
-            t = self.t + 1
+            t, k = self.t + 1, self._k + 1
             row = t % self.record_every == 0
             snap = self.snapshot_every and t % self.snapshot_every == 0
-            params = self.params
-            n = self.n_params
             if row or snap:
-                flat = torch.cat([*self._params_flat(), *self._moments()])
-                theta = flat[:n]
-                if row:
-                    self._row_buf.append(flat[self._idx3])
+                torch.cat(self._params_flat() + self._moments(), out=self._slots[k])
                 if snap:
-                    arr = self._numpy(flat)
+                    arr = self._numpy(self._slots[k])
+                    n = self.n_params
                     self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
             else:
-                theta = torch.cat(self._params_flat())
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
-                prev = self._prev.split(self._sizes)
-                grads = [g.add(q.view_as(g), alpha=self.hyper["weight_decay"])
-                         for g, q in zip(grads, prev, strict=True)]  # fmt: skip
-            b = self._buf
-            b["loss"].append(loss.detach() if torch.is_tensor(loss) else float(loss))
-            # per-tensor norms now (one fused op), combined into ||g|| when the chunk is written
-            b["grad_norm"].append(torch._foreach_norm(grads))
-            b["update_norm"].append(torch.dist(theta, self._prev))
-            b["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
-            self._prev = theta
-            self.t = t
+                torch.cat(self._params_flat(), out=self._theta_slots[k])
+            grads = [p.grad for p in self.params]
+            if any(g is None for g in grads):
+                grads = [torch.zeros_like(p) if g is None else g
+                         for g, p in zip(grads, self.params, strict=True)]  # fmt: skip
+            if self._coupled_decay:
+                grads = torch._foreach_add(
+                    grads, self._prev_shaped[k - 1], alpha=self.hyper["weight_decay"]
+                )
+            # per-tensor norms (one fused op), combined into ||g|| when the block is packed
+            self._grad_norms.append(torch._foreach_norm(grads))
+            self._loss.append(loss.detach() if torch.is_tensor(loss) else float(loss))
+            self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
+            self._is_row.append(row)
+            self._k, self.t = k, t
             self._in_chunk += 1
-            if len(b["loss"]) == PACK_UPDATES:
+            if k == len(self._slots) - 1:
                 self._pack()
         if self._in_chunk == self.chunk_updates:
             self._flush()
@@ -530,7 +545,7 @@ class TorchRecorder:
         current = [state[p].get("exp_avg") if p in state else None for p in self.params]
         cached = self._moment_views
         if cached is not None and all(a is b for a, b in zip(current, cached[0], strict=True)):
-            return cached[1] + cached[2]
+            return cached[1]
         if all(x is None for x in current):
             raise GeomtrajError(
                 "the optimizer has no exp_avg/exp_avg_sq state: call rec.step(loss) after "
@@ -539,47 +554,50 @@ class TorchRecorder:
         zero = self._torch.zeros_like
         m = [state[p]["exp_avg"] if p in state else zero(p) for p in self.params]
         v = [state[p]["exp_avg_sq"] if p in state else zero(p) for p in self.params]
-        flat_m, flat_v = [x.reshape(-1) for x in m], [x.reshape(-1) for x in v]
+        flat = [x.reshape(-1) for x in m + v]
         if self._contiguous and all(x.is_contiguous() for x in m + v):
-            self._moment_views = (current, flat_m, flat_v)
-        return flat_m + flat_v
+            self._moment_views = (current, flat)
+        return flat
 
     def _params_flat(self) -> list:
         if self._contiguous:
             return self._param_views
         return [p.detach().reshape(-1) for p in self.params]
 
-    def _grad_norms(self, parts: list) -> np.ndarray:
-        """``||g_t||`` from the per-tensor norms of each update: sqrt of their sum of squares."""
-        if not parts:
-            return np.zeros(0, self.np_dtype)
-        torch = self._torch
-        per_tensor = torch.stack([torch.stack(p) for p in parts])
-        return self._numpy(torch.linalg.vector_norm(per_tensor, dim=1))
-
     def _pack(self) -> None:
-        """Move the buffered per-update tensors into NumPy arrays (one device sync)."""
-        b, packed = self._buf, self._packed
-        packed["loss"].append(self._series(b["loss"]))
-        packed["grad_norm"].append(self._grad_norms(b["grad_norm"]))
-        packed["update_norm"].append(self._series(b["update_norm"]))
-        packed["lr"].append(np.array(b["lr"], dtype=np.float64))
-        if self._row_buf:
-            packed["rows"].append(self._numpy(self._torch.stack(self._row_buf)))
-        self._buf = {k: [] for k in b}
-        self._row_buf = []
+        """Move the block's values into NumPy (one device-to-host copy of each kind) and start
+        the next block from its last theta."""
+        k, packed = self._k, self._packed
+        if k == 0:
+            return
+        torch, n = self._torch, self.n_params
+        wide = torch.float64 if self.np_dtype == np.float64 else torch.float32
+        with torch.no_grad():
+            theta = self._block[: k + 1, :n].to(wide)
+            packed["update_norm"].append(
+                self._numpy(torch.linalg.vector_norm(theta[1:] - theta[:-1], dim=1))
+            )
+            # ||g_t|| from the per-tensor norms: sqrt of their sum of squares
+            per_tensor = torch.stack([torch.stack(g) for g in self._grad_norms]).to(wide)
+            packed["grad_norm"].append(self._numpy(torch.linalg.vector_norm(per_tensor, dim=1)))
+            if all(torch.is_tensor(x) for x in self._loss):
+                packed["loss"].append(self._numpy(torch.stack(self._loss)))
+            else:
+                packed["loss"].append(np.array([float(x) for x in self._loss], self.np_dtype))
+            packed["lr"].append(np.array(self._lr, dtype=np.float64))
+            rows = np.flatnonzero(self._is_row) + 1
+            if rows.size:
+                at = torch.as_tensor(rows, device=self._block.device)
+                packed["rows"].append(self._numpy(self._block[at][:, self._idx3]))
+            self._block[0, :n] = self._block[k, :n]
+        self._k = 0
+        self._loss, self._grad_norms, self._lr, self._is_row = [], [], [], []
 
     def _numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
         float32 holds every bfloat16/float16 value exactly)."""
         wide = self._torch.float64 if self.np_dtype == np.float64 else self._torch.float32
         return x.detach().to(wide).cpu().numpy().astype(self.np_dtype, copy=True)
-
-    def _series(self, values: list) -> np.ndarray:
-        torch = self._torch
-        if values and all(torch.is_tensor(x) for x in values):
-            return self._numpy(torch.stack(values))
-        return np.array([float(x) for x in values]).astype(self.np_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
     def _flush(self) -> None:
