@@ -383,8 +383,8 @@ class TorchRecorder:
         self.param_name = [names[i] for i in self.recorded]
         device, pdtype = self.params[0].device, self.params[0].dtype
         n_all, rec = self.n_params, torch.as_tensor(self.recorded, dtype=torch.long)
-        # rows gather theta, m, v of the recorded coordinates from one concatenation of all three
-        self._idx3 = torch.cat([rec, rec + n_all, rec + 2 * n_all]).to(device)
+        # rows gather theta, m, v of the recorded coordinates from one theta|g|m|v concatenation
+        self._idx3 = torch.cat([rec, rec + 2 * n_all, rec + 3 * n_all]).to(device)
         # flat views of the parameters and moments: torch updates them in place, so the views
         # follow, and one concatenation per update reads them all
         # (a non-contiguous tensor, e.g. channels-last, has no flat view: it is copied each time)
@@ -396,24 +396,18 @@ class TorchRecorder:
             optimizer, torch.optim.AdamW
         )
         # On a small model each tensor op's dispatch, not its arithmetic, is the recording's
-        # cost: an update costs two ops (one concatenation of theta|m|v into a preallocated
-        # block, one fused per-tensor gradient norm); update norms and the recorded coordinates
-        # are computed for a whole block at once when it is packed into NumPy.
-        block = max(1, min(PACK_UPDATES, BLOCK_BYTES // (3 * n_all * self.params[0].itemsize)))
+        # cost: an update costs one op, a concatenation of theta|g|m|v into a preallocated
+        # block; gradient norms, update norms and the recorded coordinates are computed for a
+        # whole block at once when it is packed into NumPy.
+        block = max(1, min(PACK_UPDATES, BLOCK_BYTES // (4 * n_all * self.params[0].itemsize)))
         # row 0: theta of the update before the block (for update_norm); then one row an update
-        self._block = torch.empty(block + 1, 3 * n_all, dtype=pdtype, device=device)
+        self._block = torch.empty(block + 1, 4 * n_all, dtype=pdtype, device=device)
         self._block[0, :n_all] = torch.cat(self._params_flat())
         self._slots = list(self._block)
-        self._theta_slots = [r[:n_all] for r in self._slots]
-        # per-tensor views of theta_{t-1}, for torch's coupled weight decay (g + wd * theta_{t-1})
-        self._prev_shaped = [
-            [x.view_as(p) for x, p in zip(r.split(self._sizes), self.params, strict=True)]
-            for r in self._theta_slots[:-1]
-        ] if self._coupled_decay else []  # fmt: skip
+        self._theta_grad_slots = [r[: 2 * n_all] for r in self._slots]
         self._k = 0  # updates in the block
         self._is_row: list[bool] = []
         self._loss: list = []
-        self._grad_norms: list = []
         self._lr: list[float] = []
         # ... packed into NumPy (one device-to-host copy) every block
         self._packed: dict[str, list[np.ndarray]] = {
@@ -513,24 +507,21 @@ class TorchRecorder:
         t, k = self.t + 1, self._k + 1
         row = t % self.record_every == 0
         snap = self.snapshot_every and t % self.snapshot_every == 0
-        if row or snap:
-            torch.cat(self._state_views(), out=self._slots[k])
-            if snap:
-                arr = self._numpy(self._slots[k])
-                n = self.n_params
-                self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
-        else:
-            torch.cat(self._params_flat(), out=self._theta_slots[k])
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             grads = [torch.zeros_like(p) if g is None else g
                      for g, p in zip(grads, self.params, strict=True)]  # fmt: skip
-        if self._coupled_decay:
-            grads = torch._foreach_add(
-                grads, self._prev_shaped[k - 1], alpha=self.hyper["weight_decay"]
-            )
-        # per-tensor norms (one fused op), combined into ||g|| when the block is packed
-        self._grad_norms.append(torch._foreach_norm(grads))
+        grads = [g.reshape(-1) for g in grads]
+        if row or snap:
+            views = self._state_views()  # theta, m, v
+            n_p = len(self.params)
+            torch.cat(views[:n_p] + grads + views[n_p:], out=self._slots[k])
+            if snap:
+                arr = self._numpy(self._slots[k])
+                n = self.n_params
+                self._snaps.append((t, arr[:n], arr[2 * n : 3 * n], arr[3 * n :]))
+        else:
+            torch.cat(self._params_flat() + grads, out=self._theta_grad_slots[k])
         self._loss.append(loss.detach() if torch.is_tensor(loss) else float(loss))
         self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
         self._is_row.append(row)
@@ -584,9 +575,11 @@ class TorchRecorder:
             packed["update_norm"].append(
                 self._numpy(torch.linalg.vector_norm(theta[1:] - theta[:-1], dim=1))
             )
-            # ||g_t|| from the per-tensor norms: sqrt of their sum of squares
-            per_tensor = torch.stack([torch.stack(g) for g in self._grad_norms]).to(wide)
-            packed["grad_norm"].append(self._numpy(torch.linalg.vector_norm(per_tensor, dim=1)))
+            grad = self._block[1 : k + 1, n : 2 * n]
+            if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
+                grad = grad.add(self._block[:k, :n], alpha=self.hyper["weight_decay"])
+            g_norm = torch.linalg.vector_norm(grad.to(wide), dim=1)
+            packed["grad_norm"].append(self._numpy(g_norm))
             if all(torch.is_tensor(x) for x in self._loss):
                 packed["loss"].append(self._numpy(torch.stack(self._loss)))
             else:
@@ -598,7 +591,7 @@ class TorchRecorder:
                 packed["rows"].append(self._numpy(self._block[at][:, self._idx3]))
             self._block[0, :n] = self._block[k, :n]
         self._k = 0
-        self._loss, self._grad_norms, self._lr, self._is_row = [], [], [], []
+        self._loss, self._lr, self._is_row = [], [], []
 
     def _numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
