@@ -702,12 +702,15 @@ class TorchRecorder:
             "seed": self.labels["seed"], "n_params": self.n_params, "twin_of": -1,
             "perturbation": "none", "diverged_step": -1,
         }  # fmt: skip
-        ds = xr.merge([per_update, per_row])
+        # one constructor, not a variable at a time: each assignment re-aligns the whole Dataset
+        data = {k: var.variable for part in (per_update, per_row) for k, var in part.items()}
         for k, dtype in _RUN_TABLE.items():
-            ds[k] = (("run",), _per_run(table[k], 1, dtype, k))
-        ds["optimizer"] = (("run",), np.array([type(self.optimizer).__name__], dtype=object))
-        ds["param_name"] = (("param",), np.array(self.param_name, dtype=object))
-        ds["param_index"] = (("param",), self.recorded.astype(np.int64))
+            data[k] = (("run",), _per_run(table[k], 1, dtype, k))
+        data["optimizer"] = (("run",), np.array([type(self.optimizer).__name__], dtype=object))
+        data["param_name"] = (("param",), np.array(self.param_name, dtype=object))
+        data["param_index"] = (("param",), self.recorded.astype(np.int64))
+        coords = {"iteration": per_update["iteration"].values, "step": per_row["step"].values}
+        ds = xr.Dataset(data, coords=coords)
         ds.attrs.update(
             geomtraj_schema=SCHEMA_VERSION,
             geomtraj_version=_version(),
