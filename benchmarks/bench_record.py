@@ -12,7 +12,10 @@ one CPU thread:
 The recorder keeps 16 coordinates of theta/m/v at every update and the per-update series, and
 appends a chunk to a zarr store every ``--chunk`` updates (store writes included). Times are the
 process's CPU time (the machine may be shared; one thread makes CPU time the work done); loops
-alternate (plain, recorded, plain, ...) and the median of ``--repeats`` is reported.
+alternate (plain, recorded, plain, ...) and the median of ``--repeats`` is reported. The
+recorded loop includes the store's creation at the first chunk (about 0.13 s of CPU, mostly
+zarr's per-array metadata writes) and each chunk's append (about 0.02-0.03 s): fixed costs that
+weigh more the shorter the run.
 
     .venv/bin/python benchmarks/bench_record.py [--steps 1000] [--repeats 3] [--record-params 16]
         [--compare OLD_RECORD_PY]
