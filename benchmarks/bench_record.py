@@ -12,14 +12,23 @@ one CPU thread:
 The recorder keeps 16 coordinates of theta/m/v at every update and the per-update series, and
 appends a chunk to a zarr store every ``--chunk`` updates (store writes included). Times are the
 process's CPU time (the machine may be shared; one thread makes CPU time the work done); loops
-alternate (plain, recorded, plain, ...) and the median of ``--repeats`` is reported.
+alternate (plain, recorded, plain, ...) and the median of ``--repeats`` is reported. The
+recorded loop includes the store's creation at the first chunk (about 0.13 s of CPU, mostly
+zarr's per-array metadata writes) and each chunk's append (about 0.02-0.03 s): fixed costs that
+weigh more the shorter the run.
 
     .venv/bin/python benchmarks/bench_record.py [--steps 1000] [--repeats 3] [--record-params 16]
+        [--compare OLD_RECORD_PY]
+
+``--compare`` also times the ``TorchRecorder`` of another copy of ``geomtraj/record.py`` (e.g. the
+previous commit's, ``git show HEAD~1:geomtraj/record.py > /tmp/old.py``) in the same alternation,
+so before/after figures come from one run on one machine load.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import tempfile
 import time
@@ -57,16 +66,25 @@ def _setup(model_name: str, seed: int = 0):
     return X, y, model, opt, loss_fn
 
 
+def _recorder_from(file: str) -> type:
+    """``TorchRecorder`` of another copy of ``geomtraj/record.py`` (the baseline)."""
+    spec = importlib.util.spec_from_file_location("record_compared", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TorchRecorder
+
+
 def loop(
-    model_name: str, steps: int, path: Path | None, record_params: int, chunk: int
-) -> tuple[float, float]:
+    model_name: str, steps: int, path: Path | None, record_params: int, chunk: int,
+    recorder: type = TorchRecorder,
+) -> tuple[float, float]:  # fmt: skip
     """CPU seconds for ``steps`` Adam updates, recorded into ``path`` when given, and of them the
     seconds in ``close()`` (the last chunk's write; the store's creation when the run is shorter
     than a chunk)."""
     X, y, model, opt, loss_fn = _setup(model_name)
     rec = None
     if path is not None:
-        rec = TorchRecorder(path, opt, model=model, record_params=record_params,
+        rec = recorder(path, opt, model=model, record_params=record_params,
                             chunk_updates=chunk, overwrite=True)  # fmt: skip
     t0 = time.process_time()
     for _ in range(steps):
@@ -89,7 +107,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--record-params", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--compare", metavar="RECORD_PY", help="also time this copy's TorchRecorder")
     args = ap.parse_args()
+    recorders = {"TorchRecorder": TorchRecorder}
+    if args.compare:
+        recorders = {f"{args.compare}": _recorder_from(args.compare), **recorders}
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_record_"))
     print(
@@ -98,23 +120,29 @@ def main() -> None:
     )
     try:
         for name in ("digits", "tiny"):
-            loop(name, 50, tmp / "warm.zarr", args.record_params, args.chunk)  # imports, 1st write
-            plain, recorded, closing = [], [], []
+            for recorder in recorders.values():  # imports, first write
+                loop(name, 50, tmp / "warm.zarr", args.record_params, args.chunk, recorder)
+            plain: list[float] = []
+            recorded: dict[str, list[float]] = {label: [] for label in recorders}
+            closing: dict[str, list[float]] = {label: [] for label in recorders}
             for k in range(args.repeats):
                 plain.append(loop(name, args.steps, None, args.record_params, args.chunk)[0])
-                total, at_close = loop(
-                    name, args.steps, tmp / f"r{k}.zarr", args.record_params, args.chunk
-                )
-                recorded.append(total)
-                closing.append(at_close)
-            p, r, c = (float(np.median(x)) for x in (plain, recorded, closing))
+                for label, recorder in recorders.items():
+                    total, at_close = loop(name, args.steps, tmp / f"r{k}.zarr",
+                                           args.record_params, args.chunk, recorder)  # fmt: skip
+                    recorded[label].append(total)
+                    closing[label].append(at_close)
+            p = float(np.median(plain))
             n = sum(x.numel() for x in _setup(name)[2].parameters())
             print(f"{name} ({n} parameters)")
             print(f"  training loop alone  {p:7.3f} s  ({args.steps / p:7.0f} steps/s)")
-            print(f"  with TorchRecorder   {r:7.3f} s  ({args.steps / r:7.0f} steps/s)")
-            print(f"    of which close()   {c:7.3f} s  (store creation and last chunk's write)")
-            print(f"    per update         {1e6 * (r - c - p) / args.steps:7.1f} us")
-            print(f"  recording overhead   {100 * (r - p) / p:6.1f} %  (bar: 25 %)")
+            for label in recorders:
+                r, c = float(np.median(recorded[label])), float(np.median(closing[label]))
+                print(f"  with {label}")
+                print(f"    loop               {r:7.3f} s  ({args.steps / r:7.0f} steps/s)")
+                print(f"    of which close()   {c:7.3f} s  (store creation, last chunk's write)")
+                print(f"    per update         {1e6 * (r - c - p) / args.steps:7.1f} us")
+                print(f"    recording overhead {100 * (r - p) / p:6.1f} %  (bar: 25 %)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -21,6 +21,7 @@ The stores these write open with :func:`geomtraj.store.open_store` and are analy
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,8 @@ _RUN_TABLE = {
 
 #: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
 PACK_UPDATES = 64
+#: ... or fewer, so that their full theta|m|v rows take at most this many bytes.
+BLOCK_BYTES = 16 * 2**20
 
 
 def _version() -> str:
@@ -378,33 +381,44 @@ class TorchRecorder:
         self.n_params = len(names)
         self.recorded = self._select(record_params, names)
         self.param_name = [names[i] for i in self.recorded]
-        device = self.params[0].device
+        device, pdtype = self.params[0].device, self.params[0].dtype
         n_all, rec = self.n_params, torch.as_tensor(self.recorded, dtype=torch.long)
-        # rows gather theta, m, v of the recorded coordinates from one concatenation of all three
-        self._idx3 = torch.cat([rec, rec + n_all, rec + 2 * n_all]).to(device)
+        # rows gather theta, m, v of the recorded coordinates from one theta|g|m|v concatenation
+        self._idx3 = torch.cat([rec, rec + 2 * n_all, rec + 3 * n_all]).to(device)
         # flat views of the parameters and moments: torch updates them in place, so the views
         # follow, and one concatenation per update reads them all
         # (a non-contiguous tensor, e.g. channels-last, has no flat view: it is copied each time)
         self._contiguous = all(p.is_contiguous() for p in self.params)
         self._param_views = [p.detach().reshape(-1) for p in self.params]
         self._sizes = [p.numel() for p in self.params]
-        self._moment_views: tuple[list, list, list] | None = None
-        self._prev = self._torch.cat(self._param_views)
+        self._moment_views: tuple[Any, int, list] | None = None
         self._coupled_decay = self.hyper["weight_decay"] != 0 and not isinstance(
             optimizer, torch.optim.AdamW
         )
-        # one chunk of per-update values, as small tensors: appending costs no tensor op, and
-        # the device is synchronised only when the chunk is written
-        self._buf: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "update_norm", "lr")}
-        self._row_buf: list = []
-        # ... packed into NumPy every PACK_UPDATES updates: thousands of live small tensors slowed
-        # the training step itself (allocator, garbage collector)
-        self._packed: dict[str, list[np.ndarray]] = {k: [] for k in (*self._buf, "rows")}
+        # On a small model each tensor op's dispatch, not its arithmetic, is the recording's
+        # cost: an update costs one op, a concatenation of theta|g|m|v into a preallocated
+        # block; gradient norms, update norms and the recorded coordinates are computed for a
+        # whole block at once when it is packed into NumPy.
+        block = max(1, min(PACK_UPDATES, BLOCK_BYTES // (4 * n_all * self.params[0].itemsize)))
+        # row 0: theta of the update before the block (for update_norm); then one row an update
+        self._block = torch.empty(block + 1, 4 * n_all, dtype=pdtype, device=device)
+        self._block[0, :n_all] = torch.cat(self._params_flat())
+        self._slots = list(self._block)
+        self._theta_grad_slots = [r[: 2 * n_all] for r in self._slots]
+        self._k = 0  # updates in the block
+        self._is_row: list[bool] = []
+        self._loss: list = []
+        self._lr: list[float] = []
+        # ... packed into NumPy (one device-to-host copy) every block
+        self._packed: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("loss", "grad_norm", "update_norm", "lr", "rows")
+        }
         self._snaps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.t = 0  # updates recorded
         self._in_chunk = 0
         self._created = False
         self._group = None  # the open zarr group, once created
+        self._arrays: dict[str, Any] = {}  # ... and its arrays, by name
         self._snap_created = False
         self._closed = False
         self.diverged_step = -1
@@ -488,49 +502,48 @@ class TorchRecorder:
         if self._closed:
             raise GeomtrajError("TorchRecorder.step after close()")
         torch = self._torch
-        with torch.no_grad():
-            t = self.t + 1
-            row = t % self.record_every == 0
-            snap = self.snapshot_every and t % self.snapshot_every == 0
-            params = self.params
-            n = self.n_params
-            if row or snap:
-                flat = torch.cat([*self._params_flat(), *self._moments()])
-                theta = flat[:n]
-                if row:
-                    self._row_buf.append(flat[self._idx3])
-                if snap:
-                    arr = self._numpy(flat)
-                    self._snaps.append((t, arr[:n], arr[n : 2 * n], arr[2 * n :]))
-            else:
-                theta = torch.cat(self._params_flat())
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
-                prev = self._prev.split(self._sizes)
-                grads = [g.add(q.view_as(g), alpha=self.hyper["weight_decay"])
-                         for g, q in zip(grads, prev, strict=True)]  # fmt: skip
-            b = self._buf
-            b["loss"].append(loss.detach() if torch.is_tensor(loss) else float(loss))
-            # per-tensor norms now (one fused op), combined into ||g|| when the chunk is written
-            b["grad_norm"].append(torch._foreach_norm(grads))
-            b["update_norm"].append(torch.dist(theta, self._prev))
-            b["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
-            self._prev = theta
-            self.t = t
-            self._in_chunk += 1
-            if len(b["loss"]) == PACK_UPDATES:
-                self._pack()
+        # no autograd bookkeeping to switch off: every input is detached (parameter views,
+        # optimizer state, loss.detach()) or a gradient, and torch.no_grad costs ~1.5 us
+        t, k = self.t + 1, self._k + 1
+        row = t % self.record_every == 0
+        snap = self.snapshot_every and t % self.snapshot_every == 0
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            grads = [torch.zeros_like(p) if g is None else g
+                     for g, p in zip(grads, self.params, strict=True)]  # fmt: skip
+        grads = [g.reshape(-1) for g in grads]
+        if row or snap:
+            views = self._state_views()  # theta, m, v
+            n_p = len(self.params)
+            torch.cat(views[:n_p] + grads + views[n_p:], out=self._slots[k])
+            if snap:
+                arr = self._numpy(self._slots[k])
+                n = self.n_params
+                self._snaps.append((t, arr[:n], arr[2 * n : 3 * n], arr[3 * n :]))
+        else:
+            torch.cat(self._params_flat() + grads, out=self._theta_grad_slots[k])
+        self._loss.append(loss.detach() if torch.is_tensor(loss) else float(loss))
+        self._lr.append(float(self.optimizer.param_groups[0]["lr"]))
+        self._is_row.append(row)
+        self._k, self.t = k, t
+        self._in_chunk += 1
+        if k == len(self._slots) - 1:
+            self._pack()
         if self._in_chunk == self.chunk_updates:
             self._flush()
 
-    def _moments(self) -> list:
-        """Flat views of ``exp_avg`` then ``exp_avg_sq`` of every parameter (zero where it never
-        had a gradient), cached while the optimizer keeps the same state tensors."""
+    def _state_views(self) -> list:
+        """Flat views of the parameters, then ``exp_avg``, then ``exp_avg_sq`` of every
+        parameter (zero where it never had a gradient), cached while the optimizer keeps the
+        same state tensors."""
         state = self.optimizer.state
-        current = [state[p].get("exp_avg") if p in state else None for p in self.params]
         cached = self._moment_views
-        if cached is not None and all(a is b for a, b in zip(current, cached[0], strict=True)):
-            return cached[1] + cached[2]
+        # torch creates a parameter's moments once and updates them in place; only a new state
+        # table (load_state_dict) or a parameter's first gradient changes them. Checked in O(1):
+        # a tensor's hash is a Python call, too dear to look every parameter up per update.
+        if cached is not None and cached[0] is state and cached[1] == len(state):
+            return cached[2]
+        current = [state[p].get("exp_avg") if p in state else None for p in self.params]
         if all(x is None for x in current):
             raise GeomtrajError(
                 "the optimizer has no exp_avg/exp_avg_sq state: call rec.step(loss) after "
@@ -539,47 +552,52 @@ class TorchRecorder:
         zero = self._torch.zeros_like
         m = [state[p]["exp_avg"] if p in state else zero(p) for p in self.params]
         v = [state[p]["exp_avg_sq"] if p in state else zero(p) for p in self.params]
-        flat_m, flat_v = [x.reshape(-1) for x in m], [x.reshape(-1) for x in v]
+        flat = self._params_flat() + [x.reshape(-1) for x in m + v]
         if self._contiguous and all(x.is_contiguous() for x in m + v):
-            self._moment_views = (current, flat_m, flat_v)
-        return flat_m + flat_v
+            self._moment_views = (state, len(state), flat)
+        return flat
 
     def _params_flat(self) -> list:
         if self._contiguous:
             return self._param_views
         return [p.detach().reshape(-1) for p in self.params]
 
-    def _grad_norms(self, parts: list) -> np.ndarray:
-        """``||g_t||`` from the per-tensor norms of each update: sqrt of their sum of squares."""
-        if not parts:
-            return np.zeros(0, self.np_dtype)
-        torch = self._torch
-        per_tensor = torch.stack([torch.stack(p) for p in parts])
-        return self._numpy(torch.linalg.vector_norm(per_tensor, dim=1))
-
     def _pack(self) -> None:
-        """Move the buffered per-update tensors into NumPy arrays (one device sync)."""
-        b, packed = self._buf, self._packed
-        packed["loss"].append(self._series(b["loss"]))
-        packed["grad_norm"].append(self._grad_norms(b["grad_norm"]))
-        packed["update_norm"].append(self._series(b["update_norm"]))
-        packed["lr"].append(np.array(b["lr"], dtype=np.float64))
-        if self._row_buf:
-            packed["rows"].append(self._numpy(self._torch.stack(self._row_buf)))
-        self._buf = {k: [] for k in b}
-        self._row_buf = []
+        """Move the block's values into NumPy (one device-to-host copy of each kind) and start
+        the next block from its last theta."""
+        k, packed = self._k, self._packed
+        if k == 0:
+            return
+        torch, n = self._torch, self.n_params
+        wide = torch.float64 if self.np_dtype == np.float64 else torch.float32
+        with torch.no_grad():
+            theta = self._block[: k + 1, :n].to(wide)
+            packed["update_norm"].append(
+                self._numpy(torch.linalg.vector_norm(theta[1:] - theta[:-1], dim=1))
+            )
+            grad = self._block[1 : k + 1, n : 2 * n]
+            if self._coupled_decay:  # torch's coupled decay: g + wd * theta_{t-1}
+                grad = grad.add(self._block[:k, :n], alpha=self.hyper["weight_decay"])
+            g_norm = torch.linalg.vector_norm(grad.to(wide), dim=1)
+            packed["grad_norm"].append(self._numpy(g_norm))
+            if all(torch.is_tensor(x) for x in self._loss):
+                packed["loss"].append(self._numpy(torch.stack(self._loss)))
+            else:
+                packed["loss"].append(np.array([float(x) for x in self._loss], self.np_dtype))
+            packed["lr"].append(np.array(self._lr, dtype=np.float64))
+            rows = np.flatnonzero(self._is_row) + 1
+            if rows.size:
+                at = torch.as_tensor(rows, device=self._block.device)
+                packed["rows"].append(self._numpy(self._block[at][:, self._idx3]))
+            self._block[0, :n] = self._block[k, :n]
+        self._k = 0
+        self._loss, self._lr, self._is_row = [], [], []
 
     def _numpy(self, x) -> np.ndarray:
         """``x`` as a NumPy array of the store's dtype (NumPy has no bfloat16: widen on the device;
         float32 holds every bfloat16/float16 value exactly)."""
         wide = self._torch.float64 if self.np_dtype == np.float64 else self._torch.float32
         return x.detach().to(wide).cpu().numpy().astype(self.np_dtype, copy=True)
-
-    def _series(self, values: list) -> np.ndarray:
-        torch = self._torch
-        if values and all(torch.is_tensor(x) for x in values):
-            return self._numpy(torch.stack(values))
-        return np.array([float(x) for x in values]).astype(self.np_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -624,9 +642,7 @@ class TorchRecorder:
         if not self._created:
             self._create(per_update, per_row)
         else:
-            self._append(per_update, "iteration")
-            if n_rows:
-                self._append(per_row, "step")
+            self._append([(per_update, "iteration")] + ([(per_row, "step")] if n_rows else []))
         if self._snaps:
             self._write_snapshots()
         if self.diverged_step >= 0 and not self._diverged_written:
@@ -638,29 +654,46 @@ class TorchRecorder:
         self._in_chunk = 0
         self._packed = {k: [] for k in self._packed}
 
-    def _append(self, part: xr.Dataset, dim: str) -> None:
-        """Grow the store's arrays along ``dim`` by ``part`` (whole chunks but the last).
+    def _append(self, parts: list[tuple[xr.Dataset, str]]) -> None:
+        """Grow the store's arrays along each part's dimension by the part (whole chunks but the
+        last).
 
         Written through zarr directly: xarray's ``append_dim`` re-reads the store's metadata on
-        every call, which cost about 0.2 s a chunk. Data arrays are written before the
-        coordinate, so a coordinate never names a row whose data is not written yet.
+        every call, which cost about 0.2 s a chunk. All data arrays are grown and written in one
+        concurrent round, then the coordinates in a second, so a coordinate never names a row
+        whose data is not written yet (each blocking zarr call costs a round trip to zarr's
+        event loop: about 1.5 ms of CPU, most of a chunk's write).
         """
         import zarr
+        from zarr.core.sync import sync
 
         if self._group is None:
             self._group = zarr.open_group(os.fspath(self.path), mode="r+", zarr_format=3)
-        names = [k for k, var in part.variables.items() if dim in var.dims and k != dim] + [dim]
-        for name in names:
-            var = part[name].variable
-            arr = self._group[name]
+            self._arrays = {}
+        data, coords = [], []
+        for part, dim in parts:
+            for name, var in part.variables.items():
+                if dim not in var.dims:
+                    continue
+                if name not in self._arrays:  # zarr updates a resized array's shape in place
+                    self._arrays[name] = self._group[name].async_array
+                (coords if name == dim else data).append((self._arrays[name], var, dim))
+
+        async def grow(arr, var, dim) -> None:
             axis = var.dims.index(dim)
             old = arr.shape[axis]
             shape = list(arr.shape)
             shape[axis] = old + var.shape[axis]
-            arr.resize(tuple(shape))
-            where = [slice(None)] * arr.ndim
+            await arr.resize(tuple(shape))
+            where = [slice(None)] * len(shape)
             where[axis] = slice(old, shape[axis])
-            arr[tuple(where)] = var.values
+            await arr.setitem(tuple(where), var.values)
+
+        async def round_of(items) -> None:
+            await asyncio.gather(*(grow(*item) for item in items))
+
+        sync(round_of(data))
+        sync(round_of(coords))
 
     def _create(self, per_update: xr.Dataset, per_row: xr.Dataset) -> None:
         table = {
@@ -669,12 +702,15 @@ class TorchRecorder:
             "seed": self.labels["seed"], "n_params": self.n_params, "twin_of": -1,
             "perturbation": "none", "diverged_step": -1,
         }  # fmt: skip
-        ds = xr.merge([per_update, per_row])
+        # one constructor, not a variable at a time: each assignment re-aligns the whole Dataset
+        data = {k: var.variable for part in (per_update, per_row) for k, var in part.items()}
         for k, dtype in _RUN_TABLE.items():
-            ds[k] = (("run",), _per_run(table[k], 1, dtype, k))
-        ds["optimizer"] = (("run",), np.array([type(self.optimizer).__name__], dtype=object))
-        ds["param_name"] = (("param",), np.array(self.param_name, dtype=object))
-        ds["param_index"] = (("param",), self.recorded.astype(np.int64))
+            data[k] = (("run",), _per_run(table[k], 1, dtype, k))
+        data["optimizer"] = (("run",), np.array([type(self.optimizer).__name__], dtype=object))
+        data["param_name"] = (("param",), np.array(self.param_name, dtype=object))
+        data["param_index"] = (("param",), self.recorded.astype(np.int64))
+        coords = {"iteration": per_update["iteration"].values, "step": per_row["step"].values}
+        ds = xr.Dataset(data, coords=coords)
         ds.attrs.update(
             geomtraj_schema=SCHEMA_VERSION,
             geomtraj_version=_version(),
@@ -708,7 +744,7 @@ class TorchRecorder:
             coords={"snapshot": t.astype(np.int64)},
         )  # fmt: skip
         if self._snap_created:
-            self._append(snap, "snapshot")
+            self._append([(snap, "snapshot")])
         else:
             enc = {k: {"compressors": COMPRESSORS, "chunks": (1, 1, self.n_params)}
                    for k in snap.data_vars}  # fmt: skip

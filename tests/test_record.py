@@ -252,3 +252,39 @@ def test_bfloat16_parameters_are_stored_exactly_in_float32(tmp_path) -> None:
     np.testing.assert_array_equal(ds["theta"].values[0, -1], final)
     v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in model.parameters()])
     np.testing.assert_array_equal(ds["v"].values[0, -1], v.float().numpy())
+
+
+def test_per_update_series_across_blocks_chunks_and_skipped_rows(tmp_path) -> None:
+    """grad_norm (with Adam's coupled decay) and update_norm of every update, recorded in blocks
+    of 64 updates that neither chunks of 50 nor rows every 3 updates align with."""
+    X, y = (torch.tensor(a) for a in make_dataset("sincos", 64, 0))
+    model = _mlp(1)
+    params = list(model.parameters())
+    wd = 0.05
+    opt = torch.optim.Adam(params, lr=0.01, weight_decay=wd)
+    path = tmp_path / "series.zarr"
+    rec = TorchRecorder(path, opt, model=model, record_params="all", record_every=3,
+                        snapshot_every=40, chunk_updates=50)  # fmt: skip
+    flat = lambda ts: torch.cat([x.detach().reshape(-1) for x in ts]).numpy().copy()  # noqa: E731
+    want_grad, want_update, want_theta, want_m = [], [], [], []
+    for _ in range(150):
+        prev = flat(params)
+        opt.zero_grad()
+        loss = torch.mean((model(X)[:, 0] - y) ** 2)
+        loss.backward()
+        want_grad.append(np.linalg.norm(flat(p.grad for p in params) + wd * prev))
+        opt.step()
+        rec.step(loss)
+        want_update.append(np.linalg.norm(flat(params) - prev))
+        want_theta.append(flat(params))
+        want_m.append(flat(opt.state[p]["exp_avg"] for p in params))
+    rec.close()
+    ds = open_store(path)
+    np.testing.assert_allclose(ds["grad_norm"].values[0], want_grad, rtol=1e-12)
+    np.testing.assert_allclose(ds["update_norm"].values[0], want_update, rtol=1e-12)
+    np.testing.assert_array_equal(ds["step"].values, np.arange(3, 151, 3))
+    np.testing.assert_array_equal(ds["theta"].values[0], np.stack(want_theta)[2::3])
+    np.testing.assert_array_equal(ds["m"].values[0], np.stack(want_m)[2::3])
+    np.testing.assert_array_equal(ds["snapshot"].values, [40, 80, 120])
+    np.testing.assert_array_equal(ds["m_snapshot"].values[0, 1], want_m[79])
+    np.testing.assert_array_equal(ds["theta_snapshot"].values[0, 2], want_theta[119])
