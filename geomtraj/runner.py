@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import multiprocessing
-import operator
 import os
 import re
 import sys
@@ -145,15 +144,6 @@ def select_analyses(
 
 # ---------------------------------------------------------------------------- run selection
 
-_OPS: dict[str, Callable] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    "!=": operator.ne,
-    "==": operator.eq,
-    ">": operator.gt,
-    "<": operator.lt,
-    "=": operator.eq,
-}
 _QUERY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|!=|==|>|<|=)\s*(.+?)\s*$")
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-|:|\.\.)\s*(\d+)\s*$", re.ASCII)  # ("²" is no index)
 
