@@ -501,12 +501,22 @@ def quadrature(amp: np.ndarray, beta: np.ndarray) -> np.ndarray:
         return np.where(total > 0, np.abs(np.sum(amp * np.sin(beta), axis=-1)) / total, 0.0)
 
 
+def _window_spectra(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rfft of each window's two plane coordinates (n_windows, 2, n_bins) and the weights and
+    phases of their cross-spectrum (:func:`rotation_spectrum`): what every block of Fourier
+    surrogates of the windows starts from."""
+    spec = scipy.fft.rfft(np.stack([xs, ys], axis=1), axis=-1)
+    amp, beta = rotation_spectrum(xs, ys)
+    return spec, amp, beta
+
+
 def surrogate_scores(
     xs: np.ndarray,
     ys: np.ndarray,
     params: SpiralParams,
     rngs: Sequence[np.random.Generator],
     n_surrogates: int,
+    spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coherence and quadrature of phase-randomised surrogates of each window's plane coordinates.
 
@@ -517,6 +527,9 @@ def surrogate_scores(
     its cross-spectrum (for Fourier surrogates, the random phases only shift ``beta_f`` by their
     difference). Window ``i`` draws its ``n_surrogates`` surrogates from ``rngs[i]``.
 
+    ``spectra``, optional, is ``(spec, amp, beta)`` of these windows as :func:`_window_spectra`
+    gives them; :func:`surrogate_test` computes them once for all its blocks of surrogates.
+
     Returns
     -------
     (coherence, quadrature) : ndarrays, shape (n_windows, n_surrogates)
@@ -524,12 +537,11 @@ def surrogate_scores(
     nw, m = xs.shape
     k = n_surrogates
     if params.iaaft_iterations == 0:
-        spec = scipy.fft.rfft(np.stack([xs, ys], axis=1), axis=-1)
+        spec, amp, beta = _window_spectra(xs, ys) if spectra is None else spectra
         index = np.empty((nw, k, 2, spec.shape[-1]), dtype=np.uint16)
         for i in range(nw):
             index[i] = rngs[i].integers(0, PHASE_LEVELS, size=index.shape[1:], dtype=np.uint16)
         phased = np.empty((nw, k, 2, spec.shape[-1]), dtype=complex)
-        amp, beta = rotation_spectrum(xs, ys)
         quad = np.empty((nw, k))
         _apply_phases(spec, index, m % 2 == 0, amp, beta, PHASE_COS, PHASE_SIN, phased, quad)
         surr = scipy.fft.irfft(phased, n=m, axis=-1)
@@ -589,13 +601,19 @@ def surrogate_test(
     quad = np.full((nw, params.n_surrogates), np.nan)
     used = np.zeros(nw, dtype=np.int64)
     running = np.ones(nw, dtype=bool)
+    # the windows' spectra do not change between blocks of surrogates: computed once (row by
+    # row the rfft gives the same bits whatever the batch)
+    spectra = _window_spectra(xs, ys) if params.iaaft_iterations == 0 else None
     while np.any(running):
         todo = np.flatnonzero(running)
         lo_k = int(used[todo[0]])
         step = min(_SURROGATE_STEP, params.n_surrogates - lo_k)
         for lo in range(0, todo.size, _SURROGATE_BLOCK):
             sel = todo[lo : lo + _SURROGATE_BLOCK]
-            c, q = surrogate_scores(xs[sel], ys[sel], params, [rngs[i] for i in sel], step)
+            sub = None if spectra is None else tuple(a[sel] for a in spectra)
+            c, q = surrogate_scores(
+                xs[sel], ys[sel], params, [rngs[i] for i in sel], step, spectra=sub
+            )
             coh[sel, lo_k : lo_k + step] = c
             quad[sel, lo_k : lo_k + step] = q
         used[todo] += step
@@ -1043,15 +1061,13 @@ def sliding_spans(
 def _burst_overlap(spans: np.ndarray, onset, end, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """Share of each span's steps inside a burst, and whether it is quiet (no burst within
     ``margin`` steps)."""
-    overlap = np.zeros(len(spans))
-    quiet = np.ones(len(spans), dtype=bool)
-    for k, (a, b) in enumerate(spans):
-        inside = 0
-        for o, e in zip(onset, end, strict=True):
-            inside += max(0, min(b, e) - max(a, o) + 1)
-            if o - margin <= b and e + margin >= a:
-                quiet[k] = False
-        overlap[k] = inside / (b - a + 1)
+    # one (span, burst) table instead of a Python double loop; integer steps, so exact
+    a, b = (np.asarray(spans, dtype=np.int64).reshape(-1, 2)[:, c, None] for c in (0, 1))
+    o = np.asarray(onset, dtype=np.int64)[None, :]
+    e = np.asarray(end, dtype=np.int64)[None, :]
+    inside = np.maximum(0, np.minimum(b, e) - np.maximum(a, o) + 1).sum(axis=1)
+    overlap = inside / (b[:, 0] - a[:, 0] + 1)
+    quiet = ~np.any((o - margin <= b) & (e + margin >= a), axis=1)
     return overlap, quiet
 
 

@@ -145,16 +145,30 @@ def _winding_score(x, y, active_fraction, radius_half):
     The statistic of the surrogate test: turns of coherent rotation. 0 for an empty trajectory.
     """
     n = x.shape[0]
-    rad = np.empty(n)
-    rs = np.empty(n)
+    return _winding_score_into(x, y, active_fraction, radius_half, np.empty(n), np.empty(n))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _winding_score_into(x, y, active_fraction, radius_half, rad, rs):
+    """:func:`_winding_score` with scratch arrays ``rad`` and ``rs`` of the trajectory's length,
+    so that a loop over surrogates allocates them once (JIT-compiled)."""
     _radius(x, y, radius_half, rad, rs)
     peak, a, b = _gate(rs, active_fraction)
     if not rs[peak] > 0.0:
         return 0.0
-    dphi = np.empty(n - 1)
-    _phase_increments(x, y, dphi)
-    turns, coherence, _ = _winding(dphi, rad, a, b, a)
-    return coherence
+    # the coherence reads the increments of the active span only: computing the others (an
+    # atan2 each, the kernel's largest cost) would be wasted; same operations, same order as
+    # _phase_increments then _winding, so the score is bit-identical
+    num = 0.0
+    den = 0.0
+    for t in range(a, b):
+        cross = x[t] * y[t + 1] - y[t] * x[t + 1]
+        dot = x[t] * x[t + 1] + y[t] * y[t + 1]
+        dphi = math.atan2(cross, dot)
+        c = rad[t] * rad[t + 1]
+        num += c * dphi
+        den += c * abs(dphi)
+    return abs(num) / den if den > 0.0 else 0.0
 
 
 @numba.njit(**ANALYSIS_JIT)
@@ -162,10 +176,15 @@ def _winding_scores(surr, active_fraction, radius_half, out):
     """:func:`_winding_score` of every trajectory ``surr[i, k, 0], surr[i, k, 1]`` (x and y) into
     ``out[i, k]`` (JIT-compiled)."""
     n_win, n_surr = surr.shape[0], surr.shape[1]
+    n = surr.shape[3]
+    rad = np.empty(n)
+    rs = np.empty(n)
     for job in range(n_win * n_surr):
         i = job // n_surr
         k = job - i * n_surr
-        out[i, k] = _winding_score(surr[i, k, 0], surr[i, k, 1], active_fraction, radius_half)
+        out[i, k] = _winding_score_into(
+            surr[i, k, 0], surr[i, k, 1], active_fraction, radius_half, rad, rs
+        )
 
 
 #: Random phases are drawn as ``2 pi j / 2**16`` with ``j`` uniform on ``0 .. 2**16 - 1``: a
