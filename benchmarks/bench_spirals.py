@@ -12,6 +12,16 @@ of the windows; the figure is the slowest worker's classifying time. ``--single`
 process alone (one core).
 
     python benchmarks/bench_spirals.py [--windows 10000] [--chunk 250] [--workers 2] [--single]
+
+``--grid N`` times instead the whole analysis (:func:`geomtraj.analysis.spirals.analyze`, burst
+windows) per run of a Netay-style grid of ``N`` runs (``benchmarks/bench_analyze.py``'s: mixed
+widths, 50,000 updates, 8 recorded parameters), trained first into a temporary store (or read
+from ``--store``). With ``--baseline DIR`` (another checkout's source, e.g. from ``git archive``
+or ``git worktree``) the same store is analysed by both versions in the same invocation, each
+in its own process, in alternation ``--repeats`` times; each prints its best per-run time and a
+digest of its whole result, which must match for the figures to compare like with like.
+
+    python benchmarks/bench_spirals.py --grid 6 [--store PATH] [--baseline DIR] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STEPS, PARAMS = 400, 64
 
@@ -66,13 +77,99 @@ def _worker(chunks):
     return _classify(chunks)
 
 
+def _time_store(store: str, repeats: int) -> None:
+    """Child process of ``--grid``: best per-run seconds of the spiral analysis of every run of
+    ``store`` over ``repeats`` calls, and a digest of the result (printed as one line)."""
+    import hashlib
+
+    import geomtraj
+    from geomtraj.analysis import spirals
+    from geomtraj.store import open_store
+
+    ds = open_store(store).load()  # read once, outside the clock, as the runner does
+    spirals.analyze(ds, runs=[int(ds.run[0])])  # compile or load the kernels outside the clock
+    best, best_cpu = np.inf, np.inf
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = spirals.analyze(ds)
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    digest = hashlib.sha256()
+    for name in sorted(result.variables):
+        values = result[name].values
+        digest.update(name.encode())
+        digest.update(values.astype(str).tobytes() if values.dtype == object else values.tobytes())
+    n = result.sizes["run"]
+    print(f"{best / n:.4f} {best_cpu / n:.4f} {digest.hexdigest()[:16]} "
+          f"{Path(geomtraj.__file__).parent}")  # fmt: skip
+
+
+def _grid(args) -> None:
+    import subprocess
+    import tempfile
+
+    import bench_analyze
+
+    tmp = tempfile.TemporaryDirectory()
+    store = args.store
+    if store is None:
+        widths = bench_analyze.grid_widths(args.grid)
+        cfg = Path(tmp.name) / "grid.toml"
+        cfg.write_text(bench_analyze.config_text(widths, 50_000, 8, 2_500))
+        store = str(Path(tmp.name) / "grid.zarr")
+        t_train = bench_analyze.train_store(cfg, Path(store))
+        print(f"grid: {len(widths)} float32 runs ({', '.join(widths)}), 50000 updates, 8 "
+              f"recorded parameters; training {t_train / len(widths):.3f} s per run")  # fmt: skip
+    trees = {"this checkout": None}
+    if args.baseline:
+        trees["baseline"] = str(Path(args.baseline).resolve())
+    best = {name: np.inf for name in trees}
+    best_cpu = {name: np.inf for name in trees}
+    digests = {}
+    for _ in range(args.repeats):
+        # alternate the versions, so that other load on the machine weighs on both alike
+        for name, tree in trees.items():
+            env = dict(os.environ)
+            if tree is not None:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
+            cmd = [sys.executable, __file__, "--time-store", store, "--repeats", "1"]
+            line = subprocess.run(
+                cmd, env=env, check=True, capture_output=True, text=True
+            ).stdout.split()
+            best[name] = min(best[name], float(line[0]))
+            best_cpu[name] = min(best_cpu[name], float(line[1]))
+            digests[name] = (line[2], line[3])
+    for name in trees:
+        print(f"{name:>14}: spirals {best[name]:.3f} s per run, {best_cpu[name]:.3f} CPU s per "
+              f"run (best of {args.repeats}); result digest {digests[name][0]} "
+              f"({digests[name][1]})")  # fmt: skip
+    if args.baseline:
+        same = digests["this checkout"][0] == digests["baseline"][0]
+        ratio = best["baseline"] / best["this checkout"]
+        ratio_cpu = best_cpu["baseline"] / best_cpu["this checkout"]
+        # CPU time is the figure that other load on a shared machine inflates least
+        print(f"speed-up {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU; results "
+              f"{'identical' if same else 'DIFFER'}")  # fmt: skip
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=10_000)
     ap.add_argument("--chunk", type=int, default=250)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--single", action="store_true", help="also time one process on one core")
+    ap.add_argument("--grid", type=int, default=0, help="time the analysis of a grid of N runs")
+    ap.add_argument("--store", default=None, help="with --grid: an existing store to analyse")
+    ap.add_argument("--baseline", default=None, help="with --grid: another checkout to compare")
+    ap.add_argument("--repeats", type=int, default=3, help="with --grid: timings per version")
+    ap.add_argument("--time-store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.time_store:
+        _time_store(args.time_store, args.repeats)
+        return
+    if args.grid or args.store:
+        _grid(args)
+        return
     n_chunks = -(-args.windows // args.chunk)
     chunks = [(1 + i, args.chunk) for i in range(n_chunks)]
     total = n_chunks * args.chunk

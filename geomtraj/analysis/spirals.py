@@ -544,7 +544,7 @@ def surrogate_scores(
         phased = np.empty((nw, k, 2, spec.shape[-1]), dtype=complex)
         quad = np.empty((nw, k))
         _apply_phases(spec, index, m % 2 == 0, amp, beta, PHASE_COS, PHASE_SIN, phased, quad)
-        surr = scipy.fft.irfft(phased, n=m, axis=-1)
+        surr = scipy.fft.irfft(phased, n=m, axis=-1, overwrite_x=True)  # phased is scratch
     else:
         surr = np.empty((nw, k, 2, m))
         for i in range(nw):
@@ -600,6 +600,8 @@ def surrogate_test(
     coh = np.full((nw, params.n_surrogates), np.nan)
     quad = np.full((nw, params.n_surrogates), np.nan)
     used = np.zeros(nw, dtype=np.int64)
+    h_coh = np.zeros(nw, dtype=np.int64)
+    h_quad = np.zeros(nw, dtype=np.int64)
     running = np.ones(nw, dtype=bool)
     # the windows' spectra do not change between blocks of surrogates: computed once (row by
     # row the rfft gives the same bits whatever the batch)
@@ -616,9 +618,10 @@ def surrogate_test(
             )
             coh[sel, lo_k : lo_k + step] = c
             quad[sel, lo_k : lo_k + step] = q
+            # exceedances counted as the surrogates come, not over every row at every block
+            h_coh[sel] += np.sum(c >= obs_coh[sel, None], axis=1)
+            h_quad[sel] += np.sum(q >= obs_quad[sel, None], axis=1)
         used[todo] += step
-        h_coh = np.sum(coh >= obs_coh[:, None], axis=1)
-        h_quad = np.sum(quad >= obs_quad[:, None], axis=1)
         stop = np.minimum(h_coh, h_quad) >= params.stop_exceedances
         running &= ~stop & (used < params.n_surrogates)
     p_value = np.minimum(1.0, 2.0 * np.minimum(h_coh, h_quad) / used)
