@@ -612,10 +612,12 @@ def surrogate_test(
         step = min(_SURROGATE_STEP, params.n_surrogates - lo_k)
         for lo in range(0, todo.size, _SURROGATE_BLOCK):
             sel = todo[lo : lo + _SURROGATE_BLOCK]
+            # while every window runs (a burst length has few), views instead of copies
+            whole = sel.size == nw
+            block_rngs = rngs if whole else [rngs[i] for i in sel]
+            sel = slice(None) if whole else sel
             sub = None if spectra is None else tuple(a[sel] for a in spectra)
-            c, q = surrogate_scores(
-                xs[sel], ys[sel], params, [rngs[i] for i in sel], step, spectra=sub
-            )
+            c, q = surrogate_scores(xs[sel], ys[sel], params, block_rngs, step, spectra=sub)
             coh[sel, lo_k : lo_k + step] = c
             quad[sel, lo_k : lo_k + step] = q
             # exceedances counted as the surrogates come, not over every row at every block
