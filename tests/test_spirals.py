@@ -40,6 +40,7 @@ from geomtraj.kernels.spirals import (
     PHASE_SIN,
     _apply_phases,
     _plane_features,
+    _plane_features_batch,
     _plane_turn,
     _principal_planes,
     _residuals,
@@ -305,6 +306,53 @@ def test_surrogates_do_not_depend_on_batching():
         assert parts[j]["label"][0] == whole["label"][i]
     again = sp.measure_windows(windows, keys=keys)
     np.testing.assert_array_equal(again["p_value"], whole["p_value"])
+
+
+def test_surrogate_test_of_joined_series_equals_separate_tests():
+    # measure_arms tests both arms in one call: each series must keep the p-value and the
+    # number of surrogates it gets alone, bit for bit (rotations that run to 199 surrogates,
+    # noise that stops early, and one lone series that takes the whole-block path)
+    rng = np.random.default_rng(11)
+    t = np.arange(90)
+    env = np.exp(-(((t - 45) / 15.0) ** 2))
+    rot = [env * np.cos(0.9 * t + ph) for ph in (0.0, 1.0)]
+    xs = np.stack([rot[0], rot[1], *rng.standard_normal((3, 90))])
+    ys = np.stack(
+        [env * np.sin(0.9 * t), env * np.sin(0.9 * t + 1.0), *rng.standard_normal((3, 90))]
+    )
+    keys = np.stack([np.arange(5), np.full(5, 40), np.array([1, 2, 1, 2, 1])], axis=1)
+
+    def test(rows):
+        feats = np.full((len(rows), len(sp.FEATURES)), np.nan)
+        x, y = xs[rows], ys[rows]
+        norms = np.hypot(x, y)
+        _plane_features_batch(x, y, norms, P.active_fraction, P.radius_half, feats)
+        observed = (
+            feats[:, sp.FEATURES.index("coherence")],
+            sp.quadrature(*sp.rotation_spectrum(x, y)),
+        )
+        return sp.surrogate_test(x, y, observed, P, keys[rows])
+
+    p_all, used_all = test(np.arange(5))
+    assert used_all[0] == P.n_surrogates and used_all[-1] < P.n_surrogates
+    for rows in ([0], [1, 3], [4, 2]):
+        p, used = test(np.array(rows))
+        np.testing.assert_array_equal(p, p_all[rows])
+        np.testing.assert_array_equal(used, used_all[rows])
+
+
+def test_burst_overlap_counts_steps_inside_bursts():
+    spans = np.array([[0, 9], [10, 19], [30, 39], [50, 59]])
+    onset, end = np.array([5, 18, 62]), np.array([12, 20, 70])
+    overlap, quiet = sp._burst_overlap(spans, onset, end, margin=2)
+    # [0, 9] holds 5..9, [10, 19] holds 10..12 and 18..19; [50, 59] ends 3 steps before 62
+    np.testing.assert_array_equal(overlap, [0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(quiet, [False, False, True, True])
+    overlap, quiet = sp._burst_overlap(spans, onset, end, margin=3)
+    np.testing.assert_array_equal(quiet, [False, False, True, False])
+    overlap, quiet = sp._burst_overlap(spans, np.array([], int), np.array([], int), margin=2)
+    np.testing.assert_array_equal(overlap, np.zeros(4))
+    assert quiet.all()
 
 
 def test_iaaft_surrogates_also_separate_spirals_from_noise():
