@@ -36,7 +36,20 @@ class GeomtrajAccessor:
     def _module(self, name: str):
         from geomtraj.runner import select_analyses
 
-        return select_analyses([name])[name]
+        # only the named analysis is imported; an unknown name gets select_analyses' error
+        return self._complete(name) or select_analyses([name])[name]
+
+    @staticmethod
+    def _complete(name: str):
+        """The module of analysis ``name`` if registered and following the protocol, else None."""
+        import geomtraj.analysis as registry
+        from geomtraj.runner import protocol_gaps
+
+        analyses = getattr(registry, "ANALYSES", {}) or {}
+        if name not in analyses:
+            return None
+        module = analyses[name]
+        return None if protocol_gaps(module) else module
 
     def _runs(self, runs):
         from geomtraj.runner import select_runs
@@ -76,7 +89,7 @@ class GeomtrajAccessor:
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in self.analyses:
+        if self._complete(name) is not None:
             return functools.partial(self.analyze, name)
         raise AttributeError(
             f"ds.geomtraj has no {name!r}; analyses: {', '.join(self.analyses) or 'none'}"

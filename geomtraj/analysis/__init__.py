@@ -17,7 +17,9 @@ Each analysis lives in its own module and follows one protocol, so that ``geomtr
 ``figures(ds, result, outdir) -> list[pathlib.Path]``
     Draw the analysis's figures into ``outdir``.
 
-:data:`ANALYSES` maps each available analysis name to its module. The modules are also the Python
+:data:`ANALYSES` maps each available analysis name to its module, imported on first access (so
+that ``import geomtraj`` and commands that run no analysis, such as ``geomtraj plot``, do not pay
+for ``scipy.signal`` and the other dependencies of all six). The modules are also the Python
 API: calling one runs its ``analyze``, so ``geomtraj.analysis.periods(ds)`` returns the Dataset of
 ``geomtraj.analysis.periods.analyze(ds)``, and the module's other functions stay reachable as
 attributes (``geomtraj.analysis.periods.slow_period``).
@@ -26,7 +28,10 @@ attributes (``geomtraj.analysis.periods.slow_period``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 import types
+from collections.abc import Iterator, Mapping
 
 import xarray as xr
 
@@ -50,22 +55,78 @@ class _AnalysisModule(types.ModuleType):
         return self.analyze(ds, runs, **params)
 
 
-def _load() -> dict:
-    found = {}
-    for name, path in _MODULES.items():
-        try:
-            module = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:  # the module exists but one of its imports is missing: a bug
-                raise
-            continue
+def _callable(module: types.ModuleType) -> types.ModuleType:
+    """Make an analysis module callable (idempotent)."""
+    if not isinstance(module, _AnalysisModule):
         module.__class__ = _AnalysisModule
-        found[name] = module
-    return found
+    return module
 
 
-#: Available analyses: name -> module following the protocol above.
-ANALYSES: dict = _load()
+class _Registry(Mapping):
+    """``name -> module`` of the available analyses, each imported on first access.
+
+    Importing every analysis up front costs seconds (``scipy.signal`` alone about 2.7 s), which
+    every ``geomtraj`` command paid, even ``geomtraj plot`` that runs none. Availability is
+    decided without importing, from the module's import spec.
+    """
+
+    def __init__(self, modules: Mapping[str, str]):
+        self._modules = dict(modules)
+
+    @property
+    def _available(self) -> list[str]:
+        # find_spec locates the file without executing it; a missing module is simply left out
+        return [n for n, p in self._modules.items() if importlib.util.find_spec(p) is not None]
+
+    def __getitem__(self, name: str) -> types.ModuleType:
+        if name not in self._modules or importlib.util.find_spec(self._modules[name]) is None:
+            raise KeyError(name)
+        return _callable(importlib.import_module(self._modules[name]))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._available
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._available)
+
+    def __len__(self) -> int:
+        return len(self._available)
+
+    def __repr__(self) -> str:
+        loaded = [n for n, p in self._modules.items() if p in sys.modules]
+        return f"<analyses {self._available}, imported so far: {loaded}>"
+
+
+#: Available analyses: name -> module following the protocol above (imported on first access).
+ANALYSES: Mapping[str, types.ModuleType] = _Registry(_MODULES)
+
+
+class _Package(types.ModuleType):
+    """This package, making each analysis submodule callable however it gets imported."""
+
+    def __setattr__(self, name: str, value) -> None:
+        # ``import geomtraj.analysis.periods`` binds the submodule here without __getattr__
+        if name in _MODULES and isinstance(value, types.ModuleType):
+            value = _callable(value)
+        super().__setattr__(name, value)
+
+
+def __getattr__(name: str):
+    """``geomtraj.analysis.NAME``: import the analysis ``NAME`` on first use."""
+    if name in _MODULES:
+        return ANALYSES[name] if name in ANALYSES else _missing(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _missing(name: str):
+    raise AttributeError(f"analysis {name!r} is not installed ({_MODULES[name]} not found)")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(ANALYSES))
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def combine(parts: list[xr.Dataset]) -> xr.Dataset:
