@@ -7,6 +7,7 @@ refused up front with a line stating the memory and the disk it needs.
 from __future__ import annotations
 
 import pytest
+from cli_checks import one_line_exit_2
 from report_stores import small_store
 
 from geomtraj.cli import main
@@ -74,20 +75,6 @@ BAD_CONFIGS = [
 ]  # fmt: skip
 
 
-def _one_line_exit_2(argv, capsys, expected: str) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("geomtraj: error:"), err
-    assert "Traceback" not in err and "internal error" not in err
-    assert expected in err, err
-    return err
-
-
 @pytest.mark.parametrize("case", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_one_line_exit_2(case, tmp_path, capsys) -> None:
     _, text, expected = case
@@ -98,14 +85,14 @@ def test_bad_config_is_one_line_exit_2(case, tmp_path, capsys) -> None:
         cfg.write_text(text)
     out = tmp_path / "s.zarr"
     for argv in (["train", str(cfg), "--dry-run"], ["train", str(cfg), "--out", str(out)]):
-        _one_line_exit_2(argv, capsys, expected)
+        one_line_exit_2(argv, capsys, expected)
         assert not out.exists()
 
 
 def test_huge_grid_message_states_memory_and_disk(tmp_path, capsys) -> None:
     cfg = tmp_path / "big.toml"
     cfg.write_text('steps = 20\n[model]\nhidden = ["100000x100000"]\n')
-    err = _one_line_exit_2(["train", str(cfg), "--dry-run"], capsys, "of memory")
+    err = one_line_exit_2(["train", str(cfg), "--dry-run"], capsys, "of memory")
     assert "GiB of memory (" in err and "available) and " in err and "of disk" in err
 
 
@@ -135,7 +122,7 @@ def test_disk_is_checked_where_the_store_goes(tmp_path, capsys, monkeypatch) -> 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     cfg = tmp_path / "grid.toml"
     cfg.write_text(GOOD)
-    err = _one_line_exit_2(
+    err = one_line_exit_2(
         ["train", str(cfg), "--out", str(tmp_path / "new" / "s.zarr")], capsys, "of disk"
     )
     assert "1000 free" in err or "0.0 MiB free" in err
@@ -198,7 +185,7 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("case", BAD_OPTIONS, ids=[c[0] for c in BAD_OPTIONS])
 def test_bad_option_is_one_line_exit_2(case, tmp_path, capsys) -> None:
     _, argv, expected = case
-    _one_line_exit_2(argv(tmp_path), capsys, expected)
+    one_line_exit_2(argv(tmp_path), capsys, expected)
     assert not (small_store() / "rep").exists() and not (tmp_path / "p.txt").exists()
 
 

@@ -15,6 +15,7 @@ import fake_analysis
 import numpy as np
 import pytest
 import xarray as xr
+from cli_checks import one_line_exit_2
 from report_stores import (
     chunk_files,
     copy_store,
@@ -287,16 +288,7 @@ def test_unusable_input_is_one_line_exit_2(case, tmp_path, capsys) -> None:
     argv, expected = EXIT_2[case](tmp_path)
     if argv[0] == "analyze":
         argv += ["--out", str(tmp_path / "report"), "--quiet"]
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, (case, err)
-    assert len(err.splitlines()) == 1 and err.startswith("geomtraj: error:"), err
-    assert expected in err, err
-    assert "Traceback" not in captured.out + captured.err
+    one_line_exit_2(argv, capsys, expected)
     assert not (tmp_path / "report" / "report.json").exists()
 
 

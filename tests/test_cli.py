@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_exit_2
 
 from geomtraj.cli import main
 
@@ -79,10 +80,7 @@ BAD_CONFIGS = {
 def test_bad_config_is_one_line_exit_2(case, tmp_path, capsys) -> None:
     text, expected = BAD_CONFIGS[case]
     cfg = _write(tmp_path, text)
-    assert main(["train", str(cfg), "--out", str(tmp_path / "x.zarr")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("geomtraj: error:")
-    assert expected in err
+    one_line_exit_2(["train", str(cfg), "--out", str(tmp_path / "x.zarr")], capsys, expected)
     assert not (tmp_path / "x.zarr").exists()
 
 
