@@ -149,22 +149,23 @@ def _garbled_chunk_no_table(tmp):
     return argv, "cannot decode update_norm runs 8-10"
 
 
+def _swap_files(f1: Path, f2: Path) -> None:
+    """Exchange the contents of two chunk files (each stays a valid, decodable chunk)."""
+    a, b = f1.read_bytes(), f2.read_bytes()
+    f1.write_bytes(b)
+    f2.write_bytes(a)
+
+
 def _swapped_m_and_v(tmp):
     # both chunks hold valid data with a valid codec checksum: only their place is wrong
     s = copy_store(tmp / "s.zarr")
-    fm, fv = s / "m" / "c" / "0" / "1" / "0", s / "v" / "c" / "0" / "1" / "0"
-    a, b = fm.read_bytes(), fv.read_bytes()
-    fm.write_bytes(b)
-    fv.write_bytes(a)
+    _swap_files(s / "m" / "c" / "0" / "1" / "0", s / "v" / "c" / "0" / "1" / "0")
     return ["analyze", str(s)], "chunk m/c/0/1/0 (runs 0-7, step 101-200) does not match"
 
 
 def _swapped_chunk_keys(tmp):
     s = copy_store(tmp / "s.zarr")
-    f1, f2 = s / "theta" / "c" / "0" / "1" / "0", s / "theta" / "c" / "0" / "2" / "0"
-    a, b = f1.read_bytes(), f2.read_bytes()
-    f1.write_bytes(b)
-    f2.write_bytes(a)
+    _swap_files(s / "theta" / "c" / "0" / "1" / "0", s / "theta" / "c" / "0" / "2" / "0")
     return ["analyze", str(s)], "chunk theta/c/0/1/0 (runs 0-7, step 101-200) does not match"
 
 
