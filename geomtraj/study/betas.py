@@ -63,7 +63,7 @@ def _paired_ratio(runs: list[dict], num: str, den: str) -> tuple[float, tuple | 
         return float("nan"), None, 0
     a, b = np.array(pairs, float).T
     est = a.mean() / b.mean() if b.mean() > 0 else float("nan")
-    return est, resample_ci([a, b], lambda x, y: x.mean() / y.mean()), len(pairs)
+    return est, resample_ci([a, b], lambda x, y, axis=-1: x.mean(axis) / y.mean(axis)), len(pairs)
 
 
 def measure(ctx) -> dict:

@@ -112,17 +112,32 @@ def resample_ci(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``statistic(*columns)``, resampling rows together.
 
-    Each row (a run, or a pair of runs) is one independent unit. Resamples whose statistic is not
-    finite (an empty denominator) are left out. None with fewer than 3 rows or no finite resample.
+    Each row (a run, or a pair of runs) is one independent unit, so the columns are resampled as
+    paired samples by :func:`scipy.stats.bootstrap` (``N_BOOTSTRAP`` resamples, seeded). A
+    ``statistic`` that takes an ``axis`` keyword is evaluated on all resamples at once. Resamples
+    whose statistic is not finite (an empty denominator) are left out before the percentiles are
+    taken. None with fewer than 3 rows or no finite resample.
     """
+    from scipy.stats import bootstrap
+
     cols = [np.asarray(c, float) for c in columns]
-    n = cols[0].size
-    if n < 3:
+    if cols[0].size < 3:
         return None
-    rng = np.random.default_rng(SEED)
-    idx = rng.integers(0, n, size=(N_BOOTSTRAP, n))
     with np.errstate(divide="ignore", invalid="ignore"):
-        stats = np.array([statistic(*(c[i] for c in cols)) for i in idx], float)
+        res = bootstrap(
+            cols,
+            statistic,
+            n_resamples=N_BOOTSTRAP,
+            paired=True,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(SEED),
+        )
+    lo, hi = res.confidence_interval
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo), float(hi)
+    # scipy's percentiles turn NaN when any resample is; drop those resamples instead
+    stats = np.asarray(res.bootstrap_distribution, float)
     stats = stats[np.isfinite(stats)]
     if not stats.size:
         return None
@@ -153,7 +168,11 @@ def ratio_of_sums_ci(
     n, d = n[keep], d[keep]
     if d.sum() <= 0:
         return math.nan, None
-    return float(n.sum() / d.sum()), resample_ci([n, d], lambda a, b: a.sum() / b.sum(), level)
+    return float(n.sum() / d.sum()), resample_ci([n, d], _ratio_of_sums, level)
+
+
+def _ratio_of_sums(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
+    return num.sum(axis=axis) / den.sum(axis=axis)
 
 
 def fmt(x, digits: int = 3) -> str:

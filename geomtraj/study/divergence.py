@@ -101,7 +101,7 @@ def paired(runs: list[dict], num: str, den: str, steps: int) -> dict:
     if d_den.any():
         a, b = d_num.astype(float), d_den.astype(float)
         out["ratio"] = float(a.sum() / b.sum())
-        out["ci"] = resample_ci([a, b], lambda x, y: x.sum() / y.sum())
+        out["ci"] = resample_ci([a, b], lambda x, y, axis=-1: x.sum(axis) / y.sum(axis))
     both = d_num & d_den
     if both.any():
         tr = t[both, 0] / t[both, 1]
@@ -111,7 +111,7 @@ def paired(runs: list[dict], num: str, den: str, steps: int) -> dict:
         cens = np.where(t[some] >= 0, t[some], float(steps))
         out["restricted"] = float(cens[:, 0].mean() / cens[:, 1].mean())
         out["restricted_ci"] = resample_ci(
-            [cens[:, 0], cens[:, 1]], lambda x, y: x.mean() / y.mean()
+            [cens[:, 0], cens[:, 1]], lambda x, y, axis=-1: x.mean(axis) / y.mean(axis)
         )
     return out
 
@@ -135,8 +135,8 @@ def _burst_ratio(runs: list[dict], num: str, den: str) -> dict:
         return {"ratio": None, "ci": None, "pairs": 0}
     a, b = np.array(pairs, float).T
     est = float(a.mean() / b.mean()) if b.mean() > 0 else None
-    return {"ratio": est, "ci": resample_ci([a, b], lambda x, y: x.mean() / y.mean()),
-            "pairs": len(pairs)}  # fmt: skip
+    ci = resample_ci([a, b], lambda x, y, axis=-1: x.mean(axis) / y.mean(axis))
+    return {"ratio": est, "ci": ci, "pairs": len(pairs)}
 
 
 def _all_runs(ctx) -> list[dict]:

@@ -210,7 +210,9 @@ def _local_behaviour(meas: dict) -> dict:
     ratio = p_q / p_b if p_b > 0 else float("nan")
     ratio_ci = resample_ci(
         [q_sp, q_n, b_sp, b_n],
-        lambda qs, qn, bs, bn: (qs.sum() / qn.sum()) / (bs.sum() / bn.sum()),
+        lambda qs, qn, bs, bn, axis=-1: (
+            (qs.sum(axis) / qn.sum(axis)) / (bs.sum(axis) / bn.sum(axis))
+        ),
     )
     k_q = int(sum(q_sp))
     fp = false_positive_rate("spiral")
