@@ -65,6 +65,18 @@ def test_ci_covers_the_truth_in_most_realisations():
     assert misses <= 3
 
 
+@pytest.mark.parametrize("n", [5, 20, 27, 200])
+def test_block_bootstrap_is_arch_moving_block_bootstrap(n):
+    # the hand version is kept for speed; it must be the maintained package's bootstrap exactly
+    arch_bootstrap = pytest.importorskip("arch.bootstrap")
+    x = np.random.default_rng(n).gamma(5.0, 100.0, n)
+    got = P.block_bootstrap_median(x, 500, 0.9, np.random.default_rng(7))
+    block = int(np.ceil(n ** (1 / 3)))
+    mbb = arch_bootstrap.MovingBlockBootstrap(block, x, seed=np.random.default_rng(7))
+    want = mbb.conf_int(np.median, reps=500, method="percentile", size=0.9).ravel()
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_nulls_give_no_periods(seed):
     for tr in (noise_trajectory(seed=seed), random_walk_trajectory(seed=seed)):

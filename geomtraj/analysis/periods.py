@@ -135,6 +135,10 @@ def block_bootstrap_median(
     Blocks of length ``ceil(n**(1/3))`` (the usual rate for variance estimation) are drawn with
     replacement until ``n`` values are collected; intervals of a relaxation oscillation are
     correlated over a few bursts, which independent resampling would ignore.
+
+    Hand-written because it is faster: it draws the same blocks from ``rng`` as
+    ``arch.bootstrap.MovingBlockBootstrap`` (bit-identical intervals, tested), but all resamples
+    at once: 6-60x faster for 20-200 intervals, and no 1.5-4 s import (bench_bootstrap.py).
     """
     x = np.asarray(x, dtype=np.float64)
     n = x.size
