@@ -101,6 +101,28 @@ def test_bootstrap_auc_equals_sklearn_on_the_resampled_points():
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def test_seed_bootstrap_interval_covers_the_population_auc_most_of_the_time():
+    # positives ~ N(1, 1), negatives ~ N(0, 1): population AUC = Phi(1 / sqrt(2)) = 0.7602
+    from scipy.stats import norm
+
+    truth = norm.cdf(1 / np.sqrt(2))
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(30), 6)
+    y = np.tile([1, 1, 1, 0, 0, 0], 30)
+    hits = 0
+    for _ in range(100):
+        score = rng.standard_normal(y.size) + y
+        b = ew.bootstrap_auc(y, [score], groups, 1000, rng)[:, 0]
+        hits += np.quantile(b, 0.025) <= truth <= np.quantile(b, 0.975)
+    assert 88 <= hits <= 99  # nominal 95%; 100 trials (92 hit with this seed)
+
+
+def test_one_seed_cannot_be_resampled():
+    y = np.array([1, 0, 1, 0])
+    out = ew.bootstrap_auc(y, [y * 1.0], np.zeros(4), 100, np.random.default_rng(0))
+    assert out.shape == (0, 1)
+
+
 def test_an_informative_geometry_feature_beats_a_noise_loss():
     rep = ew.report(synthetic_features(n_seeds=30, informative="ratio_max"))["early_warning"]
     for entry in rep["curves"]["end"]:

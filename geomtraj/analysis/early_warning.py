@@ -493,27 +493,60 @@ def bootstrap_auc(
 ) -> np.ndarray:
     """ROC AUCs of each score vector on ``n_boot`` resamples of whole groups (seeds).
 
-    A resample draws as many groups as there are, with replacement (``counts[b, g]``: how often
-    group ``g``, in ``numpy.unique`` order, is drawn in resample ``b``; drawn from ``rng`` unless
-    given); a point counts as often as its group was drawn. The AUC of the resample is then the
-    weighted Mann-Whitney statistic ``sum_ij w_i w_j C_ij / (sum_i w_i * sum_j w_j)`` over
-    positive-negative pairs, which equals :func:`sklearn.metrics.roc_auc_score` on the resampled
-    points, computed for all resamples at once. Returns ``(n_valid, len(scores_list))``;
-    resamples lacking a class are dropped.
+    A resample draws as many groups as there are, with replacement: :func:`scipy.stats.bootstrap`
+    resamples the group labels (seeded by ``rng``), unless ``counts[b, g]`` (how often group
+    ``g``, in ``numpy.unique`` order, is drawn in resample ``b``) is given. A point counts as
+    often as its group was drawn. The AUC of the resample is then the weighted Mann-Whitney
+    statistic ``sum_ij w_i w_j C_ij / (sum_i w_i * sum_j w_j)`` over positive-negative pairs,
+    which equals :func:`sklearn.metrics.roc_auc_score` on the resampled points, computed for all
+    resamples at once. Returns ``(n_valid, len(scores_list))``; resamples lacking a class are
+    dropped, and so is everything with fewer than two groups (no resampling is possible).
     """
+    from scipy.stats import bootstrap
+
     y = np.asarray(y)
     uniq, gidx = np.unique(groups, return_inverse=True)
-    if counts is None:
-        counts = rng.multinomial(uniq.size, np.full(uniq.size, 1.0 / uniq.size), size=n_boot)
-    counts = np.asarray(counts)
+    pairs = [_pair_matrix(y, np.asarray(score)) for score in scores_list]
+    if counts is not None:
+        out = _weighted_aucs(y, gidx, pairs, np.asarray(counts))
+    elif uniq.size < 2:
+        return np.empty((0, len(pairs)))
+    else:
+        labels = np.arange(uniq.size)
+
+        def aucs(drawn: np.ndarray, axis: int = -1) -> np.ndarray:
+            drawn = np.moveaxis(drawn, axis, -1)
+            drawn_counts = (drawn[..., None] == labels).sum(axis=-2)
+            return _weighted_aucs(y, gidx, pairs, drawn_counts).T
+
+        res = bootstrap(
+            (labels,),
+            aucs,
+            n_resamples=n_boot,
+            vectorized=True,
+            # the one-hot counts of a batch hold batch * groups**2 values
+            batch=max(1, 2**22 // uniq.size**2),
+            method="percentile",
+            rng=rng,
+        )
+        out = np.asarray(res.bootstrap_distribution).reshape(len(pairs), -1).T
+    return out[np.all(np.isfinite(out), axis=1)]
+
+
+def _weighted_aucs(
+    y: np.ndarray, gidx: np.ndarray, pairs: Sequence[np.ndarray], counts: np.ndarray
+) -> np.ndarray:
+    """AUCs ``(n_resamples, len(pairs))`` of resamples drawing group ``g`` ``counts[b, g]`` times.
+
+    NaN where a resample lacks a class.
+    """
     w_pos = counts[:, gidx[y == 1]].astype(np.float64)
     w_neg = counts[:, gidx[y == 0]].astype(np.float64)
     norm = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    out = np.full((counts.shape[0], len(pairs)), np.nan)
     ok = norm > 0
-    out = np.empty((int(ok.sum()), len(scores_list)))
-    for i, score in enumerate(scores_list):
-        C = _pair_matrix(y, np.asarray(score))
-        out[:, i] = np.einsum("bi,ij,bj->b", w_pos[ok], C, w_neg[ok]) / norm[ok]
+    for i, C in enumerate(pairs):
+        out[ok, i] = np.einsum("bi,ij,bj->b", w_pos[ok], C, w_neg[ok]) / norm[ok]
     return out
 
 
