@@ -488,22 +488,24 @@ def levy_area_rate(
 def principal_directions(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     """Top principal directions of a trajectory (rows) and their explained-variance fractions.
 
-    Eigen-decomposition of the ``n_coords x n_coords`` covariance (:func:`numpy.linalg.eigh`),
-    which is cheaper than an SVD of the long ``n_times x n_coords`` matrix. Each direction is
-    oriented so that its largest-magnitude component is positive: eigenvectors have no sign of
-    their own, and the sign of the position-space current depends on the orientation.
+    :class:`sklearn.decomposition.PCA` with the covariance eigensolver (an ``n_coords x
+    n_coords`` eigenproblem, cheaper than an SVD of the long ``n_times x n_coords`` matrix). Each
+    direction is oriented so that its largest-magnitude component is positive (scikit-learn's own
+    convention, re-applied here so that it holds whatever the version): eigenvectors have no sign
+    of their own, and the sign of the position-space current depends on the orientation.
     """
+    from sklearn.decomposition import PCA
+
     x = _as_trajectory(x)
-    xc = x - x.mean(axis=0)
-    var, vecs = np.linalg.eigh(xc.T @ xc)
-    order = np.argsort(var)[::-1]
-    var, vecs = np.clip(var[order], 0.0, None), vecs[:, order]
-    k = min(n_components, var.size)
-    dirs = vecs[:, :k].T
+    k = min(n_components, *x.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pca = PCA(n_components=k, svd_solver="covariance_eigh").fit(x)
+    dirs = pca.components_
     lead = dirs[np.arange(k), np.argmax(np.abs(dirs), axis=1)]
     dirs = dirs * np.where(lead < 0, -1.0, 1.0)[:, None]
-    total = var.sum()
-    return dirs, var[:k] / total if total > 0 else np.full(k, np.nan)
+    explained = pca.explained_variance_ratio_
+    # a motionless trajectory has no variance to explain
+    return dirs, explained if np.all(np.isfinite(explained)) else np.full(k, np.nan)
 
 
 # ------------------------------------------------------------------------ analysis window

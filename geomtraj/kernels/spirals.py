@@ -312,6 +312,7 @@ def _residuals(theta, half, out, flip, demod):
                     r[t, j] = smooth
 
 
+# hand PCA kept: it runs inside the JIT window loops (thousands per run), where sklearn cannot
 @numba.njit(**ANALYSIS_JIT)
 def _top_plane(rows):
     """Top-two principal plane of ``rows`` (k, p), centred: an orthonormal basis (p, 2) and the
@@ -431,6 +432,7 @@ def _plane_turns(resid, theta, half, demod, start, end, min_rows, turn, noise, a
         turn[i], noise[i], aspect[i] = _plane_turn(rows[start[i] : end[i] + 1], min_rows)
 
 
+# hand PCA kept: one eigh per window inside a JIT loop; sklearn would leave the kernel per window
 @numba.njit(**ANALYSIS_JIT)
 def _principal_planes(resid, axes, top, total):
     """Top-two principal axes of every residual window ``resid[i]`` (m, p) (JIT-compiled).
