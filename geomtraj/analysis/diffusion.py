@@ -536,6 +536,8 @@ def convergence_window(
         return None
     y = np.log(np.maximum(loss, 1e-300))
     w = min(params.loss_smooth_steps | 1, loss.size if loss.size % 2 else loss.size - 1)
+    # padded, not clipped like the burst baseline's: a clipped first window sees the converged
+    # loss already and would put the window at step 0 of a run that starts far above its floor
     smooth = median_filter(y, size=max(w, 1), mode="nearest")
     tail = max(1, int(round(params.final_frac * loss.size)))
     final = np.median(smooth[-tail:])

@@ -13,49 +13,6 @@ from geomtraj.config import ANALYSIS_JIT
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _rolling_median(y, half):
-    """Centred rolling median of ``y`` over ``[i-half, i+half]``, clipped to the array (JIT).
-
-    Keeps the window sorted: each step inserts one value and removes one with a binary search and
-    a shift, O(n * window) with a small constant, and exact (no approximation). ``y`` must be
-    finite. For an even number of values (near the ends) the lower-middle and upper-middle values
-    are averaged, as ``numpy.median`` does.
-    """
-    n = y.shape[0]
-    out = np.empty(n, dtype=np.float64)
-    if n == 0:
-        return out
-    buf = np.empty(2 * half + 1, dtype=np.float64)
-    size = 0
-    lo = 0  # first index in the window
-    hi = -1  # last index in the window
-    for i in range(n):
-        new_hi = min(n - 1, i + half)
-        new_lo = max(0, i - half)
-        while hi < new_hi:
-            hi += 1
-            x = y[hi]
-            k = np.searchsorted(buf[:size], x)
-            for j in range(size, k, -1):
-                buf[j] = buf[j - 1]
-            buf[k] = x
-            size += 1
-        while lo < new_lo:
-            x = y[lo]
-            k = np.searchsorted(buf[:size], x)
-            for j in range(k, size - 1):
-                buf[j] = buf[j + 1]
-            size -= 1
-            lo += 1
-        mid = size // 2
-        if size % 2 == 1:
-            out[i] = buf[mid]
-        else:
-            out[i] = 0.5 * (buf[mid - 1] + buf[mid])
-    return out
-
-
-@numba.njit(**ANALYSIS_JIT)
 def _hysteresis_events(excess, on, off, min_duration, merge_gap):
     """Bursts of ``excess`` by a two-level threshold with hysteresis (JIT-compiled).
 
