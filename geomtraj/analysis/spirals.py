@@ -1468,15 +1468,36 @@ def _chosen_windows(table, max_windows: int):
     return picks
 
 
-def _arms(ax, x, y, steps, title):
-    """The two arms: even steps joined in one colour, odd steps in another; consecutive steps
-    (the flip between the arms) joined faintly."""
-    ax.plot(x, y, color="0.85", lw=0.3, zorder=1)
-    even = steps % 2 == 0
-    for sel, color, name in ((even, "tab:blue", "even steps"), (~even, "tab:red", "odd steps")):
-        ax.plot(x[sel], y[sel], "-o", color=color, lw=0.8, ms=2.5, label=name, zorder=2)
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
+def _why_chosen(row, n_spirals: int) -> str:
+    """Why a window was drawn, in words (the rule of :func:`_chosen_windows`)."""
+    if bool(row["is_spiral"]):
+        return f"its most coherent spiral (winding score {row['winding_score']:.2f})"
+    if n_spirals:
+        return f"a coherent window (coherence {row['coherence']:.2f})"
+    return f"no spiral in this run: its most coherent window (coherence {row['coherence']:.2f})"
+
+
+def _spiral_panels(axes, run, row, params, pair, steps_label: bool = True):
+    """Raw path in the raw pair (``axes[0]``) and the flip's two arms in the principal plane
+    (``axes[1]``) of one window; returns the window's geometry and steps."""
+    from geomtraj.analysis.panels import flip_arms, raw_path
+
+    h = params.half
+    theta = _window_rows(run, int(row["start"]), int(row["end"]), h)
+    geo = window_geometry(theta, params)
+    steps = np.arange(int(row["start"]), int(row["start"]) + geo["w"].shape[0])
+    px, py = pair or (row["pair_x"], row["pair_y"])
+    i, j = run.param_names.index(px), run.param_names.index(py)
+    raw_path(axes[0], geo["theta"][:, i], geo["theta"][:, j], steps, f"raw path: {px} vs {py}")
+    # units of each axis's RMS, as in the flip-frame panel: PC1 often dwarfs PC2
+    z = geo["z"] / np.maximum(np.sqrt(np.mean(geo["z"] ** 2, axis=0)), 1e-300)
+    arms = flip_arms(axes[1], z[:, 0], z[:, 1], steps, "even and odd arms, top-2 PCs (RMS units)")
+    axes[1].legend(fontsize=7, loc="best")
+    if steps_label:
+        for ax, (xl, yl) in zip(axes, ((px, py), ("PC1", "PC2")), strict=True):
+            ax.set_xlabel(xl, fontsize=7)
+            ax.set_ylabel(yl, fontsize=7)
+    return geo, steps, arms
 
 
 def figures(
@@ -1486,18 +1507,23 @@ def figures(
     *,
     max_runs: int = 6,
     max_windows: int = 2,
+    max_gallery: int = 8,
     pair: tuple[str, str] | None = None,
 ) -> list[Path]:
     """Draw the spiral figures of a result into ``outdir``; returns the paths written.
 
-    For each of up to ``max_runs`` runs (those with the most spirals) and up to ``max_windows``
-    windows per run (its spirals with the most coherent turns, else its most coherent windows),
-    ``spiral_run{r}_w{k}.png`` shows four views of one window: the phase portrait of ``w`` in the
-    top principal plane of the flip frame, coloured by step; the raw frame ``z`` with even and odd
-    steps in two colours (the two arms of a double spiral); the raw parameter pair the paper draws
-    (the run's pair, or ``pair``), with the same two colours; and a 3-D view of the two principal
-    components against the step. ``spirals_gallery.png`` shows the best window of every run in
-    the raw pair, and ``spirals_counts.png`` the counts per run.
+    Runs are chosen by their number of spiral windows (most first, ties by run index), windows
+    within a run by :func:`_chosen_windows` (its spirals with the most coherent turns, else its
+    most coherent windows); every title says which rule picked it. For each of up to ``max_runs``
+    runs and ``max_windows`` windows, ``spiral_run{r}_w{k}.png`` shows four views of one window:
+    the raw path in the raw parameter pair the paper draws (the run's pair, or ``pair``), where
+    the period-2 flip makes consecutive steps zigzag; the two arms of the flip, the even-step and
+    the odd-step sub-sequences of the raw frame ``z`` each joined in time order in the top
+    principal plane and coloured by step (a double spiral is two interleaved arms turning
+    steadily); the flip frame ``w = (-1)^t z``, which merges the arms into one curve; and a 3-D
+    view of ``w`` against the step. ``spirals_gallery.png`` shows the raw path and the arms of the
+    best window of each of up to ``max_gallery`` runs, and ``spirals_counts.png`` the counts per
+    run. Figures are bounded in number and size whatever the number of runs.
     """
     import matplotlib
 
@@ -1509,40 +1535,33 @@ def figures(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     params = _result_params(result)
-    h = params.half
     table = windows_table(result)
     paths: list[Path] = []
     if table.empty:
         return paths
     counts = table.groupby("run")["is_spiral"].sum().sort_values(ascending=False, kind="stable")
     runs = [int(r) for r in counts.index[:max_runs]]
-    picks = _chosen_windows(table[table["run"].isin(runs)], max_windows)
-    best = _chosen_windows(table, 1)
+    gallery_runs = [int(r) for r in counts.index[:max_gallery]]
+    picks = _chosen_windows(table[table["run"].isin(set(runs) | set(gallery_runs))], max_windows)
+    rank = {r: k + 1 for k, r in enumerate(int(r) for r in counts.index)}
 
     for run_index in runs:
         run = RunData(ds, run_index)
-        names = run.param_names
+        n_spirals = int(counts[run_index])
         for k, (_, row) in enumerate(picks[run_index].iterrows()):
-            theta = _window_rows(run, int(row["start"]), int(row["end"]), h)
-            geo = window_geometry(theta, params)
-            steps = np.arange(int(row["start"]), int(row["start"]) + geo["w"].shape[0])
-            px, py = pair or (row["pair_x"], row["pair_y"])
-            i, j = names.index(px), names.index(py)
             fig = plt.figure(figsize=(17, 4.4))
-            ax = fig.add_subplot(1, 4, 1)
+            panels = [fig.add_subplot(1, 4, 1), fig.add_subplot(1, 4, 2)]
+            geo, steps, arms = _spiral_panels(panels, run, row, params, pair)
+            fig.colorbar(arms, ax=panels[1], label="step")
+            ax = fig.add_subplot(1, 4, 3)
             # each axis in units of its own RMS: PC1 often carries most of the energy, and a
             # linear rescaling keeps the winding number
             w = geo["w"] / np.maximum(np.sqrt(np.mean(geo["w"] ** 2, axis=0)), 1e-300)
             ax.plot(w[:, 0], w[:, 1], color="0.7", lw=0.5)
-            sc = ax.scatter(w[:, 0], w[:, 1], c=steps, s=8, cmap="viridis")
-            fig.colorbar(sc, ax=ax, label="step")
+            ax.scatter(w[:, 0], w[:, 1], c=steps, s=8, cmap="viridis")
             frame = "flip frame w = (-1)^t z" if geo["demodulated"] else "w = z (no flip)"
             ax.set_title(f"{frame}: PC1 vs PC2 (units of RMS)", fontsize=9)
             ax.tick_params(labelsize=7)
-            _arms(fig.add_subplot(1, 4, 2), geo["z"][:, 0], geo["z"][:, 1], steps, "raw frame z")
-            ax = fig.add_subplot(1, 4, 3)
-            _arms(ax, geo["theta"][:, i], geo["theta"][:, j], steps, f"{px} vs {py}")
-            ax.legend(fontsize=7, loc="best")
             ax3 = fig.add_subplot(1, 4, 4, projection="3d")
             ax3.plot(w[:, 0], w[:, 1], steps, color="0.6", lw=0.5)
             ax3.scatter(w[:, 0], w[:, 1], steps, c=steps, s=5, cmap="viridis")
@@ -1552,57 +1571,70 @@ def figures(
             ax3.tick_params(labelsize=6)
             hyper = run.hyper
             fig.suptitle(
-                f"run {run_index} ({hyper['precision']}, beta2={hyper['beta2']}), steps "
-                f"{int(row['start'])}-{int(row['end'])}: {row['label']}; winding "
-                f"{row['winding']:.2f}, coherence {row['coherence']:.2f}, p {row['p_value']:.2f}, "
-                f"plane turn {row['plane_turn']:.0f} deg, twist rate {row['twist_rate']:.3f} "
-                "rad/step",
-                fontsize=10,
+                f"run {run_index} ({hyper['precision']}, beta2={hyper['beta2']}; {n_spirals} "
+                f"spiral windows, rank {rank[run_index]} of {len(rank)} runs), steps "
+                f"{int(row['start'])}-{int(row['end'])}, {_why_chosen(row, n_spirals)}: "
+                f"{row['label']}; winding {row['winding']:.2f}, coherence "
+                f"{row['coherence']:.2f}, p {row['p_value']:.2f}, plane turn "
+                f"{row['plane_turn']:.0f} deg, twist rate {row['twist_rate']:.3f} rad/step",
+                fontsize=9,
             )
             fig.tight_layout()
             path = outdir / f"spiral_run{run_index}_w{k}.png"
-            fig.savefig(path, dpi=110)
+            fig.savefig(path, dpi=90)
             plt.close(fig)
             paths.append(path)
 
-    # gallery: the best window of every run, in its raw pair
-    all_runs = sorted(best)
-    ncol = min(4, len(all_runs))
-    nrow = -(-len(all_runs) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
+    # gallery: the best window of each of the runs with the most spirals, raw path beside arms
+    ncol = min(2, len(gallery_runs))
+    nrow = -(-len(gallery_runs) // ncol)
+    fig, axes = plt.subplots(nrow, 2 * ncol, figsize=(7.0 * ncol, 3.4 * nrow), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
-    for ax, run_index in zip(axes.flat, all_runs, strict=False):
-        ax.set_visible(True)
-        row = best[run_index].iloc[0]
+    for k, run_index in enumerate(gallery_runs):
+        pair_axes = axes[k // ncol, 2 * (k % ncol) : 2 * (k % ncol) + 2]
+        for ax in pair_axes:
+            ax.set_visible(True)
+        row = picks[run_index].iloc[0]
         run = RunData(ds, run_index)
-        theta = _window_rows(run, int(row["start"]), int(row["end"]), h)[h:-h]
-        steps = np.arange(int(row["start"]), int(row["start"]) + theta.shape[0])
-        px, py = pair or (row["pair_x"], row["pair_y"])
-        i, j = run.param_names.index(px), run.param_names.index(py)
+        n_spirals = int(counts[run_index])
+        _spiral_panels(pair_axes, run, row, params, pair, steps_label=False)
         r = result.sel(run=run_index)
-        _arms(
-            ax,
-            theta[:, i],
-            theta[:, j],
-            steps,
+        pair_axes[0].set_title(
             f"run {run_index} {run.hyper['precision']} b2={run.hyper['beta2']}: "
-            f"{int(r['n_spirals'])}/{int(r['n_windows'])} spirals\n{row['label']}, "
-            f"{px} vs {py}",
+            f"{n_spirals}/{int(r['n_windows'])} spirals\nraw path, steps "
+            f"{int(row['start'])}-{int(row['end'])}",
+            fontsize=8,
         )
+        pair_axes[1].set_title(f"arms: {row['label']}\n{_why_chosen(row, n_spirals)}", fontsize=8)
+    fig.suptitle(
+        f"best window of the {len(gallery_runs)} runs with the most spiral windows (of "
+        f"{len(rank)}); colour: step",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = outdir / "spirals_gallery.png"
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     paths.append(path)
 
-    # counts per run
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * result.sizes["run"] + 2), 3.5))
-    x = np.arange(result.sizes["run"])
-    for off, key in enumerate(("n_windows", "n_spirals", "n_double", "n_twisted")):
-        ax.bar(x + 0.2 * off - 0.3, np.nan_to_num(result[key].values.astype(float)), 0.2, label=key)
-    ax.set_xticks(x, [str(int(r)) for r in result["run"].values], fontsize=7)
-    ax.set_xlabel("run")
+    # counts per run: a histogram beyond a readable number of bars
+    n_runs = int(result.sizes["run"])
+    if n_runs <= 40:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * n_runs + 2), 3.5))
+        x = np.arange(n_runs)
+        for off, key in enumerate(("n_windows", "n_spirals", "n_double", "n_twisted")):
+            vals = np.nan_to_num(result[key].values.astype(float))
+            ax.bar(x + 0.2 * off - 0.3, vals, 0.2, label=key)
+        ax.set_xticks(x, [str(int(r)) for r in result["run"].values], fontsize=7)
+        ax.set_xlabel("run")
+    else:
+        fig, ax = plt.subplots(figsize=(7.0, 3.5))
+        for key in ("n_spirals", "n_double", "n_twisted"):
+            vals = np.nan_to_num(result[key].values.astype(float))
+            ax.hist(vals, bins=min(30, int(vals.max()) + 1), histtype="step", label=key)
+        ax.set_xlabel("windows per run")
+        ax.set_ylabel("runs")
     ax.legend(fontsize=7)
     ax.set_title(f"spiral windows per run ({result.attrs.get('windows', 'bursts')} windows)")
     fig.tight_layout()

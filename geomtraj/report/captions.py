@@ -70,16 +70,23 @@ def figure_caption(entry: Mapping, doc: Mapping) -> str:
             "spectrum against the predicted periods." + tail
         )
     if m := re.fullmatch(r"spiral_run(\d+)_w(\d+)", name):
+        e = _run_entry(doc, int(m.group(1)))
+        n_spirals = (e.get("spirals") or {}).get("n_spirals", "?")
         return (
-            f"{_describe(doc, int(m.group(1)))}, window {m.group(2)}: the run is among those with "
-            "the most spiral windows, and the window among its most coherent spirals. Look at the "
-            "phase portrait: a spiral turns steadily around the centre; even and odd steps in two "
-            "colours show whether there are two arms." + tail
+            f"{_describe(doc, int(m.group(1)))}, window {m.group(2)}: chosen because the run has "
+            f"among the most spiral windows ({n_spirals}), and the window is its most coherent "
+            "spiral (its title says so, or that the run has none). Left, the raw path zigzags: "
+            "the period-2 flip puts consecutive steps on opposite sides of the centre. Second, "
+            "the flip's two arms (even and odd steps, each joined in time order, coloured by "
+            "step): a double spiral is two mirror-image arms turning steadily around the centre; "
+            "arms that jump about without turning are not a spiral." + tail
         )
     if name == "spirals_gallery":
         return (
-            "The most coherent window of every run, in the raw parameter pair. Compare the shapes "
-            "across runs; a zigzag without a turning centre is not a spiral." + tail
+            "The best window of each of the runs with the most spiral windows: raw path, then the "
+            "flip's even and odd arms coloured by step. Compare the arms across runs: steady "
+            "turning around a centre is a spiral; the raw path's zigzag alone is the flip, not a "
+            "spiral." + tail
         )
     if name == "spirals_counts":
         return "Spiral, double and twisted windows per run, out of the windows analysed." + tail

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.panels import flip_arms, raw_path
 from geomtraj.errors import GeomtrajError
 
 
@@ -140,15 +141,16 @@ def _spiral(rd: RunData, axes, p: PlotParams) -> str:
         )
     resid = theta - uniform_filter1d(theta, size=p.spiral_smooth, axis=0, mode="nearest")
     z = PCA(n_components=2).fit_transform(resid)
+    # units of each axis's RMS: PC1 often dwarfs PC2, and a linear rescaling keeps the turns
+    z = z / np.maximum(np.sqrt(np.mean(z**2, axis=0)), 1e-300)
     steps = rd.step[rows]
-    sign = np.where(steps % 2 == 0, 1.0, -1.0)[:, None]
-    for ax, data, what in ((axes[0], z, "residual"), (axes[1], sign * z, "(-1)^t x residual")):
-        pts = ax.scatter(data[:, 0], data[:, 1], c=steps, s=3, cmap="viridis")
-        ax.plot(data[:, 0], data[:, 1], lw=0.2, color="0.6")
-        ax.set_xlabel("PC1")
-        ax.set_ylabel("PC2")
-        ax.set_title(what, fontsize=9)
-    axes[1].figure.colorbar(pts, ax=axes[1], label="update t")
+    raw_path(axes[0], z[:, 0], z[:, 1], steps, "raw path (consecutive updates joined)")
+    arms = flip_arms(axes[1], z[:, 0], z[:, 1], steps, "even and odd arms of the period-2 flip")
+    axes[1].legend(fontsize=7, loc="best")
+    for ax in axes:
+        ax.set_xlabel("PC1 (RMS units)")
+        ax.set_ylabel("PC2 (RMS units)")
+    axes[1].figure.colorbar(arms, ax=axes[1], label="update t")
     return f"theta residual on its top 2 PCs, updates {steps[0]}-{steps[-1]}"
 
 
