@@ -7,13 +7,16 @@ here is one fresh interpreter, as a user's command is:
 * **lazy**: ``geomtraj.cli.main(["plot", STORE, "--run", R, "--kind", KIND, ...])``, as shipped;
 * **eager** (the baseline, same run, same machine): the same call after importing every module of
   ``geomtraj.analysis.ANALYSES`` first, which is what the package did before;
+* **dask open** (the second baseline): the same call with the store opened through dask, as
+  ``geomtraj plot`` did before it read the one run through zarr's lazy arrays;
 * the import of ``geomtraj.cli`` alone, of the plot path's modules, and of the full registry
   (timed inside the interpreter and as process wall time), and the cumulative import time of
   ``geomtraj.cli`` reported by ``python -X importtime``.
 
-A warm-up plot of each kind runs first, so the numba caches and the page cache are warm. Lazy
-and eager calls alternate, so load from other processes hits both alike; the figure is the
-median over ``--repeats``.
+A warm-up plot of each kind runs first, so the numba caches and the page cache are warm. The
+variants alternate, so load from other processes hits all alike; the figure is the median over
+``--repeats``, as wall time and as the child's CPU time (user + system), which other processes on
+a shared machine disturb much less than wall time.
 
     .venv/bin/python benchmarks/bench_plot.py [--store fixtures/bursts_f32.zarr] [--run 0]
         [--kinds loss,spectrum,...] [--repeats 2]
@@ -22,6 +25,7 @@ median over ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,23 +36,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum", "phase")
 EAGER = "import geomtraj.analysis as a\nfor n in a.ANALYSES:\n    a.ANALYSES[n]\n"
+DASK_OPEN = (
+    "import geomtraj.store as s\n_open = s.open_store\n"
+    "s.open_store = lambda p, **k: _open(p, **{**k, 'dask': True})\n"
+)
 
 
-def _wall(code: str, *flags: str) -> tuple[float, str]:
-    """Seconds one fresh interpreter takes to run ``code``, and its stderr."""
+def _wall(code: str, *flags: str) -> tuple[float, str, float]:
+    """Seconds one fresh interpreter takes to run ``code``, its stderr and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *flags, "-c", code], capture_output=True, text=True, cwd=ROOT
     )
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"bench_plot: {code!r} failed: {done.stderr.strip()[-500:]}")
-    return seconds, done.stderr
+    return seconds, done.stderr, cpu
 
 
 def _importtime(module_code: str, top: str) -> float:
     """Cumulative import time of ``top`` in seconds, from ``python -X importtime``."""
-    _, err = _wall(module_code, "-X", "importtime")
+    _, err, _ = _wall(module_code, "-X", "importtime")
     cumulative = float("nan")
     for line in err.splitlines():
         parts = [p.strip() for p in line.split("|")]
@@ -81,8 +92,8 @@ def main() -> None:
         timed = "import time\n_t = time.perf_counter()\n" + code
         timed += "\nimport sys\nprint(time.perf_counter() - _t, file=sys.stderr)\n"
         runs = [_wall(timed) for _ in range(args.repeats)]
-        inner = statistics.median(float(err.split()[-1]) for _, err in runs)
-        wall = statistics.median(w for w, _ in runs)
+        inner = statistics.median(float(err.split()[-1]) for _, err, _ in runs)
+        wall = statistics.median(w for w, _, _ in runs)
         print(f"  {label:34s} {inner:12.2f} {wall:13.2f}")
     cli = _importtime("import geomtraj.cli", "geomtraj.cli")
     print(f"  python -X importtime -c 'import geomtraj.cli': cumulative {cli:.2f} s")
@@ -91,16 +102,21 @@ def main() -> None:
         out = Path(tmp) / "look.png"
         for kind in kinds:  # warm-up: numba caches, page cache, matplotlib font cache
             _wall(_plot_code(args.store, args.run, kind, out))
-        print(f"\ngeomtraj plot {args.store.name} --run {args.run}, median of {args.repeats}:")
-        print(f"  {'kind':10s} {'lazy (s)':>9s} {'eager (s)':>10s} {'saved (s)':>10s}")
+        print(f"\ngeomtraj plot {args.store.name} --run {args.run}, median of {args.repeats}, ")
+        print("seconds as wall / CPU:")
+        print(f"  {'kind':10s} {'now':>13s} {'dask open':>13s} {'eager registry':>15s}")
+        variants = ("", DASK_OPEN, EAGER)
         for kind in kinds:
             code = _plot_code(args.store, args.run, kind, out)
-            lazy, eager = [], []
+            times: list[list[tuple[float, float]]] = [[] for _ in variants]
             for _ in range(args.repeats):
-                lazy.append(_wall(code)[0])
-                eager.append(_wall(EAGER + code)[0])
-            lz, eg = statistics.median(lazy), statistics.median(eager)
-            print(f"  {kind:10s} {lz:9.2f} {eg:10.2f} {eg - lz:10.2f}")
+                for k, prefix in enumerate(variants):
+                    wall, _, cpu = _wall(prefix + code)
+                    times[k].append((wall, cpu))
+            med = [(statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
+                   for t in times]  # fmt: skip
+            cells = [f"{w:6.2f}/{c:<6.2f}" for w, c in med]
+            print(f"  {kind:10s} {cells[0]:>13s} {cells[1]:>13s} {cells[2]:>15s}")
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     out = args.out or f"run{args.run}_{args.kind}.png"
     if Path(out).suffix.lower() != ".png":
         raise GeomtrajError(f"--out {out}: geomtraj plot writes PNG files; name it *.png")
-    ds = select_steps(open_store(args.store), parse_steps(args.steps))
+    # one run is read: zarr's lazy arrays open faster than a dask graph of the whole store
+    ds = select_steps(open_store(args.store, dask=False), parse_steps(args.steps))
     path = plot_run(ds, args.run, args.kind, out)
     if not args.quiet:
         print(f"wrote {path}")

@@ -55,8 +55,8 @@ def test_plot_loss_imports_no_analysis_nor_scipy_signal(tmp_path):
         f"assert main(['plot', {str(datafiles.BURSTS_F32)!r}, '--run', '0', '--kind', 'loss',"
         f" '--out', {str(out)!r}, '--quiet']) == 0"
     )
-    # matplotlib draws this figure; nothing else heavy may come along
-    assert _fresh(code) == ["matplotlib"]
+    # matplotlib draws this figure; nothing else heavy may come along, not even dask
+    assert _fresh(code, HEAVY + ANALYSIS_MODULES + ("dask.array",)) == ["matplotlib"]
     assert out.stat().st_size > 0
 
 
