@@ -235,3 +235,11 @@ def test_figures_are_written(grid, tmp_path):
     paths = twins.figures(ds, res.sel(run=[0, 12, 13]), tmp_path)
     assert [p.name for p in paths] == ["twins_divergence_0.png", "twins_overview.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_figures_draw_a_bounded_sample_of_twins(grid, tmp_path):
+    ds, res = grid
+    assert int((res["twin_of"].values >= 0).sum()) > 2
+    paths = twins.figures(ds, res, tmp_path, per_figure=1, max_twins=2)
+    names = [p.name for p in paths]
+    assert names == ["twins_divergence_0.png", "twins_divergence_1.png", "twins_overview.png"]

@@ -872,9 +872,13 @@ def report(result: xr.Dataset, params: TwinParams | None = None) -> dict:
 # ------------------------------------------------------------------------------ figures
 
 
-def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12) -> list[Path]:
-    """Divergence curves of every twin on a log axis, with the fitted growth slope.
+def figures(
+    ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12, max_twins: int = 24
+) -> list[Path]:
+    """Divergence curves of the twins on a log axis, with the fitted growth slope.
 
+    At most ``max_twins`` twins get a panel, evenly spread over the twins in run order (a study
+    with hundreds of twins would otherwise write dozens of pages); the overview shows them all.
     ``twins_divergence_<k>.png``: one panel per twin (``per_figure`` per file) around the growth
     phase, relative L2 and Sun's L1, the fitted exponential (dashed, slope in the legend), the
     perturbation step (grey) and the saturation step (red). ``twins_overview.png``: every twin's
@@ -889,8 +893,13 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, per_figure: int = 12)
     outdir.mkdir(parents=True, exist_ok=True)
     idx = np.flatnonzero(result["twin_of"].values >= 0)
     steps = result["div_step"].values
+    pick = np.round(np.linspace(0, idx.size - 1, min(idx.size, max_twins))).astype(int)
     paths = panel_pages(
-        idx, lambda ax, i: _draw_twin(ax, result, i, steps), outdir, "twins_divergence", per_figure
+        idx[np.unique(pick)],
+        lambda ax, i: _draw_twin(ax, result, i, steps),
+        outdir,
+        "twins_divergence",
+        per_figure,
     )
     if idx.size:
         paths.append(_overview(plt, result, idx, steps, outdir))
