@@ -176,11 +176,13 @@ def replay_states(
                 record_every=1, record_params="all", chunk_rows=int(block))  # fmt: skip
     tr = _Trainer(plan)
     cols = plan.recorded_indices()[0]
-    order = np.argsort(cols)
+    # "all" records the flat layout in order; a copy only if it ever did not
+    order = None if np.array_equal(cols, np.arange(n)) else np.argsort(cols)
     for c in range(tr.n_chunks):
         row0, rows, buf = tr.run_chunk_steps(c)
-        theta = buf["theta"][0][:, order]
-        v = buf["v"][0][:, order]
+        theta, v = buf["theta"][0], buf["v"][0]
+        if order is not None:
+            theta, v = theta[:, order], v[:, order]
         yield row0 + 1, theta, v, buf["update_norm"][0]
 
 
