@@ -47,7 +47,7 @@ def _numpy_cost_per_state(ds, n_states: int = 20) -> float:
     h = {k: float(ds[k].values[0]) for k in ("beta1", "beta2", "eps")}
     obj = MLPObjective(run_spec(ds, 0), *run_data_arrays(ds, 0))
     states = list(mechanism.replay_states(ds, 0, block=512))[1]  # updates 1..512
-    t_first, thetas, vs, _ = states
+    t_first, thetas, vs, _, _ = states
     solver = SharpnessSolver(method="eigsh")
     t0 = time.process_time()
     with threadpool_limits(1):

@@ -140,15 +140,18 @@ def _final_step(rd: RunData) -> int:
 
 
 def replay_states(
-    ds: xr.Dataset, run: int, *, block: int = 2048
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Train run ``run`` again and yield its full state, block by block.
+    ds: xr.Dataset, run: int, *, block: int = 2048, every: int = 1
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, int, np.ndarray]]:
+    """Train run ``run`` again and yield its full state every ``every`` updates, block by block.
 
-    Yields ``(t_first, theta, v, update_norm)``: ``theta[i]``, ``v[i]`` (in the run's storage
-    dtype, every parameter) are the state after update ``t_first + i`` and ``update_norm[i]`` the
-    norm of that update; the first block holds step 0 (``theta_init``, ``v = 0``, norm NaN) alone.
-    The trainer itself replays (same hyper-parameters, precision, seed, batch size and
-    perturbation), so the states are those of the original run bit for bit.
+    Yields ``(t_first, theta, v, u_first, update_norm)``: ``theta[i]``, ``v[i]`` (in the run's
+    storage dtype, every parameter) are the state after update ``t_first + i*every``, and
+    ``update_norm[k]`` is the norm of update ``u_first + k`` (every update of the block). The
+    first block holds step 0 alone (``theta_init``, ``v = 0``, no update). The replay stops at the
+    last multiple of ``every`` before the run's end. The trainer itself replays (same
+    hyper-parameters, precision, seed, batch size and perturbation), so the states are those of
+    the original run bit for bit; recording every ``every``-th state only costs less than
+    recording all.
     """
     from geomtraj.plan import DataSource, Plan, Run
     from geomtraj.train import _Trainer
@@ -159,9 +162,9 @@ def replay_states(
     one = ds.isel(run=run)
     spec = run_spec(ds, run)
     X, y = run_data_arrays(ds, run, rounded=False)
-    last = _final_step(rd)
+    last = _final_step(rd) // every * every
     theta0 = np.asarray(one["theta_init"].values[:n], dtype=np.float64)
-    yield 0, theta0[None, :], np.zeros((1, n)), np.full(1, np.nan)
+    yield 0, theta0[None, :], np.zeros((1, n)), 1, np.zeros(0)
     if last == 0:
         return
     pert = _parse_perturbation(h["perturbation"])
@@ -173,7 +176,8 @@ def replay_states(
             batch_size=int(one["batch_size"].values), perturbation=pert, theta0=theta0)
     ]  # fmt: skip
     plan = Plan(runs=runs, datasets=[DataSource(h["dataset"], X, y)], steps=last,
-                record_every=1, record_params="all", chunk_rows=int(block))  # fmt: skip
+                record_every=every, record_params="all",
+                chunk_rows=max(1, int(block) // every))  # fmt: skip
     tr = _Trainer(plan)
     cols = plan.recorded_indices()[0]
     # "all" records the flat layout in order; a copy only if it ever did not
@@ -183,7 +187,7 @@ def replay_states(
         theta, v = buf["theta"][0], buf["v"][0]
         if order is not None:
             theta, v = theta[:, order], v[:, order]
-        yield row0 + 1, theta, v, buf["update_norm"][0]
+        yield (row0 + 1) * every, theta, v, row0 * every + 1, buf["update_norm"][0]
 
 
 # ----------------------------------------------------------------------------- the tracking
@@ -202,7 +206,8 @@ class Track:
     dir_curv : ndarray
         Curvature of ``P^-1 H`` along the preconditioned gradient, NaN where not evaluated.
     log_v : ndarray
-        Mean over parameters of ``log v_t`` (every state).
+        Mean over parameters of ``log v_t`` at the replayed states (every ``dense_stride``
+        updates; NaN between).
     loss : ndarray
         Full-batch float64 loss where evaluated.
     threshold : float
@@ -261,31 +266,33 @@ def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -
     stored = np.asarray(rd.update_norm, dtype=np.float64) if rd.iteration.size else np.zeros(0)
     n_hvp, mismatches, t_replay, t_track = 0, 0, 0.0, 0.0
     act, loss_code = kc.ACTIVATIONS[spec.activation], kc.LOSSES[spec.loss]
+    every = params.dense_stride
     with threadpool_limits(1):
-        states = replay_states(ds, run, block=params.block)
+        states = replay_states(ds, run, block=params.block, every=every)
         while True:
             t0 = time.process_time()
             try:
-                t_first, theta, v, un = next(states)
+                t_first, theta, v, u_first, un = next(states)
             except StopIteration:
                 break
             t1 = time.process_time()
             t_replay += t1 - t0
             rows = theta.shape[0]
-            sl = slice(t_first, t_first + rows)
-            if t_first >= 1:
-                ref = stored[t_first - 1 : t_first - 1 + rows]
-                k = min(ref.size, rows)
-                got = np.asarray(un[:k], dtype=np.float64)
-                mismatches += int(np.sum(~((got == ref[:k]) | (np.isnan(got) & np.isnan(ref[:k])))))
+            step = every if t_first else 1
+            sl = slice(t_first, t_first + (rows - 1) * step + 1, step)
+            if un.size:
+                ref = stored[u_first - 1 : u_first - 1 + un.size]
+                got = np.asarray(un[: ref.size], dtype=np.float64)
+                mismatches += int(np.sum(~((got == ref) | (np.isnan(got) & np.isnan(ref)))))
             n_hvp += kc.track_block(
-                np.ascontiguousarray(theta), np.ascontiguousarray(v), t_first, sizes,
+                np.ascontiguousarray(theta), np.ascontiguousarray(v), t_first, step, sizes,
                 spec.n_layers, act, loss_code, X, y, hyper, threshold, u, carry, params.stride,
                 params.dense_stride, params.dense_level, params.lanczos_steps,
                 out["sharpness"][sl], out["dir_curv"][sl], out["loss"][sl], out["log_v"][sl],
                 *(work[k] for k in _WORK),
             )  # fmt: skip
             t_track += time.process_time() - t1
+    out["log_v"][0] = np.nan  # v = 0 at step 0
     return Track(np.arange(n_states, dtype=np.int64), out["sharpness"], out["dir_curv"],
                  out["log_v"], out["loss"], threshold, int(n_hvp), t_replay, t_track,
                  mismatches)  # fmt: skip
@@ -335,8 +342,9 @@ def burst_predictions(
         ``measured_interval``, ``predicted_interval`` (``predicted_onset - previous onset``),
         ``decay_interval`` (the decay forecast: ``prev_end + T_decay - previous onset``),
         ``log_v_drop`` (``ln(v_after / v_crit)`` with ``v_crit`` the mean-log ``v`` at the
-        crossing), ``v_decay_time`` (``log_v_drop / -ln(beta2)``); and the run's summary:
-        ``crossings``, ``n_crossings``, ``false_crossings`` (fraction of crossings with no onset in
+        crossing, both interpolated between replayed states), ``v_decay_time``
+        (``log_v_drop / -ln(beta2)``); and the run's summary: ``crossings``, ``n_crossings``,
+        ``false_crossings`` (fraction of crossings with no onset in
         ``[c - resolution, c + max_lag]``), ``onsets_explained``, ``lead_median``,
         ``predicted_period``, ``decay_period``, ``measured_period`` (medians), ``chance_fraction``
         (fraction of the tracked range the explaining windows of all crossings cover) and
@@ -359,7 +367,12 @@ def burst_predictions(
     n = max(onsets.size - 1, 0)
     per = {k: np.full(n, np.nan) for k in _BURST_FIELDS}
     explained = np.zeros(n, bool)
-    log_v = track.log_v
+    have_v = np.isfinite(track.log_v)
+    v_steps, v_vals = track.step[have_v].astype(np.float64), track.log_v[have_v]
+
+    def log_v(t: float) -> float:  # the replayed states are dense_stride updates apart
+        return float(np.interp(t, v_steps, v_vals)) if v_steps.size else math.nan
+
     for i in range(1, onsets.size):
         k = i - 1
         prev_end, prev_on, on = ends[i - 1], onsets[i - 1], onsets[i]
@@ -387,7 +400,7 @@ def burst_predictions(
             per["lead"][k] = on - pred
             explained[k] = -resolution <= on - pred <= max_lag
             per["predicted_interval"][k] = pred - prev_on
-            drop = log_v[int(prev_end)] - log_v[min(int(round(pred)), log_v.size - 1)]
+            drop = log_v(prev_end) - log_v(pred)
             per["log_v_drop"][k] = drop
             per["v_decay_time"][k] = drop / decay_rate
     followed = np.array(

@@ -326,6 +326,7 @@ def track_block(
     thetas,
     vs,
     t_first,
+    t_step,
     sizes,
     n_layers,
     act,
@@ -358,7 +359,8 @@ def track_block(
 ):
     """Track ``lambda_max(P^-1 H)`` along consecutive states, a few Lanczos steps per evaluation.
 
-    Row ``i`` of ``thetas``/``vs`` is the state after update ``t = t_first + i``; the curvature is
+    Row ``i`` of ``thetas``/``vs`` is the state after update ``t = t_first + i*t_step``; the
+    curvature is
     the one update ``t+1`` sees: ``H(theta_t)`` and
     ``P = (1-beta1^(t+1)) (sqrt(v'/(1-beta2^(t+1))) + eps)``, ``v' = beta2 v_t + (1-beta2) g^2``
     (as ``geomtraj.analysis.stability.adam_preconditioner``). The eigenvalue is that of the
@@ -369,10 +371,10 @@ def track_block(
     ``q^T H q / (g^T q)`` with ``q = P^-1 g`` (the Rayleigh quotient of ``S`` at ``P^-1/2 g``).
     ``log_v`` (every row) is the mean of ``log v_t``.
 
-    A row is evaluated when ``stride`` rows have passed since the last evaluation, or
-    ``dense_stride`` rows while the last measured ``sharpness/threshold`` was at least
-    ``dense_level``; others stay NaN.
-    ``carry = [last ratio, rows since last evaluation]`` continues across blocks. Hyper-parameters
+    A row is evaluated when ``stride`` updates have passed since the last evaluation, or
+    ``dense_stride`` updates while the last measured ``sharpness/threshold`` was at least
+    ``dense_level``; others stay NaN. ``carry = [last ratio, updates since the last evaluation]``
+    continues across blocks. Hyper-parameters
     ``hyper = [beta1, beta2, lr, eps, weight_decay]``. Returns the number of HVPs used.
     """
     n_rows, n_par = thetas.shape
@@ -391,7 +393,7 @@ def track_block(
         for i in range(n_par):
             s += math.log(vs[r, i]) if vs[r, i] > 0 else -745.0
         log_v[r] = s / n_par
-        carry[1] += 1.0
+        carry[1] += t_step
         if not ((carry[0] >= dense_level and carry[1] >= dense_stride) or carry[1] >= stride):
             continue
         ok = True
@@ -404,7 +406,7 @@ def track_block(
         carry[1] = 0.0
         loss[r] = linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL,
                             CV, d2l, grad)  # fmt: skip
-        t1 = t_first + r + 1
+        t1 = t_first + r * t_step + 1
         c1 = 1.0 - b1**t1
         c2 = 1.0 - b2**t1
         gq = 0.0
