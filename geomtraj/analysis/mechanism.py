@@ -718,14 +718,18 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 3) ->
         ax0.plot(step[sel][ev], sh[ev], ".-", ms=2, lw=0.7, label=r"$\lambda_{max}(P^{-1}H)$/thr")
         ax0.plot(step[sel][ev], dc[ev], ".", ms=2, color="C2", label="along preconditioned g")
         ax0.axhline(1.0, color="k", ls="--", lw=0.8)
-        ax0.set_ylim(0, max(1.5, float(np.nanmax(sh[ev])) * 1.05) if ev.any() else 1.5)
+        if ev.any():  # the ratio hovers within a few percent of 1: zoom onto it
+            both = np.concatenate([sh[ev], dc[ev & np.isfinite(dc)]])
+            lo_y, hi_y = np.percentile(both, [1, 99])
+            ax0.set_ylim(min(0.9, lo_y) - 0.02, max(1.05, hi_y) + 0.02)
         ax0.set_title(
             f"run {int(one['run'])}: beta1={float(one['beta1']):g}, beta2={float(one['beta2']):g}"
             f", lr={float(one['lr']):g}, {one['precision'].values}",
             fontsize=8,
         )
         ax0.legend(fontsize=7, loc="lower left")
-        ax1.plot(step[sel], np.asarray(one["log_v"].values)[sel], lw=0.8)
+        lv = np.asarray(one["log_v"].values)[sel]
+        ax1.plot(step[sel][np.isfinite(lv)], lv[np.isfinite(lv)], ".-", ms=2, lw=0.8)
         ax1.set_ylabel("mean log v")
         it = (rd.iteration >= lo) & (rd.iteration <= hi)
         ax2.semilogy(rd.iteration[it], rd.update_norm[it], color="0.4", lw=0.5)
