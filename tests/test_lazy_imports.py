@@ -40,7 +40,7 @@ def _fresh(code: str, watched=HEAVY + ANALYSIS_MODULES) -> list[str]:
         "import geomtraj",
         "import geomtraj.cli",
         "import geomtraj.analysis",
-        "from geomtraj.analysis import ANALYSES; names = list(ANALYSES); assert len(names) == 6",
+        "from geomtraj.analysis import ANALYSES; names = list(ANALYSES); assert len(names) == 7",
         "import geomtraj.report.plots, geomtraj.runner, geomtraj.store",
     ],
 )

@@ -45,6 +45,7 @@ _MODULES = {
     "diffusion": "geomtraj.analysis.diffusion",
     "stability": "geomtraj.analysis.stability",
     "early_warning": "geomtraj.analysis.early_warning",
+    "mechanism": "geomtraj.analysis.mechanism",
 }
 
 

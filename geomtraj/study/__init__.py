@@ -45,7 +45,7 @@ from geomtraj.errors import ConfigError, GeomtrajError
 __all__ = ["STUDIES", "Study", "StoreSpec", "find_studies_dir", "load_study", "run_study"]
 
 #: Studies with a module in this package (the ``name`` of ``studies/NAME/study.toml``).
-STUDIES = ("netay", "betas", "twins", "divergence")
+STUDIES = ("netay", "betas", "twins", "divergence", "mechanism")
 
 SCALES = ("full", "small")
 

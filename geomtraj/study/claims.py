@@ -58,6 +58,12 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "the divergences of the phase diagram, paired seeds)", "Netay 2024", "divergence"),
     ("diffusion", "After convergence parameters diffuse anomalously: MSD ~ k^c with c != 1",
      "Kunin et al. 2021 (arXiv 2107.09133)", "netay"),
+    ("burst_crossing", "Bursts begin when the preconditioned sharpness crosses the threshold",
+     "arXiv 2506.04805", "mechanism"),
+    ("quiet_interval", "The quiet interval is the time v takes to decay to the critical level",
+     "arXiv 2506.04805 (the forecast: docs/mechanism.md)", "mechanism"),
+    ("period_law", "The slow period follows the law found here", "docs/mechanism.md",
+     "mechanism"),
     ("edge_of_stability", "Full-batch Adam's preconditioned sharpness hovers at "
      "(2+2*beta1)/((1-beta1)*lr)", "Cohen et al. 2022 (arXiv 2207.14484)", "netay"),
 )  # fmt: skip

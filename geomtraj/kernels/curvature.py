@@ -1,0 +1,431 @@
+"""JIT-compiled float64 gradients, Hessian-vector products and a sharpness tracker for the MLPs.
+
+The same definitions as :mod:`geomtraj.hessian` (contract-1 layout, ``tanh``/``sigmoid``/``relu``
+hidden layers, a linear output, ``mse`` without a factor 1/2 or ``bce`` on the logit, weight decay
+adding ``alpha*I``): Pearlmutter's R-operator, written as loops over points so that one product of
+a 12x24 net on 64 points costs a few microseconds instead of the ~100 us of the vectorised NumPy
+version (docs/mechanism.md, "Cost"). Everything is float64 whatever the run's format; the states
+read from a replay are converted on the fly. Analysis flags (``config.ANALYSIS_JIT``): these
+kernels never feed back into training.
+
+Layout of the work arrays: ``(units, n_points)`` with ``units = sum(sizes)``, layer ``k``'s
+inputs in rows ``a_off[k]...`` and its outputs in rows ``a_off[k+1]...`` (``A`` activations with
+the inputs first, ``Z`` pre-activations, ``DL`` the back-propagated ``dL/dz``). Points are the
+contiguous inner axis, so the element-wise loops vectorise without fastmath (no operation is
+reordered) and the sums over points use eight partial sums.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from geomtraj.config import ANALYSIS_JIT
+
+#: Activation and loss codes of the kernels.
+ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
+LOSSES = {"mse": 0, "bce": 1}
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _offsets(sizes, n_layers):
+    """Flat ``W``/``b`` offsets per layer, unit offsets per layer boundary, ``n_params``."""
+    w_off = np.empty(n_layers, np.int64)
+    b_off = np.empty(n_layers, np.int64)
+    a_off = np.empty(n_layers + 2, np.int64)
+    n = 0
+    for k in range(n_layers):
+        w_off[k] = n
+        b_off[k] = n + sizes[k] * sizes[k + 1]
+        n = b_off[k] + sizes[k + 1]
+    u = 0
+    for k in range(n_layers + 1):
+        a_off[k] = u
+        u += sizes[k]
+    a_off[n_layers + 1] = u
+    return w_off, b_off, a_off, n
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _act(code, z):
+    """``sigma(z)``, ``sigma'(z)``, ``sigma''(z)``."""
+    if code == 0:
+        a = math.tanh(z)
+        d1 = 1.0 - a * a
+        return a, d1, -2.0 * a * d1
+    if code == 1:
+        if z >= 0:
+            a = 1.0 / (1.0 + math.exp(-z))
+        else:
+            e = math.exp(z)
+            a = e / (1.0 + e)
+        d1 = a * (1.0 - a)
+        return a, d1, d1 * (1.0 - 2.0 * a)
+    if z > 0.0:
+        return z, 1.0, 0.0
+    return 0.0, 0.0, 0.0
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _dot_points(x, y, n):
+    """``sum_p x[p] * y[p]`` with eight partial sums (independent chains the SLP pass can pack)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    m = n - n % 8
+    for p in range(0, m, 8):
+        s0 += x[p] * y[p]
+        s1 += x[p + 1] * y[p + 1]
+        s2 += x[p + 2] * y[p + 2]
+        s3 += x[p + 3] * y[p + 3]
+        s4 += x[p + 4] * y[p + 4]
+        s5 += x[p + 5] * y[p + 5]
+        s6 += x[p + 6] * y[p + 6]
+        s7 += x[p + 7] * y[p + 7]
+    for p in range(m, n):
+        s0 += x[p] * y[p]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _sum_points(x, n):
+    """``sum_p x[p]`` with eight partial sums."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    m = n - n % 8
+    for p in range(0, m, 8):
+        s0 += x[p]
+        s1 += x[p + 1]
+        s2 += x[p + 2]
+        s3 += x[p + 3]
+        s4 += x[p + 4]
+        s5 += x[p + 5]
+        s6 += x[p + 6]
+        s7 += x[p + 7]
+    for p in range(m, n):
+        s0 += x[p]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL, CV, d2l, grad):
+    """Forward and backward pass at ``theta``: fills the work arrays and ``grad``; returns the loss.
+
+    ``X`` is ``(n_points, d_in)``; the work arrays are ``(units, n_points)``. ``grad`` includes
+    weight decay ``wd*theta``; the loss does not (as the trainer records it).
+    """
+    w_off, b_off, a_off, n_par = _offsets(sizes, n_layers)
+    n_pts = X.shape[0]
+    for i in range(sizes[0]):
+        for p in range(n_pts):
+            A[i, p] = X[p, i]
+    for k in range(n_layers):
+        fi, fo = sizes[k], sizes[k + 1]
+        ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
+        for j in range(fo):
+            bj = theta[bo + j]
+            for p in range(n_pts):
+                Z[ao + j, p] = bj
+        for i in range(fi):
+            for j in range(fo):
+                w = theta[wo + i * fo + j]
+                for p in range(n_pts):
+                    Z[ao + j, p] += A[ai + i, p] * w
+        if k < n_layers - 1:
+            for j in range(fo):
+                for p in range(n_pts):
+                    a, d1, d2 = _act(act, Z[ao + j, p])
+                    A[ao + j, p] = a
+                    D1[ao + j, p] = d1
+                    D2[ao + j, p] = d2
+    out = a_off[n_layers]
+    total = 0.0
+    for p in range(n_pts):
+        f = Z[out, p]
+        if loss_code == 0:
+            r = f - y[p]
+            total += r * r
+            DL[out, p] = 2.0 * r / n_pts
+            d2l[p] = 2.0 / n_pts
+        else:
+            if f >= 0:
+                s = 1.0 / (1.0 + math.exp(-f))
+                sp = f + math.log1p(math.exp(-f))
+            else:
+                e = math.exp(f)
+                s = e / (1.0 + e)
+                sp = math.log1p(e)
+            total += sp - y[p] * f
+            DL[out, p] = (s - y[p]) / n_pts
+            d2l[p] = s * (1.0 - s) / n_pts
+    for k in range(n_layers - 1, -1, -1):
+        fi, fo = sizes[k], sizes[k + 1]
+        ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
+        for i in range(fi):
+            for j in range(fo):
+                q = wo + i * fo + j
+                grad[q] = wd * theta[q] + _dot_points(A[ai + i], DL[ao + j], n_pts)
+        for j in range(fo):
+            grad[bo + j] = wd * theta[bo + j] + _sum_points(DL[ao + j], n_pts)
+        if k > 0:
+            for i in range(fi):
+                for p in range(n_pts):
+                    DL[ai + i, p] = 0.0
+                for j in range(fo):
+                    w = theta[wo + i * fo + j]
+                    for p in range(n_pts):
+                        DL[ai + i, p] += DL[ao + j, p] * w
+            for i in range(fi):
+                for p in range(n_pts):
+                    dw = DL[ai + i, p]  # (delta_k W_k^T)[i, p]
+                    CV[ai + i, p] = dw * D2[ai + i, p]  # its sigma'' term, constant in R{delta}
+                    DL[ai + i, p] = dw * D1[ai + i, p]
+    return total / n_pts
+
+
+@numba.njit(**ANALYSIS_JIT)
+def rop(theta, vec, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, out):
+    """``out = H @ vec`` at the point :func:`linearise` filled the work arrays for.
+
+    ``R{z_k} = R{a_k} W_k + a_k dW_k + db_k`` with ``R{a_k} = sigma'(z_{k-1}) R{z_{k-1}}``;
+    ``R{delta_L} = l''(f) R{f}``; ``R{delta_{k-1}} = (R{delta_k} W_k^T + delta_k dW_k^T)
+    sigma'(z_{k-1}) + (delta_k W_k^T) sigma''(z_{k-1}) R{z_{k-1}}``; ``R{g_W} = R{a}^T delta +
+    a^T R{delta}``, ``R{g_b} = sum R{delta}``; plus ``wd * vec``.
+    """
+    w_off, b_off, a_off, n_par = _offsets(sizes, n_layers)
+    n_pts = A.shape[1]
+    for k in range(n_layers):
+        fi, fo = sizes[k], sizes[k + 1]
+        ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
+        for j in range(fo):
+            bj = vec[bo + j]
+            for p in range(n_pts):
+                RZ[ao + j, p] = bj
+        for i in range(fi):
+            if k > 0:
+                for p in range(n_pts):
+                    RA[ai + i, p] = D1[ai + i, p] * RZ[ai + i, p]
+            for j in range(fo):
+                dw = vec[wo + i * fo + j]
+                w = theta[wo + i * fo + j]
+                if k > 0:
+                    for p in range(n_pts):
+                        RZ[ao + j, p] += A[ai + i, p] * dw + RA[ai + i, p] * w
+                else:
+                    for p in range(n_pts):
+                        RZ[ao + j, p] += A[ai + i, p] * dw
+    last = a_off[n_layers]
+    for p in range(n_pts):
+        RD[last, p] = d2l[p] * RZ[last, p]
+    for k in range(n_layers - 1, -1, -1):
+        fi, fo = sizes[k], sizes[k + 1]
+        ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
+        for i in range(fi):
+            for j in range(fo):
+                q = wo + i * fo + j
+                g = _dot_points(A[ai + i], RD[ao + j], n_pts)
+                if k > 0:
+                    g += _dot_points(RA[ai + i], DL[ao + j], n_pts)
+                out[q] = wd * vec[q] + g
+        for j in range(fo):
+            out[bo + j] = wd * vec[bo + j] + _sum_points(RD[ao + j], n_pts)
+        if k > 0:
+            for i in range(fi):
+                for p in range(n_pts):
+                    RD[ai + i, p] = 0.0
+                for j in range(fo):
+                    w = theta[wo + i * fo + j]
+                    dw = vec[wo + i * fo + j]
+                    for p in range(n_pts):
+                        RD[ai + i, p] += RD[ao + j, p] * w + DL[ao + j, p] * dw
+                for p in range(n_pts):
+                    RD[ai + i, p] = RD[ai + i, p] * D1[ai + i, p] + CV[ai + i, p] * RZ[ai + i, p]
+
+
+def work_arrays(n_points: int, sizes) -> dict[str, np.ndarray]:
+    """The float64 work arrays of :func:`linearise`, :func:`rop` and :func:`track_block`."""
+    units = int(sum(sizes))
+    n_par = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
+    arr = {k: np.zeros((units, n_points)) for k in ("A", "Z", "D1", "D2", "DL", "CV", "RZ", "RA",
+                                                     "RD")}  # fmt: skip
+    arr["d2l"] = np.zeros(n_points)
+    arr["grad"] = np.zeros(n_par)
+    return arr
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, x, hx,
+                 basis, alpha, beta):  # fmt: skip
+    """Top Ritz pair of ``S = diag(d) H diag(d)`` after ``steps`` Lanczos steps from ``u``.
+
+    Full reorthogonalisation (``steps`` is a handful); ``u`` is overwritten with the unit Ritz
+    vector, the warm start of the next call. With ``steps = 1`` the value is the Rayleigh
+    quotient of ``u`` and ``u`` takes one power step.
+    """
+    n = u.shape[0]
+    norm = 0.0
+    for i in range(n):
+        norm += u[i] * u[i]
+    norm = math.sqrt(norm)
+    for i in range(n):
+        basis[0, i] = u[i] / norm
+    k_used = steps
+    for k in range(steps):
+        for i in range(n):
+            x[i] = d[i] * basis[k, i]
+        rop(theta, x, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx)
+        a = 0.0
+        for i in range(n):
+            hx[i] *= d[i]
+            a += basis[k, i] * hx[i]
+        alpha[k] = a
+        if steps == 1:  # the power step: carry S u forward
+            nn = 0.0
+            for i in range(n):
+                nn += hx[i] * hx[i]
+            nn = math.sqrt(nn)
+            if nn > 0.0 and math.isfinite(nn):
+                for i in range(n):
+                    u[i] = hx[i] / nn
+            return a
+        if k == steps - 1:
+            break
+        for _ in range(2):  # full reorthogonalisation; twice is enough
+            for j in range(k + 1):
+                c = 0.0
+                for i in range(n):
+                    c += basis[j, i] * hx[i]
+                for i in range(n):
+                    hx[i] -= c * basis[j, i]
+        b = 0.0
+        for i in range(n):
+            b += hx[i] * hx[i]
+        b = math.sqrt(b)
+        beta[k] = b
+        if not (b > 1e-12 * abs(a) and math.isfinite(b)):  # invariant subspace found
+            k_used = k + 1
+            break
+        for i in range(n):
+            basis[k + 1, i] = hx[i] / b
+    T = np.zeros((k_used, k_used))
+    for k in range(k_used):
+        T[k, k] = alpha[k]
+        if k + 1 < k_used:
+            T[k, k + 1] = beta[k]
+            T[k + 1, k] = beta[k]
+    w, V = np.linalg.eigh(T)
+    for i in range(n):
+        s = 0.0
+        for k in range(k_used):
+            s += V[k, k_used - 1] * basis[k, i]
+        u[i] = s
+    return w[k_used - 1]
+
+
+@numba.njit(**ANALYSIS_JIT)
+def track_block(
+    thetas,
+    vs,
+    t_first,
+    t_step,
+    sizes,
+    n_layers,
+    act,
+    loss_code,
+    X,
+    y,
+    hyper,
+    threshold,
+    u,
+    carry,
+    stride,
+    dense_stride,
+    dense_level,
+    lanczos_steps,
+    sharpness,
+    dir_curv,
+    loss,
+    log_v,
+    A,
+    Z,
+    D1,
+    D2,
+    DL,
+    CV,
+    d2l,
+    RZ,
+    RA,
+    RD,
+    grad,
+):
+    """Track ``lambda_max(P^-1 H)`` along consecutive states, a few Lanczos steps per evaluation.
+
+    Row ``i`` of ``thetas``/``vs`` is the state after update ``t = t_first + i*t_step``; the
+    curvature is
+    the one update ``t+1`` sees: ``H(theta_t)`` and
+    ``P = (1-beta1^(t+1)) (sqrt(v'/(1-beta2^(t+1))) + eps)``, ``v' = beta2 v_t + (1-beta2) g^2``
+    (as ``geomtraj.analysis.stability.adam_preconditioner``). The eigenvalue is that of the
+    symmetric ``S = P^-1/2 H P^-1/2``: ``lanczos_steps`` Lanczos steps (HVPs) from ``u``, the top
+    Ritz vector carried from the previous evaluation (updated in place), so the iteration continues
+    along the run; ``sharpness`` is the top Ritz value (a lower bound of ``lambda_max``).
+    ``dir_curv`` is the curvature of ``P^-1 H`` along the preconditioned gradient,
+    ``q^T H q / (g^T q)`` with ``q = P^-1 g`` (the Rayleigh quotient of ``S`` at ``P^-1/2 g``).
+    ``log_v`` (every row) is the mean of ``log v_t``.
+
+    A row is evaluated when ``stride`` updates have passed since the last evaluation, or
+    ``dense_stride`` updates while the last measured ``sharpness/threshold`` was at least
+    ``dense_level``; others stay NaN. ``carry = [last ratio, updates since the last evaluation]``
+    continues across blocks. Hyper-parameters
+    ``hyper = [beta1, beta2, lr, eps, weight_decay]``. Returns the number of HVPs used.
+    """
+    n_rows, n_par = thetas.shape
+    b1, b2, eps, wd = hyper[0], hyper[1], hyper[3], hyper[4]
+    theta = np.empty(n_par)
+    x = np.empty(n_par)
+    hx = np.empty(n_par)
+    q = np.empty(n_par)
+    d = np.empty(n_par)
+    basis = np.empty((lanczos_steps, n_par))
+    alpha = np.empty(lanczos_steps)
+    beta = np.empty(lanczos_steps)
+    n_hvp = 0
+    for r in range(n_rows):
+        s = 0.0
+        for i in range(n_par):
+            s += math.log(vs[r, i]) if vs[r, i] > 0 else -745.0
+        log_v[r] = s / n_par
+        carry[1] += t_step
+        if not ((carry[0] >= dense_level and carry[1] >= dense_stride) or carry[1] >= stride):
+            continue
+        ok = True
+        for i in range(n_par):
+            theta[i] = thetas[r, i]
+            if not math.isfinite(theta[i]):
+                ok = False
+        if not ok:
+            continue
+        carry[1] = 0.0
+        loss[r] = linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL,
+                            CV, d2l, grad)  # fmt: skip
+        t1 = t_first + r * t_step + 1
+        c1 = 1.0 - b1**t1
+        c2 = 1.0 - b2**t1
+        gq = 0.0
+        for i in range(n_par):
+            vp = b2 * vs[r, i] + (1.0 - b2) * grad[i] * grad[i]
+            P = c1 * (math.sqrt(vp / c2) + eps)
+            d[i] = 1.0 / math.sqrt(P)
+            q[i] = grad[i] / P
+            gq += grad[i] * q[i]
+        lam = _lanczos_top(theta, d, u, lanczos_steps, sizes, n_layers, wd, A, D1, DL, CV, d2l,
+                           RZ, RA, RD, x, hx, basis, alpha, beta)  # fmt: skip
+        n_hvp += lanczos_steps
+        sharpness[r] = lam
+        carry[0] = lam / threshold
+        if gq > 0.0:
+            rop(theta, q, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx)
+            n_hvp += 1
+            c = 0.0
+            for i in range(n_par):
+                c += q[i] * hx[i]
+            dir_curv[r] = c / gq
+    return n_hvp
