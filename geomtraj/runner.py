@@ -844,6 +844,11 @@ def run_analyses(
     check_integrity(path, ds)
     mods = select_analyses(analyses, available_analyses() if registry is None else registry)
     names = list(mods)
+    for name in names:  # a misspelt parameter is bad input, found before the long part
+        try:
+            as_analysis(mods[name], name).kwargs((analysis_params or {}).get(name))
+        except TypeError as exc:
+            raise GeomtrajError(f"parameters of {name}: {exc}") from None
     picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
     select_steps(ds, steps)  # raises early for an empty step range
     blocks = plan_blocks(ds, picked)

@@ -19,12 +19,12 @@ from types import ModuleType
 
 import numpy as np
 
+from geomtraj.analysis.declaration import Analysis
 from geomtraj.errors import GeomtrajError
 from geomtraj.report.assemble import (
-    RUN_SECTION_OWNER,
     SCHEMA_ID,
-    TOP_SECTION_OWNER,
     build_report,
+    report_declarations,
     to_jsonable,
 )
 from geomtraj.report.captions import figure_caption
@@ -48,16 +48,23 @@ __all__ = [
 
 @cache
 def load_schema() -> dict:
-    """The JSON Schema of ``report.json`` (``geomtraj/report/schema.json``)."""
+    """The JSON Schema of ``report.json`` for the shipped analyses (``schema.json``).
+
+    The file is generated from the analyses' declarations (:mod:`geomtraj.report.schema`).
+    """
     text = resources.files("geomtraj.report").joinpath("schema.json").read_text("utf-8")
     return json.loads(text)
 
 
-def validate_report(doc: dict) -> list[str]:
-    """Schema violations of ``doc`` as one-line strings (empty when it is valid)."""
+def validate_report(doc: dict, schema: dict | None = None) -> list[str]:
+    """Schema violations of ``doc`` as one-line strings (empty when it is valid).
+
+    ``schema`` defaults to :func:`load_schema`; :func:`make_report` passes the schema built from
+    the declarations of the analyses it ran (:func:`geomtraj.report.schema.build_schema`).
+    """
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = jsonschema.Draft202012Validator(load_schema() if schema is None else schema)
     return [
         f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
         for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
@@ -95,15 +102,14 @@ class Report:
 
 
 def _analysis_status(
-    selected: dict[str, ModuleType],
-    registry: dict[str, ModuleType],
+    selected: dict[str, ModuleType | Analysis],
+    registry: dict[str, ModuleType | Analysis],
     outcome,
     failed: set[str],
+    declarations: Mapping[str, Analysis],
 ) -> dict[str, dict]:
-    """Status of every analysis the report knows of: registered ones and the contract's owners."""
-    known = list(registry) + [
-        n for n in (*RUN_SECTION_OWNER.values(), *TOP_SECTION_OWNER.values()) if n not in registry
-    ]
+    """Status of every analysis the report knows of: registered ones and the declared ones."""
+    known = list(registry) + [n for n in declarations if n not in registry]
     status: dict[str, dict] = {}
     from geomtraj.runner import protocol_gaps, registered_analyses
 
@@ -222,7 +228,7 @@ def make_report(
     progress: bool | None = None,
     params=None,
     analysis_params: dict[str, dict] | None = None,
-    registry: dict[str, ModuleType] | None = None,
+    registry: dict[str, ModuleType | Analysis] | None = None,
     figures: bool = True,
 ) -> Report:
     """Analyse ``store`` and write the report into ``out`` (default: ``STORE-report`` beside it).
@@ -248,6 +254,7 @@ def make_report(
         raise GeomtrajError(f"--out {out} exists and is not a directory; choose another --out")
     registry = runner.available_analyses() if registry is None else dict(registry)
     selected = runner.select_analyses(analyses, registry)
+    declarations = report_declarations(registry)
     step_range = runner.parse_steps(steps)
 
     # check everything that can be checked before the long part
@@ -277,13 +284,14 @@ def make_report(
     fig_entries: list[dict] = []
     failed: set[str] = set()
     caught = list(outcome.warnings)
-    for name, mod in selected.items():
+    for name in selected:
+        analysis = declarations[name]
         result = outcome.results.get(name)
         if result is None:
             continue
         try:
             with runner.capture_warnings(name, caught):
-                reports[name] = mod.report(result)
+                reports[name] = analysis.make_report(result)
         except Exception as exc:
             failed.add(name)
             errors.append(runner._failure(name, [], exc) | {"error": f"report(): {exc}"})
@@ -291,7 +299,7 @@ def make_report(
         if figures:
             try:
                 with runner.capture_warnings(name, caught):
-                    paths = mod.figures(view, result, figdir)
+                    paths = analysis.draw(view, result, figdir)
             except Exception as exc:
                 failed.add(name)
                 errors.append(runner._failure(name, [], exc) | {"error": f"figures(): {exc}"})
@@ -309,7 +317,7 @@ def make_report(
         path = overview_figure(picked, hyper, overview, figdir / "overview_loss.png")
         fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
                                "title": "loss of the analysed runs"})  # fmt: skip
-    status = _analysis_status(selected, registry, outcome, failed)
+    status = _analysis_status(selected, registry, outcome, failed, declarations)
     for name, rep in reports.items():
         if name in status and name not in failed:
             _apply_measurability(status[name], name, rep)
@@ -332,11 +340,14 @@ def make_report(
         figures=fig_entries,
         errors=errors,
         options=options,
+        declarations=declarations,
     )
     for entry in doc["figures"]:
-        entry["caption"] = figure_caption(entry, doc)
+        entry["caption"] = figure_caption(entry, doc, declarations)
     doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
-    schema_errors = validate_report(doc)
+    from geomtraj.report.schema import build_schema
+
+    schema_errors = validate_report(doc, build_schema(declarations.values()))
     files = write_report(doc, out)
     files += [out / f["file"] for f in doc["figures"]]
     return Report(doc, out, files, dict(outcome.results), schema_errors)
