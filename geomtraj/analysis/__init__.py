@@ -1,26 +1,34 @@
 """Analyses of trajectory stores.
 
-Each analysis lives in its own module and follows one protocol, so that ``geomtraj analyze``, the
+Each analysis lives in its own module, which ends with its declaration,
+``ANALYSIS = Analysis(...)`` (:mod:`geomtraj.analysis.declaration`): its name, parameter dataclass,
+what it reads from a store, its result fields with units and definitions, its run-table columns,
+its figures with their captions, and three functions, so that ``geomtraj analyze``, the
 ``ds.geomtraj`` accessor and notebooks all call the same code:
 
 ``analyze(ds, runs=None, *, progress=None, **params) -> xarray.Dataset``
     Measure the runs ``runs`` (indices; all by default) of a store opened with
     :func:`geomtraj.store.open_store`, one run at a time through :class:`~.base.RunData`, and return
-    a Dataset over ``run`` (coordinate: the store's run index). Results for disjoint blocks of
-    runs combine with :func:`combine`; this is how the work is split across processes or a dask
-    cluster. ``progress``, when given, is called with the number of runs just finished.
+    a Dataset over ``run`` (coordinate: the store's run index), with the parameters used in
+    ``attrs["params"]``. Results for disjoint blocks of runs combine with :func:`combine`; this is
+    how the work is split across processes or a dask cluster. ``progress``, when given, is called
+    with the number of runs just finished.
 ``report(result) -> dict``
     Turn a (combined) result into the contract-4 fields of ``report.json``:
     ``{"runs": {run: {field: value}}, SECTION: ...}``. Cross-run statistics (the grid test, a
-    classifier over runs) are computed here. ``None`` means "not measurable" and comes with a
-    ``note`` saying why.
+    classifier over runs) are computed here, with the parameters the result was computed with.
+    ``None`` means "not measurable" and comes with a ``note`` saying why.
 ``figures(ds, result, outdir) -> list[pathlib.Path]``
-    Draw the analysis's figures into ``outdir``.
+    Draw the analysis's figures into ``outdir`` (``Analysis.draw``).
 
 :data:`ANALYSES` maps each available analysis name to its module, imported on first access (so
 that ``import geomtraj`` and commands that run no analysis, such as ``geomtraj plot``, do not pay
-for ``scipy.signal`` and the other dependencies of all six). The modules are also the Python
-API: calling one runs its ``analyze``, so ``geomtraj.analysis.periods(ds)`` returns the Dataset of
+for ``scipy.signal`` and the other dependencies of all six). A module of this package that declares
+``ANALYSIS`` is found without being imported; :func:`register` adds one at run time; a module of
+the bare protocol above (no declaration) is listed in ``_MODULES`` and adapted by
+:func:`~geomtraj.analysis.declaration.as_analysis`. :func:`declaration` gives the declaration of
+any of them. See ``docs/architecture.md``. The modules are also the Python API: calling one runs
+its ``analyze``, so ``geomtraj.analysis.periods(ds)`` returns the Dataset of
 ``geomtraj.analysis.periods.analyze(ds)``, and the module's other functions stay reachable as
 attributes (``geomtraj.analysis.periods.slow_period``).
 """
@@ -41,8 +49,17 @@ import xarray as xr
 from geomtraj.analysis.base import RunData, iter_runs
 from geomtraj.analysis.declaration import Analysis, as_analysis
 
-#: Report order of the analyses shipped so far; any other analysis module follows, by name.
-_ORDER = ("periods", "spirals", "twins", "diffusion", "stability", "early_warning")
+#: Names of the analyses, in report order, with the module that implements each. A module that
+#: declares ``ANALYSIS`` need not be listed (it is found, and follows these by name); one of the
+#: bare protocol (``analyze``, ``report``, ``figures``) is listed here and adapted.
+_MODULES = {
+    "periods": "geomtraj.analysis.periods",
+    "spirals": "geomtraj.analysis.spirals",
+    "twins": "geomtraj.analysis.twins",
+    "diffusion": "geomtraj.analysis.diffusion",
+    "stability": "geomtraj.analysis.stability",
+    "early_warning": "geomtraj.analysis.early_warning",
+}
 
 #: A module of this package is an analysis when it declares ``ANALYSIS = Analysis(...)``.
 _DECLARES = re.compile(r"^ANALYSIS\s*(?::[^=]*)?=\s*Analysis\(", re.MULTILINE)
@@ -50,19 +67,21 @@ _DECLARES = re.compile(r"^ANALYSIS\s*(?::[^=]*)?=\s*Analysis\(", re.MULTILINE)
 
 @cache
 def _discovered() -> dict[str, str]:
-    """``name -> module path`` of every module here that declares ``ANALYSIS``, in report order.
+    """``name -> module path``: :data:`_MODULES`, then every other module here that declares
+    ``ANALYSIS``, by name.
 
     The module files are read as text, not imported (importing them all costs seconds), so adding
-    an analysis is adding its module: nothing else lists it.
+    a declared analysis is adding its module: nothing else lists it.
     """
     here = Path(__file__).parent
     found = {
         p.stem: f"{__name__}.{p.stem}"
         for p in sorted(here.glob("*.py"))
-        if not p.stem.startswith("_") and _DECLARES.search(p.read_text(encoding="utf-8"))
+        if not p.stem.startswith("_")
+        and p.stem not in _MODULES
+        and _DECLARES.search(p.read_text(encoding="utf-8"))
     }
-    order = [n for n in _ORDER if n in found] + sorted(n for n in found if n not in _ORDER)
-    return {n: found[n] for n in order}
+    return {**_MODULES, **found}
 
 
 #: Analyses added at run time with :func:`register` (a plug-in, a notebook, a test).
