@@ -856,7 +856,9 @@ def run_analyses(
         2, min(params.overview_points, params.overview_total_points // len(picked))
     )
     params = dataclasses.replace(params, overview_points=per_run_points)
-    task_registry = None if registry is None else {k: _module_name(m) for k, m in mods.items()}
+    # worker processes find the analyses by module (one registered at run time included)
+    shipped = registry is None and all(isinstance(m, ModuleType) for m in mods.values())
+    task_registry = None if shipped else {k: _module_name(m) for k, m in mods.items()}
     args = (names, steps, params, analysis_params, task_registry)
 
     # the bar counts (run, analysis) pairs; in this process the analyses report each run as
