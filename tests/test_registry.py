@@ -283,3 +283,20 @@ def test_twins_spread_comparison_uses_the_parameters_it_ran_with() -> None:
     assert used == twins.report(result, params=custom)["twin_spread"]["final_loss"]["float32"]
     assert used["ratio"] == default["ratio"] and used["ci"] and default["ci"]
     assert used["ci"][1] - used["ci"][0] < default["ci"][1] - default["ci"][0]
+
+
+# ------------------------------------------------------------------------------ honest status
+
+
+def test_an_analysis_that_found_nothing_to_measure_is_not_measurable() -> None:
+    from geomtraj.report import empty_report
+
+    twins = declaration("twins")
+    why = empty_report(twins, {"runs": {}, "twins": [], "twin_spread": {"final_loss": {}}})
+    assert why == "no analysed run gave it anything to measure (no per-run result; twins is empty)"
+    # evidence it must reject: one measured twin, or a run entry of its own
+    one = {"run": 3, "twin_of": 0, "lyapunov": 0.01}
+    assert empty_report(twins, {"runs": {}, "twins": [one]}) is None
+    assert empty_report(twins, {"runs": {3: {"twin": {"lyapunov": 0.01}}}, "twins": []}) is None
+    # an analysis with a per-run result measured something
+    assert empty_report(declaration("periods"), {"runs": {0: {"n_bursts": 3}}}) is None

@@ -191,11 +191,37 @@ def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
     return False, notes
 
 
-def _apply_measurability(st: dict, name: str, rep: Mapping | None) -> None:
-    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so."""
+def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
+    """Why ``rep`` holds no result of ``decl``, or None when it holds one.
+
+    An analysis that declares per-run fields but reported no run, and whose declared list
+    sections are all empty, found nothing to measure (twins on a store without twins): it is
+    not measurable, whatever its own verdict fields say.
+    """
+    rep = rep or {}
+    run_keys = {f.path[0] for f in decl.run_fields()}
+    if not run_keys or any(
+        run_keys & set(e) for e in (rep.get("runs") or {}).values() if isinstance(e, Mapping)
+    ):
+        return None
+    lists = {f.path[0] for f in decl.report_fields() if f.name.split(".")[0].endswith("[]")}
+    if any(rep.get(k) for k in lists):
+        return None
+    empty = "".join(f"; {k} is empty" for k in sorted(lists))
+    return f"no analysed run gave it anything to measure (no per-run result{empty})"
+
+
+def _apply_measurability(
+    st: dict, name: str, rep: Mapping | None, decl: Analysis | None = None
+) -> None:
+    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so,
+    or when it reported nothing (:func:`empty_report`)."""
     none_measured, notes = measurability(name, rep)
     if st.get("status") not in ("ok", "partial"):
         return
+    empty = empty_report(decl, rep) if decl is not None else None
+    if empty and not none_measured:
+        none_measured, notes = True, [empty, *notes]
     if none_measured:
         st["status"] = NOT_MEASURABLE
     if notes:
@@ -320,7 +346,7 @@ def make_report(
     status = _analysis_status(selected, registry, outcome, failed, declarations)
     for name, rep in reports.items():
         if name in status and name not in failed:
-            _apply_measurability(status[name], name, rep)
+            _apply_measurability(status[name], name, rep, declarations.get(name))
     options = {
         "runs": runs if runs is None or isinstance(runs, str) else list(runs),
         "steps": list(step_range) if step_range else None,

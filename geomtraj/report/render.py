@@ -214,7 +214,8 @@ def analysis_sections(doc: Mapping) -> list[dict]:
     ``run`` (``twins[].run``, ``twins[].lyapunov``, ...) shows just those, in their order, and the
     note; other lists show every scalar field of their entries. ``fields`` names the
     analysis's per-run fields, shown in the run table; ``units`` gives, per table, the unit and
-    definition of each declared column.
+    definition of each declared column; ``legend`` lists every declared field as ``(name, unit,
+    definition)``.
     """
     described = _described(doc)
     out = []
@@ -256,6 +257,7 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
         run_keys = [f["name"].split(".")[0] for f in declared if f.get("place", "run") == "run"]
         sec["fields"] = list(dict.fromkeys(run_keys))
+        sec["legend"] = [(f["name"], f.get("unit", ""), f.get("definition", "")) for f in declared]
         out.append(sec)
     return out
 
@@ -403,6 +405,10 @@ def markdown(doc: Mapping) -> str:
             out.append("| " + " | ".join(_md_text(h) for h in heads) + " |")
             out.append("|" + "---|" * len(cols))
             out += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
+        if sec["legend"]:
+            out += ["", "Fields:", ""]
+            out += [f"- `{n}`{f' [{_md_text(u)}]' if u else ''}: {_md_text(d)}"
+                    for n, u, d in sec["legend"]]  # fmt: skip
     if doc.get("figures"):
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
