@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import per_update_note, rows_are_consecutive
+from geomtraj.analysis.declaration import Analysis, as_analysis, protocol_gaps
 from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
 
@@ -93,24 +94,15 @@ class AnalyzeParams:
 # ------------------------------------------------------------------------------- analyses
 
 
-#: The functions every analysis module provides (the protocol of :mod:`geomtraj.analysis`).
-PROTOCOL = ("analyze", "report", "figures")
-
-
-def protocol_gaps(module: ModuleType) -> list[str]:
-    """Names of the protocol functions ``module`` lacks (empty when it follows the protocol)."""
-    return [f for f in PROTOCOL if not callable(getattr(module, f, None))]
-
-
-def registered_analyses() -> dict[str, ModuleType]:
+def registered_analyses() -> dict[str, ModuleType | Analysis]:
     """Everything :mod:`geomtraj.analysis` registers (``ANALYSES``), complete or not."""
     import geomtraj.analysis as registry
 
     return dict(getattr(registry, "ANALYSES", {}) or {})
 
 
-def available_analyses() -> dict[str, ModuleType]:
-    """Registered analyses that follow the protocol, in registry order.
+def available_analyses() -> dict[str, ModuleType | Analysis]:
+    """Registered analyses that declare themselves or follow the protocol, in registry order.
 
     A module still missing ``analyze``, ``report`` or ``figures`` (work in progress) is left out;
     the report lists it as not available, with the missing functions.
@@ -119,8 +111,8 @@ def available_analyses() -> dict[str, ModuleType]:
 
 
 def select_analyses(
-    names: str | Sequence[str] | None, registry: dict[str, ModuleType] | None = None
-) -> dict[str, ModuleType]:
+    names: str | Sequence[str] | None, registry: dict[str, ModuleType | Analysis] | None = None
+) -> dict[str, ModuleType | Analysis]:
     """The analyses named in ``names`` (a comma-separated string or a list; all by default).
 
     ``"none"`` selects no analysis: the store is only checked and summarised.
@@ -525,8 +517,8 @@ class BlockResult:
     warnings: list[dict] = field(default_factory=list)
 
 
-def _call_analysis(mod: ModuleType, ds: xr.Dataset, runs: list[int], params: dict, progress):
-    result = mod.analyze(ds, runs=runs, progress=progress, **params)
+def _call_analysis(analysis: Analysis, ds: xr.Dataset, runs: list[int], params: dict, progress):
+    result = analysis.run(ds, runs, params, progress)
     if not isinstance(result, xr.Dataset):
         raise TypeError(f"analyze returned {type(result).__name__}, expected xarray.Dataset")
     return result.load()
@@ -623,7 +615,7 @@ def analyze_block(
     steps: tuple[int | None, int | None] | None = None,
     params: AnalyzeParams = AnalyzeParams(),
     analysis_params: dict[str, dict] | None = None,
-    registry: dict[str, str] | None = None,
+    registry: dict[str, str | ModuleType | Analysis] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BlockResult:
     """Check one block of runs and run the analyses ``names`` on its usable runs.
@@ -639,7 +631,10 @@ def analyze_block(
     if registry is None:
         registry = available_analyses()
     else:  # module names travel to worker processes; modules themselves do not pickle
-        registry = {k: importlib.import_module(v) for k, v in registry.items()}
+        registry = {
+            k: importlib.import_module(v) if isinstance(v, str) else v for k, v in registry.items()
+        }
+    registry = {k: as_analysis(m, k) for k, m in registry.items() if k in names}
     analysis_params = analysis_params or {}
     with dask.config.set(scheduler="synchronous"):
         ds = select_steps(open_store(path), steps)
@@ -657,7 +652,7 @@ def analyze_block(
         seconds: dict[str, float] = {name: 0.0 for name in names}
         caught: list[dict] = []
         for name in names:
-            mod = registry[name]
+            analysis = registry[name]
             kw = analysis_params.get(name, {})
             t0 = time.perf_counter()
             results[name], notes[name] = None, {}
@@ -665,13 +660,13 @@ def analyze_block(
                 if not good:
                     continue
                 try:
-                    results[name] = _call_analysis(mod, view, good, kw, progress)
+                    results[name] = _call_analysis(analysis, view, good, kw, progress)
                 except Exception:
                     # isolate the runs that fail, keep the others
                     parts = []
                     for r in good:
                         try:
-                            parts.append(_call_analysis(mod, view, [r], kw, None))
+                            parts.append(_call_analysis(analysis, view, [r], kw, None))
                         except GeomtrajError as exc:
                             notes[name][r] = str(exc).splitlines()[0]
                         except Exception as exc:  # a bug in the analysis: report, go on
@@ -815,7 +810,7 @@ def run_analyses(
     progress: bool | None = None,
     params: AnalyzeParams = AnalyzeParams(),
     analysis_params: dict[str, dict] | None = None,
-    registry: dict[str, ModuleType] | None = None,
+    registry: dict[str, ModuleType | Analysis] | None = None,
 ) -> Outcome:
     """Check the store at ``path`` and run ``analyses`` on ``runs`` (all by default).
 
@@ -849,6 +844,11 @@ def run_analyses(
     check_integrity(path, ds)
     mods = select_analyses(analyses, available_analyses() if registry is None else registry)
     names = list(mods)
+    for name in names:  # a misspelt parameter is bad input, found before the long part
+        try:
+            as_analysis(mods[name], name).kwargs((analysis_params or {}).get(name))
+        except TypeError as exc:
+            raise GeomtrajError(f"parameters of {name}: {exc}") from None
     picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
     select_steps(ds, steps)  # raises early for an empty step range
     blocks = plan_blocks(ds, picked)
@@ -856,7 +856,9 @@ def run_analyses(
         2, min(params.overview_points, params.overview_total_points // len(picked))
     )
     params = dataclasses.replace(params, overview_points=per_run_points)
-    task_registry = None if registry is None else {k: m.__name__ for k, m in mods.items()}
+    # worker processes find the analyses by module (one registered at run time included)
+    shipped = registry is None and all(isinstance(m, ModuleType) for m in mods.values())
+    task_registry = None if shipped else {k: _module_name(m) for k, m in mods.items()}
     args = (names, steps, params, analysis_params, task_registry)
 
     # the bar counts (run, analysis) pairs; in this process the analyses report each run as
@@ -903,8 +905,10 @@ def run_analyses(
                     for fut in done:
                         collect(fut.result())
         else:
+            # in this process the analyses themselves are passed (one need not be importable)
+            local = args[:4] + (None if registry is None else mods,)
             for b in blocks:
-                collect(analyze_block(path, *args[:1], b, *args[1:], progress=tick))
+                collect(analyze_block(path, *local[:1], b, *local[1:], progress=tick))
     finally:
         bar.close()
 
@@ -932,6 +936,11 @@ def run_analyses(
         blocks_loaded=sum(p.loaded for p in parts),
         n_blocks=len(parts),
     )
+
+
+def _module_name(obj: ModuleType | Analysis) -> str:
+    """The importable module of an analysis, by which worker processes find it."""
+    return obj.module if isinstance(obj, Analysis) else obj.__name__
 
 
 def _concat(parts: list[xr.Dataset], name: str, failures: list[dict]) -> xr.Dataset | None:

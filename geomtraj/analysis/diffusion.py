@@ -83,7 +83,7 @@ Velocity current (a detailed-balance test)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,7 @@ from scipy import fft as sp_fft
 from scipy.ndimage import median_filter
 
 from geomtraj.analysis.base import RunData, progress_callback
+from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs, params_attr
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
@@ -648,7 +649,7 @@ def analyze(
         },
     )
     out.attrs["analysis"] = "diffusion"
-    out.attrs["params"] = repr(asdict(params))
+    out.attrs["params"] = params_attr(params)
     out["lag"].attrs["units"] = "steps"
     out["msd"].attrs["method"] = "FFT, linear trend per coordinate removed over the window"
     out["msd_raw"].attrs["method"] = "FFT, no detrending"
@@ -824,3 +825,39 @@ def _draw_msd(ax, result, i, lags):
     ax.set_xlabel("lag (steps)")
     ax.set_ylabel("MSD")
     ax.legend(fontsize=6)
+
+
+# -------------------------------------------------------------------------------- declaration
+
+ANALYSIS = Analysis(
+    name="diffusion",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=DiffusionParams,
+    summary="mean squared displacement of the parameters after convergence, detrended",
+    needs=Needs(variables=("theta", "train_loss")),
+    fields=(
+        Field("diffusion.exponent", "", "MSD power-law exponent after removing the drift; "
+              "1 is ordinary diffusion"),
+        Field("diffusion.ci", "", "block-bootstrap confidence interval of the exponent", "ci"),
+        Field("diffusion[].run", "", "the run index", "int", required=True, place="report"),
+        Field("diffusion[].exponent", "", "MSD power-law exponent after removing the drift",
+              required=True, place="report"),
+        Field("diffusion[].ci", "", "block-bootstrap confidence interval of the exponent", "ci",
+              required=True, place="report"),
+        Field("diffusion[].detrended", "", "the exponent is of the detrended MSD", "bool",
+              required=True, place="report"),
+    ),
+    columns=(Column("MSD exponent", "diffusion.exponent"),),
+    figures=(
+        Figure(
+            r"diffusion_msd.*",
+            "Mean squared displacement against lag, log-log, raw and detrended, with the fitted "
+            "power law; runs spread evenly over the analysed runs. A slope of 1 is ordinary "
+            "diffusion, above 1 superdiffusion.",
+        ),
+    ),
+    sections=("diffusion",),
+    section_defaults=lambda why: {"diffusion": []},
+)  # fmt: skip

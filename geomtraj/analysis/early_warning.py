@@ -55,6 +55,7 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.declaration import Analysis, Field, Figure, Needs
 from geomtraj.errors import GeomtrajError
 
 __all__ = [
@@ -764,3 +765,40 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+# -------------------------------------------------------------------------------- declaration
+
+ANALYSIS = Analysis(
+    name="early_warning",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=EarlyWarningParams,
+    summary="whether local geometry predicts divergence better than the loss level",
+    needs=Needs(
+        variables=("theta", "m", "v", "update_norm", "train_loss"),
+        training_data=True,
+        without="without the training data the sharpness ratio is 'not measurable' and the "
+        "classifier uses the other features",
+    ),
+    fields=(
+        Field("early_warning.diverged", "", "whether the run diverged", "bool"),
+        Field("early_warning.reference_step", "step",
+              "divergence step, or the matched step of a surviving run", "int"),
+        Field("early_warning.curves.matched[].auc_geometry", "",
+              "ROC AUC of the geometry features at this lead time; 0.5 is chance",
+              place="report"),
+        Field("early_warning.verdict", "", "whether geometry beats the loss level", "str",
+              place="report"),
+    ),
+    figures=(
+        Figure(
+            "early_warning_auc",
+            "ROC AUC of predicting divergence against lead time: local geometry, loss level and "
+            "both. Geometry helps only where its curve and CI lie above the loss curve; 0.5 is "
+            "chance.",
+        ),
+    ),
+    sections=("early_warning",),
+)  # fmt: skip

@@ -24,6 +24,7 @@ synthetic signals with known answers in ``tests/test_periods.py``.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -33,6 +34,17 @@ from scipy import signal as sps
 from scipy import stats
 
 from geomtraj.analysis.base import RunData, iter_runs
+from geomtraj.analysis.declaration import (
+    Analysis,
+    Column,
+    Field,
+    Figure,
+    Needs,
+    describe_run,
+    params_attr,
+    params_from_result,
+    run_entry,
+)
 from geomtraj.analysis.events import BurstParams, Bursts, run_bursts
 from geomtraj.errors import GeomtrajError
 
@@ -703,7 +715,7 @@ def _to_dataset(rows: list[dict], bursts: list[Bursts], params: PeriodParams) ->
         if key in out:
             out[key].attrs["description"] = doc
     out.attrs["analysis"] = "periods"
-    out.attrs["params"] = repr(params)
+    out.attrs["params"] = params_attr(params)
     return out
 
 
@@ -842,8 +854,13 @@ def _fit_dict(fit: GridFit) -> dict:
     return d
 
 
-def report(result: xr.Dataset, params: PeriodParams = PeriodParams()) -> dict:
-    """Contract-4 fields: per run ``n_bursts``, ``slow``, ``fast``, ``v_decay``; and ``grid``."""
+def report(result: xr.Dataset, params: PeriodParams | None = None) -> dict:
+    """Contract-4 fields: per run ``n_bursts``, ``slow``, ``fast``, ``v_decay``; and ``grid``.
+
+    ``params`` default to those the result was computed with (its ``attrs["params"]``), so the
+    grid test uses the bootstrap and agreement settings of the analysis.
+    """
+    params = params or params_from_result(result, PeriodParams)
     runs = {}
     for i, run in enumerate(result["run"].values):
         r = result.isel(run=i)
@@ -1024,3 +1041,144 @@ def _figure_run(ds: xr.Dataset, r: xr.Dataset, outdir, plt):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# -------------------------------------------------------------------------------- declaration
+
+
+def _run_defaults(entry) -> dict:
+    """Contract-4 per-run sections before measuring: the predictions, every measurement null."""
+    beta1, beta2 = float(entry["beta1"]), float(entry["beta2"])
+    linear = -1.0 / math.log(math.sqrt(beta1)) if 0 < beta1 < 1 else (0.0 if beta1 <= 0 else None)
+    return {
+        "n_bursts": None,
+        "slow": {
+            "predicted": 1.0 / (1.0 - beta2) if beta2 != 1 else None,
+            "period": None,
+            "ci": None,
+            "ratio": None,
+            "spectral_period": None,
+            "note": None,
+        },
+        "fast": {
+            "predicted": 1.0 / (1.0 - beta1) if beta1 != 1 else None,
+            "efold": None,
+            "ci": None,
+            "ratio": None,
+            "linear_prediction": linear,
+            "flip_period": None,
+            "note": None,
+        },
+        "v_decay": {
+            "slope": None,
+            "expected": math.log(beta2) if beta2 > 0 else None,
+            "note": None,
+        },
+    }
+
+
+def _grid_default(why: str) -> dict:
+    test = {"slope": None, "ci": None, "n_runs": 0, "verdict": "not run", "note": why}
+    return {"grid": {"slow": dict(test), "fast": dict(test)}}
+
+
+def _caption_run(doc, m) -> str:
+    run = int(m.group(1))
+    return (
+        f"{describe_run(doc, run)}: chosen as one of the runs with the most bursts "
+        f"({run_entry(doc, run).get('n_bursts', '?')}). Top: loss with burst onsets (red), whose "
+        "spacing is the slow period; middle: log v against the fitted slope and ln(beta2); "
+        "bottom: the spectrum against the predicted periods."
+    )
+
+
+ANALYSIS = Analysis(
+    name="periods",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=PeriodParams,
+    summary="slow and fast periods of the bursts against 1/(1-beta2) and 1/(1-beta1)",
+    needs=Needs(
+        variables=("update_norm", "train_loss", "theta", "v", "grad_norm"),
+        without="update_norm and train_loss are derived from consecutive rows; otherwise the "
+        "run is marked with the reason",
+    ),
+    fields=(
+        Field("n_bursts", "count", "bursts of the update norm found by the periods analysis",
+              "count", required=True),
+        Field("slow.predicted", "steps",
+              "predicted slow period, Adam's second-moment memory 1/(1-beta2)", required=True),
+        Field("slow.period", "steps", "median interval between successive burst onsets",
+              required=True),
+        Field("slow.ci", "steps", "bootstrap confidence interval of the slow period", "ci",
+              required=True),
+        Field("slow.ratio", "x",
+              "slow period divided by the prediction 1/(1-beta2); 1 means the prediction holds",
+              required=True),
+        Field("slow.spectral_period", "steps",
+              "period at the Welch spectral peak of the log loss (a cross-check of the slow "
+              "period)", required=True),
+        Field("fast.predicted", "steps", "predicted fast e-folding time 1/(1-beta1)",
+              required=True),
+        Field("fast.efold", "steps",
+              "e-folding time of the flip amplitude's decay inside a burst (median over bursts); "
+              "predicted 1/(1-beta1)", required=True),
+        Field("fast.ci", "steps", "bootstrap confidence interval of the fast efold", "ci",
+              required=True),
+        Field("fast.ratio", "x", "fast efold divided by the prediction 1/(1-beta1)",
+              required=True),
+        Field("fast.linear_prediction", "steps",
+              "e-folding time of the linearised momentum, -1/ln(sqrt(beta1))", required=True),
+        Field("fast.flip_period", "steps",
+              "dominant period of the parameter changes inside a burst (median over bursts)",
+              required=True),
+        Field("v_decay.slope", "1/step", "median slope of log v per step between bursts",
+              required=True),
+        Field("v_decay.expected", "1/step",
+              "expected v slope: v decays by beta2 per step without new gradient", required=True),
+        Field("grid.slow.slope", "",
+              "slope of log slow period on log 1/(1-beta2) across runs; 1 means the prediction "
+              "holds", required=True, place="report"),
+        Field("grid.slow.ci", "", "seed-bootstrap confidence interval of the slow grid slope",
+              "ci", required=True, place="report"),
+        Field("grid.slow.n_runs", "count", "runs in the slow grid fit", "count", required=True,
+              place="report"),
+        Field("grid.slow.verdict", "", "whether the slow periods follow 1/(1-beta2)", "str",
+              required=True, place="report"),
+        Field("grid.fast.slope", "",
+              "slope of log fast efold on log 1/(1-beta1) across runs; 1 means the prediction "
+              "holds", required=True, place="report"),
+        Field("grid.fast.ci", "", "seed-bootstrap confidence interval of the fast grid slope",
+              "ci", required=True, place="report"),
+        Field("grid.fast.n_runs", "count", "runs in the fast grid fit", "count", required=True,
+              place="report"),
+        Field("grid.fast.verdict", "", "whether the fast efolds follow 1/(1-beta1)", "str",
+              required=True, place="report"),
+    ),
+    columns=(
+        Column("bursts", "n_bursts", default=True),
+        Column("slow period", "slow.period", default=True),
+        Column("slow ratio", "slow.ratio", default=True),
+        Column("fast efold", "fast.efold", default=True),
+        Column("slow CI", "slow.ci"),
+        Column("1/(1-beta2)", "slow.predicted"),
+        Column("spectral period", "slow.spectral_period"),
+        Column("fast ratio", "fast.ratio"),
+        Column("flip period", "fast.flip_period"),
+        Column("v slope", "v_decay.slope"),
+        Column("ln(beta2)", "v_decay.expected"),
+    ),
+    figures=(
+        Figure(
+            "periods_grid",
+            "Measured against predicted periods, log-log, one point per run with its CI. Points "
+            "on the dashed line y = x agree with the prediction; a slope across the grid below 1 "
+            "means the measured period grows more slowly than predicted.",
+        ),
+        Figure(r"periods_run0*(\d+)", _caption_run),
+    ),
+    sections=("grid",),
+    run_defaults=_run_defaults,
+    section_defaults=_grid_default,
+)  # fmt: skip

@@ -112,6 +112,15 @@ import numpy as np
 import scipy.fft
 from threadpoolctl import ThreadpoolController
 
+from geomtraj.analysis.declaration import (
+    Analysis,
+    Column,
+    Field,
+    Figure,
+    Needs,
+    describe_run,
+    run_entry,
+)
 from geomtraj.errors import GeomtrajError
 from geomtraj.kernels.spirals import (
     FEATURES,
@@ -1650,3 +1659,72 @@ def write_table(result, path) -> Path:
     path = Path(path)
     windows_table(result).to_csv(path, index=False)
     return path
+
+
+# -------------------------------------------------------------------------------- declaration
+
+
+def _run_defaults(entry) -> dict:
+    counts = ("n_windows", "n_spirals", "n_double", "n_twisted")
+    return {"spirals": {**dict.fromkeys(counts), "note": None}}
+
+
+def _caption_window(doc, m) -> str:
+    n_spirals = (run_entry(doc, int(m.group(1))).get("spirals") or {}).get("n_spirals", "?")
+    return (
+        f"{describe_run(doc, int(m.group(1)))}, window {m.group(2)}: chosen because the run has "
+        f"among the most spiral windows ({n_spirals}), and the window is its most coherent "
+        "spiral (its title says so, or that the run has none). Left, the raw path zigzags: "
+        "the period-2 flip puts consecutive steps on opposite sides of the centre. Second, "
+        "the flip's two arms (even and odd steps, each joined in time order, coloured by "
+        "step): a double spiral is two mirror-image arms turning steadily around the centre; "
+        "arms that jump about without turning are not a spiral."
+    )
+
+
+ANALYSIS = Analysis(
+    name="spirals",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=SpiralParams,
+    summary="spiral windows of the parameter path in its flip frame, against surrogate nulls",
+    needs=Needs(
+        variables=("theta", "update_norm"),
+        without="windows are placed on bursts of the update norm, derived from consecutive rows "
+        "where the store lacks it",
+    ),
+    fields=(
+        Field("spirals.n_windows", "count", "windows analysed", "count", required=True),
+        Field("spirals.n_windows_total", "count", "windows before subsampling", "count"),
+        Field("spirals.n_spirals", "count", "windows whose flip-frame path is a spiral", "count",
+              required=True),
+        Field("spirals.n_double", "count",
+              "spirals with two arms (interleaved even/odd arms, or outward then inward)",
+              "count", required=True),
+        Field("spirals.n_twisted", "count",
+              "spirals whose best-fit plane turns by at least 20 degrees between halves", "count",
+              required=True),
+        Field("spiral_windows", "", "every window classified as a spiral, with its quantities",
+              "list", place="report"),
+    ),
+    columns=(
+        Column("spirals", "spirals.n_spirals"),
+        Column("double", "spirals.n_double"),
+        Column("twisted", "spirals.n_twisted"),
+    ),
+    figures=(
+        Figure(r"spiral_run(\d+)_w(\d+)", _caption_window),
+        Figure(
+            "spirals_gallery",
+            "The best window of each of the runs with the most spiral windows: raw path, then the "
+            "flip's even and odd arms coloured by step. Compare the arms across runs: steady "
+            "turning around a centre is a spiral; the raw path's zigzag alone is the flip, not a "
+            "spiral.",
+        ),
+        Figure("spirals_counts",
+               "Spiral, double and twisted windows per run, out of the windows analysed."),
+    ),
+    sections=("spiral_windows",),
+    run_defaults=_run_defaults,
+)  # fmt: skip

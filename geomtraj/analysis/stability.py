@@ -65,6 +65,7 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
 from geomtraj.errors import GeomtrajError
 from geomtraj.hessian import MLPObjective
 from geomtraj.models import MLPSpec, parse_hidden
@@ -1336,3 +1337,59 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 6) ->
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+# -------------------------------------------------------------------------------- declaration
+
+
+def _caption(doc, m) -> str:
+    what = (
+        "around three consecutive bursts in the middle of the run"
+        if m.group(0) == "stability_zoom"
+        else "over the whole checkpointed range"
+    )
+    return (
+        f"Sharpness ratio (largest eigenvalue of the preconditioned Hessian over the "
+        f"threshold) {what}, for the runs with the most burst onsets. Look whether the ratio "
+        "crosses 1 (dashed) just before each burst onset (red). Checkpoints are joined by a "
+        "line only where they are dense enough to match onsets; sparse checkpoints are drawn "
+        "as separate markers, not as a measured curve."
+    )
+
+
+ANALYSIS = Analysis(
+    name="stability",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=StabilityParams,
+    summary="whether bursts start where the preconditioned sharpness crosses Adam's threshold",
+    needs=Needs(
+        variables=("theta", "m", "v", "update_norm"),
+        training_data=True,
+        snapshots=True,
+        without="with too few full checkpoints every run is 'not measurable', with the reason "
+        "(retrain=True replays training to get them)",
+    ),
+    fields=(
+        Field("stability.threshold", "", "Adam's stability threshold (2+2*beta1)/((1-beta1)*lr)"),
+        Field("stability.sharpness_ratio_median", "x",
+              "median over checkpoints of the preconditioned sharpness over the threshold"),
+        Field("stability.fraction_at_crossing", "x",
+              "fraction of burst onsets within the lag window after a threshold crossing"),
+        Field("stability.verdict", "", "whether this run's bursts start at crossings", "str"),
+        Field("stability.runs[].sharpness_ratio_max", "x",
+              "largest sharpness ratio over the checkpoints", place="report"),
+        Field("stability.runs[].p_value", "",
+              "binomial test of the onsets at crossings against chance", place="report"),
+        Field("stability.overall.verdict", "",
+              "onsets pooled over runs: whether bursts start at crossings", "str",
+              place="report"),
+    ),
+    columns=(
+        Column("sharpness ratio", "stability.sharpness_ratio_median"),
+        Column("onsets at crossing", "stability.fraction_at_crossing"),
+    ),
+    figures=(Figure(r"stability_.*", _caption),),
+    sections=("stability",),
+)  # fmt: skip

@@ -51,13 +51,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData, progress_callback
+from geomtraj.analysis.declaration import (
+    Analysis,
+    Column,
+    Field,
+    Figure,
+    Needs,
+    params_attr,
+    params_from_result,
+)
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
 
@@ -730,7 +739,7 @@ def _to_dataset(indices, rows, div_step, curves_l2, curves_l1, params) -> xr.Dat
     data["divergence_l1"] = (("run", "div_step"), curves_l1)
     ds = xr.Dataset(data, coords={"run": np.asarray(indices, dtype=np.int64), "div_step": div_step})
     ds.attrs["analysis"] = "twins"
-    ds.attrs["params"] = repr(asdict(params))
+    ds.attrs["params"] = params_attr(params)
     ds["lyapunov"].attrs["units"] = "1/step (natural log of d per step)"
     ds["saturation_step"].attrs["missing"] = -1
     return ds
@@ -842,9 +851,10 @@ def report(result: xr.Dataset, params: TwinParams | None = None) -> dict:
     perturbations with that caused by seeds (:func:`spread_comparison`), for the last-step loss
     (``final_loss``, Sun's measure) and the geometric mean over the last ``final_window_frac`` of
     the run (``final_loss_window``). The spread is taken in ``log10`` because final losses of one
-    configuration spread over decades; it is the standard deviation in decades.
+    configuration spread over decades; it is the standard deviation in decades. ``params``
+    default to those the result was computed with (its ``attrs["params"]``).
     """
-    params = params or TwinParams()
+    params = params or params_from_result(result, TwinParams)
     runs_out, twins = {}, []
     for i, r in enumerate(result["run"].values.tolist()):
         if int(result["twin_of"].values[i]) < 0:
@@ -954,3 +964,54 @@ def _draw_twin(ax, result, i, steps):
     ax.set_xlabel("step")
     ax.set_ylabel("divergence")
     ax.legend(fontsize=6)
+
+
+# -------------------------------------------------------------------------------- declaration
+
+ANALYSIS = Analysis(
+    name="twins",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=TwinParams,
+    summary="how fast a twin perturbed by one ulp leaves the run it copies, and what it changes",
+    needs=Needs(
+        variables=("theta", "theta_final", "update_norm"),
+        without="twins are compared over the recorded rows; the final distance needs "
+        "theta_final",
+    ),
+    fields=(
+        Field("twin.lyapunov", "1/step",
+              "growth rate of the log distance between twin and original"),
+        Field("twin.amplification", "x", "distance at saturation over the initial distance"),
+        Field("twin.saturation_step", "step", "step at which the distance stops growing", "int"),
+        Field("twins[].run", "", "the twin's run index", "int", required=True, place="report"),
+        Field("twins[].twin_of", "", "the run it copies", "int", required=True, place="report"),
+        Field("twins[].lyapunov", "1/step",
+              "growth rate of the log distance between twin and original", required=True,
+              place="report"),
+        Field("twins[].amplification", "x", "distance at saturation over the initial distance",
+              required=True, place="report"),
+        Field("twins[].saturation_step", "step", "step at which the distance stops growing",
+              "int", required=True, place="report"),
+        Field("twin_spread", "",
+              "spread of log10 final loss from perturbations against that from seeds", "any",
+              place="report"),
+    ),
+    columns=(Column("lyapunov", "twin.lyapunov"),),
+    figures=(
+        Figure(
+            r"twins_divergence.*",
+            "Distance between each twin and the run it copies, log scale, around the growth "
+            "phase. Look for a straight rise (exponential growth, slope in the legend) before "
+            "saturation (red).",
+        ),
+        Figure(
+            "twins_overview",
+            "Relative distance of every twin over the whole run, by precision. Twins that "
+            "saturate early lost their common trajectory quickly.",
+        ),
+    ),
+    sections=("twins", "twin_spread"),
+    section_defaults=lambda why: {"twins": []},
+)  # fmt: skip

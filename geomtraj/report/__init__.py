@@ -19,12 +19,12 @@ from types import ModuleType
 
 import numpy as np
 
+from geomtraj.analysis.declaration import Analysis
 from geomtraj.errors import GeomtrajError
 from geomtraj.report.assemble import (
-    RUN_SECTION_OWNER,
     SCHEMA_ID,
-    TOP_SECTION_OWNER,
     build_report,
+    report_declarations,
     to_jsonable,
 )
 from geomtraj.report.captions import figure_caption
@@ -48,16 +48,23 @@ __all__ = [
 
 @cache
 def load_schema() -> dict:
-    """The JSON Schema of ``report.json`` (``geomtraj/report/schema.json``)."""
+    """The JSON Schema of ``report.json`` for the shipped analyses (``schema.json``).
+
+    The file is generated from the analyses' declarations (:mod:`geomtraj.report.schema`).
+    """
     text = resources.files("geomtraj.report").joinpath("schema.json").read_text("utf-8")
     return json.loads(text)
 
 
-def validate_report(doc: dict) -> list[str]:
-    """Schema violations of ``doc`` as one-line strings (empty when it is valid)."""
+def validate_report(doc: dict, schema: dict | None = None) -> list[str]:
+    """Schema violations of ``doc`` as one-line strings (empty when it is valid).
+
+    ``schema`` defaults to :func:`load_schema`; :func:`make_report` passes the schema built from
+    the declarations of the analyses it ran (:func:`geomtraj.report.schema.build_schema`).
+    """
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = jsonschema.Draft202012Validator(load_schema() if schema is None else schema)
     return [
         f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
         for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
@@ -95,15 +102,14 @@ class Report:
 
 
 def _analysis_status(
-    selected: dict[str, ModuleType],
-    registry: dict[str, ModuleType],
+    selected: dict[str, ModuleType | Analysis],
+    registry: dict[str, ModuleType | Analysis],
     outcome,
     failed: set[str],
+    declarations: Mapping[str, Analysis],
 ) -> dict[str, dict]:
-    """Status of every analysis the report knows of: registered ones and the contract's owners."""
-    known = list(registry) + [
-        n for n in (*RUN_SECTION_OWNER.values(), *TOP_SECTION_OWNER.values()) if n not in registry
-    ]
+    """Status of every analysis the report knows of: registered ones and the declared ones."""
+    known = list(registry) + [n for n in declarations if n not in registry]
     status: dict[str, dict] = {}
     from geomtraj.runner import protocol_gaps, registered_analyses
 
@@ -185,11 +191,37 @@ def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
     return False, notes
 
 
-def _apply_measurability(st: dict, name: str, rep: Mapping | None) -> None:
-    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so."""
+def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
+    """Why ``rep`` holds no result of ``decl``, or None when it holds one.
+
+    An analysis that declares per-run fields but reported no run, and whose declared list
+    sections are all empty, found nothing to measure (twins on a store without twins): it is
+    not measurable, whatever its own verdict fields say.
+    """
+    rep = rep or {}
+    run_keys = {f.path[0] for f in decl.run_fields()}
+    if not run_keys or any(
+        run_keys & set(e) for e in (rep.get("runs") or {}).values() if isinstance(e, Mapping)
+    ):
+        return None
+    lists = {f.path[0] for f in decl.report_fields() if f.name.split(".")[0].endswith("[]")}
+    if any(rep.get(k) for k in lists):
+        return None
+    empty = "".join(f"; {k} is empty" for k in sorted(lists))
+    return f"no analysed run gave it anything to measure (no per-run result{empty})"
+
+
+def _apply_measurability(
+    st: dict, name: str, rep: Mapping | None, decl: Analysis | None = None
+) -> None:
+    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so,
+    or when it reported nothing (:func:`empty_report`)."""
     none_measured, notes = measurability(name, rep)
     if st.get("status") not in ("ok", "partial"):
         return
+    empty = empty_report(decl, rep) if decl is not None else None
+    if empty and not none_measured:
+        none_measured, notes = True, [empty, *notes]
     if none_measured:
         st["status"] = NOT_MEASURABLE
     if notes:
@@ -222,7 +254,7 @@ def make_report(
     progress: bool | None = None,
     params=None,
     analysis_params: dict[str, dict] | None = None,
-    registry: dict[str, ModuleType] | None = None,
+    registry: dict[str, ModuleType | Analysis] | None = None,
     figures: bool = True,
 ) -> Report:
     """Analyse ``store`` and write the report into ``out`` (default: ``STORE-report`` beside it).
@@ -248,6 +280,7 @@ def make_report(
         raise GeomtrajError(f"--out {out} exists and is not a directory; choose another --out")
     registry = runner.available_analyses() if registry is None else dict(registry)
     selected = runner.select_analyses(analyses, registry)
+    declarations = report_declarations(registry)
     step_range = runner.parse_steps(steps)
 
     # check everything that can be checked before the long part
@@ -277,13 +310,14 @@ def make_report(
     fig_entries: list[dict] = []
     failed: set[str] = set()
     caught = list(outcome.warnings)
-    for name, mod in selected.items():
+    for name in selected:
+        analysis = declarations[name]
         result = outcome.results.get(name)
         if result is None:
             continue
         try:
             with runner.capture_warnings(name, caught):
-                reports[name] = mod.report(result)
+                reports[name] = analysis.make_report(result)
         except Exception as exc:
             failed.add(name)
             errors.append(runner._failure(name, [], exc) | {"error": f"report(): {exc}"})
@@ -291,7 +325,7 @@ def make_report(
         if figures:
             try:
                 with runner.capture_warnings(name, caught):
-                    paths = mod.figures(view, result, figdir)
+                    paths = analysis.draw(view, result, figdir)
             except Exception as exc:
                 failed.add(name)
                 errors.append(runner._failure(name, [], exc) | {"error": f"figures(): {exc}"})
@@ -309,10 +343,10 @@ def make_report(
         path = overview_figure(picked, hyper, overview, figdir / "overview_loss.png")
         fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
                                "title": "loss of the analysed runs"})  # fmt: skip
-    status = _analysis_status(selected, registry, outcome, failed)
+    status = _analysis_status(selected, registry, outcome, failed, declarations)
     for name, rep in reports.items():
         if name in status and name not in failed:
-            _apply_measurability(status[name], name, rep)
+            _apply_measurability(status[name], name, rep, declarations.get(name))
     options = {
         "runs": runs if runs is None or isinstance(runs, str) else list(runs),
         "steps": list(step_range) if step_range else None,
@@ -332,11 +366,14 @@ def make_report(
         figures=fig_entries,
         errors=errors,
         options=options,
+        declarations=declarations,
     )
     for entry in doc["figures"]:
-        entry["caption"] = figure_caption(entry, doc)
+        entry["caption"] = figure_caption(entry, doc, declarations)
     doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
-    schema_errors = validate_report(doc)
+    from geomtraj.report.schema import build_schema
+
+    schema_errors = validate_report(doc, build_schema(declarations.values()))
     files = write_report(doc, out)
     files += [out / f["file"] for f in doc["figures"]]
     return Report(doc, out, files, dict(outcome.results), schema_errors)

@@ -9,6 +9,7 @@ JSON has no NaN, and a NaN must never read as a number).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import platform
@@ -20,20 +21,59 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RUN_FIELDS
+from geomtraj.analysis.declaration import Analysis, as_analysis
 from geomtraj.store import strings
 
 SCHEMA_ID = "geomtraj.report/1"
 
-#: The contract-4 per-run fields and the analysis that fills each.
-RUN_SECTION_OWNER: dict[str, str] = {
-    "n_bursts": "periods",
-    "slow": "periods",
-    "fast": "periods",
-    "v_decay": "periods",
-    "spirals": "spirals",
-}
-#: The contract-4 top-level sections and the analysis that fills each.
-TOP_SECTION_OWNER: dict[str, str] = {"grid": "periods", "twins": "twins", "diffusion": "diffusion"}
+
+def report_declarations(registry: Mapping | None = None) -> dict[str, Analysis]:
+    """The declarations a report is built from: ``registry``'s analyses, then the shipped ones.
+
+    Every analysis of :mod:`geomtraj.analysis` takes part even when ``registry`` leaves it out,
+    so that its contract-4 fields are in every report (null, with the reason). A module of the
+    bare protocol registered under a shipped analysis's name (a stand-in, as in the tests) runs
+    its own functions under that analysis's declared fields.
+    """
+    from geomtraj.analysis import ANALYSES, declaration
+
+    registry = ANALYSES if registry is None else registry
+    out: dict[str, Analysis] = {}
+    for name in [*registry, *(n for n in ANALYSES if n not in registry)]:
+        own = as_analysis(registry[name], name) if name in registry else None
+        if own is not None and (own.declared or name not in ANALYSES):
+            out[name] = own
+            continue
+        shipped = declaration(name)
+        if own is not None:
+            shipped = dataclasses.replace(
+                shipped, analyze=own.analyze, report=own.report, draw=own.draw,
+                params=own.params, module=own.module,
+            )  # fmt: skip
+        out[name] = shipped
+    return out
+
+
+def run_section_owners(declarations: Mapping[str, Analysis]) -> dict[str, str]:
+    """Per-run keys every run entry carries (from ``run_defaults``) and the analysis of each."""
+    probe = {"beta1": 0.9, "beta2": 0.999}
+    return {
+        key: name
+        for name, d in declarations.items()
+        if d.run_defaults is not None
+        for key in d.run_defaults(probe)
+    }
+
+
+def top_section_owners(declarations: Mapping[str, Analysis]) -> dict[str, str]:
+    """Top-level keys every report carries (from ``section_defaults``) and their analysis."""
+    return {
+        key: name
+        for name, d in declarations.items()
+        if d.section_defaults is not None
+        for key in d.section_defaults("")
+    }
+
 
 #: Top-level keys that belong to the report itself; an analysis may not set them.
 RESERVED = {
@@ -129,39 +169,24 @@ def _num(x: float) -> float | None:
 # ----------------------------------------------------------------------------- run entries
 
 
-def run_defaults(beta1: float, beta2: float, note: str | None) -> dict:
-    """Contract-4 per-run sections with their predictions and every measurement null."""
-    with np.errstate(divide="ignore"):
-        linear = -1.0 / math.log(math.sqrt(beta1)) if beta1 > 0 else 0.0
-        expected = math.log(beta2) if beta2 > 0 else -math.inf
-    return {
-        "n_bursts": None,
-        "slow": {
-            "predicted": _num(1.0 / (1.0 - beta2)),
-            "period": None,
-            "ci": None,
-            "ratio": None,
-            "spectral_period": None,
-            "note": note,
-        },
-        "fast": {
-            "predicted": _num(1.0 / (1.0 - beta1)),
-            "efold": None,
-            "ci": None,
-            "ratio": None,
-            "linear_prediction": _num(linear),
-            "flip_period": None,
-            "note": note,
-        },
-        "v_decay": {"slope": None, "expected": _num(expected), "note": note},
-        "spirals": {
-            "n_windows": None,
-            "n_spirals": None,
-            "n_double": None,
-            "n_twisted": None,
-            "note": note,
-        },
-    }
+def run_defaults(
+    beta1: float, beta2: float, note: str | None, declarations: Mapping[str, Analysis] | None = None
+) -> dict:
+    """Per-run sections of every declared analysis before measuring: predictions, nulls, ``note``.
+
+    Each analysis gives its own (``run_defaults`` of its declaration); for the shipped ones these
+    are the contract-4 sections ``n_bursts``, ``slow``, ``fast``, ``v_decay`` and ``spirals``.
+    """
+    declarations = report_declarations() if declarations is None else declarations
+    out: dict = {}
+    for d in declarations.values():
+        if d.run_defaults is None:
+            continue
+        for key, val in d.run_defaults({"beta1": beta1, "beta2": beta2}).items():
+            if isinstance(val, dict):
+                val = {**val, "note": note}
+            out[key] = to_jsonable(val)
+    return out
 
 
 def _merge(base: dict, new: Mapping) -> dict:
@@ -227,6 +252,7 @@ def build_report(
     figures: list[dict] | None = None,
     errors: list[dict] | None = None,
     options: Mapping | None = None,
+    declarations: Mapping[str, Analysis] | None = None,
 ) -> dict:
     """The ``report.json`` document.
 
@@ -244,7 +270,13 @@ def build_report(
         Per known analysis: ``{"status": ..., "note": ..., ...}`` (see the schema).
     run_notes
         Per analysis, run -> why it measured nothing on that run.
+    declarations
+        The analyses' declarations (:func:`report_declarations` by default): their per-run and
+        top-level defaults, and the fields and columns the report describes.
     """
+    declarations = report_declarations() if declarations is None else declarations
+    run_owner = run_section_owners(declarations)
+    top_owner = top_section_owners(declarations)
     run_notes = run_notes or {}
     errors = list(errors or [])
     hyper = _hyper_table(ds, runs)
@@ -258,7 +290,7 @@ def build_report(
         entry["note"] = h.note
         entry["n_steps"] = h.n_steps
         entry["final_loss"] = h.final_loss
-        entry.update(run_defaults(row["beta1"], row["beta2"], None))
+        entry.update(run_defaults(row["beta1"], row["beta2"], None, declarations))
         provided: set[str] = set()
         for name, by_run in per_run.items():
             got = by_run.get(r)
@@ -277,7 +309,7 @@ def build_report(
             _merge(entry, to_jsonable(got))
             provided.update(got)
         # contract-4 fields nobody filled: null, with the reason
-        for key, owner in RUN_SECTION_OWNER.items():
+        for key, owner in run_owner.items():
             if key in provided:
                 continue
             if h.status == "insufficient":
@@ -290,14 +322,14 @@ def build_report(
                 entry[key]["note"] = why
             elif h.status != "insufficient" and why not in (entry.get("note") or ""):
                 _add_note(entry, why)
-        for key in RUN_SECTION_OWNER:
+        for key in run_owner:
             sec = entry[key]
             if (
                 isinstance(sec, dict)
                 and any(v is None for k, v in sec.items() if k != "note")
                 and not sec.get("note")
             ):
-                sec["note"] = f"{RUN_SECTION_OWNER[key]} left this unmeasured without a reason"
+                sec["note"] = f"{run_owner[key]} left this unmeasured without a reason"
         entries.append(to_jsonable(entry))
 
     doc: dict = {
@@ -311,15 +343,16 @@ def build_report(
         "analyses": to_jsonable({k: dict(v) for k, v in status.items()}),
         "summary": {},
         "runs": entries,
-        "grid": {
-            "slow": _grid_default(status),
-            "fast": _grid_default(status),
-        },
-        "twins": [],
-        "diffusion": [],
         "figures": to_jsonable(figures or []),
         "errors": errors,
     }
+    for key, owner in top_owner.items():
+        # a section nobody filled: its analysis's default, with the reason
+        default = declarations[owner].section_defaults(_why_missing(owner, status))
+        doc[key] = to_jsonable(default[key])
+    for name, st in doc["analyses"].items():
+        if name in declarations:
+            st.update(describe(declarations[name]))
     for name, rep in reports.items():
         for key, val in (rep or {}).items():
             if key == "runs":
@@ -329,8 +362,10 @@ def build_report(
                 continue
             val = to_jsonable(val)
             if isinstance(val, dict) and isinstance(doc.get(key), dict):
-                # a sub-section the analysis provides replaces its default whole (the default's
-                # "not reported" note must not survive next to real values)
+                # a sub-section the analysis provides replaces its default whole, and the
+                # default's own "not reported" note goes with it (never beside real values)
+                if "note" not in val:
+                    doc[key].pop("note", None)
                 doc[key].update(val)
             else:
                 doc[key] = val
@@ -339,13 +374,27 @@ def build_report(
     return doc
 
 
-def _grid_default(status: Mapping[str, dict]) -> dict:
+def describe(decl: Analysis) -> dict:
+    """What ``report.json`` says of an analysis besides its status: summary, fields, columns.
+
+    The report renders its run table, units and tooltips from these, so that a ``report.json``
+    can be rendered again without the analyses installed.
+    """
     return {
-        "slope": None,
-        "ci": None,
-        "n_runs": 0,
-        "verdict": "not run",
-        "note": _why_missing("periods", status),
+        "summary": decl.summary,
+        "fields": [  # fmt: skip
+            {
+                "name": f.name,
+                "unit": f.unit,
+                "definition": f.definition,
+                "type": f.type,
+                "place": f.place,
+            }
+            for f in decl.fields
+        ],
+        "columns": [
+            {"header": c.header, "field": c.field, "default": c.default} for c in decl.columns
+        ],
     }
 
 

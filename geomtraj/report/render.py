@@ -51,8 +51,8 @@ class Column:
         return f"{self.header} [{self.unit}]" if self.unit else self.header
 
 
-#: The run table: the ten default columns first, then those behind the "all columns" toggle.
-COLUMNS: list[Column] = [
+#: The report's own columns of the run table (the run's labels and health), shown by default.
+BASE_COLUMNS: list[Column] = [
     Column("run", "", ("run",), "num", True, "index of the run in the store"),
     Column("status", "", ("status",), "str", True,
            "training health: ok, diverged (non-finite loss) or insufficient (too few finite "
@@ -61,15 +61,9 @@ COLUMNS: list[Column] = [
     Column("beta2", "", ("beta2",), "num", True, "Adam's second-moment decay rate"),
     Column("lr", "", ("lr",), "num", True, "learning rate"),
     Column("final loss", "", ("final_loss",), "num", True, "training loss at the last step"),
-    Column("bursts", "count", ("n_bursts",), "num", True,
-           "bursts of the update norm found by the periods analysis"),
-    Column("slow period", "steps", ("slow", "period"), "num", True,
-           "median interval between successive burst onsets"),
-    Column("slow ratio", "x", ("slow", "ratio"), "num", True,
-           "slow period divided by the prediction 1/(1-beta2); 1 means the prediction holds"),
-    Column("fast efold", "steps", ("fast", "efold"), "num", True,
-           "e-folding time of the flip amplitude's decay inside a burst (median over bursts); "
-           "predicted 1/(1-beta1)"),
+]  # fmt: skip
+#: The report's own columns behind the "all columns" toggle.
+EXTRA_COLUMNS: list[Column] = [
     Column("hidden", "", ("hidden",), "str", False, "widths of the hidden layers"),
     Column("beta1", "", ("beta1",), "num", False, "Adam's first-moment decay rate"),
     Column("seed", "", ("seed",), "num", False, "seed of the initial weights"),
@@ -77,28 +71,53 @@ COLUMNS: list[Column] = [
            "how a twin run was perturbed from the run it copies (empty for an ordinary run)"),
     Column("diverged", "step", ("diverged_step",), "num", False,
            "first step with a non-finite loss, if any"),
-    Column("slow CI", "steps", ("slow", "ci"), "str", False,
-           "bootstrap confidence interval of the slow period"),
-    Column("1/(1-beta2)", "steps", ("slow", "predicted"), "num", False,
-           "predicted slow period, Adam's second-moment memory"),
-    Column("spectral period", "steps", ("slow", "spectral_period"), "num", False,
-           "period at the Welch spectral peak of the log loss (a cross-check of the slow period)"),
-    Column("fast ratio", "x", ("fast", "ratio"), "num", False,
-           "fast efold divided by the prediction 1/(1-beta1)"),
-    Column("flip period", "steps", ("fast", "flip_period"), "num", False,
-           "dominant period of the parameter changes inside a burst (median over bursts)"),
-    Column("v slope", "1/step", ("v_decay", "slope"), "num", False,
-           "median slope of log v per step between bursts"),
-    Column("ln(beta2)", "1/step", ("v_decay", "expected"), "num", False,
-           "expected v slope: v decays by beta2 per step without new gradient"),
-    Column("spirals", "count", ("spirals", "n_spirals"), "num", False,
-           "windows whose flip-frame path is a spiral"),
-    Column("double", "count", ("spirals", "n_double"), "num", False,
-           "spirals with two arms (interleaved even/odd arms, or outward then inward)"),
-    Column("twisted", "count", ("spirals", "n_twisted"), "num", False,
-           "spirals whose best-fit plane turns by at least 20 degrees between halves"),
-    Column("note", "", ("note",), "str", False, "why a run or a measurement is missing"),
 ]  # fmt: skip
+NOTE_COLUMN = Column("note", "", ("note",), "str", False, "why a run or a measurement is missing")
+
+
+def _described(doc: Mapping | None) -> dict[str, Mapping]:
+    """``analyses`` of ``doc`` with each analysis's fields and columns.
+
+    A document that does not describe its analyses (written before reports did, or a test's
+    hand-made one) gets the descriptions of the shipped analyses.
+    """
+    analyses = dict((doc or {}).get("analyses") or {})
+    if doc is not None and any("fields" in st for st in analyses.values()):
+        return analyses
+    from geomtraj.report.assemble import describe, report_declarations
+
+    shipped = {n: describe(d) for n, d in report_declarations().items()}
+    return {n: {**shipped.get(n, {}), **st} for n, st in {**shipped, **analyses}.items()}
+
+
+def run_columns(doc: Mapping | None = None) -> list[Column]:
+    """The run table of ``doc``: default columns first, then those behind the toggle, then note.
+
+    The analyses' columns come from their declarations (``analyses.<name>.columns`` in
+    ``report.json``), with the unit and definition of the field each shows.
+    """
+    declared = []
+    for st in _described(doc).values():
+        fields = {f["name"]: f for f in st.get("fields") or []}
+        for c in st.get("columns") or []:
+            f = fields.get(c["field"], {})
+            kind = "num" if f.get("type", "num") in ("num", "int", "count") else "str"
+            declared.append(Column(c["header"], f.get("unit", ""), tuple(c["field"].split(".")),
+                                   kind, bool(c["default"]), f.get("definition", "")))  # fmt: skip
+    return [
+        *BASE_COLUMNS,
+        *(c for c in declared if c.default),
+        *EXTRA_COLUMNS,
+        *(c for c in declared if not c.default),
+        NOTE_COLUMN,
+    ]
+
+
+def __getattr__(name: str):
+    # ``COLUMNS``: the run table of a report of the shipped analyses
+    if name == "COLUMNS":
+        return run_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _get(entry: Mapping, path: Sequence[str]):
@@ -150,12 +169,6 @@ def _grid_rows(doc: Mapping) -> list[tuple[str, dict]]:
 
 # ------------------------------------------------------------------------ analysis sections
 
-#: Columns of the analyses whose report section is a list of per-run entries.
-_ENTRY_KEYS: dict[str, tuple[str, ...]] = {
-    "twins": ("run", "twin_of", "lyapunov", "amplification", "saturation_step", "note"),
-    "diffusion": ("run", "exponent", "ci", "detrended", "note"),
-}
-
 
 def _is_scalar(v) -> bool:
     return v is None or isinstance(v, str | int | float | bool)
@@ -165,6 +178,8 @@ def _entry_table(title: str, entries: Sequence[Mapping], keys: Sequence[str] | N
     """``(title, [(key, kind)], rows)`` for a list of entries; only scalar or interval fields."""
     if keys is None:
         keys = [k for k, v in entries[0].items() if _is_scalar(v) or k == "ci"]
+    else:
+        keys = [k for k in keys if any(k in e for e in entries)]
     kinds = []
     for k in keys:
         vals = [e.get(k) for e in entries if e.get(k) is not None]
@@ -195,30 +210,44 @@ def analysis_sections(doc: Mapping) -> list[dict]:
 
     A section lists the analysis's own top-level entry of ``report.json`` (the key named after
     it): its scalar fields, and a table for each list of entries in it (one level deep, so
-    ``early_warning.curves.matched`` is a table too). Analyses that report only per-run fields
-    point to the run table's columns.
+    ``early_warning.curves.matched`` is a table too). A list whose declared fields include its
+    ``run`` (``twins[].run``, ``twins[].lyapunov``, ...) shows just those, in their order, and the
+    note; other lists show every scalar field of their entries. ``fields`` names the
+    analysis's per-run fields, shown in the run table; ``units`` gives, per table, the unit and
+    definition of each declared column; ``legend`` lists every declared field as ``(name, unit,
+    definition)``.
     """
-    from geomtraj.report.assemble import RUN_SECTION_OWNER
-
+    described = _described(doc)
     out = []
     for name, st in (doc.get("analyses") or {}).items():
         sec = {"name": name, "status": st.get("status"), "note": st.get("note"),
-               "scalars": [], "tables": [], "fields": []}  # fmt: skip
+               "scalars": [], "tables": [], "fields": [], "units": {}}  # fmt: skip
+        declared = (described.get(name) or {}).get("fields") or []
+        units = {f["name"]: (f.get("unit", ""), f.get("definition", "")) for f in declared}
+
+        def table(title, entries, prefix, sec=sec, units=units):
+            keys = [n.removeprefix(prefix) for n in units if n.startswith(prefix)]
+            keys = [k for k in keys if "." not in k]
+            # a list declared with its ``run`` column is shown as declared, with the note
+            t = _entry_table(title, entries, [*keys, "note"] if "run" in keys else None)
+            sec["tables"].append(t)
+            sec["units"][title] = {k: units[prefix + k] for k, _ in t[1] if prefix + k in units}
+
         body = doc.get(name)
         if isinstance(body, list) and body and all(isinstance(e, Mapping) for e in body):
-            sec["tables"].append(_entry_table(name, body, _ENTRY_KEYS.get(name)))
+            table(name, body, f"{name}[].")
         elif isinstance(body, Mapping):
             for key, val in body.items():
                 if _is_scalar(val):
                     sec["scalars"].append((key, val))
                 elif isinstance(val, list) and val and all(isinstance(e, Mapping) for e in val):
-                    sec["tables"].append(_entry_table(key, val))
+                    table(key, val, f"{name}.{key}[].")
                 elif isinstance(val, Mapping):
                     for sub, v in val.items():
                         if _is_scalar(v):
                             sec["scalars"].append((f"{key}.{sub}", v))
                         elif isinstance(v, list) and v and all(isinstance(e, Mapping) for e in v):
-                            sec["tables"].append(_entry_table(f"{key}: {sub}", v))
+                            table(f"{key}: {sub}", v, f"{name}.{key}.{sub}[].")
                 elif isinstance(val, list) and all(_is_scalar(v) for v in val):
                     sec["scalars"].append((key, fmt(val)))
         lifted = [_lift_constants(t) for t in sec["tables"]]
@@ -226,7 +255,9 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         sec["scalars"] += [c for _, consts in lifted for c in consts]
         # the reason already stands under the heading
         sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
-        sec["fields"] = [k for k, owner in RUN_SECTION_OWNER.items() if owner == name]
+        run_keys = [f["name"].split(".")[0] for f in declared if f.get("place", "run") == "run"]
+        sec["fields"] = list(dict.fromkeys(run_keys))
+        sec["legend"] = [(f["name"], f.get("unit", ""), f.get("definition", "")) for f in declared]
         out.append(sec)
     return out
 
@@ -351,7 +382,7 @@ def markdown(doc: Mapping) -> str:
             )
     out += ["", "## Runs", ""]
     # the default columns and the note; every field is in report.json and report.html
-    cols = [c for c in COLUMNS if c.default or c.path == ("note",)]
+    cols = [c for c in run_columns(doc) if c.default or c.path == ("note",)]
     out.append("| " + " | ".join(_md_text(c.label) for c in cols) + " |")
     out.append("|" + "---|" * len(cols))
     for e in doc["runs"]:
@@ -369,9 +400,15 @@ def markdown(doc: Mapping) -> str:
             out += ["", f"Per-run fields in the run table: {', '.join(sec['fields'])}."]
         for title, cols, rows in sec["tables"]:
             out += ["", f"{_md_text(title)}:", ""] if title != sec["name"] else [""]
-            out.append("| " + " | ".join(_md_text(k) for k, _ in cols) + " |")
+            units = sec["units"].get(title, {})
+            heads = [f"{k} [{units[k][0]}]" if units.get(k, ("",))[0] else k for k, _ in cols]
+            out.append("| " + " | ".join(_md_text(h) for h in heads) + " |")
             out.append("|" + "---|" * len(cols))
             out += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
+        if sec["legend"]:
+            out += ["", "Fields:", ""]
+            out += [f"- `{n}`{f' [{_md_text(u)}]' if u else ''}: {_md_text(d)}"
+                    for n, u, d in sec["legend"]]  # fmt: skip
     if doc.get("figures"):
         out += ["", "## Figures", ""]
         for f in doc["figures"]:
@@ -407,15 +444,15 @@ def _head(header: str, kind: str, unit: str = "", title: str = "", cls: str = ""
     return {"header": header, "kind": kind, "unit": unit, "title": title, "cls": classes}
 
 
-def _run_table(doc: Mapping) -> dict:
+def _run_table(doc: Mapping, columns: Sequence[Column]) -> dict:
     """The run table: default columns shown, the others (class ``x``) behind the toggle."""
     headers = [
-        _head(c.header, c.kind, c.unit, c.definition, "" if c.default else "x") for c in COLUMNS
+        _head(c.header, c.kind, c.unit, c.definition, "" if c.default else "x") for c in columns
     ]
     rows = []
     for e in doc["runs"]:
         cells = []
-        for c in COLUMNS:
+        for c in columns:
             css = " ".join(x for x in ("note" if c.path == ("note",) else "",
                                        "" if c.default else "x") if x)  # fmt: skip
             cells.append(_cell(_get(e, c.path), c.kind, _section_note(e, c.path), css))
@@ -423,10 +460,18 @@ def _run_table(doc: Mapping) -> dict:
     return {"headers": headers, "rows": rows}
 
 
-def _plain_table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence]) -> dict:
-    """A table of ``(header, kind)`` columns; a column named ``note`` wraps its text."""
+def _plain_table(
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence],
+    units: Mapping[str, tuple[str, str]] | None = None,
+) -> dict:
+    """A table of ``(header, kind)`` columns; a column named ``note`` wraps its text.
+
+    ``units`` maps a header to its unit and definition (shown in brackets and as a tooltip).
+    """
+    units = units or {}
     return {
-        "headers": [_head(h, k) for h, k in columns],
+        "headers": [_head(h, k, *units.get(h, ("", ""))) for h, k in columns],
         "rows": [
             {"cls": "", "cells": [_cell(v, k, None, "note" if h == "note" else "")
                                   for (h, k), v in zip(columns, row, strict=True)]}
@@ -482,6 +527,7 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
     from markupsafe import Markup
 
     base = Path(figure_dir).parent
+    columns = run_columns(doc)
     s = doc.get("summary", {})
     grid = [
         {"name": k, "slope": fmt(v.get("slope")), "ci": fmt(v.get("ci")),
@@ -505,7 +551,8 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
     sections = []
     for sec in analysis_sections(doc):
         tables = [
-            {"title": title, **_plain_table(cols, rows)} for title, cols, rows in sec["tables"]
+            {"title": title, **_plain_table(cols, rows, sec["units"].get(title))}
+            for title, cols, rows in sec["tables"]
         ]
         scalars = [(k, fmt(v)) for k, v in sec["scalars"]]
         status_cls = "st-" + str(sec["status"]).replace(" ", "-")
@@ -540,8 +587,8 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
         axes=[(k, ", ".join(fmt(x) for x in v)) for k, v in s.get("axes", {}).items()],
         grid_notes=[(k, v["note"]) for k, v in _grid_rows(doc) if v.get("note")],
         analyses=analyses,
-        runs=_run_table(doc),
-        extra_columns=[c.header for c in COLUMNS if not c.default],
+        runs=_run_table(doc, columns),
+        extra_columns=[c.header for c in columns if not c.default],
         sections=sections,
         figures=figures,
         payload=Markup(payload),
