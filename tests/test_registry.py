@@ -194,7 +194,15 @@ def test_a_misspelt_parameter_is_bad_input(tmp_path) -> None:
 
 def test_every_shipped_analysis_declares_itself() -> None:
     names = list(ANALYSES)
-    assert names == ["periods", "spirals", "twins", "diffusion", "stability", "early_warning"]
+    assert names == [
+        "periods",
+        "spirals",
+        "twins",
+        "diffusion",
+        "stability",
+        "early_warning",
+        "mechanism",
+    ]
     for name in names:
         d = declaration(name)
         assert d.declared and d.name == name and d.module == f"geomtraj.analysis.{name}"

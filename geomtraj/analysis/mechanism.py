@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData
+from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
 from geomtraj.analysis.stability import (
     _binomial_p,
     _parse_perturbation,
@@ -761,3 +762,56 @@ def figures(ds: xr.Dataset, result: xr.Dataset, outdir, *, max_runs: int = 3) ->
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
+
+
+# -------------------------------------------------------------------------------- declaration
+
+ANALYSIS = Analysis(
+    name="mechanism",
+    analyze=analyze,
+    report=report,
+    draw=figures,
+    params=MechanismParams,
+    summary="whether each burst is predicted by the preconditioned sharpness crossing Adam's "
+    "threshold as v decays (docs/mechanism.md)",
+    needs=Needs(
+        variables=("theta", "m", "v", "update_norm"),
+        training_data=True,
+        snapshots=True,
+        without="runs without snapshots, training data or a replayable per-update series are "
+        "'not measurable', with the reason",
+    ),
+    fields=(
+        Field("mechanism.predicted_period", "steps",
+              "median quiet interval predicted from the first threshold crossing after a burst"),
+        Field("mechanism.onsets_explained", "x",
+              "fraction of predicted bursts whose onset follows a crossing within the lag window"),
+        Field("mechanism.lead_median", "steps", "median lead of a crossing before its onset"),
+        Field("mechanism.false_crossings", "x", "fraction of threshold crossings without a burst"),
+        Field("mechanism.verdict", "", "whether this run's bursts start at crossings", "str"),
+        Field("mechanism.note", "", "why a value is missing", "str"),
+        Field("mechanism.runs[].decay_period", "steps",
+              "median quiet interval forecast from v's geometric decay from the burst's end",
+              place="report"),
+        Field("mechanism.runs[].p_value", "",
+              "binomial test of the explained onsets against chance", place="report"),
+        Field("mechanism.overall.verdict", "",
+              "predicted onsets pooled over runs: whether bursts start at crossings", "str",
+              place="report"),
+    ),
+    columns=(
+        Column("onsets predicted", "mechanism.onsets_explained"),
+        Column("predicted period", "mechanism.predicted_period"),
+    ),
+    figures=(
+        Figure("mechanism_run",
+               "lambda_max(P^-1 H) over Adam's threshold, mean log v and the update norm over a "
+               "stretch of about five bursts, for the runs with the most predicted bursts. Look "
+               "whether each onset (red) comes just after a crossing of 1 (predicted onsets in "
+               "blue)."),
+        Figure("mechanism_intervals",
+               "Each burst's predicted quiet interval (from the crossing, and from v's decay) "
+               "against the measured one, over all runs. Points on y = x are predicted exactly."),
+    ),
+    sections=("mechanism",),
+)  # fmt: skip
