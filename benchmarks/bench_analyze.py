@@ -13,15 +13,17 @@ One invocation
 3. times ``scipy.signal.welch`` on the series the period analysis reads (``v`` and ``theta`` of the
    recorded parameters and the log loss of each run, with its segment settings; the arrays are
    read from the store outside the clock), the baseline of the period analysis;
-4. times ``geomtraj analyze STORE --analyses periods,spirals,diffusion,stability --jobs J`` for
+4. with ``--workers N``, runs the same analyses (no report) on a ``dask.distributed``
+   LocalCluster of N single-threaded worker processes, one task per block of runs (a store run
+   chunk, 8 runs here), after a warm-up call: how the wall time falls with workers;
+5. times ``geomtraj analyze STORE --analyses periods,spirals,diffusion,stability --jobs J`` for
    each ``J`` of ``--jobs`` as a separate process (start-up, store check, report and figures
-   included), and with ``--workers N`` also on a ``dask.distributed`` LocalCluster of N
-   single-threaded workers.
+   included), and with ``--workers N`` also on the LocalCluster (``--no-cli`` skips step 5).
 
 All figures are per run (seconds), from the same store on the same machine in the same run.
 
     .venv/bin/python benchmarks/bench_analyze.py [--runs 6] [--steps 50000] [--params 8]
-        [--snapshot-every 2500] [--jobs 1,2] [--workers 0] [--keep DIR]
+        [--snapshot-every 2500] [--jobs 1,2] [--workers 0] [--no-cli] [--keep DIR]
 
 To measure another version of the analyses with this script, put its source first on the path
 (``PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_analyze.py``); the CLI
@@ -95,16 +97,20 @@ def train_store(cfg_path: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def time_analyses(store: Path) -> tuple[dict[str, float], float]:
+def time_analyses(
+    store: Path, jobs: int = 1, scheduler: str | None = None
+) -> tuple[dict[str, float], float]:
     """Seconds of each analysis over every run, as ``geomtraj analyze --jobs 1`` runs them.
 
     :func:`geomtraj.runner.run_analyses` in this process: the store is checked and each block of
     runs read into memory once, then every analysis runs on it; returns the per-analysis seconds
-    and the wall time of the whole call (check and read included).
+    (summed over blocks) and the wall time of the whole call (check and read included). With
+    ``jobs`` > 1 or a ``scheduler`` the blocks run in other processes; only the wall time then
+    says how the work spread.
     """
     from geomtraj.runner import run_analyses
 
-    outcome = run_analyses(store, list(ANALYSES), jobs=1, progress=False)
+    outcome = run_analyses(store, list(ANALYSES), jobs=jobs, scheduler=scheduler, progress=False)
     if outcome.failures:
         raise SystemExit(f"analysis failures: {outcome.failures[:2]}")
     return {name: outcome.seconds[name] for name in ANALYSES}, outcome.wall_seconds
@@ -153,12 +159,17 @@ def main() -> None:
     ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values to time")
     ap.add_argument("--workers", default="0",
                     help="comma-separated LocalCluster sizes to time (0: none)")  # fmt: skip
+    ap.add_argument("--no-cli", action="store_true",
+                    help="skip the whole-command timings (report and figures)")  # fmt: skip
     ap.add_argument("--keep", default=None, help="directory to keep the store and reports in")
     args = ap.parse_args()
-    jobs = [int(j) for j in args.jobs.split(",") if j]
+    cli = not args.no_cli
+    jobs = [int(j) for j in args.jobs.split(",") if j] if cli else []
     workers = [int(w) for w in args.workers.split(",") if int(w) > 0]
 
     import geomtraj
+    from geomtraj.runner import plan_blocks
+    from geomtraj.store import open_store
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.keep or tmp.name)
@@ -188,13 +199,18 @@ def main() -> None:
     t_welch = time_welch(store)
     t_cli = {f"--jobs {j}": time_cli(store, root / f"report-j{j}", ["--jobs", str(j)])
              for j in jobs}  # fmt: skip
+    t_spread: dict[str, float] = {}
     for w in workers:
         from dask.distributed import LocalCluster
 
         with LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster:
-            t_cli[f"LocalCluster {w} workers"] = time_cli(
-                store, root / f"report-w{w}", ["--scheduler", cluster.scheduler_address]
-            )
+            address = cluster.scheduler_address
+            time_analyses(store, scheduler=address)  # the workers compile (or load) kernels
+            t_spread[f"LocalCluster, {w} worker(s)"] = time_analyses(store, scheduler=address)[1]
+            if cli:
+                t_cli[f"LocalCluster {w} workers"] = time_cli(
+                    store, root / f"report-w{w}", ["--scheduler", address]
+                )
 
     total = sum(t_an.values())
     print(f"\nper run, seconds (total over {n} runs / {n}):")
@@ -207,7 +223,15 @@ def main() -> None:
           "training)")  # fmt: skip
     print(f"  scipy.signal.welch baseline  {t_welch / n:8.3f}   (periods / welch = "
           f"{t_an['periods'] / t_welch:.2f}; bar: <= 3)")  # fmt: skip
-    print("geomtraj analyze, whole command (start-up, check, report, figures), per run:")
+    if t_spread:
+        blocks = len(plan_blocks(open_store(store), range(n)))
+        print(f"the four analyses, wall time over {blocks} block(s) of runs, per run:")
+        print(f"  in this process              {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
+              "training)")  # fmt: skip
+        for label, t in t_spread.items():
+            print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)")
+    if t_cli:
+        print("geomtraj analyze, whole command (start-up, check, report, figures), per run:")
     for label, t in t_cli.items():
         print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)")
 

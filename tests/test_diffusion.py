@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -243,3 +244,18 @@ def test_principal_directions_have_a_fixed_orientation():
         dirs, _ = principal_directions(sign * x, 2)
         lead = dirs[np.arange(2), np.argmax(np.abs(dirs), axis=1)]
         assert np.all(lead > 0)
+
+
+@pytest.mark.parametrize("n_blocks", [1, 4])
+def test_direct_and_fft_block_sums_agree(monkeypatch, n_blocks):
+    """Few lags are summed directly, many by FFT; both give the same sums to rounding."""
+    rng = np.random.default_rng(2)
+    x = 3.0 + np.cumsum(rng.standard_normal((600, 4)), axis=0)
+    lags = np.array([1, 2, 5, 17, 60, 200, 599])
+    S, N = msd_block_sums(x, lags, n_blocks)
+    monkeypatch.setattr(sys.modules[msd_block_sums.__module__], "_DIRECT_MAX_LAGS", 0)
+    S_fft, N_fft = msd_block_sums(x, lags, n_blocks)
+    np.testing.assert_array_equal(N, N_fft)
+    np.testing.assert_allclose(S, S_fft, rtol=1e-10, atol=1e-9)
+    S0, _ = msd_block_sums_direct(x, lags, n_blocks)
+    np.testing.assert_allclose(S, S0, rtol=1e-12)

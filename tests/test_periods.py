@@ -326,3 +326,20 @@ def test_run_note_and_report_say_when_event_and_spectral_periods_disagree():
     assert strict["slow_agreement"] == "disagree"
     assert f"event ({strict['slow_period']:.4g})" in strict["note"]
     assert "disagree by" in strict["note"]
+
+
+@pytest.mark.parametrize(
+    ("n", "nperseg", "spacing"),
+    [(50_000, 8192, 1.0), (20_000, 2048, 1.0), (8192, 8192, 1.0), (3001, 2048, 5.0), (17, 17, 1.0),
+     (1000, 333, 2.0)],
+)  # fmt: skip
+def test_welch_density_is_scipys_welch(n, nperseg, spacing):
+    from scipy import signal as sps
+
+    rng = np.random.default_rng(n)
+    x = 4.0 + np.cumsum(rng.standard_normal(n)) * 0.01 + np.sin(np.arange(n) / 30.0)
+    f0, p0 = sps.welch(x, fs=1 / spacing, window="hann", nperseg=nperseg,
+                       noverlap=nperseg // 2, detrend="linear", scaling="density")  # fmt: skip
+    f1, p1 = P.welch_density(x, spacing, nperseg)
+    assert np.array_equal(f0, f1)
+    np.testing.assert_allclose(p1, p0, rtol=1e-9, atol=1e-13 * p0.max())

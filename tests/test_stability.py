@@ -354,3 +354,25 @@ def test_a_store_without_training_data_is_not_measurable(tmp_path):
     # what needs no curvature is still reported: the threshold and the bursts (43 by prominence,
     # as the periods analysis counts them; the former threshold detector missed one of them)
     assert entry["threshold"] == pytest.approx(3800.0) and entry["n_bursts"] == 43
+
+
+def test_state_views_read_a_chunk_of_runs_once_and_give_the_stores_numbers():
+    from geomtraj import datafiles
+    from geomtraj.store import open_store
+
+    ds = open_store(datafiles.BETA_GRID)
+    runs = [1, 4, 5, 10]
+    views = stability._StateViews(ds, runs)
+    assert views.names  # the lazy full states are what the views hold
+    seen = []
+    for r in runs:
+        view = views(r)
+        seen.append(view)
+        for name in views.names + views.tables:
+            assert np.array_equal(view[name].values, ds[name].values, equal_nan=True), name
+            assert view[name].dims == ds[name].dims
+    # runs of one chunk share one view, so each chunk is read once
+    chunk = np.searchsorted(views.bounds, runs, side="right")
+    assert len(set(chunk.tolist())) == 2  # the selection spans two chunks of runs
+    for a in range(len(runs) - 1):
+        assert (seen[a] is seen[a + 1]) == (chunk[a] == chunk[a + 1])

@@ -198,6 +198,11 @@ def _as_trajectory(x: np.ndarray, name: str = "x") -> np.ndarray:
     return x
 
 
+#: Up to this many lags :func:`msd_block_sums` sums the displacements directly; with more, the
+#: FFT's cost (independent of the number of lags) is lower.
+_DIRECT_MAX_LAGS = 128
+
+
 def msd_block_sums(
     x: np.ndarray, lags: np.ndarray, n_blocks: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -206,8 +211,9 @@ def msd_block_sums(
     ``S[b, i]`` is the sum of ``||x_{t+lags[i]} - x_t||^2`` over start times ``t`` in block ``b``
     with ``t + lags[i] < n``, and ``N[b, i]`` the number of such pairs, for ``n_blocks``
     consecutive blocks of start times of (nearly) equal length. ``S.sum(0) / N.sum(0)`` is the
-    MSD. The cross term is a correlation computed by FFT, summed over coordinates before the
-    inverse transform; the squares come from prefix sums.
+    MSD. Up to :data:`_DIRECT_MAX_LAGS` lags the displacements are summed directly (a JIT kernel);
+    with more lags the cross term is a correlation computed by FFT, summed over coordinates before
+    the inverse transform, and the squares come from prefix sums.
 
     Parameters
     ----------
@@ -229,12 +235,19 @@ def msd_block_sums(
         raise GeomtrajError(f"lags must be integers in 0..{n - 1}, got {lags!r}")
     if not 1 <= n_blocks <= n:
         raise GeomtrajError(f"n_blocks={n_blocks}; expected 1..{n} for {n} samples")
-    x = x - x.mean(axis=0)
-    sq = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", x, x))])  # prefix sums of ||x||^2
-    kmax = int(lags.max())
     edges = np.linspace(0, n, n_blocks + 1).round().astype(np.int64)
     S = np.zeros((n_blocks, lags.size))
     N = np.zeros((n_blocks, lags.size))
+    if lags.size <= _DIRECT_MAX_LAGS:
+        from geomtraj.kernels.diffusion import _msd_block_sums
+
+        # direct sums: n * p per lag, cheaper than the FFT over every lag at an analysis's few
+        # dozen, and free of the cancellation between the squares and the correlation
+        _msd_block_sums(np.ascontiguousarray(x), lags, edges, S, N)
+        return S, N
+    x = x - x.mean(axis=0)
+    sq = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", x, x))])  # prefix sums of ||x||^2
+    kmax = int(lags.max())
     for b in range(n_blocks):
         a, e = edges[b], edges[b + 1]
         if e <= a:

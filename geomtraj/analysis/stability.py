@@ -64,7 +64,7 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from geomtraj.analysis.base import RunData
+from geomtraj.analysis.base import RunData, RunView
 from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
 from geomtraj.errors import GeomtrajError
 from geomtraj.hessian import MLPObjective
@@ -627,7 +627,7 @@ class CheckpointStates:
 
 def run_spec(ds: xr.Dataset, run: int) -> MLPSpec:
     """The network of store run ``run`` (:class:`~geomtraj.models.MLPSpec`)."""
-    one = ds.isel(run=run)
+    one = RunView(ds, run)
     d_in = int(ds.sizes["feature"])
     return MLPSpec(
         d_in,
@@ -641,7 +641,7 @@ def run_data_arrays(ds: xr.Dataset, run: int, *, rounded: bool = True):
     """The data ``(X, y)`` run ``run`` trained on, float64; rounded to its format if ``rounded``."""
     from geomtraj.kernels.rounding import round_to_format
 
-    one = ds.isel(run=run)
+    one = RunView(ds, run)
     d = int(one["data_index"].values)
     n = int(ds["data_n"].values[d])
     X = np.asarray(ds["data_x"].values[d, :n], dtype=np.float64)
@@ -743,7 +743,7 @@ def checkpoint_states(
     """
     rd = RunData(ds, run)
     n = rd.hyper["n_params"]
-    one = ds.isel(run=run)
+    one = RunView(ds, run)
     final_step = rd.steps if rd.diverged_step is None else rd.diverged_step - 1
     final_step = max(final_step, 0)
     cols = _full_columns(ds, run, n)
@@ -838,7 +838,7 @@ def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray, snap_step
 
     h = rd.hyper
     n = h["n_params"]
-    one = ds.isel(run=run)
+    one = RunView(ds, run)
     spec = run_spec(ds, run)
     X, y = run_data_arrays(ds, run, rounded=False)
     steps = np.asarray(steps, dtype=np.int64)
@@ -935,6 +935,63 @@ def missing_curvature_inputs(ds: xr.Dataset) -> str | None:
         "recomputed; write the training data and full states with the store (geomtraj train) "
         "to measure the sharpness"
     )
+
+
+#: Lazy variables a run's curvature reads: its full states (one row per run) and the training data.
+_STATE_ROWS = (
+    "theta_init", "theta_final", "m_final", "v_final", "theta_snapshot", "m_snapshot",
+    "v_snapshot", "param_index", "param_name",
+)  # fmt: skip
+_SMALL_TABLES = ("data_x", "data_y", "data_n")
+
+
+class _StateViews:
+    """Views of a store whose full states are read once per chunk of runs, not once per run.
+
+    A snapshot chunk holds every run of its run chunk, so reading one run's snapshots reads (and
+    decompresses) the whole chunk; a view holds the rows of the chunk's selected runs in memory,
+    and every reader (:func:`checkpoint_states`, :func:`run_data_arrays`, ...) gets the same
+    numbers from it. At most one chunk of runs is held at a time.
+    """
+
+    def __init__(self, ds: xr.Dataset, runs: Sequence[int]):
+        import dask.array as da
+
+        self.ds, self.runs = ds, sorted(int(r) for r in runs)
+        self.names = [n for n in _STATE_ROWS if n in ds.variables and ds[n].dims[:1] == ("run",)]
+        self.names = [n for n in self.names if isinstance(ds[n].data, da.Array)]
+        lazy = [n for n in _SMALL_TABLES if n in ds.variables]
+        self.tables = [n for n in lazy if isinstance(ds[n].data, da.Array)]
+        self.view, self.span = ds, (0, 0)
+        if self.names:
+            bounds = np.cumsum((0, *ds[self.names[0]].data.chunks[0]))
+        else:
+            bounds = np.array([0, ds.sizes["run"]])
+        self.bounds = bounds
+
+    def __call__(self, run: int) -> xr.Dataset:
+        if not self.names or self.span[0] <= run < self.span[1]:
+            return self.view
+        import dask.array as da
+
+        k = int(np.searchsorted(self.bounds, run, side="right")) - 1
+        lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+        inside = [r for r in self.runs if lo <= r < hi] or [run]
+        r0, r1 = min(inside), max(inside) + 1
+        out = self.ds.copy()
+        for name in self.names + self.tables:
+            var = self.ds[name]
+            lazy = var.data
+            if name in self.tables:
+                parts = [da.from_array(var.values)]
+            else:
+                block = var.isel(run=slice(r0, r1)).values
+                parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
+            parts = [p for p in parts if p.shape[0]]
+            out[name] = (var.dims, da.concatenate(parts, axis=0), var.attrs)
+            out[name].encoding = var.encoding
+        self.view, self.span = out, (r0, r1)
+        return out
 
 
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
@@ -1042,6 +1099,7 @@ def analyze(
     note = np.empty(len(run_list), dtype=object)
     matchable = np.zeros(len(run_list), bool)
     no_curvature = missing_curvature_inputs(ds)
+    views = _StateViews(ds, run_list)  # full states read once per chunk of runs
     for j, r in enumerate(run_list):
         if no_curvature is not None:
             _unmeasurable_run(ds, r, params, j, scalars, counts)
@@ -1049,7 +1107,9 @@ def analyze(
             if progress is not None:
                 progress(1)
             continue
-        states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(ds, r, params, checkpoints)
+        states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(
+            views(r), r, params, checkpoints
+        )
         k = min(states.steps.size, slots)
         ck_step[j, :k] = states.steps[:k]
         for name, key in _CHECKPOINT_COLUMNS.items():
