@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
 
 .PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
-        study-netay study-betas study-twins study-divergence studies
+        study-netay study-betas study-twins study-divergence study-mechanism studies
 
 # The test extra includes torch (geomtraj.record's tests). PyPI's default Linux torch wheel is the
 # multi-GB CUDA build, so its CPU build goes in first and `.[test]` then finds torch installed: a
@@ -56,10 +56,10 @@ lint: setup
 # after an interruption loses nothing. SCALE=small runs the reduced grids (out/studies/small/).
 SCALE ?= full
 JOBS  ?= 2
-study-netay study-betas study-twins study-divergence: study-%: setup
+study-netay study-betas study-twins study-divergence study-mechanism: study-%: setup
 	$(BIN)/geomtraj study $* --scale $(SCALE) --jobs $(JOBS)
 
-studies: study-netay study-betas study-twins study-divergence
+studies: study-netay study-betas study-twins study-divergence study-mechanism
 
 # Speed figures (network-steps/s); compares with the PyTorch peer when torch is installed.
 bench: setup

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted ones), analyse each, judge the study's claims and regenerate the results "
         "page (docs/RESULTS.md at full scale, OUT/RESULTS.md at small scale).",
     )
-    p.add_argument("study", help="netay, betas, twins or divergence")
+    p.add_argument("study", help="netay, betas, twins, divergence or mechanism")
     p.add_argument("--scale", default="full", help="full (the papers' scale) or small (minutes)")
     p.add_argument("--out", metavar="DIR", help="stores and reports (default out/studies/SCALE)")
     p.add_argument("--results", metavar="FILE", help="results page to regenerate")

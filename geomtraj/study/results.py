@@ -31,6 +31,12 @@ CAPTIONS = {
     "pairs with a start-up failure are left out.",
     "twins_amplification": "Growth d_sat/d_0 of last-bit (ulp) and k-rescaling twins, per "
     "precision.",
+    "mechanism_run": "One run's bursts against the mechanism: lambda_max(P^-1 H) over Adam's "
+    "threshold (1 dashed), mean log v and the update norm, with the burst onsets (red) and the "
+    "onsets predicted from the first crossing after the previous burst (blue).",
+    "mechanism_intervals": "Each burst's predicted quiet interval, from the threshold crossing and "
+    "from v's geometric decay after the previous burst, against the measured interval, over the "
+    "grid; the dashed line is y = x.",
 }
 
 
