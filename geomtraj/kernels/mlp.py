@@ -48,14 +48,24 @@ import numba
 
 from geomtraj import __version__
 from geomtraj.config import SLP_VECTORIZE
+from geomtraj.runtable import KERNEL_COLUMNS
 
-#: Columns of the per-run hyper-parameter array passed to the kernel.
-HYPER_COLUMNS = ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
+#: Columns of the per-run hyper-parameter array passed to the kernel, from the run table.
+HYPER_COLUMNS = tuple(KERNEL_COLUMNS)
 
 _HERE = Path(__file__).resolve().parent
 _TEMPLATE = _HERE / "_mlp_variant.py"
 #: Sources whose change must invalidate compiled kernels (numba does not track callees).
-_SOURCES = ("_mlp_variant.py", "mlp.py", "fpmath.py", "rounding.py", "../config.py")
+_SOURCES = (
+    "_mlp_variant.py",
+    "mlp.py",
+    "adam.py",
+    "fpmath.py",
+    "rounding.py",
+    "../config.py",
+    "../formats.py",
+    "../runtable.py",
+)
 
 #: Runs per lane block; the template's ``LANES`` (checked when a variant loads).
 LANES = 16

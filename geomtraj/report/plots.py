@@ -16,6 +16,7 @@ import xarray as xr
 
 from geomtraj.analysis.base import RunData
 from geomtraj.errors import GeomtrajError
+from geomtraj.formats import FORMATS
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def overview_figure(
     ax = axes[0, 0]
     b2 = sorted({float(hyper[r]["beta2"]) for r in runs})
     cmap = colormaps["viridis"]
-    styles = {"float64": "-", "float32": "--", "bfloat16": ":", "float16": "-."}
+    styles = {f.name: f.line_style for f in FORMATS.values()}
     for r in runs:
         it, loss = overview[r]
         if len(it) == 0:
