@@ -82,14 +82,15 @@ class Run:
 
     spec: MLPSpec
     data: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr: float = 1e-3
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    seed: int = 0
-    precision: str = "float64"
-    batch_size: int = 0
+    # defaults as the run table declares them (geomtraj.runtable), the same as a config's
+    beta1: float = runtable.field("beta1").default
+    beta2: float = runtable.field("beta2").default
+    lr: float = runtable.field("lr").default
+    eps: float = runtable.field("eps").default
+    weight_decay: float = runtable.field("weight_decay").default
+    seed: int = runtable.field("seed").default
+    precision: str = runtable.field("precision").default
+    batch_size: int = runtable.field("batch_size").default
     twin_of: int = -1
     perturbation: Perturbation | None = None
     theta0: np.ndarray | None = field(default=None, compare=False, repr=False)

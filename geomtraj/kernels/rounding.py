@@ -1,8 +1,9 @@
 """Emulated low-precision number formats, computed in float32 containers.
 
-A run in format ``fmt`` stores and computes its values in ``STORAGE_DTYPE[fmt]``
-and, for the emulated formats, rounds each result back to the format with
-``ROUNDERS[fmt]`` (an ``@njit`` scalar function ``float32 -> float32``):
+The formats are declared in :data:`geomtraj.formats.FORMATS` (docs/formats.md); ``FORMATS``,
+``STORAGE_DTYPE`` and ``ROUNDERS`` here are read from it. A run in format ``fmt`` stores and
+computes its values in ``STORAGE_DTYPE[fmt]`` and, for the emulated formats, rounds each result
+back to the format with ``ROUNDERS[fmt]`` (an ``@njit`` scalar function ``float32 -> float32``):
 
 * ``round_bf16(x)`` -- nearest bfloat16 value (8-bit significand), ties to even,
   by the bit trick ``(u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000`` on the float32
