@@ -59,9 +59,10 @@ import re
 import tomllib
 from pathlib import Path
 
+from geomtraj import runtable
 from geomtraj.data import DATASETS, dataset_attrs, make_dataset
 from geomtraj.errors import ConfigError
-from geomtraj.kernels.rounding import STORAGE_DTYPE
+from geomtraj.formats import FORMATS
 from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
 from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_data_size, check_resources
 
@@ -84,13 +85,14 @@ _SECTIONS: dict[str, set[str]] = {
     },
     "data": {"name", "n_points", "seed", "noise"},
     "model": {"hidden", "activation", "loss"},
-    "optimizer": {"beta1", "beta2", "lr", "eps", "weight_decay"},
+    "optimizer": set(runtable.config_defaults("optimizer")),
     "runs": {"seeds", "precision", "batch_size"},
     "grid": {"mode"},
     "twins": {"kind", "param", "ulps", "step", "k"},
 }
 
-_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0}
+#: Defaults of the ``[optimizer]`` keys, as the run table declares them.
+_DEFAULTS = runtable.config_defaults("optimizer")
 
 
 def _check_keys(table: dict, section: str) -> None:
@@ -244,8 +246,8 @@ def plan_from_config(cfg: dict) -> Plan:
     seeds = [_seed(s, "runs.seeds") for s in _as_list(runs_cfg.get("seeds", 0), "seeds")]
     precisions = _as_list(runs_cfg.get("precision", "float64"), "precision")
     for p in precisions:
-        if not isinstance(p, str) or p not in STORAGE_DTYPE:
-            raise ConfigError(f"precision {p!r} unknown; choose from {list(STORAGE_DTYPE)}")
+        if not isinstance(p, str) or p not in FORMATS:
+            raise ConfigError(f"precision {p!r} unknown; choose from {list(FORMATS)}")
     batch = _number(runs_cfg.get("batch_size", 0), "runs.batch_size", int)
 
     mode = _string(grid.get("mode", "product"), "grid.mode")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geomtraj import runtable
 from geomtraj.config import (
     CHUNK_TARGET_BYTES,
     MIN_BLOCKS,
@@ -20,8 +21,8 @@ from geomtraj.config import (
     RUN_CHUNK_MAX,
 )
 from geomtraj.errors import ConfigError
+from geomtraj.formats import FORMATS
 from geomtraj.kernels.mlp import LANES
-from geomtraj.kernels.rounding import STORAGE_DTYPE
 from geomtraj.models import MLPSpec
 
 __all__ = [
@@ -81,14 +82,15 @@ class Run:
 
     spec: MLPSpec
     data: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr: float = 1e-3
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    seed: int = 0
-    precision: str = "float64"
-    batch_size: int = 0
+    # defaults as the run table declares them (geomtraj.runtable), the same as a config's
+    beta1: float = runtable.field("beta1").default
+    beta2: float = runtable.field("beta2").default
+    lr: float = runtable.field("lr").default
+    eps: float = runtable.field("eps").default
+    weight_decay: float = runtable.field("weight_decay").default
+    seed: int = runtable.field("seed").default
+    precision: str = runtable.field("precision").default
+    batch_size: int = runtable.field("batch_size").default
     twin_of: int = -1
     perturbation: Perturbation | None = None
     theta0: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -134,22 +136,19 @@ class Plan:
             raise ConfigError(f"all data sets of one store need the same input width, got {d_in}")
         for i, r in enumerate(self.runs):
             where = f"run {i}"
-            if r.precision not in STORAGE_DTYPE:
+            if r.precision not in FORMATS:
                 raise ConfigError(
-                    f"{where}: precision {r.precision!r} unknown; choose from {list(STORAGE_DTYPE)}"
+                    f"{where}: precision {r.precision!r} unknown; choose from {list(FORMATS)}"
                 )
             if not 0 <= r.data < len(self.datasets):
                 raise ConfigError(f"{where}: data index {r.data} out of range")
             if r.spec.d_in != self.datasets[r.data].X.shape[1]:
                 raise ConfigError(f"{where}: network input width != data set input width")
-            if not (0 <= r.beta1 < 1 and 0 <= r.beta2 < 1):
-                raise ConfigError(f"{where}: beta1={r.beta1}, beta2={r.beta2} must lie in [0, 1)")
-            if not (r.lr > 0 and r.eps >= 0 and r.weight_decay >= 0) or not np.all(
-                np.isfinite([r.lr, r.eps, r.weight_decay])
-            ):
+            bad = runtable.out_of_range(r)  # the ranges the run table declares
+            if bad:
                 raise ConfigError(
-                    f"{where}: need finite lr > 0, eps >= 0, weight_decay >= 0, got lr={r.lr}, "
-                    f"eps={r.eps}, weight_decay={r.weight_decay}"
+                    f"{where}: "
+                    + ", ".join(f"{name}={value} must lie in {valid}" for name, value, valid in bad)
                 )
             if r.batch_size < 0:
                 raise ConfigError(f"{where}: batch_size must be >= 0 (0 = full batch)")
@@ -181,7 +180,7 @@ class Plan:
     @property
     def storage_dtype(self) -> np.dtype:
         """Widest precision present: float64 if any run computes in float64, else float32."""
-        wide = any(STORAGE_DTYPE[r.precision] == np.float64 for r in self.runs)
+        wide = any(FORMATS[r.precision].storage_dtype == np.float64 for r in self.runs)
         return np.dtype(np.float64 if wide else np.float32)
 
     def recorded_indices(self) -> np.ndarray:

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geomtraj import runtable
 from geomtraj.config import ZARR_CONSOLIDATED
 from geomtraj.errors import GeomtrajError
+from geomtraj.formats import FORMATS
 from geomtraj.store import (
     COMPRESSORS,
     CONTAINER_DTYPES,
@@ -49,12 +51,7 @@ from geomtraj.store import (
 __all__ = ["TorchRecorder", "combine_stores", "dataset_from_arrays", "write_store"]
 
 #: Per-run fields of the run table and their NumPy dtypes (contract 2).
-_RUN_TABLE = {
-    "beta1": np.float64, "beta2": np.float64, "lr": np.float64, "eps": np.float64,
-    "weight_decay": np.float64, "precision": str, "hidden": str, "activation": str,
-    "dataset": str, "seed": np.int64, "n_params": np.int64, "twin_of": np.int64,
-    "perturbation": str, "diverged_step": np.int64,
-}  # fmt: skip
+_RUN_TABLE = {f.name: f.dtype for f in runtable.required_fields()}
 
 #: Updates whose per-update values the recorder keeps as tensors before packing them into NumPy.
 PACK_UPDATES = 64
@@ -301,8 +298,7 @@ def combine_stores(sources: Sequence[str | os.PathLike], path: str | os.PathLike
 
 # ---------------------------------------------------------------------------------- PyTorch
 
-_TORCH_PRECISION = {"torch.float64": "float64", "torch.float32": "float32",
-                    "torch.bfloat16": "bfloat16", "torch.float16": "float16"}  # fmt: skip
+_TORCH_PRECISION = {f.torch_dtype: f.name for f in FORMATS.values()}
 
 
 class TorchRecorder:

@@ -22,8 +22,10 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from geomtraj import runtable
 from geomtraj.config import ZARR_CONSOLIDATED
 from geomtraj.errors import StoreError
+from geomtraj.formats import FORMAT_NAMES, storage_dtype
 
 SCHEMA_VERSION = 1
 
@@ -33,26 +35,14 @@ REQUIRED_VARIABLES: dict[str, tuple[str, ...]] = {
     "m": ("run", "step", "param"),
     "v": ("run", "step", "param"),
     "loss": ("run", "step"),
-    "beta1": ("run",),
-    "beta2": ("run",),
-    "lr": ("run",),
-    "eps": ("run",),
-    "weight_decay": ("run",),
-    "precision": ("run",),
-    "hidden": ("run",),
-    "activation": ("run",),
-    "dataset": ("run",),
-    "seed": ("run",),
-    "n_params": ("run",),
-    "twin_of": ("run",),
-    "perturbation": ("run",),
-    "diverged_step": ("run",),
+    # the required fields of the run table (geomtraj.runtable), one value per run
+    **{f.name: ("run",) for f in runtable.required_fields()},
 }
 #: Variables whose ``param`` dimension may also be per run, ``(run, param)``, when runs of different
 #: architectures share a store.
 PARAM_NAME_DIMS = (("param",), ("run", "param"))
 
-PRECISIONS = ("float64", "float32", "bfloat16", "float16")
+PRECISIONS = FORMAT_NAMES
 
 STATUS_TRAINING = "training"
 STATUS_COMPLETE = "complete"
@@ -453,9 +443,8 @@ def validate(ds: xr.Dataset, name: str = "dataset") -> None:
 #: chunk file of theirs can be missing only where every run of its run block had already diverged.
 DATA_VARIABLES = ("theta", "m", "v", "loss", "train_loss", "grad_norm", "update_norm")
 
-#: Container dtype of each precision (emulated bfloat16/float16 compute in float32).
-CONTAINER_DTYPES = {"float64": np.float64, "float32": np.float32, "bfloat16": np.float32,
-                    "float16": np.float32}  # fmt: skip
+#: Container dtype of each precision (emulated formats compute in float32), from the registry.
+CONTAINER_DTYPES = {p: storage_dtype(p) for p in FORMAT_NAMES}
 
 
 def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
@@ -499,19 +488,16 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
 
 
 def _check_hyper(ds: xr.Dataset, name: str) -> None:
-    vals = {k: np.asarray(ds[k].values, dtype=np.float64) for k in ("beta1", "beta2", "lr", "eps")}
-    ok = {
-        "beta1": (vals["beta1"] >= 0) & (vals["beta1"] < 1),
-        "beta2": (vals["beta2"] >= 0) & (vals["beta2"] < 1),
-        "lr": np.isfinite(vals["lr"]) & (vals["lr"] > 0),
-        "eps": np.isfinite(vals["eps"]) & (vals["eps"] >= 0),
-    }
-    for key, good in ok.items():
-        bad = np.flatnonzero(~good)
+    # every run-table field with a declared range (geomtraj.runtable: betas, lr, eps, weight decay)
+    for f in runtable.checked_fields():
+        if f.name not in ds.variables:
+            continue
+        vals = np.asarray(ds[f.name].values, dtype=np.float64)
+        bad = np.flatnonzero(~f.valid.contains(vals))
         if bad.size:
             r = int(bad[0])
             raise StoreError(
-                f"{name}: run {r} has {key}={float(vals[key][r])!r}, not a valid hyper-parameter "
+                f"{name}: run {r} has {f.name}={float(vals[r])!r}, not a valid hyper-parameter "
                 f"({len(bad)} run(s) affected); the run table is damaged, restore or re-train it"
             )
 

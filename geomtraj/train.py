@@ -43,12 +43,13 @@ import numba
 import numpy as np
 import xarray as xr
 
-from geomtraj import __version__
+from geomtraj import __version__, runtable
 from geomtraj import store as store_mod
 from geomtraj.config import DIVERGENCE_LOSS_FACTOR, kernel_compilation
 from geomtraj.errors import ConfigError, StoreError
+from geomtraj.formats import FORMATS
 from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
-from geomtraj.kernels.rounding import STORAGE_DTYPE, nextafter_format, round_to_format
+from geomtraj.kernels.rounding import nextafter_format, round_to_format
 from geomtraj.models import MLPSpec, init_params, parse_hidden
 from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_resources, lane_key
 
@@ -97,7 +98,7 @@ class _Group:
         # the whole plan; positions within the block when it trains a block of runs)
         self.slots = members if slots is None else slots
         self.fmt = fmt
-        self.dtype = np.dtype(STORAGE_DTYPE[fmt])
+        self.dtype = np.dtype(FORMATS[fmt].storage_dtype)
         self.kernels = get_kernels(fmt, runs[0].spec.activation, runs[0].spec.loss)
         n = len(runs)
         max_layers = max(r.spec.n_layers for r in runs)
@@ -122,14 +123,8 @@ class _Group:
         )
         self.perm = np.tile(np.arange(p_max, dtype=np.int64), (n, 1))
         self.pos = np.zeros(n, np.int64)
-        kscale = [
-            r.perturbation.k if r.perturbation and r.perturbation.kind == "scale" else 1.0
-            for r in runs
-        ]
-        hyper = [
-            [r.beta1, r.beta2, r.lr, r.eps, r.weight_decay, k]
-            for r, k in zip(runs, kscale, strict=True)
-        ]
+        # one column per kernel field of the run table, in its declared order (HYPER_COLUMNS)
+        hyper = [runtable.kernel_row(r, plan) for r in runs]
         self.hyper = np.array(hyper, np.float64).astype(self.dtype)
         assert self.hyper.shape[1] == len(HYPER_COLUMNS)
         theta0 = np.zeros((n, n_max))
@@ -357,8 +352,8 @@ def balanced_order(cost: np.ndarray, threads: int) -> np.ndarray:
 
 def _to_format(a: np.ndarray, fmt: str) -> np.ndarray:
     """Cast float64 values to a run's container dtype and round them to its format."""
-    a32 = np.asarray(a, dtype=STORAGE_DTYPE[fmt])
-    return round_to_format(a32, fmt) if STORAGE_DTYPE[fmt] == np.float32 else a32
+    a32 = np.asarray(a, dtype=FORMATS[fmt].storage_dtype)
+    return round_to_format(a32, fmt) if FORMATS[fmt].emulated else a32
 
 
 # ----------------------------------------------------------------------- the training engine
@@ -485,28 +480,14 @@ class _Trainer:
 
 
 def _run_table(plan: Plan) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-    runs = plan.runs
-    return {
-        "beta1": (("run",), np.array([r.beta1 for r in runs], np.float64)),
-        "beta2": (("run",), np.array([r.beta2 for r in runs], np.float64)),
-        "lr": (("run",), np.array([r.lr for r in runs], np.float64)),
-        "eps": (("run",), np.array([r.eps for r in runs], np.float64)),
-        "weight_decay": (("run",), np.array([r.weight_decay for r in runs], np.float64)),
-        "precision": (("run",), np.array([r.precision for r in runs], dtype=object)),
-        "hidden": (("run",), np.array([r.spec.hidden_str for r in runs], dtype=object)),
-        "activation": (("run",), np.array([r.spec.activation for r in runs], dtype=object)),
-        "loss_fn": (("run",), np.array([r.spec.loss for r in runs], dtype=object)),
-        "dataset": (("run",), np.array([plan.datasets[r.data].name for r in runs], dtype=object)),
-        "data_index": (("run",), np.array([r.data for r in runs], np.int64)),
-        "seed": (("run",), np.array([r.seed for r in runs], np.int64)),
-        "batch_size": (("run",), np.array([r.batch_size for r in runs], np.int64)),
-        "n_params": (("run",), np.array([r.spec.n_params for r in runs], np.int64)),
-        "twin_of": (("run",), np.array([r.twin_of for r in runs], np.int64)),
-        "perturbation": (
-            ("run",),
-            np.array([r.perturbation.label if r.perturbation else "none" for r in runs], object),
-        ),
-    }
+    """The stored run-table fields a plan sets (all but ``diverged_step``), as declared."""
+    table = {}
+    for f in runtable.stored_fields():
+        if f.source is None:  # set by training itself (diverged_step)
+            continue
+        dtype = object if f.dtype is str else f.dtype
+        table[f.name] = (("run",), np.array([f.source(r, plan) for r in plan.runs], dtype))
+    return table
 
 
 def _static_dataset(tr: _Trainer, store_id: str | None = None) -> xr.Dataset:

@@ -198,5 +198,5 @@ def test_python_entry_point_refuses_non_finite_hyper_parameters(key) -> None:
     from geomtraj.train import train
 
     X, y = make_dataset("sincos", 16, 0)
-    with pytest.raises(ConfigError, match="need finite lr > 0"):
+    with pytest.raises(ConfigError, match=rf"{key}=inf must lie in [\[(]0, inf\)"):
         train(X, y, hidden=(3,), steps=2, **{key: np.inf})

@@ -11,25 +11,15 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
+from geomtraj import runtable
 from geomtraj.errors import StoreError
 from geomtraj.store import strings
 
 #: Hyper-parameters and labels copied from the store for every run, with their Python types.
+#: The required fields of the run table (geomtraj.runtable).
 RUN_FIELDS: dict[str, type] = {
-    "beta1": float,
-    "beta2": float,
-    "lr": float,
-    "eps": float,
-    "weight_decay": float,
-    "precision": str,
-    "hidden": str,
-    "activation": str,
-    "dataset": str,
-    "seed": int,
-    "n_params": int,
-    "twin_of": int,
-    "perturbation": str,
-    "diverged_step": int,
+    f.name: {np.float64: float, np.int64: int, str: str}[f.dtype]
+    for f in runtable.required_fields()
 }
 
 

@@ -69,14 +69,10 @@ from geomtraj.analysis.declaration import (
 )
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
+from geomtraj.formats import FORMATS
 
 #: Machine epsilon (spacing of the format at 1) of each precision a run can compute in.
-FORMAT_EPS = {
-    "float64": 2.0**-52,
-    "float32": 2.0**-23,
-    "bfloat16": 2.0**-7,
-    "float16": 2.0**-10,
-}
+FORMAT_EPS = {f.name: f.machine_epsilon for f in FORMATS.values()}
 
 #: Hyper-parameters that must agree for two originals to count as seeds of one configuration.
 SEED_GROUP_KEYS = (

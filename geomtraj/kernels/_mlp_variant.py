@@ -15,17 +15,28 @@ import numpy as np
 from numba import njit, prange
 
 from geomtraj.config import TRAIN_JIT, TRAIN_JIT_PARALLEL
+from geomtraj.formats import get_format
+from geomtraj.kernels.adam import make_adam_update
 from geomtraj.kernels.fpmath import make_fpmath
-from geomtraj.kernels.rounding import ROUNDERS, STORAGE_DTYPE
+from geomtraj.runtable import KERNEL_COLUMNS
 
 _JIT = {**TRAIN_JIT, "cache": True}
 _JIT_PARALLEL = {**TRAIN_JIT_PARALLEL, "cache": True}
 
-dtype = STORAGE_DTYPE[FMT]
+dtype = get_format(FMT).compute_dtype
 fp = make_fpmath(dtype)
-rnd = ROUNDERS[FMT]
+rnd = get_format(FMT).rounder()
+adam_update = make_adam_update(FMT)  # the one Adam update of every kernel below
 fp_tanh, fp_sigmoid, fp_exp_pos = fp.tanh, fp.sigmoid, fp.exp_pos
 ZERO, ONE, TWO = dtype(0), dtype(1), dtype(2)
+# Columns of the per-run hyper-parameter array ``hyper``, by name, from the run table's
+# declaration (geomtraj.runtable); numba freezes these module globals into the compiled code.
+H_BETA1, H_BETA2, H_LR, H_EPS, H_WEIGHT_DECAY, H_KSCALE = (
+    KERNEL_COLUMNS[name] for name in ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
+)
+if len(KERNEL_COLUMNS) != 6:
+    raise ValueError(f"the kernel reads 6 hyper-parameter columns, the run table declares "
+                     f"{list(KERNEL_COLUMNS)}")  # fmt: skip
 
 if ACTIVATION == "tanh":
 
@@ -324,14 +335,13 @@ def _backward(theta, sizes, n_layers, w_off, b_off, a_off, A, D, AT, DT, y, n, G
 
 @njit(**_JIT)
 def _adam(theta, m, v, G, S, n_params, b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale):
-    """One Adam update in place; ``G`` ends as ``g``, ``S`` as ``theta_t - theta_{t-1}``."""
+    """One Adam update (:func:`adam_update`) in place; ``G`` ends as ``g``, ``S`` as
+    ``theta_t - theta_{t-1}``."""
     for k in range(n_params):
         th = theta[k]
-        g = rnd(G[k] + wd * th)
-        mk = rnd(b1 * m[k] + omb1 * g)
-        vk = rnd(b2 * v[k] + omb2 * (g * g))
-        u = (mk / bc1) / (math.sqrt(vk / bc2) + eps)
-        new = rnd(th - rnd(lrk * (u / kscale)))
+        new, mk, vk, g = adam_update(
+            th, m[k], v[k], G[k], b1, b2, omb1, omb2, bc1, bc2, lrk, eps, wd, kscale
+        )
         m[k] = mk
         v[k] = vk
         theta[k] = new
@@ -410,7 +420,8 @@ def _run(
     for i in range(d_in):
         for p in range(n_data):
             A[i, p] = X[i, p]
-    b1, b2, lr, eps, wd, kscale = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5]
+    b1, b2, lr = hyper[H_BETA1], hyper[H_BETA2], hyper[H_LR]
+    eps, wd, kscale = hyper[H_EPS], hyper[H_WEIGHT_DECAY], hyper[H_KSCALE]
     omb1, omb2, lrk = ONE - b1, ONE - b2, lr * kscale
     n_rec = rec_idx.shape[0]
     out_row = a_off[n_layers]
@@ -698,14 +709,14 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
     # per-lane Adam constants, one row each (read from an array, the update loop vectorises)
     CO = np.empty((11, LANES), dtype)
     for w in range(LANES):
-        CO[0, w] = hyper[0, w]  # beta1
-        CO[1, w] = hyper[1, w]  # beta2
-        CO[2, w] = ONE - hyper[0, w]
-        CO[3, w] = ONE - hyper[1, w]
-        CO[4, w] = hyper[3, w]  # eps
-        CO[5, w] = hyper[4, w]  # weight decay
-        CO[6, w] = hyper[2, w] * hyper[5, w]  # lr*k
-        CO[7, w] = hyper[5, w]  # k
+        CO[0, w] = hyper[H_BETA1, w]
+        CO[1, w] = hyper[H_BETA2, w]
+        CO[2, w] = ONE - hyper[H_BETA1, w]
+        CO[3, w] = ONE - hyper[H_BETA2, w]
+        CO[4, w] = hyper[H_EPS, w]
+        CO[5, w] = hyper[H_WEIGHT_DECAY, w]
+        CO[6, w] = hyper[H_LR, w] * hyper[H_KSCALE, w]  # lr*k
+        CO[7, w] = hyper[H_KSCALE, w]  # k
     n_rec = rec_idx.shape[0]
     out_row = a_off[n_layers]
     active = np.empty(LANES, np.bool_)
@@ -741,8 +752,8 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
         _lane_backward(ST, sizes, n_layers, w_off, b_off, a_off, A, D, y, n_data, ns, zeros,
                        units)  # fmt: skip
         for w in range(LANES):
-            powers[0, w] = powers[0, w] * hyper[0, w]
-            powers[1, w] = powers[1, w] * hyper[1, w]
+            powers[0, w] = powers[0, w] * hyper[H_BETA1, w]
+            powers[1, w] = powers[1, w] * hyper[H_BETA2, w]
             CO[8, w] = ONE - powers[0, w]
             CO[9, w] = ONE - powers[1, w]
             CO[10, w] = ONE if active[w] else ZERO
@@ -751,11 +762,9 @@ def _lane_block(t_begin, t_end, row_base, upd_base, rec_every, sizes, n_layers, 
                 th = ST[k, w]
                 mo = ST[k, COL_M + w]
                 vo = ST[k, COL_V + w]
-                g = rnd(ST[k, COL_G + w] + CO[5, w] * th)
-                mk = rnd(CO[0, w] * mo + CO[2, w] * g)
-                vk = rnd(CO[1, w] * vo + CO[3, w] * (g * g))
-                uu = (mk / CO[8, w]) / (math.sqrt(vk / CO[9, w]) + CO[4, w])
-                new = rnd(th - rnd(CO[6, w] * (uu / CO[7, w])))
+                new, mk, vk, g = adam_update(th, mo, vo, ST[k, COL_G + w], CO[0, w], CO[1, w],
+                                             CO[2, w], CO[3, w], CO[8, w], CO[9, w], CO[6, w],
+                                             CO[4, w], CO[5, w], CO[7, w])  # fmt: skip
                 keep = CO[10, w] != ZERO  # a select on loaded values: the loop vectorises
                 ST[k, w] = new if keep else th
                 ST[k, COL_M + w] = mk if keep else mo

@@ -16,20 +16,15 @@ Arithmetic order, fixed for every run and independent of thread count:
   sequential sum over ``p = 0..n-1``;
   ``delta_in[i,p] = (sum_j W[i,j]*delta[j,p]) * act'(a_in[i,p])`` summed in ``j`` order, with the
   derivative taken from the activation value (``1-a^2``, ``a*(1-a)``, ``a>0``).
-* Adam (textbook, as ``torch.optim.Adam`` with ``amsgrad=False``), per parameter::
-
-      g     = grad + weight_decay * theta
-      m     = beta1*m + (1-beta1)*g
-      v     = beta2*v + (1-beta2)*(g*g)
-      m_hat = m / (1 - beta1^t)            # beta^t kept as a running product in the run dtype
-      v_hat = v / (1 - beta2^t)
-      u     = m_hat / (sqrt(v_hat) + eps)
-      theta = theta - (lr*k) * (u/k)       # k = 1 except for Sun's rescaling twins
+* Adam (textbook, as ``torch.optim.Adam`` with ``amsgrad=False``), per parameter: the one
+  function :func:`geomtraj.kernels.adam.make_adam_update`, which both kernels call, with
+  ``beta^t`` kept as a running product in the run dtype. Its hyper-parameters come from the
+  per-run array ``hyper``, whose columns the run table declares (:data:`HYPER_COLUMNS`).
 
 Emulated ``bfloat16``/``float16`` runs compute in float32 and round to the format (round to nearest
 even) at these points: every activation (including the network output), every back-propagated
-delta, the gradient ``g`` after weight decay, ``m`` and ``v`` after their update, the step
-``(lr*k)*(u/k)``, and ``theta`` after the update. Hyper-parameters, bias corrections, the loss and
+delta, and in the Adam update the gradient ``g`` after weight decay, ``m`` and ``v``, the step
+``(lr*k)*(u/k)`` and ``theta`` (docs/formats.md). Hyper-parameters, bias corrections, the loss and
 the norms stay in float32.
 """
 
@@ -48,14 +43,24 @@ import numba
 
 from geomtraj import __version__
 from geomtraj.config import SLP_VECTORIZE
+from geomtraj.runtable import KERNEL_COLUMNS
 
-#: Columns of the per-run hyper-parameter array passed to the kernel.
-HYPER_COLUMNS = ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
+#: Columns of the per-run hyper-parameter array passed to the kernel, from the run table.
+HYPER_COLUMNS = tuple(KERNEL_COLUMNS)
 
 _HERE = Path(__file__).resolve().parent
 _TEMPLATE = _HERE / "_mlp_variant.py"
 #: Sources whose change must invalidate compiled kernels (numba does not track callees).
-_SOURCES = ("_mlp_variant.py", "mlp.py", "fpmath.py", "rounding.py", "../config.py")
+_SOURCES = (
+    "_mlp_variant.py",
+    "mlp.py",
+    "adam.py",
+    "fpmath.py",
+    "rounding.py",
+    "../config.py",
+    "../formats.py",
+    "../runtable.py",
+)
 
 #: Runs per lane block; the template's ``LANES`` (checked when a variant loads).
 LANES = 16

@@ -1,8 +1,9 @@
 """Emulated low-precision number formats, computed in float32 containers.
 
-A run in format ``fmt`` stores and computes its values in ``STORAGE_DTYPE[fmt]``
-and, for the emulated formats, rounds each result back to the format with
-``ROUNDERS[fmt]`` (an ``@njit`` scalar function ``float32 -> float32``):
+The formats are declared in :data:`geomtraj.formats.FORMATS` (docs/formats.md); ``FORMATS``,
+``STORAGE_DTYPE`` and ``ROUNDERS`` here are read from it. A run in format ``fmt`` stores and
+computes its values in ``STORAGE_DTYPE[fmt]`` and, for the emulated formats, rounds each result
+back to the format with ``ROUNDERS[fmt]`` (an ``@njit`` scalar function ``float32 -> float32``):
 
 * ``round_bf16(x)`` -- nearest bfloat16 value (8-bit significand), ties to even,
   by the bit trick ``(u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000`` on the float32
@@ -36,6 +37,8 @@ import numpy as np
 from numba import njit
 
 from geomtraj.config import TRAIN_JIT
+from geomtraj.formats import FORMAT_NAMES
+from geomtraj.formats import FORMATS as _REGISTRY
 
 __all__ = [
     "FORMATS",
@@ -52,14 +55,9 @@ __all__ = [
 # fastmath=False, error_model="numpy" (no fused multiply-add, no reassociation, IEEE division)
 _JIT = TRAIN_JIT
 
-FORMATS = ("float64", "float32", "bfloat16", "float16")
-
-STORAGE_DTYPE = {
-    "float64": np.float64,
-    "float32": np.float32,
-    "bfloat16": np.float32,
-    "float16": np.float32,
-}
+#: Format names and storage dtypes, from the registry :data:`geomtraj.formats.FORMATS`.
+FORMATS = FORMAT_NAMES
+STORAGE_DTYPE = {f.name: f.storage_dtype for f in _REGISTRY.values()}
 
 # --- constants (typed, so njit code stays in 32-bit integer/float arithmetic) ---
 _SIGN = np.uint32(0x80000000)
@@ -123,12 +121,8 @@ def round_fp16(x):
     return r if xf == xf else nan
 
 
-ROUNDERS = {
-    "float64": round_identity,
-    "float32": round_identity,
-    "bfloat16": round_bf16,
-    "float16": round_fp16,
-}
+#: The rounding function of each format, named by the registry (``NumberFormat.rounder_name``).
+ROUNDERS = {f.name: globals()[f.rounder_name] for f in _REGISTRY.values()}
 
 
 def get_rounder(fmt: str):
@@ -160,6 +154,10 @@ def _np_round_fp16(a: np.ndarray) -> np.ndarray:
     return r.astype(np.float32, copy=False)
 
 
+#: The NumPy twin of each kernel rounder (bit for bit the same results), by rounder name.
+_NP_ROUNDERS = {"round_bf16": _np_round_bf16, "round_fp16": _np_round_fp16}
+
+
 def round_to_format(a, fmt: str) -> np.ndarray:
     """Round an array to the values of number format ``fmt`` (a new array).
 
@@ -171,16 +169,20 @@ def round_to_format(a, fmt: str) -> np.ndarray:
     _check_format(fmt)
     # signalling NaNs raise "invalid" in casts/additions; NaN handling is explicit
     with np.errstate(invalid="ignore", over="ignore"):
-        if fmt in ("float64", "float32"):
+        if not _REGISTRY[fmt].emulated:
             return np.array(a, dtype=STORAGE_DTYPE[fmt], copy=True)
         a32 = np.array(a, dtype=np.float32, copy=True)
         a1 = np.atleast_1d(a32)
-        r = _np_round_bf16(a1) if fmt == "bfloat16" else _np_round_fp16(a1)
+        r = _NP_ROUNDERS[_REGISTRY[fmt].rounder_name](a1)
     return r.reshape(a32.shape)
 
 
-# half-width bit patterns of the emulated formats: (bits of +inf)
-_INF16 = {"bfloat16": 0x7F80, "float16": 0x7C00}
+# half-width bit patterns of the emulated formats: bits of +inf (all exponent bits set)
+_INF16 = {
+    f.name: (2**f.exponent_bits - 1) << (f.significand_bits - 1)
+    for f in _REGISTRY.values()
+    if f.emulated
+}
 
 
 def _to_bits16(v32: np.ndarray, fmt: str) -> np.ndarray:
@@ -215,7 +217,7 @@ def nextafter_format(x, n: int, fmt: str):
     n = int(n)
     scalar = np.ndim(x) == 0
     v = np.atleast_1d(round_to_format(x, fmt))
-    if fmt in ("float64", "float32"):
+    if not _REGISTRY[fmt].emulated:
         dt = STORAGE_DTYPE[fmt]
         target = dt(np.inf) if n > 0 else dt(-np.inf)
         with np.errstate(over="ignore"):  # max -> inf is the intended result

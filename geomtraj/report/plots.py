@@ -17,6 +17,7 @@ import xarray as xr
 from geomtraj.analysis.base import RunData
 from geomtraj.analysis.panels import flip_arms, raw_path
 from geomtraj.errors import GeomtrajError
+from geomtraj.formats import FORMATS
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ def overview_figure(
     ax = axes[0, 0]
     b2 = sorted({float(hyper[r]["beta2"]) for r in runs})
     cmap = colormaps["viridis"]
-    styles = {"float64": "-", "float32": "--", "bfloat16": ":", "float16": "-."}
+    styles = {f.name: f.line_style for f in FORMATS.values()}
     for r in runs:
         it, loss = overview[r]
         if len(it) == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from geomtraj.formats import FORMAT_NAMES
 from geomtraj.study.claims import (
     NEAR_BAND,
     STARTUP_STEPS,
@@ -26,7 +27,7 @@ from geomtraj.study.claims import (
     wilson,
 )
 
-LADDER = ("float64", "float32", "bfloat16", "float16")
+LADDER = FORMAT_NAMES
 
 #: A paired burst-rate ratio float64/float32 below this (95% upper bound) counts as float64
 #: removing most of the instability, the "main cause" the claim asserts.
