@@ -487,7 +487,9 @@ def analyze(
         Over ``run``, ``step`` (state ``t``) and ``burst``: ``sharpness``, ``dir_curv``,
         ``log_v`` per step; the fields of :func:`burst_predictions` per burst and per run;
         ``threshold``, ``n_bursts``, ``n_predicted``, ``n_crossings``, ``n_hvp``,
-        ``seconds_replay``, ``seconds_track``, ``mismatches``, ``measurable`` and ``note``.
+        ``mismatches``, ``measurable`` and ``note``. Timings stay out of the result, so that
+        every scheduler gives the same Dataset (``benchmarks/bench_mechanism.py`` times
+        :func:`track_run`).
     """
     from geomtraj.analysis.events import run_bursts
 
@@ -532,8 +534,7 @@ def analyze(
     series = {k: np.full((n_run, n_step), np.nan) for k in ("sharpness", "dir_curv", "log_v")}
     per_burst = {k: np.full((n_run, n_burst), np.nan) for k in _BURST_FIELDS}
     explained = np.zeros((n_run, n_burst), bool)
-    scalars = {k: np.full(n_run, np.nan) for k in (*_RUN_FIELDS, "threshold", "seconds_replay",
-                                                    "seconds_track")}  # fmt: skip
+    scalars = {k: np.full(n_run, np.nan) for k in (*_RUN_FIELDS, "threshold")}
     counts = {k: np.zeros(n_run, np.int64) for k in ("n_bursts", "n_predicted", "n_crossings",
                                                       "n_hvp", "mismatches")}  # fmt: skip
     for j, (r, tr, pr) in enumerate(zip(run_list, tracks, preds, strict=True)):
@@ -550,8 +551,6 @@ def analyze(
         explained[j, :m] = pr["explained"]
         for k in _RUN_FIELDS:
             scalars[k][j] = pr[k]
-        scalars["seconds_replay"][j], scalars["seconds_track"][j] = (tr.seconds_replay,
-                                                                     tr.seconds_track)  # fmt: skip
         counts["n_predicted"][j], counts["n_crossings"][j] = m, pr["n_crossings"]
         counts["n_hvp"][j], counts["mismatches"][j] = tr.n_hvp, tr.mismatches
     variables: dict = {k: (("run", "step"), v) for k, v in series.items()}
