@@ -565,7 +565,12 @@ def analyze(
         variables[name] = (("run",), ds[name].values[run_list])
     out = xr.Dataset(
         variables,
-        coords={"run": np.array(run_list, np.int64), "step": np.arange(n_step, dtype=np.int64)},
+        # indexed ragged dims: blocks of runs with different lengths combine by padding with NaN
+        coords={
+            "run": np.array(run_list, np.int64),
+            "step": np.arange(n_step, dtype=np.int64),
+            "burst": np.arange(n_burst, dtype=np.int64),
+        },
     )
     out.attrs.update(
         analysis="mechanism",

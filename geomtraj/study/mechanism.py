@@ -65,7 +65,7 @@ def _run_rows(result, report: dict) -> list[dict]:
                                      "predicted_period", "decay_period", "measured_period")},
             "beta1": float(one["beta1"]), "beta2": float(one["beta2"]), "lr": float(one["lr"]),
             "precision": str(one["precision"].values),
-            "explained_count": int(np.sum(np.asarray(one["explained"].values))),
+            "explained_count": int(np.nansum(np.asarray(one["explained"].values, float))),
             "delta": float(np.median(drop[np.isfinite(drop)])) if np.isfinite(drop).any()
             else None,
             "decay_ratio": float(np.median(measured[ok] / decay[ok])) if ok.any() else None,
