@@ -36,7 +36,7 @@ import os
 import sys
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numba
@@ -66,6 +66,7 @@ __all__ = [
     "Plan",
     "train",
     "train_plan",
+    "replay",
     "run_blocks",
     "create_store",
     "plan_for_store",
@@ -692,6 +693,27 @@ def train_plan(
     if resume:
         plan = plan_for_store(plan, store)
     return _train_to_store(_Trainer(plan), Path(store), resume, progress)
+
+
+def replay(plan: Plan) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """Train ``plan`` again in memory, chunk by chunk: the replay interface for analyses.
+
+    An analysis that needs states a store does not hold (the mechanism analysis's every-few-updates
+    states) replays the run through this function instead of the trainer's internals. The same
+    kernels run as for :func:`train_plan`, so the states are the original run's bit for bit;
+    nothing is written.
+
+    Yields
+    ------
+    (row0, rows, buffers)
+        Per chunk of ``plan.chunk_rows`` recorded rows: the first row, the row count and the
+        recorded variables (``theta``, ``m``, ``v``, ``update_norm``, ``loss``, ...) as arrays
+        ``(run, row, ...)``. The buffers are new for every chunk.
+    """
+    check_resources(plan)
+    tr = _Trainer(plan)
+    for c in range(tr.n_chunks):
+        yield tr.run_chunk_steps(c)
 
 
 def _runs_done(tr: _Trainer, t_end: int) -> int:

@@ -10,7 +10,7 @@ grows and a burst follows; the burst's large gradients raise ``v`` again and the
 This module measures it densely along a whole run, cheaply:
 
 * **Replay.** The run is trained again from its initial state with the trainer itself
-  (:class:`geomtraj.train._Trainer`, bit-for-bit reproducible, every parameter recorded), block by
+  (:func:`geomtraj.train.replay`, bit-for-bit reproducible, every parameter recorded), block by
   block, so the full ``theta_t``, ``v_t`` of every update pass by without being stored. The
   replayed update norms are compared with the stored ones at every update, and the replayed state
   with the store's full snapshots; any difference is reported in ``note``.
@@ -155,7 +155,7 @@ def replay_states(
     recording all.
     """
     from geomtraj.plan import DataSource, Plan, Run
-    from geomtraj.train import _Trainer
+    from geomtraj.train import replay
 
     rd = RunData(ds, run)
     h = rd.hyper
@@ -179,12 +179,10 @@ def replay_states(
     plan = Plan(runs=runs, datasets=[DataSource(h["dataset"], X, y)], steps=last,
                 record_every=every, record_params="all",
                 chunk_rows=max(1, int(block) // every))  # fmt: skip
-    tr = _Trainer(plan)
     cols = plan.recorded_indices()[0]
     # "all" records the flat layout in order; a copy only if it ever did not
     order = None if np.array_equal(cols, np.arange(n)) else np.argsort(cols)
-    for c in range(tr.n_chunks):
-        row0, rows, buf = tr.run_chunk_steps(c)
+    for row0, _rows, buf in replay(plan):
         theta, v = buf["theta"][0], buf["v"][0]
         if order is not None:
             theta, v = theta[:, order], v[:, order]
