@@ -23,6 +23,12 @@ RUN_FIELDS: dict[str, type] = {
 }
 
 
+def finite_or_none(x) -> float | None:
+    """``float(x)``, or None (JSON ``null``: not measured) when it is NaN or infinite."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 class RunView:
     """``ds.isel(run=run)`` one variable at a time: ``view[name]`` is ``ds[name].isel(run=run)``.
 
@@ -98,6 +104,11 @@ class RunData:
     def steps(self) -> int:
         """Number of updates the run was trained for (the store's ``steps``)."""
         return int(self.ds.attrs.get("steps", int(self.ds["step"].values[-1])))
+
+    @property
+    def final_step(self) -> int:
+        """The last state with finite values: ``steps``, or ``diverged_step - 1`` (at least 0)."""
+        return max(self.steps if self.diverged_step is None else self.diverged_step - 1, 0)
 
     @cached_property
     def _per_step(self) -> dict[str, np.ndarray]:

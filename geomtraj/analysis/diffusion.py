@@ -91,7 +91,7 @@ import xarray as xr
 from scipy import fft as sp_fft
 from scipy.ndimage import median_filter
 
-from geomtraj.analysis.base import RunData, progress_callback
+from geomtraj.analysis.base import RunData, finite_or_none, progress_callback
 from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs, params_attr
 from geomtraj.analysis.panels import panel_pages
 from geomtraj.errors import GeomtrajError
@@ -734,11 +734,6 @@ def _one_run(run: RunData, params, lag_rows, i, scal, curves, phase) -> str:
     return ""
 
 
-def _num(v) -> float | None:
-    v = float(v)
-    return v if np.isfinite(v) else None
-
-
 def report(result: xr.Dataset) -> dict:
     """Contract-4 ``diffusion`` section and per-run fields.
 
@@ -754,16 +749,18 @@ def report(result: xr.Dataset) -> dict:
     entries, runs_out = [], {}
     for i, r in enumerate(result["run"].values.tolist()):
         v = {k: result[k].values[i] for k in _SCALARS}
-        exp = _num(v["exponent"])
+        exp = finite_or_none(v["exponent"])
         entry = {
             "run": int(r),
             "exponent": exp,
-            "ci": [_num(v["ci_low"]), _num(v["ci_high"])] if exp is not None else None,
+            "ci": [finite_or_none(v["ci_low"]), finite_or_none(v["ci_high"])]
+            if exp is not None
+            else None,
             "detrended": True,
-            "exponent_raw": _num(v["exponent_raw"]),
+            "exponent_raw": finite_or_none(v["exponent_raw"]),
             "ci_raw": (
-                [_num(v["ci_raw_low"]), _num(v["ci_raw_high"])]
-                if _num(v["exponent_raw"]) is not None
+                [finite_or_none(v["ci_raw_low"]), finite_or_none(v["ci_raw_high"])]
+                if finite_or_none(v["exponent_raw"]) is not None
                 else None
             ),
             "fit_lags": (
@@ -776,19 +773,22 @@ def report(result: xr.Dataset) -> dict:
                 if np.isfinite(v["window_start"])
                 else None
             ),
-            "fit_r2": _num(v["fit_r2"]),
-            "exponent_low": _num(v["exponent_low"]),
-            "exponent_high": _num(v["exponent_high"]),
-            "drift_speed": _num(v["drift_speed"]),
-            "rotation_per_step": [_num(x) for x in result["rotation"].values[i]],
-            "probability_current": [_num(x) for x in result["current"].values[i]],
+            "fit_r2": finite_or_none(v["fit_r2"]),
+            "exponent_low": finite_or_none(v["exponent_low"]),
+            "exponent_high": finite_or_none(v["exponent_high"]),
+            "drift_speed": finite_or_none(v["drift_speed"]),
+            "rotation_per_step": [finite_or_none(x) for x in result["rotation"].values[i]],
+            "probability_current": [finite_or_none(x) for x in result["current"].values[i]],
             "probability_current_normalised": [
-                _num(x) for x in result["current_normalised"].values[i]
+                finite_or_none(x) for x in result["current_normalised"].values[i]
             ],
-            "velocity_current": _num(v["velocity_current"]),
+            "velocity_current": finite_or_none(v["velocity_current"]),
             "velocity_current_ci": (
-                [_num(v["velocity_current_ci_low"]), _num(v["velocity_current_ci_high"])]
-                if _num(v["velocity_current"]) is not None
+                [
+                    finite_or_none(v["velocity_current_ci_low"]),
+                    finite_or_none(v["velocity_current_ci_high"]),
+                ]
+                if finite_or_none(v["velocity_current"]) is not None
                 else None
             ),
             "note": str(result["note"].values[i]),

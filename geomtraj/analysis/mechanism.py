@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import RunData
+from geomtraj.analysis.base import RunData, finite_or_none
 from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
 from geomtraj.analysis.stability import (
     _binomial_p,
@@ -136,10 +136,6 @@ _WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad")
 # ------------------------------------------------------------------------------- the replay
 
 
-def _final_step(rd: RunData) -> int:
-    return max(rd.steps if rd.diverged_step is None else rd.diverged_step - 1, 0)
-
-
 def replay_states(
     ds: xr.Dataset, run: int, *, block: int = 2048, every: int = 1
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, int, np.ndarray]]:
@@ -163,7 +159,7 @@ def replay_states(
     one = ds.isel(run=run)
     spec = run_spec(ds, run)
     X, y = run_data_arrays(ds, run, rounded=False)
-    last = _final_step(rd) // every * every
+    last = rd.final_step // every * every
     theta0 = np.asarray(one["theta_init"].values[:n], dtype=np.float64)
     yield 0, theta0[None, :], np.zeros((1, n)), 1, np.zeros(0)
     if last == 0:
@@ -253,7 +249,7 @@ def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -
     spec = run_spec(ds, run)
     X, y = run_data_arrays(ds, run)
     threshold = stability_threshold(h["beta1"], h["lr"])
-    last = _final_step(rd)
+    last = rd.final_step
     n_states = last + 1
     out = {k: np.full(n_states, np.nan) for k in ("sharpness", "dir_curv", "log_v", "loss")}
     work = kc.work_arrays(X.shape[0], spec.sizes)
@@ -583,11 +579,6 @@ def analyze(
 # ------------------------------------------------------------------------------- the report
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _settings(result: xr.Dataset) -> tuple[float, float, int]:
     d = MechanismParams()
     a = result.attrs
@@ -603,7 +594,7 @@ def _run_entry(result: xr.Dataset, j: int) -> dict:
     fraction, alpha, min_bursts = _settings(result)
     note = str(one["note"].values)
     n_pred = int(one["n_predicted"])
-    frac, p = _num(one["onsets_explained"]), _num(one["p_value"])
+    frac, p = finite_or_none(one["onsets_explained"]), finite_or_none(one["p_value"])
     measured = np.asarray(one["measured_interval"].values)
     decay = np.asarray(one["decay_interval"].values)
     ok = np.isfinite(measured) & np.isfinite(decay) & (measured > 0)
@@ -622,15 +613,17 @@ def _run_entry(result: xr.Dataset, j: int) -> dict:
     measurable = verdict not in ("not measurable", "no bursts")
     entry = {
         "run": int(one["run"]),
-        "predicted_period": _num(one["predicted_period"]) if measurable else None,
+        "predicted_period": finite_or_none(one["predicted_period"]) if measurable else None,
         "onsets_explained": frac if measurable else None,
-        "lead_median": _num(one["lead_median"]) if measurable else None,
+        "lead_median": finite_or_none(one["lead_median"]) if measurable else None,
         # (a run without bursts still has a false-crossing rate: every crossing is one)
-        "false_crossings": _num(one["false_crossings"]) if verdict != "not measurable" else None,
-        "decay_period": _num(one["decay_period"]) if measurable else None,
-        "measured_period": _num(one["measured_period"]) if measurable else None,
+        "false_crossings": finite_or_none(one["false_crossings"])
+        if verdict != "not measurable"
+        else None,
+        "decay_period": finite_or_none(one["decay_period"]) if measurable else None,
+        "measured_period": finite_or_none(one["measured_period"]) if measurable else None,
         "decay_forecast_error": decay_error if measurable else None,
-        "chance_fraction": _num(one["chance_fraction"]) if measurable else None,
+        "chance_fraction": finite_or_none(one["chance_fraction"]) if measurable else None,
         "p_value": p if measurable else None,
         "n_bursts": int(one["n_bursts"]),
         "n_predicted": n_pred,

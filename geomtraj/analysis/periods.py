@@ -33,7 +33,7 @@ import xarray as xr
 from scipy import signal as sps
 from scipy import stats
 
-from geomtraj.analysis.base import RunData, iter_runs
+from geomtraj.analysis.base import RunData, finite_or_none, iter_runs
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -742,18 +742,13 @@ def _to_dataset(rows: list[dict], bursts: list[Bursts], params: PeriodParams) ->
     return out
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _opt(r: xr.Dataset, key: str) -> float | None:
     """A number of the result, or None when absent (results written before the key existed)."""
-    return _num(r[key]) if key in r else None
+    return finite_or_none(r[key]) if key in r else None
 
 
 def _ci(lo, hi) -> list[float] | None:
-    lo, hi = _num(lo), _num(hi)
+    lo, hi = finite_or_none(lo), finite_or_none(hi)
     return None if lo is None or hi is None else [lo, hi]
 
 
@@ -899,30 +894,30 @@ def report(result: xr.Dataset, params: PeriodParams | None = None) -> dict:
             "n_bursts_loss": int(r["n_bursts_loss"]),
             "slow": {
                 "predicted": float(r["slow_predicted"]),
-                "period": _num(r["slow_period"]),
+                "period": finite_or_none(r["slow_period"]),
                 "ci": _ci(r["slow_ci_lo"], r["slow_ci_hi"]),
-                "ratio": _num(r["slow_ratio"]),
-                "spectral_period": _num(r["spectral_period"]),
-                "spectral_period_v": _num(r["spectral_period_v"]),
+                "ratio": finite_or_none(r["slow_ratio"]),
+                "spectral_period": finite_or_none(r["spectral_period"]),
+                "spectral_period_v": finite_or_none(r["spectral_period_v"]),
                 "spectral_period_update": _opt(r, "spectral_period_update"),
                 "disagreement": _opt(r, "slow_disagreement"),
                 "agreement": str(r["slow_agreement"].values) or None,
             },
             "fast": {
                 "predicted": float(r["fast_predicted"]),
-                "efold": _num(r["efold"]),
+                "efold": finite_or_none(r["efold"]),
                 "ci": _ci(r["efold_ci_lo"], r["efold_ci_hi"]),
-                "ratio": _num(r["fast_ratio"]),
-                "linear_prediction": _num(r["linear_prediction"]),
-                "flip_period": _num(r["flip_period"]),
+                "ratio": finite_or_none(r["fast_ratio"]),
+                "linear_prediction": finite_or_none(r["linear_prediction"]),
+                "flip_period": finite_or_none(r["flip_period"]),
                 "ratio_linear": _opt(r, "efold_ratio_linear"),
                 "flip_ratio": _opt(r, "flip_ratio"),
                 "flip_ratio_linear": _opt(r, "flip_ratio_linear"),
             },
             "v_decay": {
-                "slope": _num(r["v_slope"]),
-                "expected": _num(r["v_slope_expected"]),
-                "quiet_g2_over_v": _num(r["quiet_g2_over_v"]),
+                "slope": finite_or_none(r["v_slope"]),
+                "expected": finite_or_none(r["v_slope_expected"]),
+                "quiet_g2_over_v": finite_or_none(r["quiet_g2_over_v"]),
             },
         }
         for section, texts in by_section.items():

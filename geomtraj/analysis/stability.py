@@ -64,7 +64,7 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from geomtraj.analysis.base import RunData, RunView
+from geomtraj.analysis.base import RunData, RunView, finite_or_none
 from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
 from geomtraj.errors import GeomtrajError
 from geomtraj.hessian import MLPObjective
@@ -744,8 +744,7 @@ def checkpoint_states(
     rd = RunData(ds, run)
     n = rd.hyper["n_params"]
     one = RunView(ds, run)
-    final_step = rd.steps if rd.diverged_step is None else rd.diverged_step - 1
-    final_step = max(final_step, 0)
+    final_step = rd.final_step
     cols = _full_columns(ds, run, n)
     rec_steps = rd.step if cols is not None else np.zeros(0, np.int64)
     snap_steps = _snapshot_steps(ds, run, final_step) if cols is None else np.zeros(0, np.int64)
@@ -1186,18 +1185,13 @@ def _unmeasurable_run(ds: xr.Dataset, run: int, params: StabilityParams, j, scal
 # ------------------------------------------------------------------------------- the report
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _run_entry(res: xr.Dataset, j: int) -> dict:
     one = res.isel(run=j)
     ratio = np.asarray(one["sharpness_ratio"].values)
     finite = ratio[np.isfinite(ratio)]
     n_on = int(one["n_onsets"])
-    frac = _num(one["fraction_at_crossing"])
-    p = _num(one["p_value"])
+    frac = finite_or_none(one["fraction_at_crossing"])
+    p = finite_or_none(one["p_value"])
     notes = [str(one["note"].values)] if str(one["note"].values) else []
     verdict_fraction, alpha, min_onsets = _verdict_settings(res)
     if not bool(one["matchable"]):
@@ -1211,13 +1205,15 @@ def _run_entry(res: xr.Dataset, j: int) -> dict:
         verdict = "bursts do not start at crossings"
     return {
         "run": int(one["run"]),
-        "threshold": _num(one["threshold"]),
+        "threshold": finite_or_none(one["threshold"]),
         "n_checkpoints": int(one["n_checkpoints"]),
         "checkpoint_source": str(one["checkpoint_source"].values),
         "sharpness_ratio_median": float(np.median(finite)) if finite.size else None,
         "sharpness_ratio_max": float(np.max(finite)) if finite.size else None,
-        "fraction_time_above": _num(one["fraction_time_above"]),
-        "large_update_fraction_median": _num(np.nanmedian(one["large_update_fraction"].values))
+        "fraction_time_above": finite_or_none(one["fraction_time_above"]),
+        "large_update_fraction_median": finite_or_none(
+            np.nanmedian(one["large_update_fraction"].values)
+        )
         if np.isfinite(one["large_update_fraction"].values).any()
         else None,
         "n_bursts": int(one["n_bursts"]),
@@ -1225,12 +1221,12 @@ def _run_entry(res: xr.Dataset, j: int) -> dict:
         "n_crossings": int(one["n_crossings"]),
         "n_at_crossing": int(one["n_at_crossing"]),
         "fraction_at_crossing": frac,
-        "chance_fraction": _num(one["chance_fraction"]),
+        "chance_fraction": finite_or_none(one["chance_fraction"]),
         "p_value": p,
-        "median_lag": _num(one["median_lag"]),
-        "fraction_above_at_onset": _num(one["fraction_above_at_onset"]),
-        "p_value_above": _num(one["p_value_above"]),
-        "max_lag": _num(one["max_lag"]),
+        "median_lag": finite_or_none(one["median_lag"]),
+        "fraction_above_at_onset": finite_or_none(one["fraction_above_at_onset"]),
+        "p_value_above": finite_or_none(one["p_value_above"]),
+        "max_lag": finite_or_none(one["max_lag"]),
         "verdict": verdict,
         "note": "; ".join(notes),
     }
