@@ -282,6 +282,15 @@ def test_blocks_of_runs_with_different_burst_counts_combine_into_the_whole_resul
     assert mechanism.report(parts) == mechanism.report(whole)
 
 
+def test_report_judges_with_the_parameters_the_analysis_ran_with():
+    """The verdict settings travel in the result (attrs["params"]), not as defaults."""
+    ds = open_store(datafiles.BURSTS_F64)
+    strict = mechanism.MechanismParams(min_bursts=10_000)
+    rep = mechanism.report(mechanism.analyze(ds, params=strict))
+    assert rep["runs"][0]["mechanism"]["verdict"] == "too few bursts"
+    assert rep["mechanism"]["overall"]["verdict"] == "too few bursts"
+
+
 def test_store_without_training_data_is_not_measurable_with_a_reason():
     ds = open_store(datafiles.BURSTS_F32).drop_vars(["data_x"])
     rep = mechanism.report(mechanism.analyze(ds))

@@ -40,7 +40,15 @@ import numpy as np
 import xarray as xr
 
 from geomtraj.analysis.base import RunData, finite_or_none
-from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
+from geomtraj.analysis.declaration import (
+    Analysis,
+    Column,
+    Field,
+    Figure,
+    Needs,
+    params_attr,
+    params_from_result,
+)
 from geomtraj.analysis.stability import (
     _binomial_p,
     _parse_perturbation,
@@ -568,10 +576,7 @@ def analyze(
     )
     out.attrs.update(
         analysis="mechanism",
-        params=repr(params),
-        verdict_fraction=params.verdict_fraction,
-        verdict_alpha=params.verdict_alpha,
-        min_bursts=params.min_bursts,
+        params=params_attr(params),
     )
     return out
 
@@ -580,13 +585,9 @@ def analyze(
 
 
 def _settings(result: xr.Dataset) -> tuple[float, float, int]:
-    d = MechanismParams()
-    a = result.attrs
-    return (
-        float(a.get("verdict_fraction", d.verdict_fraction)),
-        float(a.get("verdict_alpha", d.verdict_alpha)),
-        int(a.get("min_bursts", d.min_bursts)),
-    )
+    """The verdict settings the result was computed with (defaults when absent)."""
+    p = params_from_result(result, MechanismParams)
+    return p.verdict_fraction, p.verdict_alpha, p.min_bursts
 
 
 def _run_entry(result: xr.Dataset, j: int) -> dict:

@@ -65,7 +65,15 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from geomtraj.analysis.base import RunData, RunView, finite_or_none
-from geomtraj.analysis.declaration import Analysis, Column, Field, Figure, Needs
+from geomtraj.analysis.declaration import (
+    Analysis,
+    Column,
+    Field,
+    Figure,
+    Needs,
+    params_attr,
+    params_from_result,
+)
 from geomtraj.errors import GeomtrajError
 from geomtraj.hessian import MLPObjective
 from geomtraj.models import MLPSpec, parse_hidden
@@ -1159,10 +1167,7 @@ def analyze(
         out.attrs["not_measurable"] = no_curvature
     out.attrs.update(
         analysis="stability",
-        params=repr(params),
-        verdict_fraction=params.verdict_fraction,
-        verdict_alpha=params.verdict_alpha,
-        min_onsets=params.min_onsets,
+        params=params_attr(params),
         max_resolution_fraction=params.max_resolution_fraction,
         preconditioner=(
             "P = (1-beta1^(t+1)) * (sqrt(v'/(1-beta2^(t+1))) + eps), "
@@ -1234,13 +1239,8 @@ def _run_entry(res: xr.Dataset, j: int) -> dict:
 
 def _verdict_settings(result: xr.Dataset) -> tuple[float, float, int]:
     """The verdict settings the result was computed with (defaults when absent)."""
-    d = StabilityParams()
-    a = result.attrs
-    return (
-        float(a.get("verdict_fraction", d.verdict_fraction)),
-        float(a.get("verdict_alpha", d.verdict_alpha)),
-        int(a.get("min_onsets", d.min_onsets)),
-    )
+    p = params_from_result(result, StabilityParams)
+    return p.verdict_fraction, p.verdict_alpha, p.min_onsets
 
 
 def report(result: xr.Dataset) -> dict:
