@@ -8,7 +8,7 @@ OUT    := out
 .PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
         study-netay study-betas study-twins study-divergence study-mechanism studies
 
-# The test extra includes torch (geomtraj.record's tests). PyPI's default Linux torch wheel is the
+# The test extra includes torch (geomtraj.store.record's tests). PyPI's default Linux torch wheel is the
 # multi-GB CUDA build, so its CPU build goes in first and `.[test]` then finds torch installed: a
 # local CPU wheel from pip's find-links when there is one (offline machines), else PyTorch's CPU
 # index.

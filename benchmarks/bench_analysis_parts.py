@@ -72,7 +72,7 @@ def main() -> None:
     from geomtraj.analysis import periods as new_periods
     from geomtraj.analysis import stability as new_stability
     from geomtraj.analysis.diffusion import detrend_linear
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     new_diffusion = sys.modules["geomtraj.analysis.diffusion"]
     print(f"baseline {base}; this checkout {Path(new_periods.__file__).parents[2]}")

@@ -8,7 +8,8 @@ One invocation
 1. trains the grid into a fresh store (the *training cost*; compilation is done beforehand on a
    4,000-step copy of two of its runs, analysed too, so no figure includes it);
 2. runs the study's analyses (periods, spirals, diffusion, stability) on the whole store in this
-   process as ``geomtraj analyze --jobs 1`` does (:func:`geomtraj.runner.run_analyses`: the store
+   process as ``geomtraj analyze --jobs 1`` does (:func:`geomtraj.analysis.runner.run_analyses`:
+   the store
    is checked and read into memory once, then each analysis runs), after the same warm-up;
 3. times ``scipy.signal.welch`` on the series the period analysis reads (``v`` and ``theta`` of the
    recorded parameters and the log loss of each run, with its segment settings; the arrays are
@@ -88,8 +89,8 @@ precision = ["float32"]
 
 
 def train_store(cfg_path: Path, out: Path) -> float:
-    from geomtraj.experiment import load_config, plan_from_config
-    from geomtraj.train import train_plan
+    from geomtraj.train.config import load_config, plan_from_config
+    from geomtraj.train.trainer import train_plan
 
     plan = plan_from_config(load_config(cfg_path))
     t0 = time.perf_counter()
@@ -102,13 +103,14 @@ def time_analyses(
 ) -> tuple[dict[str, float], float]:
     """Seconds of each analysis over every run, as ``geomtraj analyze --jobs 1`` runs them.
 
-    :func:`geomtraj.runner.run_analyses` in this process: the store is checked and each block of
+    :func:`geomtraj.analysis.runner.run_analyses` in this process: the store is checked and each
+    block of
     runs read into memory once, then every analysis runs on it; returns the per-analysis seconds
     (summed over blocks) and the wall time of the whole call (check and read included). With
     ``jobs`` > 1 or a ``scheduler`` the blocks run in other processes; only the wall time then
     says how the work spread.
     """
-    from geomtraj.runner import run_analyses
+    from geomtraj.analysis.runner import run_analyses
 
     outcome = run_analyses(store, list(ANALYSES), jobs=jobs, scheduler=scheduler, progress=False)
     if outcome.failures:
@@ -122,7 +124,7 @@ def time_welch(store: Path) -> float:
 
     from geomtraj.analysis.base import RunData
     from geomtraj.analysis.periods import PeriodParams
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(store)
     seg = PeriodParams().welch_segment
@@ -168,8 +170,8 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",") if int(w) > 0]
 
     import geomtraj
-    from geomtraj.runner import plan_blocks
-    from geomtraj.store import open_store
+    from geomtraj.analysis.runner import plan_blocks
+    from geomtraj.store.zarrstore import open_store
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.keep or tmp.name)

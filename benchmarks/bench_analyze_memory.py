@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from geomtraj.data import make_dataset
-from geomtraj.models import MLPSpec
-from geomtraj.plan import DataSource, Plan, Run
-from geomtraj.train import train_plan
+from geomtraj.train.data import make_dataset
+from geomtraj.train.models import MLPSpec
+from geomtraj.train.plan import DataSource, Plan, Run
+from geomtraj.train.trainer import train_plan
 
 HIDDEN = (12, 24)  # 373 parameters, the paper's smallest figure network
 RSS_LIMIT = 1.5e9

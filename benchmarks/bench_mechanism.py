@@ -6,7 +6,7 @@ points, full-batch Adam, beta2 = 0.999, lr = 0.01) are trained for ``--steps`` u
 mechanism analysis then replays the run with the trainer and tracks ``lambda_max(P^-1 H)`` and
 the directional curvature; the replay and the tracking are timed apart (CPU time of the process,
 robust to other load on the machine) and their sum is printed as a multiple of the training
-time. For scale, the NumPy path of the stability analysis (``geomtraj.hessian`` HVPs,
+time. For scale, the NumPy path of the stability analysis (``geomtraj.analysis.hessian`` HVPs,
 warm-started Lanczos via ``SharpnessSolver``) is timed at 20 states and its cost per state
 multiplied by the number of states the tracker evaluated. Compilation is done once before
 anything is timed.
@@ -26,10 +26,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from geomtraj.analysis import mechanism
+from geomtraj.analysis.hessian import MLPObjective
 from geomtraj.analysis.stability import SharpnessSolver, adam_preconditioner, run_spec
-from geomtraj.data import make_dataset
-from geomtraj.hessian import MLPObjective
-from geomtraj.train import train
+from geomtraj.train.data import make_dataset
+from geomtraj.train.trainer import train
 
 
 def _train(precision: str, steps: int):

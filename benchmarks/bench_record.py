@@ -20,8 +20,10 @@ weigh more the shorter the run.
     .venv/bin/python benchmarks/bench_record.py [--steps 1000] [--repeats 3] [--record-params 16]
         [--compare OLD_RECORD_PY]
 
-``--compare`` also times the ``TorchRecorder`` of another copy of ``geomtraj/record.py`` (e.g. the
-previous commit's, ``git show HEAD~1:geomtraj/record.py > /tmp/old.py``) in the same alternation,
+``--compare`` also times the ``TorchRecorder`` of another copy of ``geomtraj/store/record.py``
+(e.g. the
+previous commit's, ``git show HEAD~1:geomtraj/store/record.py > /tmp/old.py``) in the same
+alternation,
 so before/after figures come from one run on one machine load.
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from geomtraj.record import TorchRecorder
+from geomtraj.store.record import TorchRecorder
 
 
 def _setup(model_name: str, seed: int = 0):
@@ -53,7 +55,7 @@ def _setup(model_name: str, seed: int = 0):
         )  # fmt: skip
         loss_fn = torch.nn.functional.cross_entropy
     else:
-        from geomtraj.data import make_dataset
+        from geomtraj.train.data import make_dataset
 
         Xn, yn = make_dataset("sincos", 64, 0)
         X, y = torch.tensor(Xn, dtype=torch.float32), torch.tensor(yn, dtype=torch.float32)
@@ -67,7 +69,7 @@ def _setup(model_name: str, seed: int = 0):
 
 
 def _recorder_from(file: str) -> type:
-    """``TorchRecorder`` of another copy of ``geomtraj/record.py`` (the baseline)."""
+    """``TorchRecorder`` of another copy of ``geomtraj/store/record.py`` (the baseline)."""
     spec = importlib.util.spec_from_file_location("record_compared", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -84,7 +84,7 @@ def _time_store(store: str, repeats: int) -> None:
 
     import geomtraj
     from geomtraj.analysis import spirals
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(store).load()  # read once, outside the clock, as the runner does
     spirals.analyze(ds, runs=[int(ds.run[0])])  # compile or load the kernels outside the clock

@@ -34,9 +34,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from geomtraj.data import make_dataset
-from geomtraj.models import MLPSpec
-from geomtraj.train import DataSource, Plan, Run, train, train_plan
+from geomtraj.train.data import make_dataset
+from geomtraj.train.models import MLPSpec
+from geomtraj.train.trainer import DataSource, Plan, Run, train, train_plan
 
 HERE = Path(__file__).resolve().parent
 RECORDS = {"none": 0, "16": 16, "all": "all"}

@@ -39,8 +39,8 @@ from synth_periods import spike_spacing_period  # noqa: E402
 
 from geomtraj.analysis import periods  # noqa: E402
 from geomtraj.analysis.events import BurstParams  # noqa: E402
-from geomtraj.data import make_dataset  # noqa: E402
-from geomtraj.train import train  # noqa: E402
+from geomtraj.train.data import make_dataset  # noqa: E402
+from geomtraj.train.trainer import train  # noqa: E402
 
 BETA2 = (0.99, 0.995, 0.998, 0.999, 0.9995)
 LR = (1e-3, 3e-3, 1e-2)

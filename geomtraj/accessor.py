@@ -29,12 +29,12 @@ class GeomtrajAccessor:
     @property
     def analyses(self) -> list[str]:
         """Names of the registered analyses."""
-        from geomtraj.runner import available_analyses
+        from geomtraj.analysis.runner import available_analyses
 
         return list(available_analyses())
 
     def _module(self, name: str):
-        from geomtraj.runner import select_analyses
+        from geomtraj.analysis.runner import select_analyses
 
         # only the named analysis is imported; an unknown name gets select_analyses' error
         return self._complete(name) or select_analyses([name])[name]
@@ -43,7 +43,7 @@ class GeomtrajAccessor:
     def _complete(name: str):
         """The module of analysis ``name`` if registered and following the protocol, else None."""
         import geomtraj.analysis as registry
-        from geomtraj.runner import protocol_gaps
+        from geomtraj.analysis.runner import protocol_gaps
 
         analyses = getattr(registry, "ANALYSES", {}) or {}
         if name not in analyses:
@@ -52,7 +52,7 @@ class GeomtrajAccessor:
         return None if protocol_gaps(module) else module
 
     def _runs(self, runs):
-        from geomtraj.runner import select_runs
+        from geomtraj.analysis.runner import select_runs
 
         return None if runs is None else select_runs(self._ds, runs)
 

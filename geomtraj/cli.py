@@ -23,9 +23,9 @@ PLOT_KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from geomtraj.experiment import load_config, plan_from_config
-    from geomtraj.plan import check_resources, estimate_text
-    from geomtraj.train import train_plan
+    from geomtraj.train.config import load_config, plan_from_config
+    from geomtraj.train.plan import check_resources, estimate_text
+    from geomtraj.train.trainer import train_plan
 
     plan = plan_from_config(load_config(args.config))  # (refuses a grid the memory cannot hold)
     if args.out is not None and not (args.resume and Path(args.out).exists()):
@@ -37,7 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise GeomtrajError("geomtraj train needs --out STORE (or --dry-run)")
     progress = False if args.quiet else None
     if args.scheduler:
-        from geomtraj.runner import train_distributed
+        from geomtraj.analysis.runner import train_distributed
 
         ds = train_distributed(
             plan, args.out, args.scheduler, resume=args.resume, progress=progress
@@ -58,7 +58,7 @@ def _existing_folder(p: Path) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from geomtraj.store import check_integrity, open_store, strings
+    from geomtraj.store.zarrstore import check_integrity, open_store, strings
 
     ds = open_store(args.store)
     check_integrity(args.store, ds)
@@ -108,9 +108,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from geomtraj.analysis.runner import AnalyzeParams, estimate_run_bytes, human_bytes
     from geomtraj.report import make_report, terminal_summary
-    from geomtraj.runner import AnalyzeParams, estimate_run_bytes, human_bytes
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     if args.jobs < 1:
         raise GeomtrajError(f"--jobs must be >= 1, got {args.jobs}")
@@ -202,9 +202,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from geomtraj.analysis.runner import parse_steps, select_steps
     from geomtraj.report.plots import plot_run
-    from geomtraj.runner import parse_steps, select_steps
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     out = args.out or f"run{args.run}_{args.kind}.png"
     if Path(out).suffix.lower() != ".png":

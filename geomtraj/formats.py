@@ -6,11 +6,12 @@ format is one entry here and, for an emulated format, one rounding function
 (docs/formats.md, "Adding a number format").
 
 The native formats compute and store in their own dtype. The emulated formats compute in float32
-and round every result to the format at the points listed in :mod:`geomtraj.kernels.mlp`; float32
+and round every result to the format at the points listed in :mod:`geomtraj.train.kernels.mlp`;
+float32
 holds every one of their values exactly, so they are stored as float32 without loss.
 
-This module imports neither numba nor the kernels: :meth:`NumberFormat.rounder` loads the compiled
-rounding function on first use.
+This module imports neither numba nor the kernels: the trainer's kernels look the compiled rounding
+function up by ``rounder_name`` (:func:`geomtraj.train.kernels.rounding.get_rounder`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class NumberFormat:
         True when the format is computed in ``storage_dtype`` and rounded after each operation
         that the kernels round (bfloat16, float16), False for native IEEE arithmetic.
     rounder_name : str
-        Name of the ``@njit`` rounding function in :mod:`geomtraj.kernels.rounding`.
+        Name of the ``@njit`` rounding function in :mod:`geomtraj.train.kernels.rounding`.
     torch_dtype : str
         ``str()`` of the matching ``torch.dtype``, for recording PyTorch training.
     line_style : str
@@ -74,12 +75,6 @@ class NumberFormat:
         """Largest finite value, ``(2 - 2**(1-p)) * 2**emax``."""
         emax = 2 ** (self.exponent_bits - 1) - 1
         return float((2.0 - self.machine_epsilon) * 2.0**emax)
-
-    def rounder(self):
-        """The ``@njit`` scalar function that rounds a value of ``storage_dtype`` to the format."""
-        from geomtraj.kernels import rounding
-
-        return getattr(rounding, self.rounder_name)
 
 
 #: Every format, by name, in the order of increasing rounding error.

@@ -81,7 +81,8 @@ class RunField:
     valid : Interval or None
         Valid values, checked when a plan is built and when a store is opened.
     source : callable or None
-        ``source(run, plan)`` gives the field's value for a :class:`geomtraj.plan.Run` of a plan.
+        ``source(run, plan)`` gives the field's value for a :class:`geomtraj.train.plan.Run` of a
+        plan.
     """
 
     name: str

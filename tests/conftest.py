@@ -12,9 +12,9 @@ import functools
 import numpy as np
 import pytest
 
-from geomtraj.data import make_dataset
-from geomtraj.models import MLPSpec, init_params
-from geomtraj.train import train
+from geomtraj.train.data import make_dataset
+from geomtraj.train.models import MLPSpec, init_params
+from geomtraj.train.trainer import train
 
 #: Two hidden layers of different widths exercise every branch of the back-propagation.
 HIDDEN = (5, 7)

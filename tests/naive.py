@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geomtraj.models import MLPSpec
+from geomtraj.train.models import MLPSpec
 
 __all__ = ["unflatten", "forward", "loss_value", "loss_and_grad", "adam_reference"]
 

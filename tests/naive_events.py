@@ -1,4 +1,4 @@
-"""Slow pure-NumPy twins of the burst-detection kernels (geomtraj.kernels.events)."""
+"""Slow pure-NumPy twins of the burst-detection kernels (geomtraj.analysis.kernels.burst_scan)."""
 
 from __future__ import annotations
 

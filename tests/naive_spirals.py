@@ -1,4 +1,4 @@
-"""Slow pure-NumPy twins of the spiral kernels (geomtraj.kernels.spirals).
+"""Slow pure-NumPy twins of the spiral kernels (geomtraj.analysis.kernels.winding).
 
 Written from the definitions in the kernels' docstrings with NumPy/SciPy building blocks (moving
 averages by slicing, ``np.arctan2``, ``np.polyfit``, SVD, ``scipy.linalg.subspace_angles``), not

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from geomtraj.data import make_dataset
-from geomtraj.models import MLPSpec, init_params
-from geomtraj.plan import DataSource, Perturbation, Plan, Run
+from geomtraj.train.data import make_dataset
+from geomtraj.train.models import MLPSpec, init_params
+from geomtraj.train.plan import DataSource, Perturbation, Plan, Run
 
 _ROOT = Path(tempfile.mkdtemp(prefix="geomtraj-report-tests-"))
 atexit.register(shutil.rmtree, _ROOT, True)
@@ -77,7 +77,7 @@ def small_plan(steps: int = STEPS, chunk_rows: int | None = CHUNK_ROWS) -> Plan:
 @functools.cache
 def small_store() -> Path:
     """The store of :func:`small_plan`, trained in this process."""
-    from geomtraj.train import train_plan
+    from geomtraj.train.trainer import train_plan
 
     path = _ROOT / "small.zarr"
     train_plan(small_plan(), path, progress=False)

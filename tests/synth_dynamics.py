@@ -193,7 +193,7 @@ def twin_grid():
     """The grid of :data:`TWIN_GRID_TOML`, trained in memory once per test process."""
     import tomllib
 
-    from geomtraj.experiment import plan_from_config
-    from geomtraj.train import train_plan
+    from geomtraj.train.config import plan_from_config
+    from geomtraj.train.trainer import train_plan
 
     return train_plan(plan_from_config(tomllib.loads(TWIN_GRID_TOML)), progress=False)

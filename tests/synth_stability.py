@@ -191,8 +191,8 @@ REAL_LRS = (0.003, 0.01, 0.03)
 
 def real_runs(steps: int = 20000, hidden=(8, 8), lrs=REAL_LRS, store=None):
     """Train the real-run grid (float64, every parameter recorded at every step)."""
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", 64, 0)
     return train(

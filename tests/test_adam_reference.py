@@ -63,7 +63,7 @@ def _torch_adam(theta0, spec, X, y, steps, beta1, beta2, lr, eps, weight_decay, 
     out = np.empty((steps, spec.n_params))
     rec = None
     if record is not None:
-        from geomtraj.record import TorchRecorder
+        from geomtraj.store.record import TorchRecorder
 
         rec = TorchRecorder(record, opt, record_params="all", chunk_updates=80)  # packs at 64
     for t in range(steps):
@@ -103,7 +103,7 @@ def test_kernel_matches_torch_adam(activation, loss, run):
 def test_torch_recorder_store_matches_the_kernel_store(tmp_path, run):
     """A TorchRecorder store of torch.optim.Adam holds what the trainer's own store holds."""
     pytest.importorskip("torch")
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     spec, X, y, theta0, ds = adam_float64("tanh", "mse")
     path = tmp_path / "torch.zarr"

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from report_stores import N_RUNS, copy_store, small_store
 
-import geomtraj.runner
+import geomtraj.analysis.runner
 from geomtraj.analysis import ANALYSES
 from geomtraj.cli import main
 
@@ -64,7 +64,7 @@ def test_analyze_with_the_installed_analyses(tmp_path, capsys) -> None:
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    monkeypatch.setattr(geomtraj.runner, "available_analyses", lambda: dict(FAKE))
+    monkeypatch.setattr(geomtraj.analysis.runner, "available_analyses", lambda: dict(FAKE))
 
 
 def test_options_reach_the_report(tmp_path, capsys, fake_registry) -> None:
@@ -105,7 +105,7 @@ def test_jobs_give_the_same_report(tmp_path, capsys, fake_registry) -> None:
 
 def test_internal_error_is_exit_1_with_the_report_written(tmp_path, capsys, monkeypatch) -> None:
     registry = {"periods": fake_analysis, "broken": fake_broken_analysis}
-    monkeypatch.setattr(geomtraj.runner, "available_analyses", lambda: dict(registry))
+    monkeypatch.setattr(geomtraj.analysis.runner, "available_analyses", lambda: dict(registry))
     out = tmp_path / "r"
     assert main(["analyze", str(small_store()), "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
@@ -116,7 +116,7 @@ def test_internal_error_is_exit_1_with_the_report_written(tmp_path, capsys, monk
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(capsys) -> None:
-    from geomtraj.runner import _Bar
+    from geomtraj.analysis.runner import _Bar
 
     bar = _Bar(3, "analyze", None)  # stderr is captured, not a terminal: silent
     bar.update(3)
@@ -159,7 +159,7 @@ def test_progress_lines_off_a_terminal(capsys) -> None:
     """Off a terminal (nohup, CI) analyze is never silent for long: a line every interval."""
     import time
 
-    from geomtraj.runner import PROGRESS_LINE_SECONDS, _Bar
+    from geomtraj.analysis.runner import PROGRESS_LINE_SECONDS, _Bar
 
     assert PROGRESS_LINE_SECONDS <= 10
     bar = _Bar(4, "analyze", None, interval=0.05)

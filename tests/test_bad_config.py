@@ -12,8 +12,8 @@ from report_stores import small_store
 
 from geomtraj.cli import main
 from geomtraj.errors import ConfigError
-from geomtraj.experiment import plan_from_config
-from geomtraj.plan import check_resources, estimate_text, resources
+from geomtraj.train.config import plan_from_config
+from geomtraj.train.plan import check_resources, estimate_text, resources
 
 GOOD = """
 steps = 20
@@ -137,7 +137,7 @@ def test_utf8_bom_is_accepted(tmp_path, capsys) -> None:
 
 
 def test_dry_run_prints_days_of_work_as_hours() -> None:
-    from geomtraj.plan import estimate_seconds
+    from geomtraj.train.plan import estimate_seconds
 
     plan = plan_from_config(
         {
@@ -155,7 +155,7 @@ def test_dry_run_prints_days_of_work_as_hours() -> None:
 
 
 def test_durations_over_a_day() -> None:
-    from geomtraj.plan import _hms
+    from geomtraj.train.plan import _hms
 
     assert _hms(25 * 3600 + 45 * 60) == "25:45:00"
     assert _hms(59.6) == "00:01:00"
@@ -194,8 +194,8 @@ def test_python_entry_point_refuses_non_finite_hyper_parameters(key) -> None:
     """`train()` builds its plan without a config; the plan itself refuses inf (contract 3)."""
     import numpy as np
 
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", 16, 0)
     with pytest.raises(ConfigError, match=rf"{key}=inf must lie in [\[(]0, inf\)"):

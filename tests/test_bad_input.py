@@ -25,10 +25,10 @@ from report_stores import (
     small_store,
 )
 
-import geomtraj.runner
+import geomtraj.analysis.runner
 from geomtraj.cli import main
-from geomtraj.store import CHUNK_CHECKSUMS, chunk_checksums, read_attrs
-from geomtraj.store import set_attrs as store_set_attrs
+from geomtraj.store.zarrstore import CHUNK_CHECKSUMS, chunk_checksums, read_attrs
+from geomtraj.store.zarrstore import set_attrs as store_set_attrs
 
 FAKE = {"periods": fake_analysis}
 
@@ -36,7 +36,7 @@ FAKE = {"periods": fake_analysis}
 @pytest.fixture(autouse=True)
 def _fake_registry(monkeypatch):
     # the machinery is under test here, not the analyses: use the stand-in
-    monkeypatch.setattr(geomtraj.runner, "available_analyses", lambda: dict(FAKE))
+    monkeypatch.setattr(geomtraj.analysis.runner, "available_analyses", lambda: dict(FAKE))
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from geomtraj import store as store_mod
-from geomtraj.experiment import plan_from_config
-from geomtraj.train import _save_checkpoint, _Trainer, train_plan
+from geomtraj.store import zarrstore as store_mod
+from geomtraj.train.config import plan_from_config
+from geomtraj.train.trainer import _save_checkpoint, _Trainer, train_plan
 
 CONFIG = {
     "steps": 60,

@@ -17,10 +17,10 @@ import pytest
 import xarray as xr
 
 from geomtraj.analysis import ANALYSES
+from geomtraj.analysis.runner import run_analyses
 from geomtraj.cli import main
-from geomtraj.experiment import load_config, plan_from_config
-from geomtraj.runner import run_analyses
-from geomtraj.train import run_blocks, train_plan
+from geomtraj.train.config import load_config, plan_from_config
+from geomtraj.train.trainer import run_blocks, train_plan
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_spec, make_theta0
 
-from geomtraj.train import train
+from geomtraj.train.trainer import train
 
 STEPS = 30
 

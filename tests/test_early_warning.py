@@ -171,8 +171,8 @@ def test_too_few_diverged_runs_give_a_note():
 @pytest.mark.slow
 def test_small_diverging_grid(tmp_path):
     """relu nets with beta1 > sqrt(beta2): some diverge; every part of the analysis runs."""
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", 64, 0)
     seeds = np.repeat(np.arange(10), 2)
@@ -196,7 +196,7 @@ def test_small_diverging_grid(tmp_path):
 def test_windows_stay_inside_the_analysed_steps():
     import xarray as xr
 
-    from geomtraj.runner import select_steps
+    from geomtraj.analysis.runner import select_steps
 
     ds = synthetic_store(1000)
     # a second run that diverges, so that the store has something to predict
@@ -228,9 +228,10 @@ def test_a_store_without_training_data_marks_the_sharpness_not_measurable(tmp_pa
     import json
     import shutil
 
-    from geomtraj import datafiles
+    import datafiles
+
     from geomtraj.cli import main
-    from geomtraj.store import CHUNK_CHECKSUMS, chunk_checksums
+    from geomtraj.store.zarrstore import CHUNK_CHECKSUMS, chunk_checksums
 
     store = tmp_path / "nodata.zarr"
     shutil.copytree(datafiles.fixture_path("diverging"), store)

@@ -9,8 +9,8 @@ from synth_periods import noise_trajectory, random_walk_trajectory, relaxation_o
 
 from geomtraj.analysis.events import BurstParams, detect_bursts
 from geomtraj.analysis.events import rolling_median as events_rolling_median
+from geomtraj.analysis.kernels.burst_scan import _hysteresis_events
 from geomtraj.errors import GeomtrajError
-from geomtraj.kernels.events import _hysteresis_events
 
 
 @pytest.mark.parametrize("half", [0, 1, 2, 7, 50])
@@ -218,11 +218,12 @@ def test_prominence_bad_params():
 
 def test_every_analysis_counts_the_same_bursts():
     # periods, stability and the spiral burst windows of one run count the bursts of BurstParams()
-    from geomtraj import datafiles
+    import datafiles
+
     from geomtraj.analysis import periods, spirals, stability
     from geomtraj.analysis.base import RunData
     from geomtraj.analysis.events import run_bursts
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(datafiles.fixture_path("bursts_f32"))
     run = RunData(ds, 0)

@@ -6,15 +6,15 @@ import importlib.util
 import re
 import shutil
 
+import datafiles
 import numpy as np
 import pytest
 import zarr
 
-from geomtraj import datafiles
 from geomtraj.analysis.base import RunData
 from geomtraj.analysis.events import run_bursts
 from geomtraj.errors import GeomtrajError
-from geomtraj.store import open_store, strings
+from geomtraj.store.zarrstore import open_store, strings
 
 
 def _load_make_fixtures():

@@ -15,10 +15,10 @@ import xarray as xr
 from synth_periods import relaxation_oscillation
 
 from geomtraj.analysis.base import RunData, per_update_note
+from geomtraj.analysis.runner import select_runs
 from geomtraj.cli import main
 from geomtraj.errors import StoreError
-from geomtraj.runner import select_runs
-from geomtraj.store import open_store
+from geomtraj.store.zarrstore import open_store
 
 # xarray writes numpy's fixed-width strings, which zarr warns have no v3 spec yet (still readable)
 pytestmark = pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3")

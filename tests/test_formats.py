@@ -10,7 +10,7 @@ import pytest
 from geomtraj import runtable
 from geomtraj.errors import ConfigError, StoreError
 from geomtraj.formats import FORMATS, get_format, widest_storage_dtype
-from geomtraj.kernels.rounding import ROUNDERS, STORAGE_DTYPE, round_to_format
+from geomtraj.train.kernels.rounding import ROUNDERS, STORAGE_DTYPE, get_rounder, round_to_format
 
 # ----------------------------------------------------------------------------- format registry
 
@@ -37,7 +37,7 @@ def test_registry_constants_match_the_formats_own_definitions(name):
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_registry_rounder_is_the_kernels_rounder_and_rounds_to_the_unit_roundoff(name):
     f = FORMATS[name]
-    assert ROUNDERS[name] is f.rounder()
+    assert ROUNDERS[name] is get_rounder(name)
     assert STORAGE_DTYPE[name] is f.storage_dtype
     # relative rounding error of normal values is at most the unit roundoff, and reaches half of it
     rng = np.random.default_rng(0)
@@ -71,7 +71,7 @@ def test_every_declared_field_has_a_label_and_definition_and_unknown_names_are_r
 
 
 def test_kernel_columns_are_the_adam_hyper_parameters_in_a_gapless_order():
-    from geomtraj.kernels.mlp import HYPER_COLUMNS
+    from geomtraj.train.kernels.mlp import HYPER_COLUMNS
 
     assert HYPER_COLUMNS == ("beta1", "beta2", "lr", "eps", "weight_decay", "kscale")
     assert list(runtable.KERNEL_COLUMNS.values()) == list(range(6))
@@ -79,8 +79,8 @@ def test_kernel_columns_are_the_adam_hyper_parameters_in_a_gapless_order():
 
 def test_config_defaults_are_the_plan_defaults():
     """``[optimizer]`` keys left out of a config give what ``Run`` gives when left out."""
-    from geomtraj.models import MLPSpec
-    from geomtraj.plan import Run
+    from geomtraj.train.models import MLPSpec
+    from geomtraj.train.plan import Run
 
     run = Run(MLPSpec(2, (3,)))
     defaults = runtable.config_defaults("optimizer")
@@ -103,9 +103,9 @@ def test_intervals_refuse_what_they_must():
     [("beta1", 1.0), ("beta2", -0.5), ("lr", 0.0), ("eps", -1e-8), ("weight_decay", np.nan)],
 )
 def test_plan_refuses_each_out_of_range_hyper_parameter(key, value):
-    from geomtraj.data import make_dataset
-    from geomtraj.models import MLPSpec
-    from geomtraj.plan import DataSource, Plan, Run
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.models import MLPSpec
+    from geomtraj.train.plan import DataSource, Plan, Run
 
     X, y = make_dataset("sincos", 8, 0)
     plan = Plan([Run(MLPSpec(2, (3,)), **{key: value})], [DataSource("s", X, y)], steps=2)
@@ -115,15 +115,15 @@ def test_plan_refuses_each_out_of_range_hyper_parameter(key, value):
 
 @pytest.fixture(scope="module")
 def tiny_store():
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", 16, 0)
     return train(X, y, hidden=(3,), steps=3, seed=[0, 1], weight_decay=[0.0, 1e-3], batch_size=8)
 
 
 def test_trained_store_holds_every_declared_field_with_its_dtype(tiny_store):
-    from geomtraj.store import REQUIRED_VARIABLES
+    from geomtraj.store.zarrstore import REQUIRED_VARIABLES
 
     for f in runtable.stored_fields():
         var = tiny_store[f.name]
@@ -140,7 +140,7 @@ def test_trained_store_holds_every_declared_field_with_its_dtype(tiny_store):
 
 @pytest.mark.parametrize(("key", "value"), [("weight_decay", np.nan), ("beta2", 1.0)])
 def test_store_check_refuses_a_damaged_run_table(tiny_store, key, value):
-    from geomtraj.store import _check_hyper
+    from geomtraj.store.zarrstore import _check_hyper
 
     _check_hyper(tiny_store, "ok")  # the trained table passes
     ds = tiny_store.copy(deep=True)
@@ -183,7 +183,7 @@ def _textbook_adam(fmt, theta, m, v, grad, b1, b2, lr, eps, wd, k, t):
 def test_adam_update_is_the_textbook_update_bit_for_bit(fmt):
     from numba import njit
 
-    from geomtraj.kernels.adam import make_adam_update
+    from geomtraj.train.kernels.adam import make_adam_update
 
     adam_update = make_adam_update(fmt)
 

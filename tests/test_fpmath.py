@@ -1,4 +1,4 @@
-"""Accuracy, special values, determinism and codegen of geomtraj.kernels.fpmath."""
+"""Accuracy, special values, determinism and codegen of geomtraj.train.kernels.fpmath."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from geomtraj.kernels.fpmath import FP32, FP64, make_fpmath
+from geomtraj.train.kernels.fpmath import FP32, FP64, make_fpmath
 
 JIT = dict(fastmath=False, error_model="numpy", cache=False)
 FUNCS = ("exp_pos", "expm1_pos", "tanh", "sigmoid")

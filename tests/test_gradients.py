@@ -7,7 +7,7 @@ import pytest
 from conftest import data_for, make_spec, make_theta0
 from naive import forward, loss_and_grad, loss_value, unflatten
 
-from geomtraj.train import train
+from geomtraj.train.trainer import train
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 LOSSES = ("mse", "bce")

@@ -1,4 +1,5 @@
-"""geomtraj.hessian: loss and gradient against the NumPy reference and the trainer, exact HVPs
+"""geomtraj.analysis.hessian: loss and gradient against the NumPy reference and the trainer, exact
+HVPs
 against finite differences of the gradient."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import adam_float64, data_for, make_spec, make_theta0
 
+from geomtraj.analysis.hessian import MLPObjective, hessian, hvp, loss_and_grad
 from geomtraj.errors import GeomtrajError
-from geomtraj.hessian import MLPObjective, hessian, hvp, loss_and_grad
 
 COMBOS = [(a, lo) for a in ("tanh", "sigmoid", "relu") for lo in ("mse", "bce")]
 

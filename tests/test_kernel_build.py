@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomtraj.kernels import mlp
+from geomtraj.train.kernels import mlp
 
 _SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", 40, 3)
     ds = train(X, y, hidden=(13, 9), steps=300, precision=["float32", "float64", "bfloat16"],
@@ -73,7 +73,7 @@ def _assert_kernels_agree(plan, monkeypatch, *, lane_min_runs: int, label: str):
     """Train ``plan`` with the per-run kernel only, then with lane blocks from ``lane_min_runs``
     runs on; assert exactly one run diverges and every trajectory and final state is the same
     bytes. Returns a trainer built with lanes on, for checks of how the runs were split."""
-    import geomtraj.train as train_mod
+    import geomtraj.train.trainer as train_mod
 
     monkeypatch.setattr(train_mod, "LANE_MIN_RUNS", 10**9)
     per_run = train_mod.train_plan(plan)
@@ -96,9 +96,9 @@ def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypat
     The grid mixes what the lane path must handle: a lane block padded with copies, two
     architectures (one too small for lanes), last-bit twins, a scale twin and a diverging run.
     """
-    from geomtraj.data import make_dataset
-    from geomtraj.models import MLPSpec
-    from geomtraj.plan import DataSource, Perturbation, Plan, Run
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.models import MLPSpec
+    from geomtraj.train.plan import DataSource, Perturbation, Plan, Run
 
     # 23 points and widths 7, 5, 1: the lane kernel's groups of four points or rows end short
     X, y = make_dataset("sincos", 23, 5)
@@ -121,10 +121,10 @@ def test_lane_kernel_is_bit_identical_to_the_per_run_kernel(precision, monkeypat
 def test_lane_kernel_writing_into_the_recording_buffers_in_place(monkeypatch) -> None:
     """A lane set of whole consecutive runs (no padding) records through views of the buffers;
     the result equals the per-run kernel's, divergence and NaN rows included."""
-    import geomtraj.train as train_mod
-    from geomtraj.data import make_dataset
-    from geomtraj.models import MLPSpec
-    from geomtraj.plan import DataSource, Plan, Run
+    import geomtraj.train.trainer as train_mod
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.models import MLPSpec
+    from geomtraj.train.plan import DataSource, Plan, Run
 
     X, y = make_dataset("sincos", 21, 2)
     spec = MLPSpec(2, (6, 4))

@@ -12,9 +12,8 @@ import json
 import subprocess
 import sys
 
+import datafiles
 import pytest
-
-from geomtraj import datafiles
 
 HEAVY = ("scipy.signal", "matplotlib", "sklearn")
 ANALYSIS_MODULES = tuple(
@@ -41,7 +40,7 @@ def _fresh(code: str, watched=HEAVY + ANALYSIS_MODULES) -> list[str]:
         "import geomtraj.cli",
         "import geomtraj.analysis",
         "from geomtraj.analysis import ANALYSES; names = list(ANALYSES); assert len(names) == 7",
-        "import geomtraj.report.plots, geomtraj.runner, geomtraj.store",
+        "import geomtraj.report.plots, geomtraj.analysis.runner, geomtraj.store",
     ],
 )
 def test_imports_stay_light(code):
@@ -80,7 +79,7 @@ def test_registry_imports_on_access_and_modules_stay_callable():
 def test_accessor_imports_only_the_analysis_it_forwards_to():
     code = (
         "import geomtraj\n"
-        "from geomtraj.store import open_store\n"
+        "from geomtraj.store.zarrstore import open_store\n"
         f"ds = open_store({str(datafiles.BURSTS_F32)!r})\n"
         "assert callable(ds.geomtraj.diffusion)\n"
     )
@@ -89,7 +88,7 @@ def test_accessor_imports_only_the_analysis_it_forwards_to():
 
 def test_accessor_unknown_name_lists_the_analyses():
     import geomtraj  # noqa: F401  (registers the accessor)
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(datafiles.BURSTS_F32)
     with pytest.raises(AttributeError, match="analyses: periods, spirals"):

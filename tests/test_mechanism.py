@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 
+import datafiles
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from geomtraj import datafiles
 from geomtraj.analysis import mechanism
+from geomtraj.analysis.hessian import MLPObjective
+from geomtraj.analysis.kernels import hvp as kc
 from geomtraj.analysis.mechanism import MechanismParams, Track, burst_predictions
 from geomtraj.analysis.stability import (
     SharpnessSolver,
@@ -21,10 +23,8 @@ from geomtraj.analysis.stability import (
     run_spec,
     stability_threshold,
 )
-from geomtraj.hessian import MLPObjective
-from geomtraj.kernels import curvature as kc
-from geomtraj.models import MLPSpec
-from geomtraj.store import open_store
+from geomtraj.store.zarrstore import open_store
+from geomtraj.train.models import MLPSpec
 
 
 def _kernel(spec: MLPSpec, X, y, wd, theta):

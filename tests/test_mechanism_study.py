@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomtraj.study.mechanism import explained_verdict, fit_law, predict, ratio_verdict
+from geomtraj.study.mechanism_study import explained_verdict, fit_law, predict, ratio_verdict
 
 
 def test_onsets_far_above_chance_are_supported():

@@ -7,8 +7,8 @@ import pytest
 from conftest import make_spec, make_theta0
 from naive import loss_and_grad, loss_value
 
-from geomtraj.data import make_dataset
-from geomtraj.train import train
+from geomtraj.train.data import make_dataset
+from geomtraj.train.trainer import train
 
 N_POINTS, BATCH, STEPS = 32, 8, 40
 HIDDEN = (5, 7)

@@ -11,8 +11,8 @@ from synth_periods import noise_trajectory, random_walk_trajectory, relaxation_o
 from geomtraj.analysis import combine
 from geomtraj.analysis import periods as P
 from geomtraj.analysis.events import detect_bursts
-from geomtraj.data import make_dataset
-from geomtraj.train import train
+from geomtraj.train.data import make_dataset
+from geomtraj.train.trainer import train
 
 #: (slow period, e-folding time, beta2) of the synthetic relaxation oscillations: the slow period
 #: near 1/(1-beta2) as docs/science.md describes, and e-folding times around 2/(1-beta1) for beta1

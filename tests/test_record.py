@@ -1,4 +1,4 @@
-"""geomtraj.record: TorchRecorder, write_store and combine_stores.
+"""geomtraj.store.record: TorchRecorder, write_store and combine_stores.
 
 The recorder's values against the trainer's own store are checked in test_adam_reference.py;
 here: what it reads from PyTorch, how it writes (chunks, crashes), and that its stores are
@@ -15,10 +15,10 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import find_peaks
 
 from geomtraj.cli import main
-from geomtraj.data import make_dataset
 from geomtraj.errors import GeomtrajError, StoreError
-from geomtraj.record import TorchRecorder, combine_stores, write_store
-from geomtraj.store import open_store
+from geomtraj.store.record import TorchRecorder, combine_stores, write_store
+from geomtraj.store.zarrstore import open_store
+from geomtraj.train.data import make_dataset
 
 torch = pytest.importorskip("torch")
 

@@ -13,12 +13,12 @@ import html
 import json
 import re
 
+import datafiles
 import numpy as np
 import pytest
 import xarray as xr
 from report_stores import small_store
 
-from geomtraj import datafiles
 from geomtraj.analysis import ANALYSES, declaration, register, unregister
 from geomtraj.analysis.base import iter_runs
 from geomtraj.analysis.declaration import (
@@ -241,7 +241,7 @@ def test_a_bare_protocol_module_is_adapted() -> None:
 
 def test_periods_grid_test_uses_the_parameters_it_ran_with() -> None:
     from geomtraj.analysis import periods
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     custom = periods.PeriodParams(ci_level=0.5, agreement_tol=0.05)
     result = periods.analyze(open_store(datafiles.BETA_GRID), params=custom)

@@ -1,10 +1,10 @@
 """Regression tests: every analysis on every fixture against its stored result.
 
 ``fixtures/expected/<fixture>__<analysis>.json`` holds the ``report`` of each analysis in
-:data:`geomtraj.analysis.ANALYSES` on each fixture of :data:`geomtraj.datafiles.FIXTURES`. This
+:data:`geomtraj.analysis.ANALYSES` on each fixture of :data:`datafiles.FIXTURES`. This
 test recomputes it and compares every value with a tolerance chosen per quantity
 (:data:`TOLERANCES`). A difference means the analysis's numbers changed: if that is intended, run
-the one update command (:data:`geomtraj.datafiles.UPDATE_COMMAND`) and commit the reviewed diff of
+the one update command (:data:`datafiles.UPDATE_COMMAND`) and commit the reviewed diff of
 ``fixtures/expected``. The expected files are never rewritten by a test.
 
 An analysis that appears in ``ANALYSES`` without expected files fails here, loudly, with the
@@ -18,9 +18,9 @@ import math
 import re
 from dataclasses import dataclass
 
+import datafiles
 import pytest
 
-from geomtraj import datafiles
 from geomtraj.analysis import ANALYSES
 from geomtraj.errors import GeomtrajError
 
@@ -203,7 +203,7 @@ def test_no_stale_expected_files():
             stale.append(path.name)
     assert not stale, (
         f"expected results for unknown fixtures or analyses: {stale}; delete them, or register "
-        "the fixture in geomtraj/datafiles.py"
+        "the fixture in fixtures/datafiles.py"
     )
 
 

@@ -21,19 +21,19 @@ from report_stores import N_RUNS, small_store
 
 import geomtraj.accessor  # noqa: F401  (registers ds.geomtraj)
 import geomtraj.analysis
-from geomtraj.errors import GeomtrajError
-from geomtraj.report import make_report, validate_report
-from geomtraj.report.assemble import run_defaults, to_jsonable
-from geomtraj.report.plots import KINDS, plot_run
-from geomtraj.report.render import html_page, markdown, terminal_summary
-from geomtraj.runner import (
+from geomtraj.analysis.runner import (
     AnalyzeParams,
     parse_steps,
     run_analyses,
     select_runs,
     select_steps,
 )
-from geomtraj.store import open_store
+from geomtraj.errors import GeomtrajError
+from geomtraj.report import make_report, validate_report
+from geomtraj.report.assemble import run_defaults, to_jsonable
+from geomtraj.report.plots import KINDS, plot_run
+from geomtraj.report.render import html_page, markdown, terminal_summary
+from geomtraj.store.zarrstore import open_store
 
 FAKE = {"periods": fake_analysis}
 USABLE = [r for r in range(N_RUNS) if r != 9]  # run 9 has no finite update

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from conftest import make_spec, make_theta0
 
-import geomtraj.train as train_mod
-from geomtraj.data import make_dataset
-from geomtraj.experiment import plan_from_config
-from geomtraj.kernels.rounding import STORAGE_DTYPE, round_to_format
-from geomtraj.models import MLPSpec
-from geomtraj.train import DataSource, Plan, Run, train, train_plan
+import geomtraj.train.trainer as train_mod
+from geomtraj.train.config import plan_from_config
+from geomtraj.train.data import make_dataset
+from geomtraj.train.kernels.rounding import STORAGE_DTYPE, round_to_format
+from geomtraj.train.models import MLPSpec
+from geomtraj.train.trainer import DataSource, Plan, Run, train, train_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,8 +84,8 @@ _THREAD_SCRIPT = textwrap.dedent(
     import sys
     import numba
     import numpy as np
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train, train_plan
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train, train_plan
 
     out, threads = sys.argv[1], int(sys.argv[2])
     assert numba.config.NUMBA_NUM_THREADS == threads, numba.config.NUMBA_NUM_THREADS
@@ -245,9 +245,9 @@ _LLVM_SCRIPT = textwrap.dedent(
     import sys
     import warnings
 
-    from geomtraj.data import make_dataset
-    from geomtraj.kernels.mlp import get_train_kernel
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.kernels.mlp import get_train_kernel
+    from geomtraj.train.trainer import train
 
     fmt, out = sys.argv[1], sys.argv[2]
     X, y = make_dataset("sincos", 16, 0)

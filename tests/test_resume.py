@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomtraj.store import read_attrs, resume_path
+from geomtraj.store.zarrstore import read_attrs, resume_path
 
 CONFIG = """
 steps = 40000

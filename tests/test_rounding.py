@@ -1,4 +1,4 @@
-"""Bit-exactness of the emulated low-precision rounders in geomtraj.kernels.rounding."""
+"""Bit-exactness of the emulated low-precision rounders in geomtraj.train.kernels.rounding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from geomtraj.kernels.rounding import (
+from geomtraj.train.kernels.rounding import (
     FORMATS,
     ROUNDERS,
     STORAGE_DTYPE,

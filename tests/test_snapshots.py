@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomtraj.data import make_dataset
 from geomtraj.errors import ConfigError
-from geomtraj.plan import Perturbation
-from geomtraj.train import create_store, finish_store, run_blocks, train, train_block
+from geomtraj.train.data import make_dataset
+from geomtraj.train.plan import Perturbation
+from geomtraj.train.trainer import create_store, finish_store, run_blocks, train, train_block
 
 KW = dict(hidden=(5, 7), beta2=[0.99, 0.999, 0.99], lr=[0.05, 0.05, 50.0], steps=600,
           precision="float32", seed=[0, 1, 2], n_runs=3, snapshot_every=50)  # fmt: skip
@@ -69,8 +69,8 @@ def test_bad_snapshot_stride(data):
 def test_block_training_writes_snapshots(tmp_path):
     # blocks of runs trained separately into one store (the path of `train --scheduler`) write
     # their own snapshot regions; the result equals a whole-plan run
-    from geomtraj.experiment import plan_from_config
-    from geomtraj.train import train_plan
+    from geomtraj.train.config import plan_from_config
+    from geomtraj.train.trainer import train_plan
 
     cfg = {
         "steps": 300, "record_params": 3, "snapshot_every": 70, "chunk_rows": 100,
@@ -93,8 +93,8 @@ def test_block_training_writes_snapshots(tmp_path):
 def test_snapshot_chunks_follow_training_chunks(data, tmp_path):
     # 600 updates in training chunks of 200 (chunk_rows) and a snapshot every 50: four snapshots
     # per zarr chunk; a stride that does not divide the chunk falls back to one per chunk
-    from geomtraj.experiment import plan_from_config
-    from geomtraj.train import train_plan
+    from geomtraj.train.config import plan_from_config
+    from geomtraj.train.trainer import train_plan
 
     for every, expected in ((50, 4), (70, 1)):
         cfg = {

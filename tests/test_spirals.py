@@ -31,8 +31,7 @@ from synth_spirals import (
 )
 
 from geomtraj.analysis import spirals as sp
-from geomtraj.errors import GeomtrajError
-from geomtraj.kernels.spirals import (
+from geomtraj.analysis.kernels.winding import (
     FEATURES,
     N_FEATURES,
     PHASE_COS,
@@ -47,6 +46,7 @@ from geomtraj.kernels.spirals import (
     _winding_scores,
     _window_residual,
 )
+from geomtraj.errors import GeomtrajError
 
 P = sp.SpiralParams()
 
@@ -659,8 +659,8 @@ def test_turning_planes_of_flipped_bursts_are_twisted():
 @pytest.fixture(scope="module")
 def bursting_store():
     """Two float32 runs with beta2 = 0.999, whose update norm bursts every ~100 steps."""
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", n_points=64, seed=0)
     return train(
@@ -755,8 +755,8 @@ def test_named_pair_and_unknown_pair(bursting_store):
 
 
 def test_record_every_above_one_is_not_measurable():
-    from geomtraj.data import make_dataset
-    from geomtraj.train import train
+    from geomtraj.train.data import make_dataset
+    from geomtraj.train.trainer import train
 
     X, y = make_dataset("sincos", n_points=32, seed=0)
     ds = train(X, y, hidden=(4, 4), steps=200, record_every=2, precision="float32", progress=False)

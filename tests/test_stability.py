@@ -16,6 +16,7 @@ from synth_stability import (
 )
 
 from geomtraj.analysis import stability
+from geomtraj.analysis.hessian import MLPObjective
 from geomtraj.analysis.stability import (
     SharpnessSolver,
     StabilityParams,
@@ -28,10 +29,9 @@ from geomtraj.analysis.stability import (
     update_ratio,
     upward_crossings,
 )
-from geomtraj.data import make_dataset
 from geomtraj.errors import GeomtrajError
-from geomtraj.hessian import MLPObjective
-from geomtraj.train import train
+from geomtraj.train.data import make_dataset
+from geomtraj.train.trainer import train
 
 # ------------------------------------------------------------------------------- the formulas
 
@@ -331,7 +331,7 @@ def test_sparse_checkpoints_are_not_measurable():
 
 
 def test_a_step_range_restricts_the_checkpoints(small_store):
-    from geomtraj.runner import select_steps
+    from geomtraj.analysis.runner import select_steps
 
     view = select_steps(small_store, (100, 300))
     states = checkpoint_states(view, 0, max_checkpoints=1000)
@@ -342,8 +342,9 @@ def test_a_step_range_restricts_the_checkpoints(small_store):
 
 def test_a_store_without_training_data_is_not_measurable(tmp_path):
     """A store written elsewhere (PyTorch, xarray) may lack data_x/data_y: no crash, a reason."""
-    from geomtraj import datafiles
-    from geomtraj.store import open_store
+    import datafiles
+
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(datafiles.fixture_path("bursts_f32")).drop_vars(["data_x", "data_y"])
     rep = stability.report(stability.analyze(ds))["stability"]
@@ -357,8 +358,9 @@ def test_a_store_without_training_data_is_not_measurable(tmp_path):
 
 
 def test_state_views_read_a_chunk_of_runs_once_and_give_the_stores_numbers():
-    from geomtraj import datafiles
-    from geomtraj.store import open_store
+    import datafiles
+
+    from geomtraj.store.zarrstore import open_store
 
     ds = open_store(datafiles.BETA_GRID)
     runs = [1, 4, 5, 10]

@@ -11,12 +11,12 @@ import pytest
 import xarray as xr
 import zarr
 
-from geomtraj import store as store_mod
-from geomtraj.data import make_dataset_from_attrs
 from geomtraj.errors import StoreError
-from geomtraj.experiment import plan_from_config
-from geomtraj.models import MLPSpec
-from geomtraj.train import train, train_plan
+from geomtraj.store import zarrstore as store_mod
+from geomtraj.train.config import plan_from_config
+from geomtraj.train.data import make_dataset_from_attrs
+from geomtraj.train.models import MLPSpec
+from geomtraj.train.trainer import train, train_plan
 
 STEPS, RECORD_EVERY = 40, 4
 MIXED = {
@@ -385,7 +385,13 @@ def test_default_run_chunk_grows_only_while_chunks_are_small():
 def test_a_store_keeps_its_own_run_chunk_when_resumed_trained_by_block_or_finished(tmp_path):
     """A store laid out with another run chunk than today's default (as older versions made
     them) is resumed in its own layout, and ends byte-identical to one trained in that layout."""
-    from geomtraj.train import create_store, finish_store, plan_for_store, run_blocks, train_block
+    from geomtraj.train.trainer import (
+        create_store,
+        finish_store,
+        plan_for_store,
+        run_blocks,
+        train_block,
+    )
 
     old = plan_from_config(SMALL_RUNS)
     old.run_chunk = 8
@@ -418,7 +424,7 @@ def test_dry_run_estimate_follows_the_kernel_each_run_takes():
     """``--dry-run`` prices each run at the rate of the kernel it will train in: full-batch runs
     of one architecture with a lane block per thread take the lane kernel (faster per
     network-step); a group too small for that, and mini-batch runs, take the per-run kernel."""
-    from geomtraj.plan import LANE_RATE, REFERENCE_RATE, estimate_seconds, lane_key
+    from geomtraj.train.plan import LANE_RATE, REFERENCE_RATE, estimate_seconds, lane_key
 
     cfg = {
         **SMALL_RUNS,

@@ -13,10 +13,9 @@ import pytest
 
 from geomtraj.cli import main
 from geomtraj.errors import ConfigError, GeomtrajError
-from geomtraj.experiment import expand_hidden, plan_from_config
 from geomtraj.study import STUDIES, _merge, load_study, run_study
-from geomtraj.study import betas as betas_mod
-from geomtraj.study import twins as twins_mod
+from geomtraj.study import betas_study as betas_mod
+from geomtraj.study import twins_study as twins_mod
 from geomtraj.study.claims import (
     CLAIMS,
     VERDICTS,
@@ -26,6 +25,7 @@ from geomtraj.study.claims import (
     wilson,
 )
 from geomtraj.study.results import claims_table
+from geomtraj.train.config import expand_hidden, plan_from_config
 
 # ----------------------------------------------------------------------- configs and manifests
 
@@ -65,7 +65,7 @@ def test_full_scale_plans_match_what_the_issue_asks(name):
         assert f32.steps == 50000 and {r.precision for r in f32.runs} == {"float32"}
         assert {r.precision for r in f64.runs} == {"float64"} and len(f64.runs) >= 100
         # each store stays under 10 GB even before compression
-        from geomtraj.plan import estimate
+        from geomtraj.train.plan import estimate
 
         for p in plans.values():
             assert estimate(p, 1.0)["store_bytes_uncompressed"] < 10 * 10**9

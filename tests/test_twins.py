@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_spec, make_theta0
 
-from geomtraj.train import Perturbation, train
+from geomtraj.train.trainer import Perturbation, train
 
 STEPS = 300
 T = 20  # the ulp twin's perturbation step

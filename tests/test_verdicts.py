@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from geomtraj.study import betas as betas_mod
-from geomtraj.study import divergence as div_mod
-from geomtraj.study import netay as netay_mod
-from geomtraj.study import twins as twins_mod
+from geomtraj.study import betas_study as betas_mod
+from geomtraj.study import divergence_study as div_mod
+from geomtraj.study import netay_study as netay_mod
+from geomtraj.study import twins_study as twins_mod
 from geomtraj.study.claims import false_positive_rate, near, split_divergence
 from geomtraj.study.results import write_page
 

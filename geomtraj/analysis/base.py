@@ -13,7 +13,7 @@ import xarray as xr
 
 from geomtraj import runtable
 from geomtraj.errors import StoreError
-from geomtraj.store import strings
+from geomtraj.store.zarrstore import strings
 
 #: Hyper-parameters and labels copied from the store for every run, with their Python types.
 #: The required fields of the run table (geomtraj.runtable).
@@ -76,7 +76,8 @@ class RunData:
         if missing:
             raise StoreError(
                 f"dataset: missing variable(s) {', '.join(missing)} required by schema 1 "
-                "(see docs/store-contract.md); geomtraj.record.write_store builds a valid store"
+                "(see docs/store-contract.md); geomtraj.store.record.write_store builds a valid "
+                "store"
             )
         self.ds = ds
         self.run = int(run)

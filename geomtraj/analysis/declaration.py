@@ -4,7 +4,8 @@ An analysis module ends with ``ANALYSIS = Analysis(...)``. The declaration names
 its parameter dataclass, says what it reads from a store (:class:`Needs`), lists its result fields
 with units and one-line definitions (:class:`Field`), the run-table columns it adds
 (:class:`Column`) and the figures it draws (:class:`Figure`, with their captions), and holds its
-three functions (``analyze``, ``report``, ``draw``). The runner (:mod:`geomtraj.runner`), the
+three functions (``analyze``, ``report``, ``draw``). The runner (:mod:`geomtraj.analysis.runner`),
+the
 report (:mod:`geomtraj.report`) and the report's JSON Schema are generic code over these
 declarations; see ``docs/architecture.md`` ("Adding an analysis").
 

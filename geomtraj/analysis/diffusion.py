@@ -239,7 +239,7 @@ def msd_block_sums(
     S = np.zeros((n_blocks, lags.size))
     N = np.zeros((n_blocks, lags.size))
     if lags.size <= _DIRECT_MAX_LAGS:
-        from geomtraj.kernels.diffusion import _msd_block_sums
+        from geomtraj.analysis.kernels.msd import _msd_block_sums
 
         # direct sums: n * p per lag, cheaper than the FFT over every lag at an analysis's few
         # dozen, and free of the cancellation between the squares and the correlation

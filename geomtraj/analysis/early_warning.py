@@ -263,7 +263,7 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
     h = rd.hyper
     spec = st.run_spec(ds, run)
     X, y = st.run_data_arrays(ds, run)
-    from geomtraj.hessian import MLPObjective
+    from geomtraj.analysis.hessian import MLPObjective
 
     objective = MLPObjective(spec, X, y, h["weight_decay"])
     threshold = st.stability_threshold(h["beta1"], h["lr"])

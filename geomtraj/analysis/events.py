@@ -52,8 +52,8 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
+from geomtraj.analysis.kernels.burst_scan import _hysteresis_events, _rise_bounds
 from geomtraj.errors import GeomtrajError
-from geomtraj.kernels.events import _hysteresis_events, _rise_bounds
 
 #: Burst detection methods (:attr:`BurstParams.method`).
 METHODS = ("threshold", "prominence")

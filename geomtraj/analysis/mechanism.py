@@ -14,7 +14,7 @@ This module measures it densely along a whole run, cheaply:
   block, so the full ``theta_t``, ``v_t`` of every update pass by without being stored. The
   replayed update norms are compared with the stored ones at every update, and the replayed state
   with the store's full snapshots; any difference is reported in ``note``.
-* **Tracking.** :func:`geomtraj.kernels.curvature.track_block` continues one power iteration on
+* **Tracking.** :func:`geomtraj.analysis.kernels.hvp.track_block` continues one power iteration on
   ``P^-1/2 H P^-1/2`` from the previous evaluation's vector with one float64 Hessian-vector product
   per evaluated update, and measures the curvature along the preconditioned gradient with a second.
   It evaluates every update while the last ratio ``lambda/threshold`` is at least
@@ -137,7 +137,7 @@ class MechanismParams:
             raise GeomtrajError("verdict_fraction must lie in (0, 1] and verdict_alpha in (0, 1)")
 
 
-#: Work arrays of :func:`geomtraj.kernels.curvature.track_block`, in its argument order.
+#: Work arrays of :func:`geomtraj.analysis.kernels.hvp.track_block`, in its argument order.
 _WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad")
 
 
@@ -158,8 +158,8 @@ def replay_states(
     the original run bit for bit; recording every ``every``-th state only costs less than
     recording all.
     """
-    from geomtraj.plan import DataSource, Plan, Run
-    from geomtraj.train import replay
+    from geomtraj.train.plan import DataSource, Plan, Run
+    from geomtraj.train.trainer import replay
 
     rd = RunData(ds, run)
     h = rd.hyper
@@ -249,7 +249,7 @@ def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -
     """Replay run ``run`` and track its preconditioned sharpness (see the module docstring)."""
     from threadpoolctl import threadpool_limits
 
-    from geomtraj.kernels import curvature as kc
+    from geomtraj.analysis.kernels import hvp as kc
 
     params = params or MechanismParams()
     rd = RunData(ds, run)

@@ -121,8 +121,7 @@ from geomtraj.analysis.declaration import (
     describe_run,
     run_entry,
 )
-from geomtraj.errors import GeomtrajError
-from geomtraj.kernels.spirals import (
+from geomtraj.analysis.kernels.winding import (
     FEATURES,
     N_FEATURES,
     PHASE_COS,
@@ -136,6 +135,7 @@ from geomtraj.kernels.spirals import (
     _residuals,
     _winding_scores,
 )
+from geomtraj.errors import GeomtrajError
 
 LABELS = ("noise", "spiral", "double", "twisted", "double twisted")
 

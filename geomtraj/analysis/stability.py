@@ -23,7 +23,8 @@ Indexing in this module. geomtraj stores the state *after* update ``t`` (``theta
 with ``g`` recomputed in float64 (weight decay included, as in the trainer). This is Cohen et al.'s
 ``P_t^{-1} H_t`` in their indexing. The eigenvalue is computed on the symmetric matrix
 ``P^{-1/2} H P^{-1/2}``, which has the same spectrum as ``P^{-1} H``. ``H`` comes from exact
-Hessian-vector products (:mod:`geomtraj.hessian`) in float64 on the run's data, rounded first to the
+Hessian-vector products (:mod:`geomtraj.analysis.hessian`) in float64 on the run's data, rounded
+first to the
 run's number format as the trainer rounded it.
 
 Where the full state lives. ``lambda_max`` needs every coordinate of ``theta``, ``m``, ``v``:
@@ -74,10 +75,10 @@ from geomtraj.analysis.declaration import (
     params_attr,
     params_from_result,
 )
+from geomtraj.analysis.hessian import MLPObjective
 from geomtraj.errors import GeomtrajError
-from geomtraj.hessian import MLPObjective
-from geomtraj.models import MLPSpec, parse_hidden
-from geomtraj.store import strings
+from geomtraj.store.zarrstore import strings
+from geomtraj.train.models import MLPSpec, parse_hidden
 
 __all__ = [
     "StabilityParams",
@@ -634,7 +635,7 @@ class CheckpointStates:
 
 
 def run_spec(ds: xr.Dataset, run: int) -> MLPSpec:
-    """The network of store run ``run`` (:class:`~geomtraj.models.MLPSpec`)."""
+    """The network of store run ``run`` (:class:`~geomtraj.train.models.MLPSpec`)."""
     one = RunView(ds, run)
     d_in = int(ds.sizes["feature"])
     return MLPSpec(
@@ -647,7 +648,7 @@ def run_spec(ds: xr.Dataset, run: int) -> MLPSpec:
 
 def run_data_arrays(ds: xr.Dataset, run: int, *, rounded: bool = True):
     """The data ``(X, y)`` run ``run`` trained on, float64; rounded to its format if ``rounded``."""
-    from geomtraj.kernels.rounding import round_to_format
+    from geomtraj.train.kernels.rounding import round_to_format
 
     one = RunView(ds, run)
     d = int(one["data_index"].values)
@@ -685,8 +686,8 @@ _PERTURBATION = re.compile(r"^ulp:([+-]?\d+)@(.+)@t=(\d+)$")
 
 
 def _parse_perturbation(label: str):
-    """The :class:`geomtraj.plan.Perturbation` a store's ``perturbation`` label describes."""
-    from geomtraj.plan import Perturbation
+    """The :class:`geomtraj.train.plan.Perturbation` a store's ``perturbation`` label describes."""
+    from geomtraj.train.plan import Perturbation
 
     if label in ("", "none"):
         return None
@@ -841,7 +842,7 @@ def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray, snap_step
     The rebuilt trajectory is compared with what the store holds (the recorded coordinates and
     any full snapshots); a difference is returned as a note.
     """
-    from geomtraj.train import train
+    from geomtraj.train.trainer import train
 
     h = rd.hyper
     n = h["n_params"]

@@ -1,7 +1,8 @@
 """The analysis report (contract 4): ``report.json``, ``report.md``, ``report.html``, figures.
 
 :func:`make_report` is what ``geomtraj analyze`` runs: it checks the store, runs the selected
-analyses over blocks of runs (:func:`geomtraj.runner.run_analyses`), asks each analysis for its
+analyses over blocks of runs (:func:`geomtraj.analysis.runner.run_analyses`), asks each analysis
+for its
 ``report`` and ``figures``, assembles ``report.json`` (validated against the JSON Schema
 ``schema.json`` of this package, ``geomtraj.report/1``) and renders it.
 """
@@ -111,7 +112,7 @@ def _analysis_status(
     """Status of every analysis the report knows of: registered ones and the declared ones."""
     known = list(registry) + [n for n in declarations if n not in registry]
     status: dict[str, dict] = {}
-    from geomtraj.runner import protocol_gaps, registered_analyses
+    from geomtraj.analysis.runner import protocol_gaps, registered_analyses
 
     incomplete = {k: gaps for k, m in registered_analyses().items() if (gaps := protocol_gaps(m))}
     for name in dict.fromkeys([*known, *incomplete]):
@@ -259,7 +260,8 @@ def make_report(
 ) -> Report:
     """Analyse ``store`` and write the report into ``out`` (default: ``STORE-report`` beside it).
 
-    Parameters are those of :func:`geomtraj.runner.run_analyses`; ``runs`` may be a selection
+    Parameters are those of :func:`geomtraj.analysis.runner.run_analyses`; ``runs`` may be a
+    selection
     string such as ``"beta2>0.99"`` and ``steps`` a range such as ``"1000:5000"``.
 
     Raises
@@ -267,9 +269,9 @@ def make_report(
     GeomtrajError
         For an unusable store or selection (the CLI turns it into exit status 2).
     """
-    from geomtraj import runner
+    from geomtraj.analysis import runner
     from geomtraj.report.plots import overview_figure
-    from geomtraj.store import open_store
+    from geomtraj.store.zarrstore import open_store
 
     params = params or runner.AnalyzeParams()
     store = Path(store)
@@ -380,7 +382,7 @@ def make_report(
 
 
 def _strings_at(ds, name: str, runs: list[int]) -> list[str]:
-    from geomtraj.store import strings
+    from geomtraj.store.zarrstore import strings
 
     return strings(ds[name].isel(run=runs))
 

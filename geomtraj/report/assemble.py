@@ -22,7 +22,7 @@ import xarray as xr
 
 from geomtraj.analysis.base import RUN_FIELDS
 from geomtraj.analysis.declaration import Analysis, as_analysis
-from geomtraj.store import strings
+from geomtraj.store.zarrstore import strings
 
 SCHEMA_ID = "geomtraj.report/1"
 
@@ -263,7 +263,7 @@ def build_report(
     runs
         The analysed runs, in order.
     health
-        Per run, a :class:`geomtraj.runner.RunHealth`.
+        Per run, a :class:`geomtraj.analysis.runner.RunHealth`.
     reports
         Per analysis that ran, the dict its ``report(result)`` returned (None if it had none).
     status

@@ -18,7 +18,7 @@ and a manifest ``study.toml``::
 
 ``geomtraj study NAME`` (:func:`run_study`) trains every store (a complete store of the same config
 is reused, an interrupted one resumed), writes ``geomtraj analyze``'s report for each, lets the
-study's module (:mod:`geomtraj.study.netay`, ``betas``, ``twins``,
+study's module (:mod:`geomtraj.study.netay_study`, ``betas``, ``twins``,
 ``divergence``) measure what the reports do not
 hold and judge the claims it owns, saves ``study.json`` and regenerates the results page from every
 study found beside it (:mod:`geomtraj.study.results`). The same code runs at ``--scale full`` (the
@@ -64,7 +64,7 @@ class StoreSpec:
     @functools.cached_property
     def plan(self):
         """The expanded plan, built once (a 1600-run grid takes a moment to expand and check)."""
-        from geomtraj.experiment import plan_from_config
+        from geomtraj.train.config import plan_from_config
 
         try:
             return plan_from_config(self.config)
@@ -86,7 +86,7 @@ class Study:
 
     @property
     def module(self):
-        return importlib.import_module(f"geomtraj.study.{self.name}")
+        return importlib.import_module(f"geomtraj.study.{self.name}_study")
 
 
 def find_studies_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -120,7 +120,7 @@ def load_study(
     ConfigError
         For an unknown study or scale, or a manifest or config that does not parse or check.
     """
-    from geomtraj.experiment import load_config
+    from geomtraj.train.config import load_config
 
     if name not in STUDIES:
         raise ConfigError(f"study {name!r} unknown; choose from {', '.join(STUDIES)}")
@@ -174,7 +174,7 @@ def analysis_kwargs(study: Study) -> dict[str, dict]:
     A sub-table fills the dataclass that is the argument's default (``window_params = {...}``
     becomes ``WindowParams(...)``), so a study states only the thresholds it changes.
     """
-    from geomtraj.runner import available_analyses
+    from geomtraj.analysis.runner import available_analyses
 
     mods = available_analyses()
     out: dict[str, dict] = {}
@@ -202,7 +202,7 @@ def analysis_kwargs(study: Study) -> dict[str, dict]:
 
 def describe(study: Study, out_dir: Path) -> str:
     """The ``--dry-run`` text: every store's grid, recording, size and time estimate."""
-    from geomtraj.plan import estimate_text
+    from geomtraj.train.plan import estimate_text
 
     lines = [f"study {study.name} ({study.scale} scale): {study.title}"]
     total_runs = 0
@@ -229,8 +229,8 @@ def describe(study: Study, out_dir: Path) -> str:
 
 def _train_store(spec: StoreSpec, path: Path, progress: bool | None, log) -> dict:
     """Train (or reuse, or resume) one store; returns what ``study.json`` records of it."""
-    from geomtraj import store as store_mod
-    from geomtraj.train import plan_for_store, train_plan
+    from geomtraj.store import zarrstore as store_mod
+    from geomtraj.train.trainer import plan_for_store, train_plan
 
     plan = plan_for_store(spec.plan, path)
     fingerprint = plan.fingerprint()
@@ -405,7 +405,7 @@ class Context:
     log: object = print
 
     def store(self, name: str):
-        from geomtraj.store import open_store
+        from geomtraj.store.zarrstore import open_store
 
         return open_store(self.study_dir / f"{name}.zarr")
 

@@ -1,6 +1,7 @@
 """JIT-compiled float64 gradients, Hessian-vector products and a sharpness tracker for the MLPs.
 
-The same definitions as :mod:`geomtraj.hessian` (contract-1 layout, ``tanh``/``sigmoid``/``relu``
+The same definitions as :mod:`geomtraj.analysis.hessian` (contract-1 layout,
+``tanh``/``sigmoid``/``relu``
 hidden layers, a linear output, ``mse`` without a factor 1/2 or ``bce`` on the logit, weight decay
 adding ``alpha*I``): Pearlmutter's R-operator, written as loops over points so that one product of
 a 12x24 net on 64 points costs a few microseconds instead of the ~100 us of the vectorised NumPy
@@ -22,7 +23,7 @@ import math
 import numba
 import numpy as np
 
-from geomtraj.config import ANALYSIS_JIT
+from geomtraj.constants import ANALYSIS_JIT
 
 #: Activation and loss codes of the kernels.
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}

@@ -104,7 +104,7 @@ def _width_trend(report: dict) -> dict:
 
 def _precision_pairs(reports: dict) -> dict | None:
     """Burst rate of the float64 subsample over the float32 runs of the same widths and seed."""
-    from geomtraj.study.betas import _paired_ratio
+    from geomtraj.study.betas_study import _paired_ratio
 
     if "f64" not in reports:
         return None

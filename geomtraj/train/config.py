@@ -60,11 +60,18 @@ import tomllib
 from pathlib import Path
 
 from geomtraj import runtable
-from geomtraj.data import DATASETS, dataset_attrs, make_dataset
 from geomtraj.errors import ConfigError
 from geomtraj.formats import FORMATS
-from geomtraj.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_data_size, check_resources
+from geomtraj.train.data import DATASETS, dataset_attrs, make_dataset
+from geomtraj.train.models import ACTIVATIONS, LOSSES, MLPSpec, parse_hidden
+from geomtraj.train.plan import (
+    DataSource,
+    Perturbation,
+    Plan,
+    Run,
+    check_data_size,
+    check_resources,
+)
 
 _SECTIONS: dict[str, set[str]] = {
     "": {

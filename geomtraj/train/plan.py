@@ -1,6 +1,6 @@
 """What to train: data sets, runs (architecture, hyper-parameters, precision, twin) and the plan.
 
-A :class:`Plan` is what a TOML config expands to (:mod:`geomtraj.experiment`) and what
+A :class:`Plan` is what a TOML config expands to (:mod:`geomtraj.train.config`) and what
 :func:`geomtraj.train.train_plan` executes. It knows the recording layout (which coordinates are
 recorded, how the store is chunked) but nothing about kernels or storage.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomtraj import runtable
-from geomtraj.config import (
+from geomtraj.constants import (
     CHUNK_TARGET_BYTES,
     MIN_BLOCKS,
     RECORD_BUFFER_BYTES,
@@ -22,8 +22,8 @@ from geomtraj.config import (
 )
 from geomtraj.errors import ConfigError
 from geomtraj.formats import FORMATS
-from geomtraj.kernels.mlp import LANES
-from geomtraj.models import MLPSpec
+from geomtraj.train.kernels.mlp import LANES
+from geomtraj.train.models import MLPSpec
 
 __all__ = [
     "DataSource",
@@ -212,11 +212,11 @@ class Plan:
     def chunking(self, n_recorded: int) -> tuple[int, int]:
         """``(run_chunk, rows_per_chunk)`` for the stored arrays and the recording buffers.
 
-        The run chunk is ``run_chunk`` when set, else :data:`~geomtraj.config.RUN_CHUNK` runs,
+        The run chunk is ``run_chunk`` when set, else :data:`~geomtraj.constants.RUN_CHUNK` runs,
         doubled while a chunk of the largest array per run (recorded rows, per-update scalars or
-        final parameters) is below 3/4 of :data:`~geomtraj.config.CHUNK_TARGET_BYTES` (so it ends
-        between 3/4 and 3/2 of it), up to :data:`~geomtraj.config.RUN_CHUNK_MAX` runs or a
-        :data:`~geomtraj.config.MIN_BLOCKS`-th of the runs, whichever is more.
+        final parameters) is below 3/4 of :data:`~geomtraj.constants.CHUNK_TARGET_BYTES` (so it ends
+        between 3/4 and 3/2 of it), up to :data:`~geomtraj.constants.RUN_CHUNK_MAX` runs or a
+        :data:`~geomtraj.constants.MIN_BLOCKS`-th of the runs, whichever is more.
         """
         n_runs, item = len(self.runs), self.storage_dtype.itemsize
         run_chunk = self.run_chunk or min(n_runs, RUN_CHUNK)

@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from geomtraj.config import ANALYSIS_JIT
+from geomtraj.constants import ANALYSIS_JIT
 
 #: Layout of the feature vector returned by :func:`_plane_features`.
 FEATURES = (

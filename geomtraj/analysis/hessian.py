@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import expit
 
 from geomtraj.errors import GeomtrajError
-from geomtraj.models import MLPSpec
+from geomtraj.train.models import MLPSpec
 
 __all__ = ["MLPObjective", "Linearisation", "loss_and_grad", "hvp", "hessian"]
 

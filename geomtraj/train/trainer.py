@@ -1,6 +1,7 @@
 """Train grids of tiny MLPs with Adam and record their trajectories (contract 3).
 
-The step loop is Python around compiled kernels (:mod:`geomtraj.kernels.mlp`): each call advances
+The step loop is Python around compiled kernels (:mod:`geomtraj.train.kernels.mlp`): each call
+advances
 every run of a block by one chunk of updates, in parallel across runs, and fills recording buffers.
 Between calls this module writes the chunk to the store, applies last-bit perturbations and saves a
 resume checkpoint. Snapshots, progress and I/O stay outside the JIT.
@@ -44,14 +45,14 @@ import numpy as np
 import xarray as xr
 
 from geomtraj import __version__, runtable
-from geomtraj import store as store_mod
-from geomtraj.config import DIVERGENCE_LOSS_FACTOR, kernel_compilation
+from geomtraj.constants import DIVERGENCE_LOSS_FACTOR, kernel_compilation
 from geomtraj.errors import ConfigError, StoreError
 from geomtraj.formats import FORMATS
-from geomtraj.kernels.mlp import HYPER_COLUMNS, get_kernels
-from geomtraj.kernels.rounding import nextafter_format, round_to_format
-from geomtraj.models import MLPSpec, init_params, parse_hidden
-from geomtraj.plan import DataSource, Perturbation, Plan, Run, check_resources, lane_key
+from geomtraj.store import zarrstore as store_mod
+from geomtraj.train.kernels.mlp import HYPER_COLUMNS, get_kernels
+from geomtraj.train.kernels.rounding import nextafter_format, round_to_format
+from geomtraj.train.models import MLPSpec, init_params, parse_hidden
+from geomtraj.train.plan import DataSource, Perturbation, Plan, Run, check_resources, lane_key
 
 #: Full-batch runs of one architecture and data set train with the lane kernel (the run as the
 #: vector axis) when there are at least this many of them; fewer train one run per thread. None
@@ -192,7 +193,7 @@ class _Group:
     def _plan_lanes(self, plan: Plan, runs) -> None:
         """Split the group into lane blocks and runs for the per-run kernel.
 
-        Full-batch runs that share architecture and data set (:func:`geomtraj.plan.lane_key`),
+        Full-batch runs that share architecture and data set (:func:`geomtraj.train.plan.lane_key`),
         when there are enough of them (see :data:`LANE_MIN_RUNS`), train in blocks of ``LANES``
         with the run as the vector axis; a last partial block is padded with copies of a real
         run, whose results are discarded.

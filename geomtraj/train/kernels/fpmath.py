@@ -73,7 +73,7 @@ Consequence: for float32 ``x < -88.72`` (float64 ``x < -709.78``) the result is
 
 Every function is branch-free (comparisons become ``select``), has no loops
 and no calls, so LLVM inlines the chain into the calling loop and vectorises it.
-Decorator flags come from ``geomtraj.config.TRAIN_JIT`` (``fastmath=False``,
+Decorator flags come from ``geomtraj.constants.TRAIN_JIT`` (``fastmath=False``,
 ``error_model="numpy"``).
 
 Measured accuracy
@@ -124,7 +124,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import njit
 
-from geomtraj.config import TRAIN_JIT
+from geomtraj.constants import TRAIN_JIT
 
 __all__ = ["make_fpmath", "FP32", "FP64"]
 

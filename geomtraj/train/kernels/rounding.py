@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from geomtraj.config import TRAIN_JIT
+from geomtraj.constants import TRAIN_JIT
 from geomtraj.formats import FORMAT_NAMES
 from geomtraj.formats import FORMATS as _REGISTRY
 

@@ -23,7 +23,7 @@ import xarray as xr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from geomtraj import runtable
-from geomtraj.config import ZARR_CONSOLIDATED
+from geomtraj.constants import ZARR_CONSOLIDATED
 from geomtraj.errors import StoreError
 from geomtraj.formats import FORMAT_NAMES, storage_dtype
 
@@ -464,7 +464,7 @@ def check_integrity(path: str | os.PathLike, ds: xr.Dataset) -> None:
       without the table (older or foreign ones) get the weaker test: no chunk file that must
       hold trajectory data is missing or empty.
 
-    Chunks that cannot be decoded are found when they are read (see ``geomtraj.runner``).
+    Chunks that cannot be decoded are found when they are read (see ``geomtraj.analysis.runner``).
 
     Raises
     ------

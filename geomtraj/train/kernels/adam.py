@@ -15,7 +15,8 @@ every parameter at every update. It is textbook Adam, as ``torch.optim.Adam`` wi
 
 Every operation is one IEEE operation in the run's dtype, in this order and grouping; the kernels
 are compiled without fastmath, so nothing is fused or reassociated. For the emulated formats the
-result is rounded to the format (round to nearest even, :mod:`geomtraj.kernels.rounding`) at five
+result is rounded to the format (round to nearest even, :mod:`geomtraj.train.kernels.rounding`) at
+five
 points: ``g``, ``m``, ``v``, the step ``(lr*k)*(u/k)`` and ``theta``; the bias corrections and
 ``u`` stay in the compute dtype (docs/formats.md).
 
@@ -33,8 +34,8 @@ from functools import cache
 
 from numba import njit
 
-from geomtraj.config import TRAIN_JIT
-from geomtraj.kernels.rounding import get_rounder
+from geomtraj.constants import TRAIN_JIT
+from geomtraj.train.kernels.rounding import get_rounder
 
 
 @cache

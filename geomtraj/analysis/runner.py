@@ -40,7 +40,7 @@ import xarray as xr
 from geomtraj.analysis.base import per_update_note, rows_are_consecutive
 from geomtraj.analysis.declaration import Analysis, as_analysis, protocol_gaps
 from geomtraj.errors import GeomtrajError, StoreError
-from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
+from geomtraj.store.zarrstore import DATA_VARIABLES, check_integrity, open_store, strings
 
 __all__ = [
     "AnalyzeParams",
@@ -978,7 +978,7 @@ def train_distributed(
     With ``resume``, an unfinished store of the same plan is trained again block by block (a
     block's values do not depend on where or how often it is trained).
     """
-    from geomtraj.train import (
+    from geomtraj.train.trainer import (
         check_resume,
         create_store,
         finish_store,

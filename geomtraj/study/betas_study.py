@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from geomtraj.formats import FORMAT_NAMES
 from geomtraj.study.claims import (
     NEAR_BAND,
     STARTUP_STEPS,
@@ -26,16 +25,13 @@ from geomtraj.study.claims import (
     split_divergence,
     wilson,
 )
-
-LADDER = FORMAT_NAMES
-
-#: A paired burst-rate ratio float64/float32 below this (95% upper bound) counts as float64
-#: removing most of the instability, the "main cause" the claim asserts.
-MAIN_CAUSE_RATIO = 0.5
-
-#: Below this (95% upper bound) float64 removes at least a fifth of the effect: "partly". An effect
-#: under 20% is not a cause of the instability, however significant (docs/verdicts.md).
-MINOR_CAUSE_RATIO = 0.8
+from geomtraj.study.precision import (
+    LADDER,
+    MAIN_CAUSE_RATIO,
+    MINOR_CAUSE_RATIO,
+    paired,
+    precision_verdict,
+)
 
 
 def _rate(r: dict) -> float | None:
@@ -97,7 +93,6 @@ def measure(ctx) -> dict:
     for p in ("float64", "bfloat16", "float16"):
         est, ci, n = _paired_ratio(runs, p, "float32")
         ratios[f"{p}/float32"] = {"ratio": est, "ci": ci, "pairs": n}
-    from geomtraj.study.divergence import paired
 
     steps = max((r.get("n_steps") or 0 for r in runs), default=0)
     surprises = _surprises(ctx, ladder, ratios)
@@ -378,17 +373,6 @@ def _precision_row(meas: dict) -> dict:
 
 
 _VERDICT_RANK = ("supported", "partly", "not supported", "not testable here")
-
-
-def precision_verdict(ci: tuple[float, float] | None) -> str:
-    """Verdict of a float64/float32 ratio's interval (burst rate, or divergences)."""
-    if ci is None:
-        return "not testable here"
-    if ci[1] < MAIN_CAUSE_RATIO:
-        return "supported"
-    if ci[1] < MINOR_CAUSE_RATIO:
-        return "partly"
-    return "not supported"
 
 
 def claims(ctx) -> list[dict]:

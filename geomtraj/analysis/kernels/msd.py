@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from geomtraj.config import ANALYSIS_JIT
+from geomtraj.constants import ANALYSIS_JIT
 
 
 @numba.njit(**ANALYSIS_JIT)

@@ -3,29 +3,31 @@ FMT, ACTIVATION, LOSS = "float64", "tanh", "mse"  # rewritten for each variant; 
 # generated loops _run_affine, _lane_affine and _lane_dots, and RUN_VECTOR)
 # One compiled variant of the training kernel (template).
 #
-# :mod:`geomtraj.kernels.mlp` writes a copy of this file per ``(FMT, ACTIVATION, LOSS)``, with the
+# :mod:`geomtraj.train.kernels.mlp` writes a copy of this file per ``(FMT, ACTIVATION, LOSS)``,
+# with the
 # first line replaced, and imports it; numba then caches the compiled functions on disk next to that
 # copy. Every constant below is a module global of the run's dtype, which numba freezes into the
 # compiled code, so a float32 variant contains no float64 arithmetic. The arithmetic order is
-# documented in :mod:`geomtraj.kernels.mlp`.
+# documented in :mod:`geomtraj.train.kernels.mlp`.
 
 import math
 
 import numpy as np
 from numba import njit, prange
 
-from geomtraj.config import TRAIN_JIT, TRAIN_JIT_PARALLEL
+from geomtraj.constants import TRAIN_JIT, TRAIN_JIT_PARALLEL
 from geomtraj.formats import get_format
-from geomtraj.kernels.adam import make_adam_update
-from geomtraj.kernels.fpmath import make_fpmath
 from geomtraj.runtable import KERNEL_COLUMNS
+from geomtraj.train.kernels.adam import make_adam_update
+from geomtraj.train.kernels.fpmath import make_fpmath
+from geomtraj.train.kernels.rounding import get_rounder
 
 _JIT = {**TRAIN_JIT, "cache": True}
 _JIT_PARALLEL = {**TRAIN_JIT_PARALLEL, "cache": True}
 
 dtype = get_format(FMT).compute_dtype
 fp = make_fpmath(dtype)
-rnd = get_format(FMT).rounder()
+rnd = get_rounder(FMT)
 adam_update = make_adam_update(FMT)  # the one Adam update of every kernel below
 fp_tanh, fp_sigmoid, fp_exp_pos = fp.tanh, fp.sigmoid, fp.exp_pos
 ZERO, ONE, TWO = dtype(0), dtype(1), dtype(2)
@@ -583,7 +585,7 @@ def _train_block(
 #
 # Activations and deltas are 2-D: row ``unit*ns + point``, one column per lane. The two inner
 # loops that carry the matrix products, ``_lane_affine`` and ``_lane_dots``, are unrolled over the
-# lanes and over a register tile of independent sums (mlp.LANE_TILES); geomtraj.kernels.mlp
+# lanes and over a register tile of independent sums (mlp.LANE_TILES); geomtraj.train.kernels.mlp
 # generates them and appends them to each variant. What makes LLVM vectorise without fastmath
 # (each was measured):
 # * hot loops index with unsigned integers or run from 0 over a slice: a signed index that may be

@@ -16,10 +16,8 @@ import math
 
 import numpy as np
 
-from geomtraj.study.betas import LADDER, precision_verdict
 from geomtraj.study.claims import (
     STARTUP_STEPS,
-    bootstrap_ci,
     fmt,
     fmt_ci,
     originals,
@@ -27,6 +25,15 @@ from geomtraj.study.claims import (
     resample_ci,
     row,
     wilson,
+)
+from geomtraj.study.precision import (
+    LADDER,
+    SETTING,
+    failed_at_startup,
+    late_divergence,
+    paired,
+    precision_verdict,
+    setting_of,
 )
 
 #: Divergence is common, not a rare accident, when the Wilson lower bound of a diverged fraction
@@ -37,83 +44,15 @@ DIVERGENCE_COMMON = 0.05
 #: float32's lies above this (a quarter longer); it then counts as "partly" a cause.
 POSTPONE_RATIO = 1.25
 
-#: The settings of a phase-diagram cell (paired runs share all of them and their seed).
-SETTING = ("dataset", "hidden", "activation", "beta1", "beta2", "lr", "eps")
-
-
-def _setting(r: dict) -> tuple:
-    return tuple(r.get(k) for k in SETTING)
-
 
 def unbounded(r: dict) -> bool:
     """True where beta1 > sqrt(beta2): Adam's ratio m_hat / sqrt(v_hat) has no bound there."""
     return r["beta1"] > math.sqrt(r["beta2"])
 
 
-def _late(r: dict) -> int | None:
-    """Update at which the run diverged after start-up, None if it did not (or at start-up)."""
-    d = r.get("diverged_step")
-    return d if d is not None and d > STARTUP_STEPS else None
-
-
-def _startup(r: dict) -> bool:
-    d = r.get("diverged_step")
-    return d is not None and d <= STARTUP_STEPS
-
-
 def _fraction(runs: list[dict]) -> dict:
-    k = sum(_late(r) is not None for r in runs)
+    k = sum(late_divergence(r) is not None for r in runs)
     return {"k": k, "n": len(runs), "ci": wilson(k, len(runs))}
-
-
-def paired(runs: list[dict], num: str, den: str, steps: int) -> dict:
-    """Whether and when precision ``num`` diverges beside ``den`` on the same setting and seed.
-
-    Pairs where either run failed at start-up are counted apart and left out. Of the others:
-    ``both``, ``only_num``, ``only_den``, ``neither`` diverged; ``ratio`` is the number of ``num``
-    divergences over ``den``'s (pairs resampled for the interval); ``time_ratio`` the median of
-    t_num / t_den over pairs where both diverged; ``restricted`` the mean of min(t, steps) of
-    ``num`` over ``den``'s on the pairs where at least one diverged: a run that never diverges
-    counts as the run length, the least its divergence time can be (explicit censoring).
-    """
-    by = {p: {(_setting(r), r["seed"]): r for r in runs if r["precision"] == p} for p in (num, den)}
-    keys = [k for k in by[num] if k in by[den]]
-    startup = [k for k in keys if _startup(by[num][k]) or _startup(by[den][k])]
-    keys = [k for k in keys if k not in set(startup)]
-    t = np.array([[_late(by[num][k]) or -1, _late(by[den][k]) or -1] for k in keys], float).reshape(
-        -1, 2
-    )
-    d_num, d_den = t[:, 0] >= 0, t[:, 1] >= 0
-    out = {
-        "pairs": len(keys),
-        "startup_pairs": len(startup),
-        "both": int((d_num & d_den).sum()),
-        "only_num": int((d_num & ~d_den).sum()),
-        "only_den": int((~d_num & d_den).sum()),
-        "neither": int((~d_num & ~d_den).sum()),
-        "ratio": None,
-        "ci": None,
-        "time_ratio": None,
-        "time_ratio_ci": None,
-        "restricted": None,
-        "restricted_ci": None,
-    }
-    if d_den.any():
-        a, b = d_num.astype(float), d_den.astype(float)
-        out["ratio"] = float(a.sum() / b.sum())
-        out["ci"] = resample_ci([a, b], lambda x, y, axis=-1: x.sum(axis) / y.sum(axis))
-    both = d_num & d_den
-    if both.any():
-        tr = t[both, 0] / t[both, 1]
-        out["time_ratio"], out["time_ratio_ci"] = float(np.median(tr)), bootstrap_ci(tr)
-    some = d_num | d_den
-    if some.any():
-        cens = np.where(t[some] >= 0, t[some], float(steps))
-        out["restricted"] = float(cens[:, 0].mean() / cens[:, 1].mean())
-        out["restricted_ci"] = resample_ci(
-            [cens[:, 0], cens[:, 1]], lambda x, y, axis=-1: x.mean(axis) / y.mean(axis)
-        )
-    return out
 
 
 def _rate(r: dict) -> float | None:
@@ -125,7 +64,7 @@ def _rate(r: dict) -> float | None:
 def _burst_ratio(runs: list[dict], num: str, den: str) -> dict:
     """Mean burst rate of ``num`` over ``den`` on paired runs that did not diverge."""
     by = {
-        p: {(_setting(r), r["seed"]): _rate(r) for r in runs if r["precision"] == p and
+        p: {(setting_of(r), r["seed"]): _rate(r) for r in runs if r["precision"] == p and
             r.get("diverged_step") is None}
         for p in (num, den)
     }  # fmt: skip
@@ -155,10 +94,10 @@ def measure(ctx) -> dict:
     by_prec = {}
     for p in precisions:
         rs = [r for r in runs if r["precision"] == p]
-        late = [t for r in rs if (t := _late(r)) is not None]
+        late = [t for r in rs if (t := late_divergence(r)) is not None]
         by_prec[p] = {
             "all": _fraction(rs),
-            "startup": sum(_startup(r) for r in rs),
+            "startup": sum(failed_at_startup(r) for r in rs),
             "bounded": _fraction([r for r in rs if not unbounded(r)]),
             "unbounded": _fraction([r for r in rs if unbounded(r)]),
             "step_median": float(np.median(late)) if late else None,
@@ -171,11 +110,11 @@ def measure(ctx) -> dict:
         }  # fmt: skip
     cells = {}
     for r in runs:
-        key = "|".join(str(v) for v in _setting(r)) + f"|{r['precision']}"
+        key = "|".join(str(v) for v in setting_of(r)) + f"|{r['precision']}"
         c = cells.setdefault(key, {"n": 0, "late": 0, "startup": 0, "steps": []})
         c["n"] += 1
-        c["startup"] += _startup(r)
-        if (t := _late(r)) is not None:
+        c["startup"] += failed_at_startup(r)
+        if (t := late_divergence(r)) is not None:
             c["late"] += 1
             c["steps"].append(t)
     pairs = {
@@ -356,8 +295,8 @@ def figures(ctx, outdir) -> list:
     for r in runs:
         rk, ck = (r["dataset"], r["hidden"], r["beta1"], r["beta2"]), (r["lr"], r["eps"])
         # start-up failures are left out: a cell where every run failed at start-up stays grey
-        if not _startup(r):
-            cell.setdefault((r["precision"], rk, ck), []).append(_late(r) is not None)
+        if not failed_at_startup(r):
+            cell.setdefault((r["precision"], rk, ck), []).append(late_divergence(r) is not None)
     for ax, p in zip(axes[0], precisions, strict=True):
         frac = np.full((len(rows_), len(cols)), np.nan)
         for i, rk in enumerate(rows_):
@@ -389,14 +328,14 @@ def figures(ctx, outdir) -> list:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
-    by = {p: {(_setting(r), r["seed"]): r for r in runs if r["precision"] == p} for p in LADDER}
+    by = {p: {(setting_of(r), r["seed"]): r for r in runs if r["precision"] == p} for p in LADDER}
     for p, colour in (("float64", "C0"), ("bfloat16", "C2"), ("float16", "C3")):
         pts = [
-            (_late(by["float32"][k]) or steps * 1.1, _late(r) or steps * 1.1)
+            (late_divergence(by["float32"][k]) or steps * 1.1, late_divergence(r) or steps * 1.1)
             for k, r in by[p].items()
             if k in by["float32"]
-            and (_late(r) or _late(by["float32"][k]))
-            and not (_startup(r) or _startup(by["float32"][k]))
+            and (late_divergence(r) or late_divergence(by["float32"][k]))
+            and not (failed_at_startup(r) or failed_at_startup(by["float32"][k]))
         ]
         if pts:
             x, y = np.array(pts, float).T

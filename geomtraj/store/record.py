@@ -32,10 +32,10 @@ import numpy as np
 import xarray as xr
 
 from geomtraj import runtable
-from geomtraj.config import ZARR_CONSOLIDATED
+from geomtraj.constants import ZARR_CONSOLIDATED
 from geomtraj.errors import GeomtrajError
 from geomtraj.formats import FORMATS
-from geomtraj.store import (
+from geomtraj.store.zarrstore import (
     COMPRESSORS,
     CONTAINER_DTYPES,
     PRECISIONS,
@@ -185,7 +185,7 @@ def dataset_from_arrays(
     ds.attrs.update(
         geomtraj_schema=SCHEMA_VERSION,
         geomtraj_version=_version(),
-        geomtraj_producer="geomtraj.record.write_store",
+        geomtraj_producer="geomtraj.store.record.write_store",
         steps=int(coords.get("iteration", steps)[-1]),
     )
     gaps = np.unique(np.diff(steps))
@@ -281,7 +281,7 @@ def combine_stores(sources: Sequence[str | os.PathLike], path: str | os.PathLike
     out = xr.concat(parts, dim="run", data_vars="minimal", coords="minimal",
                     compat="override", join="exact")  # fmt: skip
     out.attrs = dict(parts[0].attrs)
-    out.attrs["geomtraj_producer"] = "geomtraj.record.combine_stores"
+    out.attrs["geomtraj_producer"] = "geomtraj.store.record.combine_stores"
     out.attrs.pop("geomtraj_status", None)
     out.attrs.pop("geomtraj_fingerprint", None)
     for var in out.variables.values():
@@ -710,7 +710,7 @@ class TorchRecorder:
         ds.attrs.update(
             geomtraj_schema=SCHEMA_VERSION,
             geomtraj_version=_version(),
-            geomtraj_producer="geomtraj.record.TorchRecorder",
+            geomtraj_producer="geomtraj.store.record.TorchRecorder",
             geomtraj_status=STATUS_TRAINING,
             record_every=self.record_every,
             record_params=json.dumps(len(self.recorded)),

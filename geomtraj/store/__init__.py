@@ -1,0 +1,32 @@
+"""Stores: the zarr trajectory store (:mod:`.zarrstore`) and recording other trainers into one
+(:mod:`.record`).
+
+The second layer of the workflow (``docs/architecture.md``, ``docs/store-contract.md``). Names are
+loaded on first use, so ``import geomtraj.store`` costs nothing until a store is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    **dict.fromkeys(
+        ("open_store", "validate", "check_integrity", "create", "write_region", "set_attrs",
+         "read_attrs", "read_run_chunk", "chunk_checksums", "strings", "resume_path",
+         "remove_partial", "encoding_for", "unified_chunks", "run_table_as_coords",
+         "SCHEMA_VERSION", "REQUIRED_VARIABLES", "DATA_VARIABLES", "PRECISIONS",
+         "STATUS_TRAINING", "STATUS_COMPLETE"),
+        "zarrstore",
+    ),
+    **dict.fromkeys(("TorchRecorder", "combine_stores", "dataset_from_arrays", "write_store"),
+    "record"),
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
