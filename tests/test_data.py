@@ -163,7 +163,7 @@ def test_attrs_accept_numpy_scalars():
 
 def test_attrs_version_mismatch_rejected():
     attrs = dataset_attrs("sincos", 8, 0, 0.0)
-    attrs["generator_version"] = "geomtraj.train.data/0"
+    attrs["generator_version"] = "geomtraj.data/0"
     with pytest.raises(ValueError, match="generator_version"):
         make_dataset_from_attrs(attrs)
 

@@ -34,7 +34,7 @@ __all__ = [
 
 #: Version of the generators below.  Bump whenever any generator's output for
 #: the same parameters could change (formula, draw order, dtype handling, ...).
-GENERATOR_VERSION = "geomtraj.train.data/1"
+GENERATOR_VERSION = "geomtraj.data/1"  # an identifier stored in every store, not a module path
 
 # Spiral geometry: angles run from pi/2 to 3.5*pi (1.5 turns), radius = theta / 3.5*pi.
 _SPIRAL_THETA_MIN = 0.5 * math.pi
