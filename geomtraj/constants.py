@@ -20,6 +20,10 @@ TRAIN_JIT = {"fastmath": False, "error_model": "numpy", "nogil": True}
 #: Same as :data:`TRAIN_JIT` with run-level parallelism (``prange`` over independent runs only).
 TRAIN_JIT_PARALLEL = {**TRAIN_JIT, "parallel": True}
 
+#: Runs per lane block of the trainer's lane kernel (runs of one architecture, the run as the
+#: vector axis); the kernel template checks its own ``LANES`` against it when a variant loads.
+LANES = 16
+
 #: Flags for analysis kernels. They read stored trajectories and never feed back into training, but
 #: ``fastmath`` stays off here too: it would let the compiler assume no NaN/inf, and analyses must
 #: handle the non-finite values of diverged runs exactly.

@@ -12,7 +12,7 @@ the trainer and its kernels.
 
 from __future__ import annotations
 
-import importlib
+from geomtraj._lazy import lazy_getattr
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -27,9 +27,4 @@ _EXPORTS = {
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

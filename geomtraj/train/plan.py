@@ -15,6 +15,7 @@ import numpy as np
 from geomtraj import runtable
 from geomtraj.constants import (
     CHUNK_TARGET_BYTES,
+    LANES,
     MIN_BLOCKS,
     RECORD_BUFFER_BYTES,
     RUN_CHUNK,
@@ -22,7 +23,6 @@ from geomtraj.constants import (
 )
 from geomtraj.errors import ConfigError
 from geomtraj.formats import FORMATS
-from geomtraj.train.kernels.mlp import LANES
 from geomtraj.train.models import MLPSpec
 
 __all__ = [
