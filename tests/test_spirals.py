@@ -34,18 +34,21 @@ from synth_spirals import (
 from geomtraj.analysis import spirals as sp
 from geomtraj.errors import GeomtrajError
 from geomtraj.kernels.spirals import (
+    ATAN_ERROR,
     FEATURES,
     N_FEATURES,
     PHASE_COS,
     PHASE_LEVELS,
     PHASE_SIN,
     _apply_phases,
+    _atan2_approx,
     _plane_features,
     _plane_features_batch,
     _plane_turn,
     _principal_planes,
     _residuals,
     _winding_scores,
+    _winding_scores_below,
     _window_residual,
 )
 
@@ -87,6 +90,43 @@ def test_plane_features_match_naive(kind):
     scores = np.empty((1, 1))
     _winding_scores(np.stack([x, y])[None, None], P.active_fraction, P.radius_half, scores)
     assert scores[0, 0] == pytest.approx(naive_winding_score(x, y, 0.1, 2), rel=1e-12)
+
+
+def test_fast_arctangent_is_within_its_stated_error():
+    # every octant, the axes, the origin and a dense sweep of angles
+    rng = np.random.default_rng(3)
+    angle = np.concatenate([np.linspace(-np.pi, np.pi, 400_001), rng.uniform(-4, 4, 10_000)])
+    radius = np.exp(rng.uniform(-30, 30, angle.size))
+    y, x = radius * np.sin(angle), radius * np.cos(angle)
+    special = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (1e-300, 1e300)]
+    y = np.append(y, [a for a, _ in special])
+    x = np.append(x, [b for _, b in special])
+    got = np.array([_atan2_approx(a, b) for a, b in zip(y, x, strict=True)])
+    assert np.max(np.abs(got - np.arctan2(y, x))) <= 0.5 * ATAN_ERROR
+
+
+def test_winding_scores_are_exact_at_or_above_the_bar_and_certified_below():
+    # surrogates of a rotation and of noise, scored against bars that cut through their
+    # coherences: each score at or above its window's bar equals the exact kernel's bit for bit,
+    # each below is below in the exact kernel too
+    rng = np.random.default_rng(8)
+    t = np.arange(110)
+    env = np.exp(-(((t - 55) / 25.0) ** 2))
+    spec = scipy.fft.rfft(np.stack([env * np.cos(0.7 * t), env * np.sin(0.7 * t)]), axis=-1)
+    rot = scipy.fft.irfft(spec * np.exp(2j * np.pi * rng.random((60, 2, 56))), n=110, axis=-1)
+    surr = np.stack([rot, rng.standard_normal((60, 2, 110))])
+    exact = np.empty((2, 60))
+    _winding_scores(surr, P.active_fraction, P.radius_half, exact)
+    bars = np.array([np.median(exact[0]), np.quantile(exact[1], 0.9)])
+    got = np.empty((2, 60))
+    _winding_scores_below(surr, bars, P.active_fraction, P.radius_half, got)
+    high = exact >= bars[:, None]
+    assert high.sum() >= 30 and (~high).sum() >= 60
+    np.testing.assert_array_equal(got[high], exact[high])
+    assert np.all(got[~high] < bars[:, None].repeat(60, axis=1)[~high])
+    # a bar above every score never asks for an exact one, and the fast values are close
+    _winding_scores_below(surr, np.full(2, 2.0), P.active_fraction, P.radius_half, got)
+    np.testing.assert_allclose(got, exact, atol=1e-7)
 
 
 @pytest.mark.parametrize("seed", range(4))

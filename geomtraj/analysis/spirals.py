@@ -138,6 +138,7 @@ from geomtraj.kernels.spirals import (
     _principal_planes,
     _residuals,
     _winding_scores,
+    _winding_scores_below,
 )
 
 LABELS = ("noise", "spiral", "double", "twisted", "double twisted")
@@ -540,6 +541,7 @@ def surrogate_scores(
     rngs: Sequence[np.random.Generator],
     n_surrogates: int,
     spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    exact_from: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coherence and quadrature of phase-randomised surrogates of each window's plane coordinates.
 
@@ -552,6 +554,12 @@ def surrogate_scores(
 
     ``spectra``, optional, is ``(spec, amp, beta)`` of these windows as :func:`_window_spectra`
     gives them; :func:`surrogate_test` computes them once for all its blocks of surrogates.
+
+    ``exact_from``, optional (n_windows,): a coherence of window ``i`` below ``exact_from[i]``
+    is only certified to be below it (its value then comes from a fast arctangent), which is
+    all that a rank test against an observed coherence ``exact_from[i]`` reads
+    (:func:`surrogate_test`); at or above it, and everywhere without ``exact_from``, every
+    coherence is exact.
 
     Returns
     -------
@@ -575,7 +583,11 @@ def surrogate_scores(
             surr[i] = iaaft_surrogates(series, k, rngs[i], params.iaaft_iterations)
         quad = quadrature(*rotation_spectrum(surr[:, :, 0], surr[:, :, 1]))
     coh = np.empty((nw, k))
-    _winding_scores(surr, params.active_fraction, params.radius_half, coh)
+    if exact_from is None:
+        _winding_scores(surr, params.active_fraction, params.radius_half, coh)
+    else:
+        below = np.ascontiguousarray(exact_from, dtype=np.float64)
+        _winding_scores_below(surr, below, params.active_fraction, params.radius_half, coh)
     return coh, quad
 
 
@@ -618,7 +630,11 @@ def surrogate_test(
     keys[i])`` in a fixed order, so its p-value does not depend on the batch. Surrogates are
     drawn in a few large chunks (:data:`_SURROGATE_CHUNKS`) and the checks are replayed on them,
     so the p-value and ``n_used`` are those of drawing block by block; surrogates drawn past a
-    window's stop are discarded.
+    window's stop are discarded. Surrogate coherences below the window's are only certified to be
+    below it (``exact_from`` of :func:`surrogate_scores`): the exceedance counts read no more,
+    and in the min-p rule such a surrogate ranks below the window in coherence, so only its
+    (exact) quadrature can put its ``T`` at or under the window's; the p-value is bit for bit
+    that of exact coherences.
 
     Returns ``(p_value, n_used)``, one per window.
     """
@@ -653,7 +669,10 @@ def surrogate_test(
             block_rngs = rngs if whole else [rngs[i] for i in sel]
             sel = slice(None) if whole else sel
             sub = None if spectra is None else tuple(a[sel] for a in spectra)
-            c, q = surrogate_scores(xs[sel], ys[sel], params, block_rngs, hi - drawn, spectra=sub)
+            c, q = surrogate_scores(
+                xs[sel], ys[sel], params, block_rngs, hi - drawn, spectra=sub,
+                exact_from=obs_coh[sel],
+            )  # fmt: skip
             coh[sel, drawn:hi] = c
             quad[sel, drawn:hi] = q
         # replay the checks that fall in this chunk on the exceedances counted so far
