@@ -661,7 +661,7 @@ def surrogate_test(
         hi = min(n, end)
         todo = np.flatnonzero(running)
         spectrum_bytes = 2 * 16 * (xs.shape[1] // 2 + 1) * (hi - drawn)  # two complex series
-        block = int(np.clip(_SURROGATE_BYTES // spectrum_bytes, 1, _SURROGATE_BLOCK))
+        block = max(1, min(_SURROGATE_BYTES // spectrum_bytes, _SURROGATE_BLOCK))
         for lo in range(0, todo.size, block):
             sel = todo[lo : lo + block]
             # while every window runs (a burst length has few), views instead of copies
@@ -1580,6 +1580,11 @@ def _why_chosen(row, n_spirals: int) -> str:
     return f"no spiral in this run: its most coherent window (coherence {row['coherence']:.2f})"
 
 
+def _p_text(p_value) -> str:
+    """The surrogate p-value for a caption; windows that cannot be spirals are not tested."""
+    return f"p {p_value:.2f}" if np.isfinite(p_value) else "no surrogate test (cannot be a spiral)"
+
+
 def _spiral_panels(axes, run, row, params, pair, steps_label: bool = True):
     """Raw path in the raw pair (``axes[0]``) and the flip's two arms in the principal plane
     (``axes[1]``) of one window; returns the window's geometry and steps."""
@@ -1678,7 +1683,7 @@ def figures(
                 f"spiral windows, rank {rank[run_index]} of {len(rank)} runs), steps "
                 f"{int(row['start'])}-{int(row['end'])}, {_why_chosen(row, n_spirals)}: "
                 f"{row['label']}; winding {row['winding']:.2f}, coherence "
-                f"{row['coherence']:.2f}, p {row['p_value']:.2f}, plane turn "
+                f"{row['coherence']:.2f}, {_p_text(row['p_value'])}, plane turn "
                 f"{row['plane_turn']:.0f} deg, twist rate {row['twist_rate']:.3f} rad/step",
                 fontsize=9,
             )
