@@ -18,8 +18,13 @@ windows) per run of a Netay-style grid of ``N`` runs (``benchmarks/bench_analyze
 widths, 50,000 updates, 8 recorded parameters), trained first into a temporary store (or read
 from ``--store``). With ``--baseline DIR`` (another checkout's source, e.g. from ``git archive``
 or ``git worktree``) the same store is analysed by both versions in the same invocation, each
-in its own process, in alternation ``--repeats`` times; each prints its best per-run time and a
-digest of its whole result, which must match for the figures to compare like with like.
+in its own process, in alternation ``--repeats`` times; each prints its best per-run time, a
+digest of its report (the counts and every spiral window, which must match for the figures to
+compare like with like) and a digest of its whole result (which also holds the p-values of
+windows that are not spirals, left untested since the surrogate test runs only where it can
+change a label). When the grid is trained here, it is trained ``--repeats`` times, once before
+each round of the alternation, and the spiral time is also given as a share of the best training
+time per run (training uses both cores, the analysis one).
 
     python benchmarks/bench_spirals.py --grid 6 [--store PATH] [--baseline DIR] [--repeats 3]
 """
@@ -81,6 +86,7 @@ def _time_store(store: str, repeats: int) -> None:
     """Child process of ``--grid``: best per-run seconds of the spiral analysis of every run of
     ``store`` over ``repeats`` calls, and a digest of the result (printed as one line)."""
     import hashlib
+    import json
 
     import geomtraj
     from geomtraj.analysis import spirals
@@ -99,9 +105,12 @@ def _time_store(store: str, repeats: int) -> None:
         values = result[name].values
         digest.update(name.encode())
         digest.update(values.astype(str).tobytes() if values.dtype == object else values.tobytes())
+    # the report (every spiral window with every quantity, and the counts) is what must not move;
+    # the whole result also holds the p-values of windows that are not spirals
+    report = hashlib.sha256(json.dumps(spirals.report(result), sort_keys=True).encode())
     n = result.sizes["run"]
-    print(f"{best / n:.4f} {best_cpu / n:.4f} {digest.hexdigest()[:16]} "
-          f"{Path(geomtraj.__file__).parent}")  # fmt: skip
+    print(f"{best / n:.4f} {best_cpu / n:.4f} {report.hexdigest()[:16]} "
+          f"{digest.hexdigest()[:16]} {Path(geomtraj.__file__).parent}")  # fmt: skip
 
 
 def _grid(args) -> None:
@@ -112,21 +121,31 @@ def _grid(args) -> None:
 
     tmp = tempfile.TemporaryDirectory()
     store = args.store
+    t_train_run = c_train_run = None
     if store is None:
         widths = bench_analyze.grid_widths(args.grid)
         cfg = Path(tmp.name) / "grid.toml"
         cfg.write_text(bench_analyze.config_text(widths, 50_000, 8, 2_500))
         store = str(Path(tmp.name) / "grid.zarr")
+        c0 = time.process_time()
         t_train = bench_analyze.train_store(cfg, Path(store))
+        c_train_run = (time.process_time() - c0) / len(widths)  # every thread's CPU time
+        t_train_run = t_train / len(widths)
         print(f"grid: {len(widths)} float32 runs ({', '.join(widths)}), 50000 updates, 8 "
-              f"recorded parameters; training {t_train / len(widths):.3f} s per run")  # fmt: skip
+              f"recorded parameters; training {t_train_run:.3f} s per run (first)")  # fmt: skip
     trees = {"this checkout": None}
     if args.baseline:
         trees["baseline"] = str(Path(args.baseline).resolve())
     best = {name: np.inf for name in trees}
     best_cpu = {name: np.inf for name in trees}
     digests = {}
-    for _ in range(args.repeats):
+    for r in range(args.repeats):
+        if t_train_run is not None and r > 0:
+            # training is timed as often as the analysis, in the same alternation (best of all)
+            again = Path(tmp.name) / f"again{r}.zarr"
+            c0 = time.process_time()
+            t_train_run = min(t_train_run, bench_analyze.train_store(cfg, again) / len(widths))
+            c_train_run = min(c_train_run, (time.process_time() - c0) / len(widths))
         # alternate the versions, so that other load on the machine weighs on both alike
         for name, tree in trees.items():
             env = dict(os.environ)
@@ -138,18 +157,28 @@ def _grid(args) -> None:
             ).stdout.split()
             best[name] = min(best[name], float(line[0]))
             best_cpu[name] = min(best_cpu[name], float(line[1]))
-            digests[name] = (line[2], line[3])
+            digests[name] = (line[2], line[3], line[4])
+    if t_train_run is not None:
+        print(f"training {t_train_run:.3f} s per run, {c_train_run:.3f} CPU s per run over its "
+              f"threads (best of {args.repeats})")  # fmt: skip
     for name in trees:
         print(f"{name:>14}: spirals {best[name]:.3f} s per run, {best_cpu[name]:.3f} CPU s per "
-              f"run (best of {args.repeats}); result digest {digests[name][0]} "
-              f"({digests[name][1]})")  # fmt: skip
+              f"run (best of {args.repeats}); report digest {digests[name][0]}, result digest "
+              f"{digests[name][1]} ({digests[name][2]})")  # fmt: skip
+        if t_train_run is not None:
+            # CPU over CPU is the ratio that load inflates least; training's CPU counts both
+            # of its threads, so on an idle machine the wall ratio is higher by about their gain
+            print(f"{'':>14}  spirals / training: {best[name] / t_train_run:.2f} (wall), "
+                  f"{best_cpu[name] / c_train_run:.2f} (CPU)")  # fmt: skip
     if args.baseline:
         same = digests["this checkout"][0] == digests["baseline"][0]
+        same_all = digests["this checkout"][1] == digests["baseline"][1]
         ratio = best["baseline"] / best["this checkout"]
         ratio_cpu = best_cpu["baseline"] / best_cpu["this checkout"]
         # CPU time is the figure that other load on a shared machine inflates least
-        print(f"speed-up {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU; results "
-              f"{'identical' if same else 'DIFFER'}")  # fmt: skip
+        print(f"speed-up {ratio:.2f}x wall, {ratio_cpu:.2f}x CPU; reports "
+              f"{'identical' if same else 'DIFFER'}; whole results "
+              f"{'identical' if same_all else 'differ'}")  # fmt: skip
 
 
 def main(argv=None) -> None:

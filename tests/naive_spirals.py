@@ -175,3 +175,35 @@ def arms(
     e, o = arm["even"], arm["odd"]
     out["arm_counter_phase"] = float(-np.vdot(e, o).real / (np.linalg.norm(e) * np.linalg.norm(o)))
     return out
+
+
+def sequential_surrogate_test(xs, ys, observed, params, keys, stop_exceedances):
+    """The sequential surrogate test drawn the plain way: one window at a time, a block of 20
+    surrogates between checks of the stopping rule, each window's surrogates scored by
+    ``geomtraj.analysis.spirals.surrogate_scores``, p-values by their definitions (the stopped
+    ``min(1, 2 h / k)`` and the min-p rank rule after all surrogates). Returns (p, n_used)."""
+    from geomtraj.analysis import spirals as sp
+
+    n = params.n_surrogates
+    p_value = np.empty(len(xs))
+    used = np.zeros(len(xs), dtype=np.int64)
+    for i in range(len(xs)):
+        rng = sp.window_rng(params.seed, keys[i])
+        coh, quad = np.empty(0), np.empty(0)
+        while used[i] < n:
+            step = min(20, n - used[i])
+            c, q = sp.surrogate_scores(xs[i : i + 1], ys[i : i + 1], params, [rng], step)
+            coh, quad = np.append(coh, c[0]), np.append(quad, q[0])
+            used[i] += step
+            h = min(np.sum(coh >= observed[0][i]), np.sum(quad >= observed[1][i]))
+            if h >= stop_exceedances[i] and used[i] < n:
+                break
+        if used[i] < n:
+            p_value[i] = min(1.0, 2.0 * h / used[i])
+            continue
+        samples = [np.append(observed[0][i], coh), np.append(observed[1][i], quad)]
+        # p of each sample in each statistic: the share of samples scoring at least as high
+        ranks = [np.mean(s[None, :] >= s[:, None], axis=1) for s in samples]
+        t = np.minimum(*ranks)
+        p_value[i] = np.mean(t <= t[0])
+    return p_value, used

@@ -17,6 +17,7 @@ from naive_spirals import (
     principal_plane,
     residuals,
 )
+from naive_spirals import sequential_surrogate_test as naive_sequential_test
 from naive_spirals import winding_score as naive_winding_score
 from synth_spirals import (
     KINDS,
@@ -32,18 +33,21 @@ from synth_spirals import (
 
 from geomtraj.analysis import spirals as sp
 from geomtraj.analysis.kernels.winding import (
+    ATAN_ERROR,
     FEATURES,
     N_FEATURES,
     PHASE_COS,
     PHASE_LEVELS,
     PHASE_SIN,
     _apply_phases,
+    _atan2_approx,
     _plane_features,
     _plane_features_batch,
     _plane_turn,
     _principal_planes,
     _residuals,
     _winding_scores,
+    _winding_scores_below,
     _window_residual,
 )
 from geomtraj.errors import GeomtrajError
@@ -86,6 +90,43 @@ def test_plane_features_match_naive(kind):
     scores = np.empty((1, 1))
     _winding_scores(np.stack([x, y])[None, None], P.active_fraction, P.radius_half, scores)
     assert scores[0, 0] == pytest.approx(naive_winding_score(x, y, 0.1, 2), rel=1e-12)
+
+
+def test_fast_arctangent_is_within_its_stated_error():
+    # every octant, the axes, the origin and a dense sweep of angles
+    rng = np.random.default_rng(3)
+    angle = np.concatenate([np.linspace(-np.pi, np.pi, 400_001), rng.uniform(-4, 4, 10_000)])
+    radius = np.exp(rng.uniform(-30, 30, angle.size))
+    y, x = radius * np.sin(angle), radius * np.cos(angle)
+    special = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (1e-300, 1e300)]
+    y = np.append(y, [a for a, _ in special])
+    x = np.append(x, [b for _, b in special])
+    got = np.array([_atan2_approx(a, b) for a, b in zip(y, x, strict=True)])
+    assert np.max(np.abs(got - np.arctan2(y, x))) <= 0.5 * ATAN_ERROR
+
+
+def test_winding_scores_are_exact_at_or_above_the_bar_and_certified_below():
+    # surrogates of a rotation and of noise, scored against bars that cut through their
+    # coherences: each score at or above its window's bar equals the exact kernel's bit for bit,
+    # each below is below in the exact kernel too
+    rng = np.random.default_rng(8)
+    t = np.arange(110)
+    env = np.exp(-(((t - 55) / 25.0) ** 2))
+    spec = scipy.fft.rfft(np.stack([env * np.cos(0.7 * t), env * np.sin(0.7 * t)]), axis=-1)
+    rot = scipy.fft.irfft(spec * np.exp(2j * np.pi * rng.random((60, 2, 56))), n=110, axis=-1)
+    surr = np.stack([rot, rng.standard_normal((60, 2, 110))])
+    exact = np.empty((2, 60))
+    _winding_scores(surr, P.active_fraction, P.radius_half, exact)
+    bars = np.array([np.median(exact[0]), np.quantile(exact[1], 0.9)])
+    got = np.empty((2, 60))
+    _winding_scores_below(surr, bars, P.active_fraction, P.radius_half, got)
+    high = exact >= bars[:, None]
+    assert high.sum() >= 30 and (~high).sum() >= 60
+    np.testing.assert_array_equal(got[high], exact[high])
+    assert np.all(got[~high] < bars[:, None].repeat(60, axis=1)[~high])
+    # a bar above every score never asks for an exact one, and the fast values are close
+    _winding_scores_below(surr, np.full(2, 2.0), P.active_fraction, P.radius_half, got)
+    np.testing.assert_allclose(got, exact, atol=1e-7)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -226,11 +267,11 @@ def test_flip_frame_of_a_pure_flip_spans_the_same_plane():
 
 
 # -- the labelled synthetic set ------------------------------------------------------------------
-def _classify_set(windows, params=P):
+def _classify_set(windows, params=P, test_all=False):
     by_kind = {}
     for kind in {w.kind for w in windows}:
         sel = [w for w in windows if w.kind == kind]
-        res = sp.measure_windows(np.stack([w.theta for w in sel]), params)
+        res = sp.measure_windows(np.stack([w.theta for w in sel]), params, test_all=test_all)
         by_kind[kind] = (sel, res)
     return by_kind
 
@@ -276,7 +317,9 @@ def test_accuracy_at_benchmark_size():
 def test_null_model_p_values_are_calibrated_on_noise():
     # on noise the surrogate test alone rejects at about its nominal rate; coherence keeps every
     # noise window out of the spirals
-    by_kind = _classify_set(make_set(60, seed=5, n_steps=160, n_params=16, kinds=NOISE_KINDS))
+    by_kind = _classify_set(
+        make_set(60, seed=5, n_steps=160, n_params=16, kinds=NOISE_KINDS), test_all=True
+    )
     p = np.concatenate([by_kind[k][1]["p_value"] for k in NOISE_KINDS])
     assert np.mean(p <= 0.01) <= 0.04
     assert np.mean(p <= 0.05) <= 0.10
@@ -302,7 +345,7 @@ def test_surrogates_do_not_depend_on_batching():
     whole = sp.measure_windows(windows, keys=keys)
     parts = [sp.measure_windows(windows[i : i + 1], keys=keys[i : i + 1]) for i in (4, 0, 9)]
     for j, i in enumerate((4, 0, 9)):
-        assert parts[j]["p_value"][0] == whole["p_value"][i]
+        np.testing.assert_array_equal(parts[j]["p_value"][0], whole["p_value"][i])
         assert parts[j]["label"][0] == whole["label"][i]
     again = sp.measure_windows(windows, keys=keys)
     np.testing.assert_array_equal(again["p_value"], whole["p_value"])
@@ -339,6 +382,54 @@ def test_surrogate_test_of_joined_series_equals_separate_tests():
         p, used = test(np.array(rows))
         np.testing.assert_array_equal(p, p_all[rows])
         np.testing.assert_array_equal(used, used_all[rows])
+
+
+@pytest.mark.parametrize("stop", [1, 2, 10])
+def test_surrogate_test_equals_drawing_block_by_block(stop):
+    # surrogates are drawn in a few large chunks and the checks of the stopping rule replayed on
+    # them: p-values and surrogate counts must be those of drawing 20 at a time per window,
+    # bit for bit (rotations that run to the end, noise that stops at each threshold)
+    rng = np.random.default_rng(12)
+    t = np.arange(75)
+    env = np.exp(-(((t - 37) / 12.0) ** 2))
+    xs = np.concatenate([env * np.cos(0.8 * t)[None], rng.standard_normal((6, 75))])
+    ys = np.concatenate([env * np.sin(0.8 * t)[None], rng.standard_normal((6, 75))])
+    xs[1], ys[1] = env * np.cos(0.3 * t), env * np.sin(0.3 * t + 1.2)  # an elliptic rotation
+    feats = np.full((len(xs), len(sp.FEATURES)), np.nan)
+    _plane_features_batch(xs, ys, np.hypot(xs, ys), P.active_fraction, P.radius_half, feats)
+    observed = (
+        feats[:, sp.FEATURES.index("coherence")],
+        sp.quadrature(*sp.rotation_spectrum(xs, ys)),
+    )
+    keys = np.stack([np.arange(len(xs)), np.full(len(xs), 3)], axis=1)
+    stops = np.full(len(xs), stop)
+    stops[-1] = 10  # thresholds differ between the windows of one call
+    for params in (P, sp.SpiralParams(n_surrogates=47), sp.SpiralParams(n_surrogates=399)):
+        p, used = sp.surrogate_test(xs, ys, observed, params, keys, stops)
+        want_p, want_used = naive_sequential_test(xs, ys, observed, params, keys, stops)
+        np.testing.assert_array_equal(used, want_used)
+        np.testing.assert_array_equal(p, want_p)
+        assert used[0] == params.n_surrogates and np.any(used < params.n_surrogates)
+
+
+def test_hopeless_windows_stop_and_spirals_keep_their_p_value():
+    # the test stops a window once p <= alpha is out of reach (h + 1 exceedances among n + 1
+    # samples); every window it still calls a spiral has the p-value of the full test, and the
+    # windows whose other criteria fail are not tested at all
+    assert sp._hopeless_exceedances(P) == 2  # (1 + 1) / 200 = alpha, (2 + 1) / 200 > alpha
+    assert sp._hopeless_exceedances(sp.SpiralParams(n_surrogates=999, alpha=0.05)) == 50
+    windows = np.stack([w.theta for w in make_set(3, seed=21, n_steps=140, n_params=10)])
+    fast = sp.measure_windows(windows)
+    full = sp.measure_windows(windows, test_all=True)
+    for name in sp.QUANTITIES:
+        if name not in ("p_value", "n_surrogates"):
+            np.testing.assert_array_equal(fast[name], full[name], err_msg=name)
+    spiral = fast["is_spiral"]
+    assert spiral.any() and not spiral.all()
+    np.testing.assert_array_equal(fast["p_value"][spiral], full["p_value"][spiral])
+    assert np.all(fast["n_surrogates"][spiral] == P.n_surrogates)
+    assert np.all(np.isnan(fast["p_value"][fast["coherence"] < P.min_coherence]))
+    assert fast["n_surrogates"][~spiral].sum() < 0.5 * full["n_surrogates"][~spiral].sum()
 
 
 def test_burst_overlap_counts_steps_inside_bursts():

@@ -49,14 +49,17 @@ it per window of a trajectory ``theta`` (``n_steps x n_params``):
    **quadrature** of its cross-spectrum (:func:`quadrature`, the circular angular momentum over
    its largest possible value; Kunin's probability current normalised), combined by the exact
    min-p rule, with sequential stopping for windows that are clearly not significant
-   (:func:`surrogate_test`). Either statistic alone misses a kind of spiral: a spiral that fills
-   its window has narrow-band surrogates that also keep one sense of rotation throughout
-   (coherence cannot separate them, quadrature can), and a burst that flips along a line and
-   rotates only while it decays has most of its cross-spectrum in the line (quadrature is diluted,
-   coherence is not). The **cosine content** (Hess 2002) of the two plane coordinates flags the
-   smooth, window-locked cosines that PCA makes of diffusion; Fourier surrogates assume
-   stationarity, which diffusion lacks, so for it the p-value alone is not a safe guard (a random
-   walk's PCA arcs beat stationary surrogates).
+   (:func:`surrogate_test`). The test runs only where it can change the label (the window
+   winds coherently and is not diffusion-like) and stops once ``p <= alpha`` is out of reach;
+   the p-value of every spiral is that of the full test (:func:`measure_windows`,
+   ``test_all``). Either statistic alone misses a kind of spiral: a spiral that fills its window
+   has narrow-band surrogates that also keep one sense of rotation throughout (coherence cannot
+   separate them, quadrature can), and a burst that flips along a line and rotates only while it
+   decays has most of its cross-spectrum in the line (quadrature is diluted, coherence is not).
+   The **cosine content** (Hess 2002) of the two plane coordinates flags the smooth,
+   window-locked cosines that PCA makes of diffusion; Fourier surrogates assume stationarity,
+   which diffusion lacks, so for it the p-value alone is not a safe guard (a random walk's PCA
+   arcs beat stationary surrogates).
 
 Classification (flags, then one label):
 
@@ -134,6 +137,7 @@ from geomtraj.analysis.kernels.winding import (
     _principal_planes,
     _residuals,
     _winding_scores,
+    _winding_scores_below,
 )
 from geomtraj.errors import GeomtrajError
 
@@ -154,12 +158,20 @@ FALSE_POSITIVE_RATE: dict[str, dict[str, float]] = {
     "double_twisted": {"rate": 0.0, "upper": 0.00064, "n": 6000},
 }
 
-#: Windows whose surrogates are built at once (about 0.6 MB per window of 400 steps and block of
-#: surrogates, small enough to stay in reused memory).
+#: Most windows whose surrogates are built at once.
 _SURROGATE_BLOCK = 32
+
+#: Bytes of complex spectra of surrogates built at once (windows times surrogates times bins), so
+#: that a chunk of surrogates of long windows stays small.
+_SURROGATE_BYTES = 16 * 2**20
 
 #: Surrogates drawn per window between two checks of the sequential stopping rule.
 _SURROGATE_STEP = 20
+
+#: Surrogates are drawn in chunks ending at these counts (then in chunks of the last's size): a
+#: window that stops at the first check draws only its first chunk, and one that runs to the end
+#: takes three calls instead of one per check.
+_SURROGATE_CHUNKS = (20, 80, 280)
 
 
 @dataclass(frozen=True)
@@ -199,7 +211,10 @@ class SpiralParams:
         Surrogates stop once this many score at least the window on both statistics (default 10;
         the sequential Monte Carlo test of Besag and Clifford 1991, whose p-value ``h / k`` is
         then known to about 30%). Such a window cannot be significant at ``alpha``; stopping only
-        saves work (noise windows need about 50 surrogates instead of 199).
+        saves work (noise windows need about 50 surrogates instead of 199). This rule serves
+        :func:`measure_windows` with ``test_all=True``; by default only the windows whose label
+        the test can change are tested, and they stop as soon as ``p <= alpha`` is out of reach
+        (two exceedances with the defaults), which leaves every spiral's p-value as it is.
     iaaft_iterations : int
         0 (default) gives Fourier-transform surrogates (phases randomised, spectrum kept exactly);
         a positive number runs that many IAAFT iterations, which also keep each coordinate's
@@ -526,6 +541,7 @@ def surrogate_scores(
     rngs: Sequence[np.random.Generator],
     n_surrogates: int,
     spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    exact_from: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Coherence and quadrature of phase-randomised surrogates of each window's plane coordinates.
 
@@ -538,6 +554,12 @@ def surrogate_scores(
 
     ``spectra``, optional, is ``(spec, amp, beta)`` of these windows as :func:`_window_spectra`
     gives them; :func:`surrogate_test` computes them once for all its blocks of surrogates.
+
+    ``exact_from``, optional (n_windows,): a coherence of window ``i`` below ``exact_from[i]``
+    is only certified to be below it (its value then comes from a fast arctangent), which is
+    all that a rank test against an observed coherence ``exact_from[i]`` reads
+    (:func:`surrogate_test`); at or above it, and everywhere without ``exact_from``, every
+    coherence is exact.
 
     Returns
     -------
@@ -561,7 +583,11 @@ def surrogate_scores(
             surr[i] = iaaft_surrogates(series, k, rngs[i], params.iaaft_iterations)
         quad = quadrature(*rotation_spectrum(surr[:, :, 0], surr[:, :, 1]))
     coh = np.empty((nw, k))
-    _winding_scores(surr, params.active_fraction, params.radius_half, coh)
+    if exact_from is None:
+        _winding_scores(surr, params.active_fraction, params.radius_half, coh)
+    else:
+        below = np.ascontiguousarray(exact_from, dtype=np.float64)
+        _winding_scores_below(surr, below, params.active_fraction, params.radius_half, coh)
     return coh, quad
 
 
@@ -582,6 +608,7 @@ def surrogate_test(
     observed: tuple[np.ndarray, np.ndarray],
     params: SpiralParams,
     keys: np.ndarray,
+    stop_exceedances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Surrogate p-values of the windows' rotation, two statistics combined, sequentially.
 
@@ -594,54 +621,95 @@ def surrogate_test(
     (the window and every surrogate) gets ``T = min(p_coherence, p_quadrature)`` from its ranks
     among all samples, and ``p = #{samples with T <= T_window} / (n + 1)``.
 
-    Surrogates are drawn in blocks of :data:`_SURROGATE_STEP`. A window stops once
-    ``params.stop_exceedances`` of its surrogates score at least its own value on both statistics:
-    it can no longer reach ``alpha``, and gets the conservative p-value
+    The stopping rule is checked after every :data:`_SURROGATE_STEP` surrogates (and after the
+    last): a window stops at the first check where ``stop_exceedances`` of its surrogates score
+    at least its own value on both statistics, and gets the conservative p-value
     ``min(1, 2 * min(h_coherence, h_quadrature) / k)`` (Besag and Clifford 1991, Bonferroni over
-    the two statistics) after ``k`` surrogates. Window ``i`` draws from :func:`window_rng`
-    ``(params.seed, keys[i])`` in a fixed order, so its p-value does not depend on the batch.
+    the two statistics) after ``k`` surrogates. ``stop_exceedances`` (one per window) defaults to
+    ``params.stop_exceedances``. Window ``i`` draws from :func:`window_rng` ``(params.seed,
+    keys[i])`` in a fixed order, so its p-value does not depend on the batch. Surrogates are
+    drawn in a few large chunks (:data:`_SURROGATE_CHUNKS`) and the checks are replayed on them,
+    so the p-value and ``n_used`` are those of drawing block by block; surrogates drawn past a
+    window's stop are discarded. Surrogate coherences below the window's are only certified to be
+    below it (``exact_from`` of :func:`surrogate_scores`): the exceedance counts read no more,
+    and in the min-p rule such a surrogate ranks below the window in coherence, so only its
+    (exact) quadrature can put its ``T`` at or under the window's; the p-value is bit for bit
+    that of exact coherences.
 
     Returns ``(p_value, n_used)``, one per window.
     """
     nw = xs.shape[0]
+    n = params.n_surrogates
     obs_coh, obs_quad = observed
+    if stop_exceedances is None:
+        stop_exceedances = np.full(nw, params.stop_exceedances, dtype=np.int64)
     rngs = [window_rng(params.seed, key) for key in keys]
-    coh = np.full((nw, params.n_surrogates), np.nan)
-    quad = np.full((nw, params.n_surrogates), np.nan)
+    coh = np.full((nw, n), np.nan)
+    quad = np.full((nw, n), np.nan)
     used = np.zeros(nw, dtype=np.int64)
-    h_coh = np.zeros(nw, dtype=np.int64)
-    h_quad = np.zeros(nw, dtype=np.int64)
     running = np.ones(nw, dtype=bool)
-    # the windows' spectra do not change between blocks of surrogates: computed once (row by
+    # the checks of the stopping rule: every _SURROGATE_STEP surrogates, and at the last
+    checks = np.unique(np.append(np.arange(_SURROGATE_STEP, n, _SURROGATE_STEP), n))
+    # the windows' spectra do not change between chunks of surrogates: computed once (row by
     # row the rfft gives the same bits whatever the batch)
     spectra = _window_spectra(xs, ys) if params.iaaft_iterations == 0 else None
-    while np.any(running):
+    drawn, size = 0, 0
+    ends = iter(_SURROGATE_CHUNKS)
+    while drawn < n and np.any(running):
+        end = next(ends, drawn + size)
+        size = end - drawn
+        hi = min(n, end)
         todo = np.flatnonzero(running)
-        lo_k = int(used[todo[0]])
-        step = min(_SURROGATE_STEP, params.n_surrogates - lo_k)
-        for lo in range(0, todo.size, _SURROGATE_BLOCK):
-            sel = todo[lo : lo + _SURROGATE_BLOCK]
+        spectrum_bytes = 2 * 16 * (xs.shape[1] // 2 + 1) * (hi - drawn)  # two complex series
+        block = max(1, min(_SURROGATE_BYTES // spectrum_bytes, _SURROGATE_BLOCK))
+        for lo in range(0, todo.size, block):
+            sel = todo[lo : lo + block]
             # while every window runs (a burst length has few), views instead of copies
             whole = sel.size == nw
             block_rngs = rngs if whole else [rngs[i] for i in sel]
             sel = slice(None) if whole else sel
             sub = None if spectra is None else tuple(a[sel] for a in spectra)
-            c, q = surrogate_scores(xs[sel], ys[sel], params, block_rngs, step, spectra=sub)
-            coh[sel, lo_k : lo_k + step] = c
-            quad[sel, lo_k : lo_k + step] = q
-            # exceedances counted as the surrogates come, not over every row at every block
-            h_coh[sel] += np.sum(c >= obs_coh[sel, None], axis=1)
-            h_quad[sel] += np.sum(q >= obs_quad[sel, None], axis=1)
-        used[todo] += step
-        stop = np.minimum(h_coh, h_quad) >= params.stop_exceedances
-        running &= ~stop & (used < params.n_surrogates)
-    p_value = np.minimum(1.0, 2.0 * np.minimum(h_coh, h_quad) / used)
-    full = used == params.n_surrogates
+            c, q = surrogate_scores(
+                xs[sel], ys[sel], params, block_rngs, hi - drawn, spectra=sub,
+                exact_from=obs_coh[sel],
+            )  # fmt: skip
+            coh[sel, drawn:hi] = c
+            quad[sel, drawn:hi] = q
+        # replay the checks that fall in this chunk on the exceedances counted so far
+        at = checks[(checks > drawn) & (checks <= hi)]
+        h_c = np.cumsum(coh[todo, :hi] >= obs_coh[todo, None], axis=1)[:, at - 1]
+        h_q = np.cumsum(quad[todo, :hi] >= obs_quad[todo, None], axis=1)[:, at - 1]
+        stop = np.minimum(h_c, h_q) >= stop_exceedances[todo, None]
+        first = np.where(stop.any(axis=1), stop.argmax(axis=1), at.size - 1)
+        used[todo] = at[first]
+        running[todo] = ~stop.any(axis=1) & (hi < n)
+        drawn = hi
+    k = np.arange(n)[None, :]
+    h_coh = np.sum((coh >= obs_coh[:, None]) & (k < used[:, None]), axis=1)
+    h_quad = np.sum((quad >= obs_quad[:, None]) & (k < used[:, None]), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_value = np.minimum(1.0, 2.0 * np.minimum(h_coh, h_quad) / used)
+    full = used == n
     if np.any(full):
         rows = np.flatnonzero(full)
         t = np.minimum(_rank_p(obs_coh[rows], coh[rows]), _rank_p(obs_quad[rows], quad[rows]))
         p_value[rows] = np.mean(t <= t[:, :1], axis=1)
     return p_value, used
+
+
+def _hopeless_exceedances(params: SpiralParams) -> int:
+    """Fewest exceedances ``h`` after which a window cannot reach ``p <= alpha``.
+
+    With ``h = min(h_coherence, h_quadrature)`` surrogates scoring at least the window on its
+    better statistic, those ``h`` surrogates and the window all have ``T <= T_window`` in the
+    min-p rule, so the p-value after all ``n`` surrogates is at least ``(h + 1) / (n + 1)``, and
+    exceedances only accumulate.
+    """
+    n = params.n_surrogates
+    h = 0
+    while (h + 1) / (n + 1) <= params.alpha:
+        h += 1
+    return h
 
 
 def _as_batch(theta) -> np.ndarray:
@@ -682,6 +750,7 @@ def measure_windows(
     *,
     keys: Sequence[int] | np.ndarray | None = None,
     pair: tuple[int, int] | None = None,
+    test_all: bool = False,
 ) -> dict[str, np.ndarray]:
     """Measure and classify a batch of equal-length windows.
 
@@ -698,6 +767,15 @@ def measure_windows(
     pair : (int, int), optional
         Columns of the raw parameter pair to record; default: per window, the two columns with the
         largest residual RMS (the largest burst amplitude).
+    test_all : bool
+        The surrogate test decides a label only where the window winds at least ``min_winding``
+        turns with coherence ``>= min_coherence`` and cosine content ``<=
+        max_cosine_content``; elsewhere (default) it is not run, and ``p_value`` is NaN and
+        ``n_surrogates`` 0. Where it runs, it stops as soon as ``p <= alpha`` is out of reach,
+        so only spirals are sure to get all ``n_surrogates``; every window classified a spiral
+        has the p-value it would have with ``test_all``. ``True`` tests every window that moves
+        and stops by ``stop_exceedances`` alone (the p-values of all windows, e.g. to check the
+        test's calibration on noise).
 
     Returns
     -------
@@ -732,10 +810,10 @@ def measure_windows(
             raise GeomtrajError(f"pair={pair}; expected two different column indices in 0..{p - 1}")
         pair = (int(pair[0]), int(pair[1]))
     with _one_blas_thread():
-        return _measure(theta, params, keys, pair)
+        return _measure(theta, params, keys, pair, test_all)
 
 
-def _measure(theta, params, keys, pair):
+def _measure(theta, params, keys, pair, test_all=False):
     nw, n, p = theta.shape
     h = params.half
     m = n - 2 * h
@@ -755,11 +833,27 @@ def _measure(theta, params, keys, pair):
 
     cos_content = cosine_content(plane).min(axis=-1)
 
-    # null model: phase-randomised surrogates of the two plane coordinates
+    # null model: phase-randomised surrogates of the two plane coordinates, for the windows whose
+    # label they can change (all with test_all), stopped once p > alpha is certain
     quad = quadrature(*rotation_spectrum(xs, ys))
-    observed = (np.where(alive, feats[:, FEATURES.index("coherence")], np.inf), quad)
-    p_value, n_used = surrogate_test(xs, ys, observed, params, keys)
-    p_value[~alive] = np.nan
+    coherence = feats[:, FEATURES.index("coherence")]
+    with np.errstate(invalid="ignore"):
+        candidate = alive & (
+            (np.abs(feats[:, FEATURES.index("winding")]) >= params.min_winding)
+            & (coherence >= params.min_coherence)
+            & (cos_content <= params.max_cosine_content)
+        )
+    tested = alive if test_all else candidate
+    stop_at = np.full(nw, params.stop_exceedances, dtype=np.int64)
+    if not test_all:
+        stop_at[:] = min(params.stop_exceedances, _hopeless_exceedances(params))
+    rows = np.flatnonzero(tested)
+    p_value = np.full(nw, np.nan)
+    n_used = np.zeros(nw, dtype=np.int64)
+    observed = (coherence[rows], quad[rows])
+    p_value[rows], n_used[rows] = surrogate_test(
+        xs[rows], ys[rows], observed, params, keys[rows], stop_at[rows]
+    )
 
     turn = np.empty(nw)
     turn_noise = np.empty(nw)
@@ -1486,6 +1580,11 @@ def _why_chosen(row, n_spirals: int) -> str:
     return f"no spiral in this run: its most coherent window (coherence {row['coherence']:.2f})"
 
 
+def _p_text(p_value) -> str:
+    """The surrogate p-value for a caption; windows that cannot be spirals are not tested."""
+    return f"p {p_value:.2f}" if np.isfinite(p_value) else "no surrogate test (cannot be a spiral)"
+
+
 def _spiral_panels(axes, run, row, params, pair, steps_label: bool = True):
     """Raw path in the raw pair (``axes[0]``) and the flip's two arms in the principal plane
     (``axes[1]``) of one window; returns the window's geometry and steps."""
@@ -1584,7 +1683,7 @@ def figures(
                 f"spiral windows, rank {rank[run_index]} of {len(rank)} runs), steps "
                 f"{int(row['start'])}-{int(row['end'])}, {_why_chosen(row, n_spirals)}: "
                 f"{row['label']}; winding {row['winding']:.2f}, coherence "
-                f"{row['coherence']:.2f}, p {row['p_value']:.2f}, plane turn "
+                f"{row['coherence']:.2f}, {_p_text(row['p_value'])}, plane turn "
                 f"{row['plane_turn']:.0f} deg, twist rate {row['twist_rate']:.3f} rad/step",
                 fontsize=9,
             )
