@@ -29,6 +29,7 @@ from geomtraj.report.assemble import (
 )
 from geomtraj.report.captions import figure_caption
 from geomtraj.report.render import html_page, markdown, terminal_summary
+from geomtraj.report.tables import link_tables, load_report
 
 __all__ = [
     "SCHEMA_ID",
@@ -39,6 +40,7 @@ __all__ = [
     "measurability",
     "NOT_MEASURABLE",
     "write_report",
+    "load_report",
     "build_report",
     "terminal_summary",
     "markdown",
@@ -373,8 +375,9 @@ def make_report(
     doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
     from geomtraj.report.schema import build_schema
 
-    schema_errors = validate_report(doc, build_schema(declarations.values()))
-    files = write_report(doc, out)
+    # the document as written (its tables linked) is the one the schema checks
+    written, files = _write(doc, out)
+    schema_errors = validate_report(written, build_schema(declarations.values()))
     files += [out / f["file"] for f in doc["figures"]]
     return Report(doc, out, files, dict(outcome.results), schema_errors)
 
@@ -385,12 +388,26 @@ def _strings_at(ds, name: str, runs: list[int]) -> list[str]:
     return strings(ds[name].isel(run=runs))
 
 
-def write_report(doc: dict, out: str | os.PathLike) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` (figures must be in ``out``)."""
+def write_report(doc: dict, out: str | os.PathLike, *, link: bool = True) -> list[Path]:
+    """Write ``report.json``, ``report.md``, ``report.html`` and the linked tables into ``out``.
+
+    The figures must be in ``out/figures``. Each declared table field (type ``"table"``) goes to
+    its CSV file and ``report.json`` links it (:func:`geomtraj.report.tables.link_tables`);
+    ``link=False`` keeps every table inline, as reports were written before. Read a report back
+    with :func:`load_report`.
+    """
+    return _write(doc, out, link=link)[1]
+
+
+def _write(doc: dict, out: str | os.PathLike, *, link: bool = True) -> tuple[dict, list[Path]]:
+    """:func:`write_report`, also returning the document as written (tables linked)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    doc = to_jsonable(doc)
+    # the tables first: a report.json on disk never links a table that is not yet written
+    written, tables = link_tables(doc, out) if link else (doc, [])
     paths = [out / "report.json", out / "report.md", out / "report.html"]
-    paths[0].write_text(json.dumps(to_jsonable(doc), indent=1, allow_nan=False) + "\n")
-    paths[1].write_text(markdown(doc))
-    paths[2].write_text(html_page(doc, out / "figures"))
-    return paths
+    paths[0].write_text(json.dumps(written, indent=1, allow_nan=False) + "\n")
+    paths[1].write_text(markdown(written))
+    paths[2].write_text(html_page(written, out / "figures"))
+    return written, [*paths, *tables]

@@ -17,6 +17,8 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
+from geomtraj.report.tables import is_link
+
 
 @dataclass(frozen=True)
 class Column:
@@ -215,7 +217,8 @@ def analysis_sections(doc: Mapping) -> list[dict]:
     note; other lists show every scalar field of their entries. ``fields`` names the
     analysis's per-run fields, shown in the run table; ``units`` gives, per table, the unit and
     definition of each declared column; ``legend`` lists every declared field as ``(name, unit,
-    definition)``.
+    definition)``; ``linked`` lists ``(name, link)`` for each declared table that ``doc`` links
+    to a CSV file.
     """
     described = _described(doc)
     out = []
@@ -236,8 +239,10 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         body = doc.get(name)
         if isinstance(body, list) and body and all(isinstance(e, Mapping) for e in body):
             table(name, body, f"{name}[].")
-        elif isinstance(body, Mapping):
+        elif isinstance(body, Mapping) and not is_link(body):
             for key, val in body.items():
+                if is_link(val):
+                    continue  # named under ``linked``
                 if _is_scalar(val):
                     sec["scalars"].append((key, val))
                 elif isinstance(val, list) and val and all(isinstance(e, Mapping) for e in val):
@@ -255,6 +260,12 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         sec["scalars"] += [c for _, consts in lifted for c in consts]
         # the reason already stands under the heading
         sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
+        # tables written beside report.json (docs/report.md, "Linked tables"), named with a link
+        sec["linked"] = [
+            (f["name"], link)
+            for f in declared
+            if f.get("type") == "table" and is_link(link := _get(doc, f["name"].split(".")))
+        ]
         run_keys = [f["name"].split(".")[0] for f in declared if f.get("place", "run") == "run"]
         sec["fields"] = list(dict.fromkeys(run_keys))
         sec["legend"] = [(f["name"], f.get("unit", ""), f.get("definition", "")) for f in declared]
@@ -398,6 +409,10 @@ def markdown(doc: Mapping) -> str:
             out += [f"- {_md_text(k)}: {_md(v)}" for k, v in sec["scalars"]]
         if sec["fields"]:
             out += ["", f"Per-run fields in the run table: {', '.join(sec['fields'])}."]
+        for name, link in sec["linked"]:
+            out += ["", f"Table `{_md_text(name)}`: {link['n_rows']} rows of "
+                        f"{len(link['columns'])} columns in [{_md_text(link['table'])}]"
+                        f"({quote(str(link['table']))}) (CSV, beside report.json)."]  # fmt: skip
         for title, cols, rows in sec["tables"]:
             out += ["", f"{_md_text(title)}:", ""] if title != sec["name"] else [""]
             units = sec["units"].get(title, {})
