@@ -109,8 +109,14 @@ def _analysis_status(
     outcome,
     failed: set[str],
     declarations: Mapping[str, Analysis],
+    reports: Mapping[str, Mapping | None],
 ) -> dict[str, dict]:
-    """Status of every analysis the report knows of: registered ones and the declared ones."""
+    """Status of every analysis the report knows of: registered ones and the declared ones.
+
+    This is where ``analyses.<name>.status`` is decided, once; ``report.md``, ``report.html``, the
+    captions and the terminal summary only show it. An analysis that ran is ``"not measurable"``
+    when :func:`measurability` says so.
+    """
     known = list(registry) + [n for n in declarations if n not in registry]
     status: dict[str, dict] = {}
     from geomtraj.runner import protocol_gaps, registered_analyses
@@ -143,6 +149,15 @@ def _analysis_status(
                 st["note"] = f"failed on {len(errs)} run(s); see errors"
             else:
                 st["status"] = "ok"
+            if st["status"] in ("ok", "partial"):
+                none_measured, notes = measurability(
+                    name, reports.get(name), declarations.get(name)
+                )
+                if none_measured:
+                    st["status"] = NOT_MEASURABLE
+                if notes:
+                    text = "; ".join(notes)
+                    st["note"] = f"{st['note']}; {text}" if st.get("note") else text
             status[name] = st
     return status
 
@@ -150,14 +165,19 @@ def _analysis_status(
 NOT_MEASURABLE = "not measurable"
 
 
-def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
+def measurability(
+    name: str, rep: Mapping | None, decl: Analysis | None = None
+) -> tuple[bool, list[str]]:
     """Whether analysis ``name`` measured anything, read from its own report, and notes to show.
 
-    An analysis says "nothing could be measured" through the ``verdict`` of its section (the
-    top-level key named after it), of that section's ``overall`` entry, or of every per-run entry
-    it reports under its name; each starts with ``"not measurable"``. A string field of its
-    section that starts so (e.g. one feature that could not be measured) becomes a note while the
-    analysis as a whole stays measurable. See ``docs/report.md`` ("Status of an analysis").
+    The one rule of "not measurable" (``docs/report.md``, "Status of an analysis"). An analysis
+    says "nothing could be measured" through the ``verdict`` of its section (the top-level key
+    named after it), of that section's ``overall`` entry, or of every per-run entry it reports
+    under its name; each starts with ``"not measurable"``. An analysis whose declaration ``decl``
+    has per-run fields but that reported no run and left every list it declares empty found
+    nothing to measure (twins on a store without twins), whatever its verdict fields say. A
+    string field of its section that starts with ``"not measurable"`` (one feature that could not
+    be measured) becomes a note while the analysis as a whole stays measurable.
 
     Returns
     -------
@@ -190,16 +210,14 @@ def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
     ]
     if verdicts:
         notes.append(f"verdict: {verdicts[0]['verdict']}")
+    empty = _nothing_reported(decl, rep) if decl is not None else None
+    if empty:
+        return True, [empty, *notes]
     return False, notes
 
 
-def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
-    """Why ``rep`` holds no result of ``decl``, or None when it holds one.
-
-    An analysis that declares per-run fields but reported no run, and whose declared list
-    sections are all empty, found nothing to measure (twins on a store without twins): it is
-    not measurable, whatever its own verdict fields say.
-    """
+def _nothing_reported(decl: Analysis, rep: Mapping | None) -> str | None:
+    """Why ``rep`` holds no result of ``decl`` (see :func:`measurability`), or None."""
     rep = rep or {}
     run_keys = {f.path[0] for f in decl.run_fields()}
     if not run_keys or any(
@@ -211,24 +229,6 @@ def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
         return None
     empty = "".join(f"; {k} is empty" for k in sorted(lists))
     return f"no analysed run gave it anything to measure (no per-run result{empty})"
-
-
-def _apply_measurability(
-    st: dict, name: str, rep: Mapping | None, decl: Analysis | None = None
-) -> None:
-    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so,
-    or when it reported nothing (:func:`empty_report`)."""
-    none_measured, notes = measurability(name, rep)
-    if st.get("status") not in ("ok", "partial"):
-        return
-    empty = empty_report(decl, rep) if decl is not None else None
-    if empty and not none_measured:
-        none_measured, notes = True, [empty, *notes]
-    if none_measured:
-        st["status"] = NOT_MEASURABLE
-    if notes:
-        text = "; ".join(notes)
-        st["note"] = f"{st['note']}; {text}" if st.get("note") else text
 
 
 def _figure_entries(paths, figdir: Path, analysis: str, errors: list[dict]) -> list[dict]:
@@ -345,10 +345,7 @@ def make_report(
         path = overview_figure(picked, hyper, overview, figdir / "overview_loss.png")
         fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
                                "title": "loss of the analysed runs"})  # fmt: skip
-    status = _analysis_status(selected, registry, outcome, failed, declarations)
-    for name, rep in reports.items():
-        if name in status and name not in failed:
-            _apply_measurability(status[name], name, rep, declarations.get(name))
+    status = _analysis_status(selected, registry, outcome, failed, declarations, reports)
     options = {
         "runs": runs if runs is None or isinstance(runs, str) else list(runs),
         "steps": list(step_range) if step_range else None,
