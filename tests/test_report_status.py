@@ -122,6 +122,23 @@ def test_run_table_has_ten_default_columns_with_definitions(unmeasured_report) -
     assert "- **slow ratio [x]**: slow period divided by the prediction 1/(1-beta2)" in md
 
 
+def test_run_settings_are_labelled_by_the_run_table_declaration() -> None:
+    from geomtraj import runtable
+
+    by_path = {c.path: c for c in COLUMNS}
+    names = ("precision", "beta2", "lr", "hidden", "beta1", "seed", "perturbation", "diverged_step")
+    for name in names:
+        c = by_path[(name,)]
+        assert (c.header, c.unit, c.definition) == (
+            runtable.label(name),
+            runtable.unit(name),
+            runtable.definition(name),
+        )
+    assert by_path[("hidden",)].label == "hidden [units]"
+    assert by_path[("diverged_step",)].label == "diverged at [steps]"
+    assert by_path[("precision",)].kind == "str" and by_path[("seed",)].kind == "num"
+
+
 # ---------------------------------------------------------------------------- size, captions
 
 

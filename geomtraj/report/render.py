@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
+from geomtraj import runtable
 from geomtraj.report.tables import is_link
 
 
@@ -53,27 +54,31 @@ class Column:
         return f"{self.header} [{self.unit}]" if self.unit else self.header
 
 
-#: The report's own columns of the run table (the run's labels and health), shown by default.
+def _field_column(name: str, default: bool) -> Column:
+    """A column of a run-table field: header, unit and definition as :mod:`geomtraj.runtable`
+    declares them."""
+    f = runtable.field(name)
+    kind = "str" if f.dtype is str else "num"
+    return Column(f.label, f.unit, (name,), kind, default, f.definition)
+
+
+#: The report's own columns of the run table (the run's labels and health), shown by default;
+#: the run's settings are labelled, united and defined by the run table's declaration.
 BASE_COLUMNS: list[Column] = [
     Column("run", "", ("run",), "num", True, "index of the run in the store"),
     Column("status", "", ("status",), "str", True,
            "training health: ok, diverged (non-finite loss) or insufficient (too few finite "
            "updates to analyse)"),
-    Column("precision", "", ("precision",), "str", True, "number format the run trained in"),
-    Column("beta2", "", ("beta2",), "num", True, "Adam's second-moment decay rate"),
-    Column("lr", "", ("lr",), "num", True, "learning rate"),
+    _field_column("precision", True),
+    _field_column("beta2", True),
+    _field_column("lr", True),
     Column("final loss", "", ("final_loss",), "num", True, "training loss at the last step"),
 ]  # fmt: skip
 #: The report's own columns behind the "all columns" toggle.
 EXTRA_COLUMNS: list[Column] = [
-    Column("hidden", "", ("hidden",), "str", False, "widths of the hidden layers"),
-    Column("beta1", "", ("beta1",), "num", False, "Adam's first-moment decay rate"),
-    Column("seed", "", ("seed",), "num", False, "seed of the initial weights"),
-    Column("perturbation", "", ("perturbation",), "str", False,
-           "how a twin run was perturbed from the run it copies (empty for an ordinary run)"),
-    Column("diverged", "step", ("diverged_step",), "num", False,
-           "first step with a non-finite loss, if any"),
-]  # fmt: skip
+    _field_column(name, False)
+    for name in ("hidden", "beta1", "seed", "perturbation", "diverged_step")
+]
 NOTE_COLUMN = Column("note", "", ("note",), "str", False, "why a run or a measurement is missing")
 
 
@@ -293,14 +298,15 @@ def terminal_summary(doc: Mapping, *, max_rows: int = 50, out_dir: str | None = 
         f"{doc['store']}: {doc['n_runs']} runs analysed with "
         f"{', '.join(names) if names else 'no analyses (none available)'}{gaps}{where}"
     )
+    lab = runtable.label
     cols = [
         ("run", 4, ("run",)),
-        ("hidden", 7, ("hidden",)),
-        ("precision", 9, ("precision",)),
-        ("beta1", 6, ("beta1",)),
-        ("beta2", 7, ("beta2",)),
-        ("lr", 8, ("lr",)),
-        ("seed", 5, ("seed",)),
+        (lab("hidden"), 7, ("hidden",)),
+        (lab("precision"), 9, ("precision",)),
+        (lab("beta1"), 6, ("beta1",)),
+        (lab("beta2"), 7, ("beta2",)),
+        (lab("lr"), 8, ("lr",)),
+        (lab("seed"), 5, ("seed",)),
         ("status", 12, ("status",)),
         ("final loss", 10, ("final_loss",)),
         ("bursts", 6, ("n_bursts",)),
