@@ -309,6 +309,33 @@ def test_every_plot_kind_draws(ds, kind, tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_arithmetic_agrees_with_the_libraries() -> None:
+    """The quick looks' NumPy PCA, moving average and Welch spectrum against scikit-learn's and
+    SciPy's, on random walks (whose spectra and components have no special structure)."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import welch
+    from sklearn.decomposition import PCA
+
+    from geomtraj.report.plots import moving_average, top_components, welch_density
+
+    rng = np.random.default_rng(1)
+    for n, d in ((2000, 16), (50, 3)):
+        walk = np.cumsum(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)), axis=0)
+        np.testing.assert_allclose(top_components(walk, 2), PCA(2).fit_transform(walk),
+                                   rtol=1e-9, atol=1e-9 * np.abs(walk).max())  # fmt: skip
+        for size in (1, 2, 15, 16):
+            want = uniform_filter1d(walk, size=size, axis=0, mode="nearest")
+            # a cumulative sum over n rows rounds by up to about n * eps * max|x|
+            bound = n * np.finfo(float).eps * np.abs(walk).max()
+            np.testing.assert_allclose(moving_average(walk, size), want, rtol=0, atol=bound)
+    for n, nperseg in ((5000, 1000), (101, 17), (16, 8), (16, 16)):
+        x = np.cumsum(rng.normal(size=n))
+        f, p = welch(x, fs=1.0, nperseg=nperseg, noverlap=nperseg // 2, detrend="linear")
+        got_f, got_p = welch_density(x, nperseg, nperseg // 2)
+        np.testing.assert_array_equal(got_f, f)
+        np.testing.assert_allclose(got_p, p, rtol=1e-9)
+
+
 def test_plot_refuses_a_run_without_data(ds, tmp_path) -> None:
     with pytest.raises(GeomtrajError, match="run 9 has 0 finite updates"):
         plot_run(ds, 9, "loss", tmp_path / "x.png")
