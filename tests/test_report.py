@@ -463,3 +463,13 @@ def test_read_table_checks_rows_against_the_link(tmp_path) -> None:
         read_table(relink(data.replace(b"\n0,0,", b"\nx,0,", 1)), tmp_path)
     with pytest.raises(GeomtrajError, match="not a table link"):
         read_table({**link, "table": "../t.csv"}, tmp_path)
+
+
+def test_a_rewritten_report_leaves_no_stale_table(store, tmp_path) -> None:
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "spiral_windows.csv").write_text("run,window\n0,0\n")
+    (out / "notes.csv").write_text("mine\n")  # a file of the user's, not a table of a report
+    rep = make_report(store, out, registry=FAKE, progress=False)
+    assert "spiral_windows" not in rep.doc
+    assert not (out / "spiral_windows.csv").exists() and (out / "notes.csv").exists()

@@ -1,5 +1,8 @@
 """The analysis report (contract 4): ``report.json``, ``report.md``, ``report.html``, figures.
 
+Bulky lists declared as tables go to CSV files linked from ``report.json``
+(:mod:`geomtraj.report.tables`); :func:`load_report` reads a report folder back whole.
+
 :func:`make_report` is what ``geomtraj analyze`` runs: it checks the store, runs the selected
 analyses over blocks of runs (:func:`geomtraj.runner.run_analyses`), asks each analysis for its
 ``report`` and ``figures``, assembles ``report.json`` (validated against the JSON Schema
@@ -29,7 +32,7 @@ from geomtraj.report.assemble import (
 )
 from geomtraj.report.captions import figure_caption
 from geomtraj.report.render import html_page, markdown, terminal_summary
-from geomtraj.report.tables import link_tables, load_report
+from geomtraj.report.tables import link_tables, load_report, table_file
 
 __all__ = [
     "SCHEMA_ID",
@@ -308,6 +311,11 @@ def make_report(
     figdir.mkdir(parents=True, exist_ok=True)
     for old in figdir.glob("*.png"):
         old.unlink()
+    # a table an earlier report linked must not outlive it beside a report that has none
+    for decl in declarations.values():
+        for f in decl.fields:
+            if f.type == "table":
+                (out / table_file(f.path)).unlink(missing_ok=True)
     reports: dict[str, dict | None] = {}
     fig_entries: list[dict] = []
     failed: set[str] = set()

@@ -27,7 +27,15 @@ from pathlib import Path
 
 from geomtraj.errors import GeomtrajError
 
-__all__ = ["is_link", "link_tables", "load_report", "read_table", "table_fields", "write_table"]
+__all__ = [
+    "is_link",
+    "link_tables",
+    "load_report",
+    "read_table",
+    "table_fields",
+    "table_file",
+    "write_table",
+]
 
 #: Types of a linked table's columns (``columns[].type`` of a link).
 COLUMN_TYPES = ("int", "num", "bool", "str", "json")
@@ -55,6 +63,11 @@ def table_fields(doc: Mapping) -> list[tuple[str, ...]]:
         fields = [f for d in report_declarations().values() for f in describe(d)["fields"]]
     names = [f["name"] for f in fields if f.get("type") == "table"]
     return [tuple(n.split(".")) for n in dict.fromkeys(names)]
+
+
+def table_file(keys: Sequence[str]) -> str:
+    """The file name of the table at ``keys`` (``("spiral_windows",)``: ``spiral_windows.csv``)."""
+    return f"{'_'.join(keys)}.csv"
 
 
 def _column_type(values: Iterable) -> str:
@@ -198,7 +211,7 @@ def link_tables(doc: Mapping, out: str | os.PathLike) -> tuple[dict, list[Path]]
         for k in keys[:-1]:
             cur[k] = dict(cur[k])
             cur = cur[k]
-        path = out / f"{'_'.join(keys)}.csv"
+        path = out / table_file(keys)
         cur[keys[-1]] = write_table(rows, path)
         files.append(path)
     return linked, files
