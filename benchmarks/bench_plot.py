@@ -9,6 +9,10 @@ here is one fresh interpreter, as a user's command is:
   ``geomtraj.analysis.ANALYSES`` first, which is what the package did before;
 * **dask open** (the second baseline): the same call with the store opened through dask, as
   ``geomtraj plot`` did before it read the one run through zarr's lazy arrays;
+* **library imports** (the third baseline): the same call after importing the libraries the
+  looks used before they did their few lines of arithmetic with NumPy (``spiral``:
+  ``scipy.ndimage`` and ``sklearn.decomposition``; ``spectrum``: ``scipy.signal``; the other
+  kinds imported none, so their column repeats "now");
 * the import of ``geomtraj.cli`` alone, of the plot path's modules, and of the full registry
   (timed inside the interpreter and as process wall time), and the cumulative import time of
   ``geomtraj.cli`` reported by ``python -X importtime``.
@@ -36,6 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("loss", "update", "grad", "theta", "moments", "spiral", "spectrum", "phase")
 EAGER = "import geomtraj.analysis as a\nfor n in a.ANALYSES:\n    a.ANALYSES[n]\n"
+#: What each kind imported before its arithmetic was written with NumPy (docs/report.md).
+LIBRARIES = {
+    "spiral": "import scipy.ndimage, sklearn.decomposition\n",
+    "spectrum": "import scipy.signal\n",
+}
 DASK_OPEN = (
     "import geomtraj.store as s\n_open = s.open_store\n"
     "s.open_store = lambda p, **k: _open(p, **{**k, 'dask': True})\n"
@@ -104,9 +113,10 @@ def main() -> None:
             _wall(_plot_code(args.store, args.run, kind, out))
         print(f"\ngeomtraj plot {args.store.name} --run {args.run}, median of {args.repeats}, ")
         print("seconds as wall / CPU:")
-        print(f"  {'kind':10s} {'now':>13s} {'dask open':>13s} {'eager registry':>15s}")
-        variants = ("", DASK_OPEN, EAGER)
+        print(f"  {'kind':10s} {'now':>13s} {'dask open':>13s} {'eager registry':>15s} "
+              f"{'library imports':>16s}")  # fmt: skip
         for kind in kinds:
+            variants = ("", DASK_OPEN, EAGER, LIBRARIES.get(kind, ""))
             code = _plot_code(args.store, args.run, kind, out)
             times: list[list[tuple[float, float]]] = [[] for _ in variants]
             for _ in range(args.repeats):
@@ -116,7 +126,7 @@ def main() -> None:
             med = [(statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
                    for t in times]  # fmt: skip
             cells = [f"{w:6.2f}/{c:<6.2f}" for w, c in med]
-            print(f"  {kind:10s} {cells[0]:>13s} {cells[1]:>13s} {cells[2]:>15s}")
+            print(f"  {kind:10s} {cells[0]:>13s} {cells[1]:>13s} {cells[2]:>15s} {cells[3]:>16s}")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ RUN_FIELDS: tuple[RunField, ...] = (
              "how a twin differs from its original ('none' for originals)",
              source=lambda run, plan: run.perturbation.label if run.perturbation else "none"),
     RunField("diverged_step", np.int64, "diverged at", "steps",
-             "update at which the run diverged (-1: it did not)"),
+             "update at which the run diverged (-1 in a store, null in a report: it did not)"),
     RunField("kscale", np.float64, "k", "",
              "Sun's rescaling factor of a scale twin: the step is (lr*k) * (u/k); 1 otherwise",
              kernel_column=5, stored=False, source=_kscale),

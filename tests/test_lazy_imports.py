@@ -59,6 +59,21 @@ def test_plot_loss_imports_no_analysis_nor_scipy_signal(tmp_path):
     assert out.stat().st_size > 0
 
 
+@pytest.mark.parametrize("kind", ["spiral", "spectrum"])
+def test_plot_arithmetic_imports_no_scipy_nor_sklearn(kind, tmp_path):
+    """The spiral and spectrum looks do their PCA, moving average and Welch spectrum with NumPy:
+    importing scikit-learn, scipy.ndimage or scipy.signal for them cost more than the look."""
+    out = tmp_path / f"{kind}.png"
+    code = (
+        "from geomtraj.cli import main\n"
+        f"assert main(['plot', {str(datafiles.BURSTS_F32)!r}, '--run', '0', '--kind', {kind!r},"
+        f" '--out', {str(out)!r}, '--quiet']) == 0"
+    )
+    watched = HEAVY + ANALYSIS_MODULES + ("scipy.ndimage", "scipy.linalg")
+    assert _fresh(code, watched) == ["matplotlib"]
+    assert out.stat().st_size > 0
+
+
 def test_registry_imports_on_access_and_modules_stay_callable():
     code = (
         "import geomtraj.analysis as a\n"

@@ -297,14 +297,21 @@ def test_twins_spread_comparison_uses_the_parameters_it_ran_with() -> None:
 
 
 def test_an_analysis_that_found_nothing_to_measure_is_not_measurable() -> None:
-    from geomtraj.report import empty_report
+    from geomtraj.report import measurability
 
     twins = declaration("twins")
-    why = empty_report(twins, {"runs": {}, "twins": [], "twin_spread": {"final_loss": {}}})
-    assert why == "no analysed run gave it anything to measure (no per-run result; twins is empty)"
+    rep = {"runs": {}, "twins": [], "twin_spread": {"final_loss": {}}}
+    assert measurability("twins", rep, twins) == (
+        True,
+        ["no analysed run gave it anything to measure (no per-run result; twins is empty)"],
+    )
     # evidence it must reject: one measured twin, or a run entry of its own
     one = {"run": 3, "twin_of": 0, "lyapunov": 0.01}
-    assert empty_report(twins, {"runs": {}, "twins": [one]}) is None
-    assert empty_report(twins, {"runs": {3: {"twin": {"lyapunov": 0.01}}}, "twins": []}) is None
+    assert measurability("twins", {"runs": {}, "twins": [one]}, twins) == (False, [])
+    assert measurability("twins", {"runs": {3: {"twin": {"lyapunov": 0.01}}}, "twins": []},
+                         twins) == (False, [])  # fmt: skip
     # an analysis with a per-run result measured something
-    assert empty_report(declaration("periods"), {"runs": {0: {"n_bursts": 3}}}) is None
+    assert measurability("periods", {"runs": {0: {"n_bursts": 3}}}, declaration("periods")) == (
+        False,
+        [],
+    )

@@ -309,9 +309,167 @@ def test_every_plot_kind_draws(ds, kind, tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_arithmetic_agrees_with_the_libraries() -> None:
+    """The quick looks' NumPy PCA, moving average and Welch spectrum against scikit-learn's and
+    SciPy's, on random walks (whose spectra and components have no special structure)."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import welch
+    from sklearn.decomposition import PCA
+
+    from geomtraj.report.plots import moving_average, top_components, welch_density
+
+    rng = np.random.default_rng(1)
+    for n, d in ((2000, 16), (50, 3)):
+        walk = np.cumsum(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)), axis=0)
+        np.testing.assert_allclose(top_components(walk, 2), PCA(2).fit_transform(walk),
+                                   rtol=1e-9, atol=1e-9 * np.abs(walk).max())  # fmt: skip
+        for size in (1, 2, 15, 16):
+            want = uniform_filter1d(walk, size=size, axis=0, mode="nearest")
+            # a cumulative sum over n rows rounds by up to about n * eps * max|x|
+            bound = n * np.finfo(float).eps * np.abs(walk).max()
+            np.testing.assert_allclose(moving_average(walk, size), want, rtol=0, atol=bound)
+    for n, nperseg in ((5000, 1000), (101, 17), (16, 8), (16, 16)):
+        x = np.cumsum(rng.normal(size=n))
+        f, p = welch(x, fs=1.0, nperseg=nperseg, noverlap=nperseg // 2, detrend="linear")
+        got_f, got_p = welch_density(x, nperseg, nperseg // 2)
+        np.testing.assert_array_equal(got_f, f)
+        np.testing.assert_allclose(got_p, p, rtol=1e-9)
+
+
 def test_plot_refuses_a_run_without_data(ds, tmp_path) -> None:
     with pytest.raises(GeomtrajError, match="run 9 has 0 finite updates"):
         plot_run(ds, 9, "loss", tmp_path / "x.png")
     with pytest.raises(GeomtrajError, match="out of range"):
         plot_run(ds, 99, "loss", tmp_path / "x.png")
     assert math.isfinite(float(ds["beta2"].values[9]))
+
+
+# ---------------------------------------------------------------------------- linked tables
+
+
+def _window_rows(n: int) -> list[dict]:
+    """Rows with every kind of cell a table must carry back exactly."""
+    rng = np.random.default_rng(0)
+    return [
+        {"run": k // 3, "window": k,
+         "winding": float(rng.normal() * 10.0 ** rng.integers(-300, 300)),
+         "peak": float(k), "n_surrogates": 199.0 if k % 2 else 199, "tiny": 5e-324,
+         "big": 1e16, "is_spiral": bool(k % 2), "label": 'a "double", spiral\nline',
+         "pair_x": "" if k == 1 else "W1[0,0]", "arm_p_even": None if k % 4 == 0 else 0.005,
+         "ci": [1.0, 2.5], "extra": {"x": 1}}
+        for k in range(n)
+    ]  # fmt: skip
+
+
+def test_a_table_comes_back_exactly_and_pandas_reads_it(tmp_path) -> None:
+    import pandas as pd
+
+    from geomtraj.report.tables import read_table, write_table
+
+    rows = _window_rows(9)
+    link = write_table(rows, tmp_path / "t.csv")
+    types = {c["name"]: c["type"] for c in link["columns"]}
+    assert types == {"run": "int", "window": "int", "winding": "num", "peak": "num",
+                     "n_surrogates": "num", "tiny": "num", "big": "num", "is_spiral": "bool",
+                     "label": "str", "pair_x": "json", "arm_p_even": "num", "ci": "json",
+                     "extra": "json"}  # fmt: skip
+    back = read_table(link, tmp_path)
+    assert back == rows and link["n_rows"] == 9
+    # same types, not only equal values: an int stays an int and 3.0 stays a float
+    assert [type(v) for r in back for v in r.values()] == [
+        type(v) for r in rows for v in r.values()
+    ]
+    frame = pd.read_csv(tmp_path / "t.csv")
+    assert frame["winding"].tolist() == [r["winding"] for r in rows]
+    assert frame["is_spiral"].dtype == bool and frame["arm_p_even"].isna().sum() == 3
+
+
+def _report_with_windows(fake_report, tmp_path, n: int = 30):
+    import shutil
+
+    shutil.copytree(fake_report.out / "figures", tmp_path / "figures")
+    doc = copy.deepcopy(fake_report.doc)
+    doc["spiral_windows"] = _window_rows(n)
+    return doc
+
+
+def test_report_json_links_its_tables_and_load_report_reads_them_back(fake_report, tmp_path):
+    from geomtraj.report import load_report, write_report
+
+    doc = _report_with_windows(fake_report, tmp_path)
+    inline = tmp_path / "inline"
+    files = write_report(doc, tmp_path)
+    assert tmp_path / "spiral_windows.csv" in files
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    link = on_disk["spiral_windows"]
+    assert link["table"] == "spiral_windows.csv" and link["n_rows"] == 30
+    assert validate_report(on_disk) == []
+    assert load_report(tmp_path) == to_jsonable(doc)
+    assert doc["spiral_windows"][0]["window"] == 0  # the caller's document keeps its rows
+    # the page and the Markdown name the file under the analysis that declares it
+    md = (tmp_path / "report.md").read_text()
+    assert "Table `spiral_windows`: 30 rows of 13 columns in [spiral_windows.csv]" in md
+    assert 'href="spiral_windows.csv"' in (tmp_path / "report.html").read_text()
+    # a report written before tables were linked (rows inline) reads as it is
+    (inline / "figures").mkdir(parents=True)
+    for f in (tmp_path / "figures").iterdir():
+        (inline / "figures" / f.name).write_bytes(f.read_bytes())
+    write_report(doc, inline, link=False)
+    assert not (inline / "spiral_windows.csv").exists()
+    assert json.loads((inline / "report.json").read_text())["spiral_windows"][0]["window"] == 0
+    assert load_report(inline) == load_report(tmp_path)
+
+
+def test_a_damaged_table_is_refused(fake_report, tmp_path) -> None:
+    from geomtraj.report import load_report, write_report
+
+    write_report(_report_with_windows(fake_report, tmp_path), tmp_path)
+    table = tmp_path / "spiral_windows.csv"
+    good = table.read_bytes()
+    table.write_bytes(good.replace(b"\n1,", b"\n7,", 1))  # one number changed
+    with pytest.raises(GeomtrajError, match="checksum differs"):
+        load_report(tmp_path)
+    table.write_bytes(good[: len(good) // 2])  # cut short
+    with pytest.raises(GeomtrajError, match="checksum differs"):
+        load_report(tmp_path)
+    table.unlink()
+    with pytest.raises(GeomtrajError, match="cannot be read"):
+        load_report(tmp_path)
+    with pytest.raises(GeomtrajError, match="cannot read the report"):
+        load_report(tmp_path / "nowhere")
+    (tmp_path / "report.json").write_text("{")
+    with pytest.raises(GeomtrajError, match="not a JSON report"):
+        load_report(tmp_path)
+
+
+def test_read_table_checks_rows_against_the_link(tmp_path) -> None:
+    """With a matching checksum (a link edited by hand), the count, header and cells still count."""
+    import hashlib
+
+    from geomtraj.report.tables import read_table, write_table
+
+    link = write_table(_window_rows(4), tmp_path / "t.csv")
+
+    def relink(data: bytes, **change) -> dict:
+        (tmp_path / "t.csv").write_bytes(data)
+        return {**link, "sha256": hashlib.sha256(data).hexdigest(), **change}
+
+    data = (tmp_path / "t.csv").read_bytes()
+    with pytest.raises(GeomtrajError, match="4 rows, report.json says 5"):
+        read_table(relink(data, n_rows=5), tmp_path)
+    with pytest.raises(GeomtrajError, match="header"):
+        read_table(relink(data.replace(b"run,", b"rum,", 1)), tmp_path)
+    with pytest.raises(GeomtrajError, match=r"t.csv:2: invalid literal"):
+        read_table(relink(data.replace(b"\n0,0,", b"\nx,0,", 1)), tmp_path)
+    with pytest.raises(GeomtrajError, match="not a table link"):
+        read_table({**link, "table": "../t.csv"}, tmp_path)
+
+
+def test_a_rewritten_report_leaves_no_stale_table(store, tmp_path) -> None:
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "spiral_windows.csv").write_text("run,window\n0,0\n")
+    (out / "notes.csv").write_text("mine\n")  # a file of the user's, not a table of a report
+    rep = make_report(store, out, registry=FAKE, progress=False)
+    assert "spiral_windows" not in rep.doc
+    assert not (out / "spiral_windows.csv").exists() and (out / "notes.csv").exists()

@@ -122,6 +122,23 @@ def test_run_table_has_ten_default_columns_with_definitions(unmeasured_report) -
     assert "- **slow ratio [x]**: slow period divided by the prediction 1/(1-beta2)" in md
 
 
+def test_run_settings_are_labelled_by_the_run_table_declaration() -> None:
+    from geomtraj import runtable
+
+    by_path = {c.path: c for c in COLUMNS}
+    names = ("precision", "beta2", "lr", "hidden", "beta1", "seed", "perturbation", "diverged_step")
+    for name in names:
+        c = by_path[(name,)]
+        assert (c.header, c.unit, c.definition) == (
+            runtable.label(name),
+            runtable.unit(name),
+            runtable.definition(name),
+        )
+    assert by_path[("hidden",)].label == "hidden [units]"
+    assert by_path[("diverged_step",)].label == "diverged at [steps]"
+    assert by_path[("precision",)].kind == "str" and by_path[("seed",)].kind == "num"
+
+
 # ---------------------------------------------------------------------------- size, captions
 
 
@@ -234,3 +251,24 @@ def test_a_value_shared_by_every_entry_is_said_once() -> None:
     ((title, cols, rows),) = sec["tables"]
     assert cols == [("run", "num"), ("ratio", "num")] and rows[2] == [2, 3.0]
     assert ("runs (every entry): source", "init+final") in sec["scalars"]
+
+
+def test_nothing_to_measure_reads_not_measurable_in_every_output(tmp_path) -> None:
+    """Twins on runs without a twin: no per-run result, no twin; one rule says so everywhere."""
+    rep = make_report(small_store(), tmp_path / "r", analyses="twins", runs="0-7", progress=False)
+    assert rep.ok, (rep.doc["errors"], rep.schema_errors)
+    st = rep.doc["analyses"]["twins"]
+    assert st["status"] == "not measurable"
+    assert st["note"].startswith("no analysed run gave it anything to measure")
+    on_disk = json.loads((rep.out / "report.json").read_text())
+    assert on_disk["analyses"]["twins"] == st
+    md = (rep.out / "report.md").read_text()
+    assert f"| twins | **not measurable** | {st['n_runs']} | {st['note']} |" in md
+    assert f"Status: **not measurable**. {st['note']}" in md
+    page = html.unescape((rep.out / "report.html").read_text())
+    m = re.search(r'<section id="twins" class="analysis">(.*?)</section>', page, re.S)
+    assert 'class="badge st-not-measurable">not measurable<' in m.group(1)
+    assert st["note"] in m.group(1)
+    # the analysis that did measure keeps ok: the rule rejects a measured result
+    rep = make_report(small_store(), tmp_path / "t", analyses="twins", progress=False)
+    assert rep.doc["analyses"]["twins"]["status"] == "ok", rep.doc["analyses"]["twins"]

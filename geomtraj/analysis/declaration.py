@@ -49,6 +49,35 @@ FIELD_TYPES: dict[str, dict] = {
     "str": {"type": ["string", "null"]},
     "bool": {"type": ["boolean", "null"]},
     "list": {"type": ["array", "null"]},
+    # a bulky list of entries, written beside report.json as a CSV file and linked from it
+    # (geomtraj/report/tables.py; docs/report.md, "Linked tables")
+    "table": {
+        "oneOf": [
+            {"type": "null"},
+            {"type": "array", "items": {"type": "object"}},
+            {
+                "type": "object",
+                "required": ["table", "format", "n_rows", "columns", "sha256"],
+                "properties": {
+                    "table": {"type": "string", "pattern": "^[^/\\\\]+\\.csv$"},
+                    "format": {"const": "csv"},
+                    "n_rows": {"type": "integer", "minimum": 0},
+                    "columns": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "type"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "type": {"enum": ["int", "num", "bool", "str", "json"]},
+                            },
+                        },
+                    },
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+        ]
+    },
     "any": {},
 }
 
@@ -69,7 +98,9 @@ class Field:
     definition : str
         One line, no final full stop: the report's tooltip and legend.
     type : str
-        A key of :data:`FIELD_TYPES`; ``None`` (JSON ``null``) is always allowed.
+        A key of :data:`FIELD_TYPES`; ``None`` (JSON ``null``) is always allowed. ``"table"`` is a
+        list of entries that grows with windows or bursts rather than runs: the report writes it
+        to a CSV file beside ``report.json`` and links it (``place="report"``, no ``[]``).
     required : bool
         The field is part of contract 4 and every report carries it (``null`` when not measured).
     place : str
@@ -88,6 +119,8 @@ class Field:
             raise ValueError(f"Field {self.name!r}: type {self.type!r} not in {list(FIELD_TYPES)}")
         if self.place not in ("run", "report"):
             raise ValueError(f"Field {self.name!r}: place {self.place!r}, expected run or report")
+        if self.type == "table" and (self.place != "report" or "[]" in self.name):
+            raise ValueError(f"Field {self.name!r}: a table sits at place report, outside lists")
 
     @property
     def path(self) -> tuple[str, ...]:

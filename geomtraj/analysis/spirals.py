@@ -1805,7 +1805,7 @@ ANALYSIS = Analysis(
               "spirals whose best-fit plane turns by at least 20 degrees between halves", "count",
               required=True),
         Field("spiral_windows", "", "every window classified as a spiral, with its quantities",
-              "list", place="report"),
+              "table", place="report"),
     ),
     columns=(
         Column("spirals", "spirals.n_spirals"),

@@ -1,5 +1,8 @@
 """The analysis report (contract 4): ``report.json``, ``report.md``, ``report.html``, figures.
 
+Bulky lists declared as tables go to CSV files linked from ``report.json``
+(:mod:`geomtraj.report.tables`); :func:`load_report` reads a report folder back whole.
+
 :func:`make_report` is what ``geomtraj analyze`` runs: it checks the store, runs the selected
 analyses over blocks of runs (:func:`geomtraj.analysis.runner.run_analyses`), asks each analysis
 for its
@@ -30,6 +33,7 @@ from geomtraj.report.assemble import (
 )
 from geomtraj.report.captions import figure_caption
 from geomtraj.report.render import html_page, markdown, terminal_summary
+from geomtraj.report.tables import link_tables, load_report, table_file
 
 __all__ = [
     "SCHEMA_ID",
@@ -40,6 +44,7 @@ __all__ = [
     "measurability",
     "NOT_MEASURABLE",
     "write_report",
+    "load_report",
     "build_report",
     "terminal_summary",
     "markdown",
@@ -108,8 +113,14 @@ def _analysis_status(
     outcome,
     failed: set[str],
     declarations: Mapping[str, Analysis],
+    reports: Mapping[str, Mapping | None],
 ) -> dict[str, dict]:
-    """Status of every analysis the report knows of: registered ones and the declared ones."""
+    """Status of every analysis the report knows of: registered ones and the declared ones.
+
+    This is where ``analyses.<name>.status`` is decided, once; ``report.md``, ``report.html``, the
+    captions and the terminal summary only show it. An analysis that ran is ``"not measurable"``
+    when :func:`measurability` says so.
+    """
     known = list(registry) + [n for n in declarations if n not in registry]
     status: dict[str, dict] = {}
     from geomtraj.analysis.runner import protocol_gaps, registered_analyses
@@ -142,6 +153,15 @@ def _analysis_status(
                 st["note"] = f"failed on {len(errs)} run(s); see errors"
             else:
                 st["status"] = "ok"
+            if st["status"] in ("ok", "partial"):
+                none_measured, notes = measurability(
+                    name, reports.get(name), declarations.get(name)
+                )
+                if none_measured:
+                    st["status"] = NOT_MEASURABLE
+                if notes:
+                    text = "; ".join(notes)
+                    st["note"] = f"{st['note']}; {text}" if st.get("note") else text
             status[name] = st
     return status
 
@@ -149,14 +169,19 @@ def _analysis_status(
 NOT_MEASURABLE = "not measurable"
 
 
-def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
+def measurability(
+    name: str, rep: Mapping | None, decl: Analysis | None = None
+) -> tuple[bool, list[str]]:
     """Whether analysis ``name`` measured anything, read from its own report, and notes to show.
 
-    An analysis says "nothing could be measured" through the ``verdict`` of its section (the
-    top-level key named after it), of that section's ``overall`` entry, or of every per-run entry
-    it reports under its name; each starts with ``"not measurable"``. A string field of its
-    section that starts so (e.g. one feature that could not be measured) becomes a note while the
-    analysis as a whole stays measurable. See ``docs/report.md`` ("Status of an analysis").
+    The one rule of "not measurable" (``docs/report.md``, "Status of an analysis"). An analysis
+    says "nothing could be measured" through the ``verdict`` of its section (the top-level key
+    named after it), of that section's ``overall`` entry, or of every per-run entry it reports
+    under its name; each starts with ``"not measurable"``. An analysis whose declaration ``decl``
+    has per-run fields but that reported no run and left every list it declares empty found
+    nothing to measure (twins on a store without twins), whatever its verdict fields say. A
+    string field of its section that starts with ``"not measurable"`` (one feature that could not
+    be measured) becomes a note while the analysis as a whole stays measurable.
 
     Returns
     -------
@@ -189,16 +214,14 @@ def measurability(name: str, rep: Mapping | None) -> tuple[bool, list[str]]:
     ]
     if verdicts:
         notes.append(f"verdict: {verdicts[0]['verdict']}")
+    empty = _nothing_reported(decl, rep) if decl is not None else None
+    if empty:
+        return True, [empty, *notes]
     return False, notes
 
 
-def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
-    """Why ``rep`` holds no result of ``decl``, or None when it holds one.
-
-    An analysis that declares per-run fields but reported no run, and whose declared list
-    sections are all empty, found nothing to measure (twins on a store without twins): it is
-    not measurable, whatever its own verdict fields say.
-    """
+def _nothing_reported(decl: Analysis, rep: Mapping | None) -> str | None:
+    """Why ``rep`` holds no result of ``decl`` (see :func:`measurability`), or None."""
     rep = rep or {}
     run_keys = {f.path[0] for f in decl.run_fields()}
     if not run_keys or any(
@@ -210,24 +233,6 @@ def empty_report(decl: Analysis, rep: Mapping | None) -> str | None:
         return None
     empty = "".join(f"; {k} is empty" for k in sorted(lists))
     return f"no analysed run gave it anything to measure (no per-run result{empty})"
-
-
-def _apply_measurability(
-    st: dict, name: str, rep: Mapping | None, decl: Analysis | None = None
-) -> None:
-    """Turn an "ok" status into "not measurable" (with the reason) when the analysis says so,
-    or when it reported nothing (:func:`empty_report`)."""
-    none_measured, notes = measurability(name, rep)
-    if st.get("status") not in ("ok", "partial"):
-        return
-    empty = empty_report(decl, rep) if decl is not None else None
-    if empty and not none_measured:
-        none_measured, notes = True, [empty, *notes]
-    if none_measured:
-        st["status"] = NOT_MEASURABLE
-    if notes:
-        text = "; ".join(notes)
-        st["note"] = f"{st['note']}; {text}" if st.get("note") else text
 
 
 def _figure_entries(paths, figdir: Path, analysis: str, errors: list[dict]) -> list[dict]:
@@ -308,6 +313,11 @@ def make_report(
     figdir.mkdir(parents=True, exist_ok=True)
     for old in figdir.glob("*.png"):
         old.unlink()
+    # a table an earlier report linked must not outlive it beside a report that has none
+    for decl in declarations.values():
+        for f in decl.fields:
+            if f.type == "table":
+                (out / table_file(f.path)).unlink(missing_ok=True)
     reports: dict[str, dict | None] = {}
     fig_entries: list[dict] = []
     failed: set[str] = set()
@@ -345,10 +355,7 @@ def make_report(
         path = overview_figure(picked, hyper, overview, figdir / "overview_loss.png")
         fig_entries.insert(0, {"file": f"figures/{path.name}", "analysis": "overview",
                                "title": "loss of the analysed runs"})  # fmt: skip
-    status = _analysis_status(selected, registry, outcome, failed, declarations)
-    for name, rep in reports.items():
-        if name in status and name not in failed:
-            _apply_measurability(status[name], name, rep, declarations.get(name))
+    status = _analysis_status(selected, registry, outcome, failed, declarations, reports)
     options = {
         "runs": runs if runs is None or isinstance(runs, str) else list(runs),
         "steps": list(step_range) if step_range else None,
@@ -375,8 +382,9 @@ def make_report(
     doc["warnings"] = to_jsonable(runner.merge_warnings(caught))
     from geomtraj.report.schema import build_schema
 
-    schema_errors = validate_report(doc, build_schema(declarations.values()))
-    files = write_report(doc, out)
+    # the document as written (its tables linked) is the one the schema checks
+    written, files = _write(doc, out)
+    schema_errors = validate_report(written, build_schema(declarations.values()))
     files += [out / f["file"] for f in doc["figures"]]
     return Report(doc, out, files, dict(outcome.results), schema_errors)
 
@@ -387,12 +395,26 @@ def _strings_at(ds, name: str, runs: list[int]) -> list[str]:
     return strings(ds[name].isel(run=runs))
 
 
-def write_report(doc: dict, out: str | os.PathLike) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` (figures must be in ``out``)."""
+def write_report(doc: dict, out: str | os.PathLike, *, link: bool = True) -> list[Path]:
+    """Write ``report.json``, ``report.md``, ``report.html`` and the linked tables into ``out``.
+
+    The figures must be in ``out/figures``. Each declared table field (type ``"table"``) goes to
+    its CSV file and ``report.json`` links it (:func:`geomtraj.report.tables.link_tables`);
+    ``link=False`` keeps every table inline, as reports were written before. Read a report back
+    with :func:`load_report`.
+    """
+    return _write(doc, out, link=link)[1]
+
+
+def _write(doc: dict, out: str | os.PathLike, *, link: bool = True) -> tuple[dict, list[Path]]:
+    """:func:`write_report`, also returning the document as written (tables linked)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    doc = to_jsonable(doc)
+    # the tables first: a report.json on disk never links a table that is not yet written
+    written, tables = link_tables(doc, out) if link else (doc, [])
     paths = [out / "report.json", out / "report.md", out / "report.html"]
-    paths[0].write_text(json.dumps(to_jsonable(doc), indent=1, allow_nan=False) + "\n")
-    paths[1].write_text(markdown(doc))
-    paths[2].write_text(html_page(doc, out / "figures"))
-    return paths
+    paths[0].write_text(json.dumps(written, indent=1, allow_nan=False) + "\n")
+    paths[1].write_text(markdown(written))
+    paths[2].write_text(html_page(written, out / "figures"))
+    return written, [*paths, *tables]

@@ -127,10 +127,34 @@ def _spiral_rows(rd: RunData, p: PlotParams) -> slice:
     return slice(max(0, n - p.spiral_window), n)
 
 
-def _spiral(rd: RunData, axes, p: PlotParams) -> str:
-    from scipy.ndimage import uniform_filter1d
-    from sklearn.decomposition import PCA
+def moving_average(x: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average of ``x`` along axis 0, edges padded with the end rows.
 
+    The same window as ``scipy.ndimage.uniform_filter1d(x, size, axis=0, mode="nearest")`` (rows
+    ``i - size//2`` to ``i + (size-1)//2``), by a cumulative sum: importing ``scipy.ndimage`` took
+    longer than the whole average does in a quick look.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    padded = np.pad(x, [(size // 2, size - 1 - size // 2)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+    csum = np.cumsum(padded, axis=0)
+    csum = np.concatenate([np.zeros_like(csum[:1]), csum])
+    return (csum[size:] - csum[:-size]) / size
+
+
+def top_components(x: np.ndarray, k: int = 2) -> np.ndarray:
+    """Projection of the rows of ``x`` on their top ``k`` principal components.
+
+    ``sklearn.decomposition.PCA(k).fit_transform(x)``, signs included (each component's largest
+    loading made positive, as scikit-learn's ``svd_flip`` does for PCA), by one SVD: importing
+    scikit-learn cost 0.85 s of CPU, more than the rest of a spiral look.
+    """
+    centred = x - x.mean(axis=0)
+    u, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt[:k]), axis=1)])
+    return u[:, :k] * (sv[:k] * np.where(signs == 0, 1.0, signs))
+
+
+def _spiral(rd: RunData, axes, p: PlotParams) -> str:
     rows = _spiral_rows(rd, p)
     theta = rd.theta[rows]
     _need(theta.shape[0], max(3 * p.spiral_smooth, 8), rd, "recorded rows")
@@ -139,8 +163,8 @@ def _spiral(rd: RunData, axes, p: PlotParams) -> str:
             f"run {rd.run} records {theta.shape[1]} parameter(s); a spiral look needs 2 or more "
             "(train with record_params >= 2)"
         )
-    resid = theta - uniform_filter1d(theta, size=p.spiral_smooth, axis=0, mode="nearest")
-    z = PCA(n_components=2).fit_transform(resid)
+    resid = theta - moving_average(theta, p.spiral_smooth)
+    z = top_components(resid, 2)
     # units of each axis's RMS: PC1 often dwarfs PC2, and a linear rescaling keeps the turns
     z = z / np.maximum(np.sqrt(np.mean(z**2, axis=0)), 1e-300)
     steps = rd.step[rows]
@@ -168,16 +192,35 @@ def _moments(rd: RunData, axes, p: PlotParams) -> str:
     return "Adam moments"
 
 
-def _spectrum(rd: RunData, ax, p: PlotParams) -> str:
-    from scipy.signal import welch
+def welch_density(x: np.ndarray, nperseg: int, noverlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's power spectral density of ``x`` (unit sampling rate): frequencies and PSD.
 
+    ``scipy.signal.welch(x, fs=1, nperseg=nperseg, noverlap=noverlap, detrend="linear")``: a
+    periodic Hann window, each segment's least-squares line removed, one-sided density scaling,
+    mean over the segments. Written out with NumPy because importing ``scipy.signal`` took 0.7 s
+    of CPU, half a quick look; a test compares the two.
+    """
+    step = nperseg - noverlap
+    starts = np.arange(0, x.size - nperseg + 1, step)
+    segs = np.stack([x[s : s + nperseg] for s in starts]).astype(np.float64)
+    t = np.arange(nperseg, dtype=np.float64)
+    design = np.column_stack([t, np.ones_like(t)])
+    coef, *_ = np.linalg.lstsq(design, segs.T, rcond=None)
+    segs = segs - (design @ coef).T
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * t / nperseg)
+    spec = np.abs(np.fft.rfft(segs * window, axis=1)) ** 2 / np.sum(window**2)
+    spec[:, 1 : (nperseg + 1) // 2] *= 2.0  # one-sided: every bin but 0 and Nyquist counts twice
+    return np.fft.rfftfreq(nperseg), spec.mean(axis=0)
+
+
+def _spectrum(rd: RunData, ax, p: PlotParams) -> str:
     loss = rd.train_loss
     _need(int(np.sum(loss > 0)), 16, rd, "positive losses")
     x = np.log(loss[loss > 0])
     nperseg = max(8, x.size // max(1, p.welch_segments // 2 + 1))
     nperseg = min(nperseg, x.size)
     # scipy clamps nperseg but not noverlap (scipy#25608): set both
-    f, pxx = welch(x, fs=1.0, nperseg=nperseg, noverlap=nperseg // 2, detrend="linear")
+    f, pxx = welch_density(x, nperseg, nperseg // 2)
     keep = f > 0
     ax.loglog(1.0 / f[keep], pxx[keep], lw=0.8)
     b1, b2 = rd.hyper["beta1"], rd.hyper["beta2"]

@@ -17,6 +17,9 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
+from geomtraj import runtable
+from geomtraj.report.tables import is_link
+
 
 @dataclass(frozen=True)
 class Column:
@@ -51,27 +54,31 @@ class Column:
         return f"{self.header} [{self.unit}]" if self.unit else self.header
 
 
-#: The report's own columns of the run table (the run's labels and health), shown by default.
+def _field_column(name: str, default: bool) -> Column:
+    """A column of a run-table field: header, unit and definition as :mod:`geomtraj.runtable`
+    declares them."""
+    f = runtable.field(name)
+    kind = "str" if f.dtype is str else "num"
+    return Column(f.label, f.unit, (name,), kind, default, f.definition)
+
+
+#: The report's own columns of the run table (the run's labels and health), shown by default;
+#: the run's settings are labelled, united and defined by the run table's declaration.
 BASE_COLUMNS: list[Column] = [
     Column("run", "", ("run",), "num", True, "index of the run in the store"),
     Column("status", "", ("status",), "str", True,
            "training health: ok, diverged (non-finite loss) or insufficient (too few finite "
            "updates to analyse)"),
-    Column("precision", "", ("precision",), "str", True, "number format the run trained in"),
-    Column("beta2", "", ("beta2",), "num", True, "Adam's second-moment decay rate"),
-    Column("lr", "", ("lr",), "num", True, "learning rate"),
+    _field_column("precision", True),
+    _field_column("beta2", True),
+    _field_column("lr", True),
     Column("final loss", "", ("final_loss",), "num", True, "training loss at the last step"),
 ]  # fmt: skip
 #: The report's own columns behind the "all columns" toggle.
 EXTRA_COLUMNS: list[Column] = [
-    Column("hidden", "", ("hidden",), "str", False, "widths of the hidden layers"),
-    Column("beta1", "", ("beta1",), "num", False, "Adam's first-moment decay rate"),
-    Column("seed", "", ("seed",), "num", False, "seed of the initial weights"),
-    Column("perturbation", "", ("perturbation",), "str", False,
-           "how a twin run was perturbed from the run it copies (empty for an ordinary run)"),
-    Column("diverged", "step", ("diverged_step",), "num", False,
-           "first step with a non-finite loss, if any"),
-]  # fmt: skip
+    _field_column(name, False)
+    for name in ("hidden", "beta1", "seed", "perturbation", "diverged_step")
+]
 NOTE_COLUMN = Column("note", "", ("note",), "str", False, "why a run or a measurement is missing")
 
 
@@ -215,7 +222,8 @@ def analysis_sections(doc: Mapping) -> list[dict]:
     note; other lists show every scalar field of their entries. ``fields`` names the
     analysis's per-run fields, shown in the run table; ``units`` gives, per table, the unit and
     definition of each declared column; ``legend`` lists every declared field as ``(name, unit,
-    definition)``.
+    definition)``; ``linked`` lists ``(name, link)`` for each declared table that ``doc`` links
+    to a CSV file.
     """
     described = _described(doc)
     out = []
@@ -236,8 +244,10 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         body = doc.get(name)
         if isinstance(body, list) and body and all(isinstance(e, Mapping) for e in body):
             table(name, body, f"{name}[].")
-        elif isinstance(body, Mapping):
+        elif isinstance(body, Mapping) and not is_link(body):
             for key, val in body.items():
+                if is_link(val):
+                    continue  # named under ``linked``
                 if _is_scalar(val):
                     sec["scalars"].append((key, val))
                 elif isinstance(val, list) and val and all(isinstance(e, Mapping) for e in val):
@@ -255,6 +265,12 @@ def analysis_sections(doc: Mapping) -> list[dict]:
         sec["scalars"] += [c for _, consts in lifted for c in consts]
         # the reason already stands under the heading
         sec["scalars"] = [(k, v) for k, v in sec["scalars"] if not (v and v == sec["note"])]
+        # tables written beside report.json (docs/report.md, "Linked tables"), named with a link
+        sec["linked"] = [
+            (f["name"], link)
+            for f in declared
+            if f.get("type") == "table" and is_link(link := _get(doc, f["name"].split(".")))
+        ]
         run_keys = [f["name"].split(".")[0] for f in declared if f.get("place", "run") == "run"]
         sec["fields"] = list(dict.fromkeys(run_keys))
         sec["legend"] = [(f["name"], f.get("unit", ""), f.get("definition", "")) for f in declared]
@@ -282,14 +298,15 @@ def terminal_summary(doc: Mapping, *, max_rows: int = 50, out_dir: str | None = 
         f"{doc['store']}: {doc['n_runs']} runs analysed with "
         f"{', '.join(names) if names else 'no analyses (none available)'}{gaps}{where}"
     )
+    lab = runtable.label
     cols = [
         ("run", 4, ("run",)),
-        ("hidden", 7, ("hidden",)),
-        ("precision", 9, ("precision",)),
-        ("beta1", 6, ("beta1",)),
-        ("beta2", 7, ("beta2",)),
-        ("lr", 8, ("lr",)),
-        ("seed", 5, ("seed",)),
+        (lab("hidden"), 7, ("hidden",)),
+        (lab("precision"), 9, ("precision",)),
+        (lab("beta1"), 6, ("beta1",)),
+        (lab("beta2"), 7, ("beta2",)),
+        (lab("lr"), 8, ("lr",)),
+        (lab("seed"), 5, ("seed",)),
         ("status", 12, ("status",)),
         ("final loss", 10, ("final_loss",)),
         ("bursts", 6, ("n_bursts",)),
@@ -398,6 +415,10 @@ def markdown(doc: Mapping) -> str:
             out += [f"- {_md_text(k)}: {_md(v)}" for k, v in sec["scalars"]]
         if sec["fields"]:
             out += ["", f"Per-run fields in the run table: {', '.join(sec['fields'])}."]
+        for name, link in sec["linked"]:
+            out += ["", f"Table `{_md_text(name)}`: {link['n_rows']} rows of "
+                        f"{len(link['columns'])} columns in [{_md_text(link['table'])}]"
+                        f"({quote(str(link['table']))}) (CSV, beside report.json)."]  # fmt: skip
         for title, cols, rows in sec["tables"]:
             out += ["", f"{_md_text(title)}:", ""] if title != sec["name"] else [""]
             units = sec["units"].get(title, {})

@@ -293,7 +293,7 @@ def run_study(
     dict
         The ``study.json`` document.
     """
-    from geomtraj.report import make_report
+    from geomtraj.report import load_report, make_report
     from geomtraj.study import results as results_mod
 
     t_start = time.perf_counter()
@@ -373,7 +373,8 @@ def run_study(
                     f"[{spec.name}] analysis {first['analysis']} failed: {first['error']} (the "
                     f"report is in {report_dir})"
                 )
-        reports[spec.name] = json.loads((report_dir / "report.json").read_text())
+        # linked tables read back inline; a report written before they were linked reads as is
+        reports[spec.name] = load_report(report_dir)
 
     ctx = Context(study=study, study_dir=study_dir, reports=reports, meta=meta, log=log)
     t0 = time.perf_counter()
