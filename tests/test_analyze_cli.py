@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources
 
 import fake_analysis
 import fake_broken_analysis
@@ -19,12 +18,13 @@ from report_stores import N_RUNS, copy_store, small_store
 import geomtraj.analysis.runner
 from geomtraj.analysis import ANALYSES
 from geomtraj.cli import main
+from geomtraj.report import load_schema
 
 FAKE = {"periods": fake_analysis}
 
 
 def _schema() -> dict:
-    return json.loads(resources.files("geomtraj.report").joinpath("schema.json").read_text())
+    return load_schema()
 
 
 def _check_report(out, n_runs: int) -> dict:

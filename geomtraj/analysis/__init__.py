@@ -160,6 +160,11 @@ def declaration(name: str) -> Analysis:
     return as_analysis(ANALYSES[name], name)
 
 
+def shipped() -> list[str]:
+    """Names of the available analyses that come with geomtraj, in report order (not registered)."""
+    return [n for n in ANALYSES if n not in _REGISTERED]
+
+
 def register(analysis: Analysis) -> Analysis:
     """Add ``analysis`` to :data:`ANALYSES` for this process (replacing one of the same name).
 
@@ -221,6 +226,7 @@ __all__ = [
     "declaration",
     "iter_runs",
     "register",
+    "shipped",
     "unregister",
     *ANALYSES,
 ]

@@ -7,7 +7,7 @@ Bulky lists declared as tables go to CSV files linked from ``report.json``
 analyses over blocks of runs (:func:`geomtraj.analysis.runner.run_analyses`), asks each analysis
 for its
 ``report`` and ``figures``, assembles ``report.json`` (validated against the JSON Schema
-``schema.json`` of this package, ``geomtraj.report/1``) and renders it.
+``geomtraj.report/1`` built from the declarations of the analyses it ran) and renders it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
@@ -54,12 +53,14 @@ __all__ = [
 
 @cache
 def load_schema() -> dict:
-    """The JSON Schema of ``report.json`` for the shipped analyses (``schema.json``).
+    """The JSON Schema of ``report.json`` for the shipped analyses.
 
-    The file is generated from the analyses' declarations (:mod:`geomtraj.report.schema`).
+    Built from the analyses' declarations (:mod:`geomtraj.report.schema`), never kept as a file
+    that could fall out of step with them; ``python -m geomtraj.report.schema`` prints it.
     """
-    text = resources.files("geomtraj.report").joinpath("schema.json").read_text("utf-8")
-    return json.loads(text)
+    from geomtraj.report.schema import build_schema, builtin_declarations
+
+    return build_schema(builtin_declarations())
 
 
 def validate_report(doc: dict, schema: dict | None = None) -> list[str]:

@@ -6,8 +6,9 @@ Field`): its per-run fields into the run entry, its top-level sections at the to
 its type, its unit and definition as ``description``. A field declared ``required`` is required
 inside its section, and the section itself is required when the analysis gives a default for it
 (``run_defaults``, ``section_defaults``): these are the fields of contract 4.
-``geomtraj/report/schema.json`` is this schema for the analyses shipped with geomtraj, written by
-``python -m geomtraj.report.schema``; a test checks that it is up to date. See
+The schema is built when it is needed (:func:`geomtraj.report.load_schema` for the analyses
+shipped with geomtraj, ``make_report`` for those it ran), so adding an analysis edits no schema
+file; ``python -m geomtraj.report.schema [FILE]`` prints it or writes it to ``FILE``. See
 ``docs/contracts.md`` (contract 4) and ``docs/architecture.md``.
 """
 
@@ -211,32 +212,27 @@ def build_schema(declarations: Iterable[Analysis]) -> dict:
 
 
 def builtin_declarations() -> list[Analysis]:
-    """The declarations of the analyses of :mod:`geomtraj.analysis` (imports them)."""
-    from geomtraj.analysis import ANALYSES, declaration
+    """The declarations of the analyses shipped in :mod:`geomtraj.analysis` (imports them)."""
+    from geomtraj.analysis import declaration, shipped
 
-    return [declaration(name) for name in ANALYSES]
-
-
-#: The shipped schema file.
-SCHEMA_FILE = Path(__file__).with_name("schema.json")
+    return [declaration(name) for name in shipped()]
 
 
 def schema_text(declarations: Iterable[Analysis] | None = None) -> str:
-    """The schema as the text of ``schema.json`` (sorted keys, two-space indent)."""
+    """The schema as JSON text (sorted keys, two-space indent)."""
     decls = builtin_declarations() if declarations is None else declarations
-    return json.dumps(build_schema(decls), indent=2) + "\n"
+    return json.dumps(build_schema(decls), indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m geomtraj.report.schema [--check]``: write (or check) ``schema.json``."""
+    """``python -m geomtraj.report.schema [FILE]``: print the schema, or write it to ``FILE``."""
     argv = sys.argv[1:] if argv is None else argv
     text = schema_text()
-    if "--check" in argv:
-        same = SCHEMA_FILE.read_text("utf-8") == text
-        print(f"{SCHEMA_FILE}: {'up to date' if same else 'out of date'}")
-        return 0 if same else 1
-    SCHEMA_FILE.write_text(text, "utf-8")
-    print(f"wrote {SCHEMA_FILE}")
+    if argv:
+        Path(argv[0]).write_text(text, "utf-8")
+        print(f"wrote {argv[0]}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
