@@ -39,7 +39,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import RunData, finite_or_none
+from geomtraj.analysis.base import (
+    RunData,
+    binomial_p,
+    finite_or_none,
+    parse_perturbation,
+    union_length,
+)
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -50,9 +56,6 @@ from geomtraj.analysis.declaration import (
     params_from_result,
 )
 from geomtraj.analysis.stability import (
-    _binomial_p,
-    _parse_perturbation,
-    _union_length,
     missing_curvature_inputs,
     run_data_arrays,
     run_spec,
@@ -172,7 +175,7 @@ def replay_states(
     yield 0, theta0[None, :], np.zeros((1, n)), 1, np.zeros(0)
     if last == 0:
         return
-    pert = _parse_perturbation(h["perturbation"])
+    pert = parse_perturbation(h["perturbation"])
     if pert is not None and pert.kind == "ulp" and pert.step > last:
         pert = None  # it would act after the last replayed update
     runs = [
@@ -409,7 +412,7 @@ def burst_predictions(
     followed = np.array(
         [bool(np.any((onsets >= c - resolution) & (onsets <= c + max_lag))) for c in cross], bool
     )
-    covered = _union_length(np.clip(cross - resolution, lo, hi), np.clip(cross + max_lag, lo, hi))
+    covered = union_length(np.clip(cross - resolution, lo, hi), np.clip(cross + max_lag, lo, hi))
     chance = covered / (hi - lo) if hi > lo else math.nan
     leads = per["lead"][np.isfinite(per["lead"])]
     out = dict(per)
@@ -425,7 +428,7 @@ def burst_predictions(
         decay_period=_nanmedian(per["decay_interval"]),
         measured_period=_nanmedian(per["measured_interval"]),
         chance_fraction=float(chance),
-        p_value=_binomial_p(int(explained.sum()), n, chance)
+        p_value=binomial_p(int(explained.sum()), n, chance)
         if n and math.isfinite(chance)
         else math.nan,
         max_lag=float(max_lag),
@@ -657,7 +660,7 @@ def report(result: xr.Dataset) -> dict:
         reasons = {e["note"] for e in entries if e["note"]}
         overall["note"] = "; ".join(sorted(reasons)) or "no run with bursts"
     elif n >= min_bursts and chance is not None:
-        overall["p_value"] = _binomial_p(k, n, chance)
+        overall["p_value"] = binomial_p(k, n, chance)
         good = k / n >= fraction and overall["p_value"] < alpha
         overall["verdict"] = (
             "bursts start at crossings" if good else "bursts do not start at crossings"
