@@ -40,7 +40,7 @@ def _kernel(spec: MLPSpec, X, y, wd, theta):
         out = np.empty(spec.n_params)
         vec = np.ascontiguousarray(v, dtype=np.float64)
         kc.rop(theta, vec, sizes, spec.n_layers, wd, w["A"], w["D1"], w["DL"], w["CV"],
-               w["d2l"], w["RZ"], w["RA"], w["RD"], out)  # fmt: skip
+               w["d2l"], w["RZ"], w["RA"], w["RD"], out, w["TMP"], w["TW"])  # fmt: skip
         return out
 
     return value, grad, hvp

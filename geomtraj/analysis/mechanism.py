@@ -141,7 +141,7 @@ class MechanismParams:
 
 
 #: Work arrays of :func:`geomtraj.kernels.curvature.track_block`, in its argument order.
-_WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad")
+_WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad", "TMP", "TW")
 
 
 # ------------------------------------------------------------------------------- the replay

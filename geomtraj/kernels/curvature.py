@@ -23,10 +23,15 @@ import numba
 import numpy as np
 
 from geomtraj.config import ANALYSIS_JIT
+from geomtraj.kernels.fpmath import FP64
 
 #: Activation and loss codes of the kernels.
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "relu": 2}
 LOSSES = {"mse": 0, "bce": 1}
+
+#: Branch-free float64 tanh and sigmoid (within 2.5 ulp of libm): unlike ``math.tanh``, a libm
+#: call, they let the loop over points vectorise.
+_tanh, _sigmoid = FP64.tanh, FP64.sigmoid
 
 
 @numba.njit(**ANALYSIS_JIT)
@@ -49,45 +54,6 @@ def _offsets(sizes, n_layers):
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _act(code, z):
-    """``sigma(z)``, ``sigma'(z)``, ``sigma''(z)``."""
-    if code == 0:
-        a = math.tanh(z)
-        d1 = 1.0 - a * a
-        return a, d1, -2.0 * a * d1
-    if code == 1:
-        if z >= 0:
-            a = 1.0 / (1.0 + math.exp(-z))
-        else:
-            e = math.exp(z)
-            a = e / (1.0 + e)
-        d1 = a * (1.0 - a)
-        return a, d1, d1 * (1.0 - 2.0 * a)
-    if z > 0.0:
-        return z, 1.0, 0.0
-    return 0.0, 0.0, 0.0
-
-
-@numba.njit(**ANALYSIS_JIT)
-def _dot_points(x, y, n):
-    """``sum_p x[p] * y[p]`` with eight partial sums (independent chains the SLP pass can pack)."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    m = n - n % 8
-    for p in range(0, m, 8):
-        s0 += x[p] * y[p]
-        s1 += x[p + 1] * y[p + 1]
-        s2 += x[p + 2] * y[p + 2]
-        s3 += x[p + 3] * y[p + 3]
-        s4 += x[p + 4] * y[p + 4]
-        s5 += x[p + 5] * y[p + 5]
-        s6 += x[p + 6] * y[p + 6]
-        s7 += x[p + 7] * y[p + 7]
-    for p in range(m, n):
-        s0 += x[p] * y[p]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@numba.njit(**ANALYSIS_JIT)
 def _sum_points(x, n):
     """``sum_p x[p]`` with eight partial sums."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
@@ -107,11 +73,39 @@ def _sum_points(x, n):
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _activate(act, Z, A, D1, D2, row, n_pts):
+    """``A``, ``D1``, ``D2`` of unit ``row`` from ``Z``: one branch-free loop per activation."""
+    if act == 0:
+        for p in range(n_pts):
+            a = _tanh(Z[row, p])
+            d1 = 1.0 - a * a
+            A[row, p] = a
+            D1[row, p] = d1
+            D2[row, p] = -2.0 * a * d1
+    elif act == 1:
+        for p in range(n_pts):
+            a = _sigmoid(Z[row, p])
+            d1 = a * (1.0 - a)
+            A[row, p] = a
+            D1[row, p] = d1
+            D2[row, p] = d1 * (1.0 - 2.0 * a)
+    else:
+        for p in range(n_pts):
+            z = Z[row, p]
+            pos = z > 0.0
+            A[row, p] = z if pos else 0.0
+            D1[row, p] = 1.0 if pos else 0.0
+            D2[row, p] = 0.0
+
+
+@numba.njit(**ANALYSIS_JIT)
 def linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL, CV, d2l, grad):
     """Forward and backward pass at ``theta``: fills the work arrays and ``grad``; returns the loss.
 
     ``X`` is ``(n_points, d_in)``; the work arrays are ``(units, n_points)``. ``grad`` includes
-    weight decay ``wd*theta``; the loss does not (as the trainer records it).
+    weight decay ``wd*theta``; the loss does not (as the trainer records it). The layer products
+    are BLAS matrix products (``np.dot``; one thread under ``threadpool_limits(1)``, so
+    deterministic), the element-wise loops run over the points.
     """
     w_off, b_off, a_off, n_par = _offsets(sizes, n_layers)
     n_pts = X.shape[0]
@@ -121,22 +115,15 @@ def linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL
     for k in range(n_layers):
         fi, fo = sizes[k], sizes[k + 1]
         ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
+        W = theta[wo : wo + fi * fo].reshape((fi, fo))
+        np.dot(W.T, A[ai : ai + fi], Z[ao : ao + fo])
         for j in range(fo):
             bj = theta[bo + j]
             for p in range(n_pts):
-                Z[ao + j, p] = bj
-        for i in range(fi):
-            for j in range(fo):
-                w = theta[wo + i * fo + j]
-                for p in range(n_pts):
-                    Z[ao + j, p] += A[ai + i, p] * w
+                Z[ao + j, p] += bj
         if k < n_layers - 1:
             for j in range(fo):
-                for p in range(n_pts):
-                    a, d1, d2 = _act(act, Z[ao + j, p])
-                    A[ao + j, p] = a
-                    D1[ao + j, p] = d1
-                    D2[ao + j, p] = d2
+                _activate(act, Z, A, D1, D2, ao + j, n_pts)
     out = a_off[n_layers]
     total = 0.0
     for p in range(n_pts):
@@ -160,85 +147,82 @@ def linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL
     for k in range(n_layers - 1, -1, -1):
         fi, fo = sizes[k], sizes[k + 1]
         ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
-        for i in range(fi):
-            for j in range(fo):
-                q = wo + i * fo + j
-                grad[q] = wd * theta[q] + _dot_points(A[ai + i], DL[ao + j], n_pts)
+        gW = grad[wo : wo + fi * fo].reshape((fi, fo))
+        np.dot(A[ai : ai + fi], DL[ao : ao + fo].T, gW)
+        for q in range(wo, wo + fi * fo):
+            grad[q] += wd * theta[q]
         for j in range(fo):
             grad[bo + j] = wd * theta[bo + j] + _sum_points(DL[ao + j], n_pts)
         if k > 0:
+            W = theta[wo : wo + fi * fo].reshape((fi, fo))
+            np.dot(W, DL[ao : ao + fo], DL[ai : ai + fi])  # delta_k W_k^T
             for i in range(fi):
                 for p in range(n_pts):
-                    DL[ai + i, p] = 0.0
-                for j in range(fo):
-                    w = theta[wo + i * fo + j]
-                    for p in range(n_pts):
-                        DL[ai + i, p] += DL[ao + j, p] * w
-            for i in range(fi):
-                for p in range(n_pts):
-                    dw = DL[ai + i, p]  # (delta_k W_k^T)[i, p]
+                    dw = DL[ai + i, p]
                     CV[ai + i, p] = dw * D2[ai + i, p]  # its sigma'' term, constant in R{delta}
                     DL[ai + i, p] = dw * D1[ai + i, p]
     return total / n_pts
 
 
 @numba.njit(**ANALYSIS_JIT)
-def rop(theta, vec, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, out):
+def rop(theta, vec, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, out, TMP, TW):
     """``out = H @ vec`` at the point :func:`linearise` filled the work arrays for.
 
     ``R{z_k} = R{a_k} W_k + a_k dW_k + db_k`` with ``R{a_k} = sigma'(z_{k-1}) R{z_{k-1}}``;
     ``R{delta_L} = l''(f) R{f}``; ``R{delta_{k-1}} = (R{delta_k} W_k^T + delta_k dW_k^T)
     sigma'(z_{k-1}) + (delta_k W_k^T) sigma''(z_{k-1}) R{z_{k-1}}``; ``R{g_W} = R{a}^T delta +
-    a^T R{delta}``, ``R{g_b} = sum R{delta}``; plus ``wd * vec``.
+    a^T R{delta}``, ``R{g_b} = sum R{delta}``; plus ``wd * vec``. Layer products are BLAS
+    matrix products as in :func:`linearise`; ``TMP`` (``(units, n_points)``) and ``TW``
+    (``n_params``) are scratch.
     """
     w_off, b_off, a_off, n_par = _offsets(sizes, n_layers)
     n_pts = A.shape[1]
     for k in range(n_layers):
         fi, fo = sizes[k], sizes[k + 1]
         ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
-        for j in range(fo):
-            bj = vec[bo + j]
-            for p in range(n_pts):
-                RZ[ao + j, p] = bj
-        for i in range(fi):
-            if k > 0:
+        dW = vec[wo : wo + fi * fo].reshape((fi, fo))
+        np.dot(dW.T, A[ai : ai + fi], RZ[ao : ao + fo])
+        if k > 0:
+            for i in range(ai, ai + fi):
                 for p in range(n_pts):
-                    RA[ai + i, p] = D1[ai + i, p] * RZ[ai + i, p]
+                    RA[i, p] = D1[i, p] * RZ[i, p]
+            W = theta[wo : wo + fi * fo].reshape((fi, fo))
+            np.dot(W.T, RA[ai : ai + fi], TMP[ao : ao + fo])
             for j in range(fo):
-                dw = vec[wo + i * fo + j]
-                w = theta[wo + i * fo + j]
-                if k > 0:
-                    for p in range(n_pts):
-                        RZ[ao + j, p] += A[ai + i, p] * dw + RA[ai + i, p] * w
-                else:
-                    for p in range(n_pts):
-                        RZ[ao + j, p] += A[ai + i, p] * dw
+                bj = vec[bo + j]
+                for p in range(n_pts):
+                    RZ[ao + j, p] += TMP[ao + j, p] + bj
+        else:
+            for j in range(fo):
+                bj = vec[bo + j]
+                for p in range(n_pts):
+                    RZ[ao + j, p] += bj
     last = a_off[n_layers]
     for p in range(n_pts):
         RD[last, p] = d2l[p] * RZ[last, p]
     for k in range(n_layers - 1, -1, -1):
         fi, fo = sizes[k], sizes[k + 1]
         ai, ao, wo, bo = a_off[k], a_off[k + 1], w_off[k], b_off[k]
-        for i in range(fi):
-            for j in range(fo):
-                q = wo + i * fo + j
-                g = _dot_points(A[ai + i], RD[ao + j], n_pts)
-                if k > 0:
-                    g += _dot_points(RA[ai + i], DL[ao + j], n_pts)
-                out[q] = wd * vec[q] + g
+        gW = out[wo : wo + fi * fo].reshape((fi, fo))
+        np.dot(A[ai : ai + fi], RD[ao : ao + fo].T, gW)
+        if k > 0:
+            tW = TW[wo : wo + fi * fo].reshape((fi, fo))
+            np.dot(RA[ai : ai + fi], DL[ao : ao + fo].T, tW)
+            for q in range(wo, wo + fi * fo):
+                out[q] += TW[q] + wd * vec[q]
+        else:
+            for q in range(wo, wo + fi * fo):
+                out[q] += wd * vec[q]
         for j in range(fo):
             out[bo + j] = wd * vec[bo + j] + _sum_points(RD[ao + j], n_pts)
         if k > 0:
-            for i in range(fi):
+            W = theta[wo : wo + fi * fo].reshape((fi, fo))
+            dW = vec[wo : wo + fi * fo].reshape((fi, fo))
+            np.dot(W, RD[ao : ao + fo], RD[ai : ai + fi])
+            np.dot(dW, DL[ao : ao + fo], TMP[ai : ai + fi])
+            for i in range(ai, ai + fi):
                 for p in range(n_pts):
-                    RD[ai + i, p] = 0.0
-                for j in range(fo):
-                    w = theta[wo + i * fo + j]
-                    dw = vec[wo + i * fo + j]
-                    for p in range(n_pts):
-                        RD[ai + i, p] += RD[ao + j, p] * w + DL[ao + j, p] * dw
-                for p in range(n_pts):
-                    RD[ai + i, p] = RD[ai + i, p] * D1[ai + i, p] + CV[ai + i, p] * RZ[ai + i, p]
+                    RD[i, p] = (RD[i, p] + TMP[i, p]) * D1[i, p] + CV[i, p] * RZ[i, p]
 
 
 def work_arrays(n_points: int, sizes) -> dict[str, np.ndarray]:
@@ -247,14 +231,16 @@ def work_arrays(n_points: int, sizes) -> dict[str, np.ndarray]:
     n_par = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
     arr = {k: np.zeros((units, n_points)) for k in ("A", "Z", "D1", "D2", "DL", "CV", "RZ", "RA",
                                                      "RD")}  # fmt: skip
+    arr["TMP"] = np.zeros((units, n_points))
+    arr["TW"] = np.zeros(n_par)
     arr["d2l"] = np.zeros(n_points)
     arr["grad"] = np.zeros(n_par)
     return arr
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, x, hx,
-                 basis, alpha, beta):  # fmt: skip
+def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP, TW,
+                 x, hx, basis, alpha, beta):  # fmt: skip
     """Top Ritz pair of ``S = diag(d) H diag(d)`` after ``steps`` Lanczos steps from ``u``.
 
     Full reorthogonalisation (``steps`` is a handful); ``u`` is overwritten with the unit Ritz
@@ -272,7 +258,7 @@ def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ
     for k in range(steps):
         for i in range(n):
             x[i] = d[i] * basis[k, i]
-        rop(theta, x, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx)
+        rop(theta, x, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx, TMP, TW)
         a = 0.0
         for i in range(n):
             hx[i] *= d[i]
@@ -356,6 +342,8 @@ def track_block(
     RA,
     RD,
     grad,
+    TMP,
+    TW,
 ):
     """Track ``lambda_max(P^-1 H)`` along consecutive states, a few Lanczos steps per evaluation.
 
@@ -417,12 +405,12 @@ def track_block(
             q[i] = grad[i] / P
             gq += grad[i] * q[i]
         lam = _lanczos_top(theta, d, u, lanczos_steps, sizes, n_layers, wd, A, D1, DL, CV, d2l,
-                           RZ, RA, RD, x, hx, basis, alpha, beta)  # fmt: skip
+                           RZ, RA, RD, TMP, TW, x, hx, basis, alpha, beta)  # fmt: skip
         n_hvp += lanczos_steps
         sharpness[r] = lam
         carry[0] = lam / threshold
         if gq > 0.0:
-            rop(theta, q, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx)
+            rop(theta, q, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx, TMP, TW)
             n_hvp += 1
             c = 0.0
             for i in range(n_par):
