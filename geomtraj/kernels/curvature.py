@@ -239,13 +239,52 @@ def work_arrays(n_points: int, sizes) -> dict[str, np.ndarray]:
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP, TW,
-                 x, hx, basis, alpha, beta):  # fmt: skip
-    """Top Ritz pair of ``S = diag(d) H diag(d)`` after ``steps`` Lanczos steps from ``u``.
+def _apply_s(theta, d, vec, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP, TW, x, out):
+    """``out = S vec`` with ``S = diag(d) H diag(d)``: one Hessian-vector product."""
+    n = vec.shape[0]
+    for i in range(n):
+        x[i] = d[i] * vec[i]
+    rop(theta, x, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, out, TMP, TW)
+    for i in range(n):
+        out[i] *= d[i]
 
-    Full reorthogonalisation (``steps`` is a handful); ``u`` is overwritten with the unit Ritz
-    vector, the warm start of the next call. With ``steps = 1`` the value is the Rayleigh
-    quotient of ``u`` and ``u`` takes one power step.
+
+@numba.njit(**ANALYSIS_JIT)
+def _orthonormalise(r, basis, m, scale):
+    """Orthogonalise ``r`` against ``basis[:m]`` (twice is enough) and normalise it into
+    ``basis[m]``; False when what is left is below ``1e-12 * scale`` (nothing new)."""
+    n = r.shape[0]
+    for _ in range(2):
+        for j in range(m):
+            c = 0.0
+            for i in range(n):
+                c += basis[j, i] * r[i]
+            for i in range(n):
+                r[i] -= c * basis[j, i]
+    b = 0.0
+    for i in range(n):
+        b += r[i] * r[i]
+    b = math.sqrt(b)
+    if not (b > 1e-12 * scale and math.isfinite(b)):
+        return False
+    for i in range(n):
+        basis[m, i] = r[i] / b
+    return True
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _ritz_top(theta, d, u, wg, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
+              TW, x, r, basis, SB):  # fmt: skip
+    """Top Ritz value of ``S = diag(d) H diag(d)`` on the Krylov space of ``u`` plus ``wg``.
+
+    ``steps`` Lanczos vectors from ``u`` (``u, S u, ...``, fully reorthogonalised), then
+    ``wg`` (the preconditioned gradient ``P^-1/2 g``) joins the basis, and the Rayleigh-Ritz step
+    runs on all of them: one HVP per basis vector (``SB`` holds ``S`` times each). The space holds
+    the Krylov space, so the Ritz value is never below that of ``steps`` Lanczos steps alone (nor
+    above ``lambda_max``), and it holds ``wg``, so ``wg^T S wg`` comes out of the same products.
+    ``u`` is overwritten with the unit Ritz vector, the warm start of the next call.
+
+    Returns ``(ritz value, wg^T S wg / wg^T wg or NaN when wg = 0, HVPs used)``.
     """
     n = u.shape[0]
     norm = 0.0
@@ -254,57 +293,57 @@ def _lanczos_top(theta, d, u, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ
     norm = math.sqrt(norm)
     for i in range(n):
         basis[0, i] = u[i] / norm
-    k_used = steps
+    m = 0
     for k in range(steps):
-        for i in range(n):
-            x[i] = d[i] * basis[k, i]
-        rop(theta, x, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx, TMP, TW)
-        a = 0.0
-        for i in range(n):
-            hx[i] *= d[i]
-            a += basis[k, i] * hx[i]
-        alpha[k] = a
-        if steps == 1:  # the power step: carry S u forward
-            nn = 0.0
-            for i in range(n):
-                nn += hx[i] * hx[i]
-            nn = math.sqrt(nn)
-            if nn > 0.0 and math.isfinite(nn):
-                for i in range(n):
-                    u[i] = hx[i] / nn
-            return a
+        _apply_s(theta, d, basis[k], sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
+                 TW, x, SB[k])  # fmt: skip
+        m = k + 1
         if k == steps - 1:
             break
-        for _ in range(2):  # full reorthogonalisation; twice is enough
-            for j in range(k + 1):
-                c = 0.0
-                for i in range(n):
-                    c += basis[j, i] * hx[i]
-                for i in range(n):
-                    hx[i] -= c * basis[j, i]
-        b = 0.0
+        scale = 0.0
         for i in range(n):
-            b += hx[i] * hx[i]
-        b = math.sqrt(b)
-        beta[k] = b
-        if not (b > 1e-12 * abs(a) and math.isfinite(b)):  # invariant subspace found
-            k_used = k + 1
+            r[i] = SB[k, i]
+            scale += r[i] * r[i]
+        if not _orthonormalise(r, basis, m, math.sqrt(scale)):  # invariant subspace found
             break
-        for i in range(n):
-            basis[k + 1, i] = hx[i] / b
-    T = np.zeros((k_used, k_used))
-    for k in range(k_used):
-        T[k, k] = alpha[k]
-        if k + 1 < k_used:
-            T[k, k + 1] = beta[k]
-            T[k + 1, k] = beta[k]
-    w, V = np.linalg.eigh(T)
+    wn = 0.0
     for i in range(n):
-        s = 0.0
-        for k in range(k_used):
-            s += V[k, k_used - 1] * basis[k, i]
-        u[i] = s
-    return w[k_used - 1]
+        r[i] = wg[i]
+        wn += wg[i] * wg[i]
+    if wn > 0.0 and _orthonormalise(r, basis, m, math.sqrt(wn)):
+        _apply_s(theta, d, basis[m], sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
+                 TW, x, SB[m])  # fmt: skip
+        m += 1
+    n_hvp = m
+    M = np.empty((m, m))
+    for a in range(m):
+        for b in range(a, m):
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(n):
+                s1 += basis[a, i] * SB[b, i]
+                s2 += basis[b, i] * SB[a, i]
+            M[a, b] = M[b, a] = 0.5 * (s1 + s2)
+    dir_curv = np.nan
+    if wn > 0.0:
+        c = np.empty(m)
+        for a in range(m):
+            s1 = 0.0
+            for i in range(n):
+                s1 += basis[a, i] * wg[i]
+            c[a] = s1
+        q = 0.0
+        for a in range(m):
+            for b in range(m):
+                q += c[a] * M[a, b] * c[b]
+        dir_curv = q / wn
+    w, V = np.linalg.eigh(M)
+    for i in range(n):
+        s1 = 0.0
+        for k in range(m):
+            s1 += V[k, m - 1] * basis[k, i]
+        u[i] = s1
+    return w[m - 1], dir_curv, n_hvp
 
 
 @numba.njit(**ANALYSIS_JIT)
@@ -370,11 +409,10 @@ def track_block(
     theta = np.empty(n_par)
     x = np.empty(n_par)
     hx = np.empty(n_par)
-    q = np.empty(n_par)
     d = np.empty(n_par)
-    basis = np.empty((lanczos_steps, n_par))
-    alpha = np.empty(lanczos_steps)
-    beta = np.empty(lanczos_steps)
+    wg = np.empty(n_par)
+    basis = np.empty((lanczos_steps + 1, n_par))
+    SB = np.empty((lanczos_steps + 1, n_par))
     n_hvp = 0
     for r in range(n_rows):
         s = 0.0
@@ -397,23 +435,15 @@ def track_block(
         t1 = t_first + r * t_step + 1
         c1 = 1.0 - b1**t1
         c2 = 1.0 - b2**t1
-        gq = 0.0
         for i in range(n_par):
             vp = b2 * vs[r, i] + (1.0 - b2) * grad[i] * grad[i]
             P = c1 * (math.sqrt(vp / c2) + eps)
             d[i] = 1.0 / math.sqrt(P)
-            q[i] = grad[i] / P
-            gq += grad[i] * q[i]
-        lam = _lanczos_top(theta, d, u, lanczos_steps, sizes, n_layers, wd, A, D1, DL, CV, d2l,
-                           RZ, RA, RD, TMP, TW, x, hx, basis, alpha, beta)  # fmt: skip
-        n_hvp += lanczos_steps
+            wg[i] = grad[i] * d[i]  # P^-1/2 g: its Rayleigh quotient is q^T H q / g^T q
+        lam, dc, used = _ritz_top(theta, d, u, wg, lanczos_steps, sizes, n_layers, wd, A, D1,
+                                  DL, CV, d2l, RZ, RA, RD, TMP, TW, x, hx, basis, SB)  # fmt: skip
+        n_hvp += used
         sharpness[r] = lam
+        dir_curv[r] = dc
         carry[0] = lam / threshold
-        if gq > 0.0:
-            rop(theta, q, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, hx, TMP, TW)
-            n_hvp += 1
-            c = 0.0
-            for i in range(n_par):
-                c += q[i] * hx[i]
-            dir_curv[r] = c / gq
     return n_hvp
