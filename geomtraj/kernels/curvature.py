@@ -250,22 +250,17 @@ def _apply_s(theta, d, vec, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD,
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _orthonormalise(r, basis, m, scale):
+def _orthonormalise(r, basis, m, floor):
     """Orthogonalise ``r`` against ``basis[:m]`` (twice is enough) and normalise it into
-    ``basis[m]``; False when what is left is below ``1e-12 * scale`` (nothing new)."""
+    ``basis[m]``; False when what is left is at most ``floor`` (nothing new)."""
     n = r.shape[0]
-    for _ in range(2):
-        for j in range(m):
-            c = 0.0
-            for i in range(n):
-                c += basis[j, i] * r[i]
-            for i in range(n):
-                r[i] -= c * basis[j, i]
-    b = 0.0
-    for i in range(n):
-        b += r[i] * r[i]
-    b = math.sqrt(b)
-    if not (b > 1e-12 * scale and math.isfinite(b)):
+    if m > 0:
+        B = basis[:m]
+        for _ in range(2):
+            c = np.dot(B, r)
+            r -= np.dot(c, B)
+    b = math.sqrt(np.dot(r, r))
+    if not (b > floor and math.isfinite(b)):
         return False
     for i in range(n):
         basis[m, i] = r[i] / b
@@ -273,7 +268,7 @@ def _orthonormalise(r, basis, m, scale):
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _ritz_top(theta, d, u, wg, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
+def _ritz_top(theta, d, u, wg, steps, tol, sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
               TW, x, r, basis, SB):  # fmt: skip
     """Top Ritz value of ``S = diag(d) H diag(d)`` on the Krylov space of ``u`` plus ``wg``.
 
@@ -300,49 +295,28 @@ def _ritz_top(theta, d, u, wg, steps, sizes, n_layers, wd, A, D1, DL, CV, d2l, R
         m = k + 1
         if k == steps - 1:
             break
-        scale = 0.0
-        for i in range(n):
-            r[i] = SB[k, i]
-            scale += r[i] * r[i]
-        if not _orthonormalise(r, basis, m, math.sqrt(scale)):  # invariant subspace found
+        r[:] = SB[k]
+        floor = 1e-12 * math.sqrt(np.dot(r, r))
+        if k == 0:  # u converged: its residual S u - (u^T S u) u is below tol * (u^T S u)
+            floor = max(floor, tol * abs(np.dot(basis[0], r)))
+        if not _orthonormalise(r, basis, m, floor):  # (or an invariant subspace)
             break
-    wn = 0.0
-    for i in range(n):
-        r[i] = wg[i]
-        wn += wg[i] * wg[i]
-    if wn > 0.0 and _orthonormalise(r, basis, m, math.sqrt(wn)):
+    r[:] = wg
+    wn = np.dot(wg, wg)
+    if wn > 0.0 and _orthonormalise(r, basis, m, 1e-12 * math.sqrt(wn)):
         _apply_s(theta, d, basis[m], sizes, n_layers, wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP,
                  TW, x, SB[m])  # fmt: skip
         m += 1
     n_hvp = m
-    M = np.empty((m, m))
-    for a in range(m):
-        for b in range(a, m):
-            s1 = 0.0
-            s2 = 0.0
-            for i in range(n):
-                s1 += basis[a, i] * SB[b, i]
-                s2 += basis[b, i] * SB[a, i]
-            M[a, b] = M[b, a] = 0.5 * (s1 + s2)
+    B = basis[:m]
+    M = np.dot(B, SB[:m].T)
+    M = 0.5 * (M + M.T)
     dir_curv = np.nan
     if wn > 0.0:
-        c = np.empty(m)
-        for a in range(m):
-            s1 = 0.0
-            for i in range(n):
-                s1 += basis[a, i] * wg[i]
-            c[a] = s1
-        q = 0.0
-        for a in range(m):
-            for b in range(m):
-                q += c[a] * M[a, b] * c[b]
-        dir_curv = q / wn
+        c = np.dot(B, wg)
+        dir_curv = np.dot(c, np.dot(M, c)) / wn
     w, V = np.linalg.eigh(M)
-    for i in range(n):
-        s1 = 0.0
-        for k in range(m):
-            s1 += V[k, m - 1] * basis[k, i]
-        u[i] = s1
+    u[:] = np.dot(V[:, m - 1].copy(), B)
     return w[m - 1], dir_curv, n_hvp
 
 
@@ -365,7 +339,9 @@ def track_block(
     stride,
     dense_stride,
     dense_level,
+    horizon,
     lanczos_steps,
+    lanczos_tol,
     sharpness,
     dir_curv,
     loss,
@@ -384,28 +360,33 @@ def track_block(
     TMP,
     TW,
 ):
-    """Track ``lambda_max(P^-1 H)`` along consecutive states, a few Lanczos steps per evaluation.
+    """Track ``lambda_max(P^-1 H)`` along consecutive states, a few HVPs per evaluation.
 
     Row ``i`` of ``thetas``/``vs`` is the state after update ``t = t_first + i*t_step``; the
-    curvature is
-    the one update ``t+1`` sees: ``H(theta_t)`` and
+    curvature is the one update ``t+1`` sees: ``H(theta_t)`` and
     ``P = (1-beta1^(t+1)) (sqrt(v'/(1-beta2^(t+1))) + eps)``, ``v' = beta2 v_t + (1-beta2) g^2``
     (as ``geomtraj.analysis.stability.adam_preconditioner``). The eigenvalue is that of the
-    symmetric ``S = P^-1/2 H P^-1/2``: ``lanczos_steps`` Lanczos steps (HVPs) from ``u``, the top
-    Ritz vector carried from the previous evaluation (updated in place), so the iteration continues
-    along the run; ``sharpness`` is the top Ritz value (a lower bound of ``lambda_max``).
-    ``dir_curv`` is the curvature of ``P^-1 H`` along the preconditioned gradient,
-    ``q^T H q / (g^T q)`` with ``q = P^-1 g`` (the Rayleigh quotient of ``S`` at ``P^-1/2 g``).
-    ``log_v`` (every row) is the mean of ``log v_t``.
+    symmetric ``S = P^-1/2 H P^-1/2`` (:func:`_ritz_top`): up to ``lanczos_steps`` Lanczos steps
+    from ``u``, the top Ritz vector carried from the previous evaluation (updated in place), so
+    the iteration continues along the run, stopping after the first when ``u``'s relative
+    residual is at most ``lanczos_tol``; the preconditioned gradient ``P^-1/2 g`` joins the basis
+    with one more HVP. ``sharpness`` is the top Ritz value (a lower bound of ``lambda_max``);
+    ``dir_curv`` the curvature of ``P^-1 H`` along the preconditioned gradient,
+    ``q^T H q / (g^T q)`` with ``q = P^-1 g`` (the Rayleigh quotient of ``S`` at
+    ``P^-1/2 g``, exact since that vector lies in the basis). ``log_v`` (every row) is the mean
+    of ``log v_t``.
 
-    A row is evaluated when ``stride`` updates have passed since the last evaluation, or
-    ``dense_stride`` updates while the last measured ``sharpness/threshold`` was at least
-    ``dense_level``; others stay NaN. ``carry = [last ratio, updates since the last evaluation]``
-    continues across blocks. Hyper-parameters
+    Spacing: with ``r`` the last measured ``sharpness/threshold`` and ``c = carry[1]`` the
+    updates since the last evaluation, a row is evaluated when ``c >= dense_stride`` if
+    ``r >= 1``, else when ``c >= clip(horizon * 2 ln(r) / ln(beta2), dense_stride, stride)``
+    (a fraction of the decay forecast's time to the crossing); with ``horizon = 0`` when
+    ``c >= dense_stride`` if ``r >= dense_level`` and ``c >= stride`` below it. Others stay NaN.
+    ``carry = [r, c]`` continues across blocks. Hyper-parameters
     ``hyper = [beta1, beta2, lr, eps, weight_decay]``. Returns the number of HVPs used.
     """
     n_rows, n_par = thetas.shape
     b1, b2, eps, wd = hyper[0], hyper[1], hyper[3], hyper[4]
+    log_b2 = math.log(b2)
     theta = np.empty(n_par)
     x = np.empty(n_par)
     hx = np.empty(n_par)
@@ -420,7 +401,12 @@ def track_block(
             s += math.log(vs[r, i]) if vs[r, i] > 0 else -745.0
         log_v[r] = s / n_par
         carry[1] += t_step
-        if not ((carry[0] >= dense_level and carry[1] >= dense_stride) or carry[1] >= stride):
+        gap = stride
+        if carry[0] >= 1.0 or (horizon == 0.0 and carry[0] >= dense_level):
+            gap = dense_stride
+        elif horizon > 0.0:  # a fraction of the decay forecast's time to the crossing
+            gap = min(stride, max(dense_stride, horizon * 2.0 * math.log(carry[0]) / log_b2))
+        if carry[1] < gap:
             continue
         ok = True
         for i in range(n_par):
@@ -440,8 +426,9 @@ def track_block(
             P = c1 * (math.sqrt(vp / c2) + eps)
             d[i] = 1.0 / math.sqrt(P)
             wg[i] = grad[i] * d[i]  # P^-1/2 g: its Rayleigh quotient is q^T H q / g^T q
-        lam, dc, used = _ritz_top(theta, d, u, wg, lanczos_steps, sizes, n_layers, wd, A, D1,
-                                  DL, CV, d2l, RZ, RA, RD, TMP, TW, x, hx, basis, SB)  # fmt: skip
+        lam, dc, used = _ritz_top(theta, d, u, wg, lanczos_steps, lanczos_tol, sizes, n_layers,
+                                  wd, A, D1, DL, CV, d2l, RZ, RA, RD, TMP, TW, x, hx, basis,
+                                  SB)  # fmt: skip
         n_hvp += used
         sharpness[r] = lam
         dir_curv[r] = dc
