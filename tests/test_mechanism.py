@@ -163,7 +163,8 @@ def test_tracker_finds_the_exact_crossing_of_geometric_v_decay_at_a_minimum(lanc
                              beta2, params)  # fmt: skip
     assert pred["n_crossings"] == 1
     assert abs(pred["crossings"][0] - t_star) <= params.dense_stride
-    assert pred["decay_interval"][0] + 10.0 == pytest.approx(t_star, rel=100 * rtol)
+    forecast_rtol = 1e-9 if lanczos_tol == 0 else 1e-4  # 2/ln(thr/lambda) ~ 20 x lambda's
+    assert pred["decay_interval"][0] + 10.0 == pytest.approx(t_star, rel=forecast_rtol)
     # v decays by ln(beta2) per update from the state after the burst down to the crossing
     expected = pred["predicted_onset"][0] - 20
     assert pred["v_decay_time"][0] == pytest.approx(expected, abs=1e-6)
