@@ -195,6 +195,23 @@ def test_tracker_has_no_crossing_when_v_stays_put(lanczos_tol, rtol):
     assert burst_predictions(track, np.zeros(0), np.zeros(0), beta1, beta2)["n_crossings"] == 0
 
 
+def test_tracker_leaves_a_state_it_cannot_measure_unmeasured():
+    """A non-finite v (so a non-finite preconditioner) gives NaN at that state, not an error, and
+    the states after it are measured as before."""
+    spec, X, y, theta = _teacher_student()
+    v0 = np.exp(np.random.default_rng(3).uniform(-14, -10, spec.n_params))
+    n = 60
+    vs = np.tile(v0, (n, 1))
+    vs[12, 3] = np.nan
+    params = MechanismParams(stride=12, dense_stride=12, horizon=0.0)
+    hyper = [0.9, 0.999, 1e-3, 0.0, 0.0]
+    out = _track(spec, X, y, np.tile(theta, (n, 1)), vs, 10**7, hyper, 1.0, params)
+    evaluated = np.flatnonzero(np.isfinite(out["sharpness"]))
+    np.testing.assert_array_equal(evaluated, [0, 24, 36, 48])
+    assert np.isnan(out["dir_curv"][12])
+    np.testing.assert_allclose(out["sharpness"][evaluated], out["sharpness"][0], rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def bursts_f32():
     ds = open_store(datafiles.BURSTS_F32)

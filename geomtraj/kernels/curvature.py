@@ -313,6 +313,8 @@ def _ritz_top(theta, d, u, wg, steps, tol, sizes, n_layers, wd, A, D1, DL, CV, d
     B = basis[:m]
     M = np.dot(B, SB[:m].T)
     M = 0.5 * (M + M.T)
+    if not np.all(np.isfinite(M)):  # a non-finite state or preconditioner: nothing measured
+        return np.nan, np.nan, n_hvp
     dir_curv = np.nan
     if wn > 0.0:
         c = np.dot(B, wg)
