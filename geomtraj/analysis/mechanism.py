@@ -233,7 +233,7 @@ class Track:
     step : ndarray of int64
         ``t``: the state after update ``t``; its curvature is the one update ``t + 1`` sees.
     sharpness : ndarray
-        ``lambda_max(P^-1 H)`` (power-iteration estimate), NaN where not evaluated.
+        ``lambda_max(P^-1 H)`` (top Ritz value, a lower bound), NaN where not evaluated.
     dir_curv : ndarray
         Curvature of ``P^-1 H`` along the preconditioned gradient, NaN where not evaluated.
     log_v : ndarray
