@@ -4,11 +4,16 @@ One float32 and one float64 run of the bursts set-up (2 -> 12 -> 24 -> 1 tanh, M
 points, full-batch Adam, beta2 = 0.999, lr = 0.01) are trained for ``--steps`` updates in memory
 (8 coordinates recorded every update, as the fixtures do); that time is the baseline. The
 mechanism analysis then replays the run with the trainer and tracks ``lambda_max(P^-1 H)`` and
-the directional curvature; the replay and the tracking are timed apart (CPU time of the process,
-robust to other load on the machine) and their sum is printed as a multiple of the training
-time. For scale, the NumPy path of the stability analysis (``geomtraj.analysis.hessian`` HVPs,
-warm-started Lanczos via ``SharpnessSolver``) is timed at 20 states and its cost per state
-multiplied by the number of states the tracker evaluated. Compilation is done once before
+the directional curvature with its defaults; the replay and the tracking are timed apart (CPU
+time of the process, robust to other load on the machine) and their sum is printed as a multiple
+of the training time. A second row per precision (``fixed``) tracks the same run with the
+settings the analysis had before the forecast spacing (an evaluation every 12 updates from
+``lambda/threshold`` = 0.9 up and every 24 below, three Lanczos steps always, replay blocks of
+2048 updates), for comparison in the same invocation. For scale, the NumPy path of the
+stability analysis (``geomtraj.analysis.hessian`` HVPs, warm-started Lanczos via
+``SharpnessSolver``) is
+timed at 20 states and its cost per state multiplied by the number of states the tracker
+evaluated. Compilation is done once before
 anything is timed.
 
 Usage::
@@ -67,19 +72,25 @@ def main(argv=None) -> int:
     warm, _ = _train("float32", 64)  # compile the trainer and the tracker first
     mechanism.track_run(warm, 0)
     _train("float64", 64)
-    print(f"{'precision':>9} {'updates':>8} {'train s':>8} {'replay s':>9} {'track s':>8} "
-          f"{'evaluated':>9} {'HVPs':>7} {'x train':>8} {'numpy x train':>14}")  # fmt: skip
+    settings = {
+        "defaults": mechanism.MechanismParams(),
+        "fixed": mechanism.MechanismParams(stride=24, horizon=0.0, lanczos_tol=0.0, block=2048),
+    }
+    print(f"{'precision':>9} {'settings':>8} {'updates':>8} {'train s':>8} {'replay s':>9} "
+          f"{'track s':>8} {'evaluated':>9} {'HVPs':>7} {'x train':>8} "
+          f"{'numpy x train':>14}")  # fmt: skip
     for precision in args.precisions:
         ds, t_train = _train(precision, args.steps)
-        tr = mechanism.track_run(ds, 0)
         per_state = _numpy_cost_per_state(ds)
-        n_eval = int(tr.evaluated.sum())
-        total = tr.seconds_replay + tr.seconds_track
-        print(f"{precision:>9} {args.steps:>8} {t_train:8.2f} {tr.seconds_replay:9.2f} "
-              f"{tr.seconds_track:8.2f} {n_eval:9d} {tr.n_hvp:7d} {total / t_train:8.2f} "
-              f"{per_state * n_eval / t_train:14.1f}")  # fmt: skip
-        if tr.mismatches:
-            print(f"  replay differs from the trained run at {tr.mismatches} updates")
+        for name, params in settings.items():
+            tr = mechanism.track_run(ds, 0, params)
+            n_eval = int(tr.evaluated.sum())
+            total = tr.seconds_replay + tr.seconds_track
+            print(f"{precision:>9} {name:>8} {args.steps:>8} {t_train:8.2f} "
+                  f"{tr.seconds_replay:9.2f} {tr.seconds_track:8.2f} {n_eval:9d} {tr.n_hvp:7d} "
+                  f"{total / t_train:8.2f} {per_state * n_eval / t_train:14.1f}")  # fmt: skip
+            if tr.mismatches:
+                print(f"  replay differs from the trained run at {tr.mismatches} updates")
     return 0
 
 

@@ -6,13 +6,14 @@ Every per-run analysis reads a store through :class:`RunData`, so memory stays b
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 
 import numpy as np
 import xarray as xr
 
 from geomtraj import runtable
-from geomtraj.errors import StoreError
+from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store.zarrstore import strings
 
 #: Hyper-parameters and labels copied from the store for every run, with their Python types.
@@ -224,6 +225,54 @@ class RunData:
     def _before_divergence(self, t: np.ndarray) -> np.ndarray:
         d = self.diverged_step
         return np.ones(t.shape, bool) if d is None else t < d
+
+
+# ----------------------------------------------------------------- shared by several analyses
+
+_PERTURBATION = re.compile(r"^ulp:([+-]?\d+)@(.+)@t=(\d+)$")
+
+
+def parse_perturbation(label: str):
+    """The :class:`geomtraj.train.plan.Perturbation` a store's ``perturbation`` label describes."""
+    from geomtraj.train.plan import Perturbation
+
+    if label in ("", "none"):
+        return None
+    m = _PERTURBATION.match(label)
+    if m:
+        return Perturbation("ulp", param=m.group(2), ulps=int(m.group(1)), step=int(m.group(3)))
+    if label.startswith("scale:k="):
+        return Perturbation("scale", k=float(label.split("=", 1)[1]))
+    raise GeomtrajError(
+        f"perturbation label {label!r} not understood; expected 'none', 'ulp:+N@NAME@t=T' or "
+        "'scale:k=K'"
+    )
+
+
+def binomial_p(k: int, n: int, chance: float) -> float:
+    """One-sided binomial p-value of ``k`` or more successes in ``n`` at success rate ``chance``."""
+    from scipy.stats import binomtest
+
+    if chance <= 0.0:
+        return 0.0 if k > 0 else 1.0
+    if chance >= 1.0:
+        return 1.0
+    return float(binomtest(k, n, chance, "greater").pvalue)
+
+
+def union_length(starts: np.ndarray, stops: np.ndarray) -> float:
+    """Total length of the union of intervals ``[starts_i, stops_i]``."""
+    if starts.size == 0:
+        return 0.0
+    order = np.argsort(starts)
+    total, cur_a, cur_b = 0.0, starts[order[0]], stops[order[0]]
+    for a, b in zip(starts[order[1:]], stops[order[1:]], strict=True):
+        if a > cur_b:
+            total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    return float(total + cur_b - cur_a)
 
 
 #: Per-update series (dims ``(run, iteration)``) the burst analyses read; a store may lack them.

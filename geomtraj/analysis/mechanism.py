@@ -14,12 +14,14 @@ This module measures it densely along a whole run, cheaply:
   block, so the full ``theta_t``, ``v_t`` of every update pass by without being stored. The
   replayed update norms are compared with the stored ones at every update, and the replayed state
   with the store's full snapshots; any difference is reported in ``note``.
-* **Tracking.** :func:`geomtraj.analysis.kernels.hvp.track_block` continues one power iteration on
-  ``P^-1/2 H P^-1/2`` from the previous evaluation's vector with one float64 Hessian-vector product
-  per evaluated update, and measures the curvature along the preconditioned gradient with a second.
-  It evaluates every update while the last ratio ``lambda/threshold`` is at least
-  :attr:`MechanismParams.dense_level`, and every :attr:`MechanismParams.stride` updates below it;
-  the choice uses only the past of the tracked series, never the bursts.
+* **Tracking.** :func:`geomtraj.analysis.kernels.hvp.track_block` continues a Lanczos iteration on
+  ``P^-1/2 H P^-1/2`` from the previous evaluation's Ritz vector (up to three float64
+  Hessian-vector products per evaluated state, one when that vector has converged), with the
+  preconditioned gradient in the same Rayleigh-Ritz basis (one HVP more), which also gives the
+  curvature along it. Evaluations are :attr:`MechanismParams.dense_stride` updates apart at and
+  above the threshold and a quarter of the decay forecast's time to the crossing below it
+  (:attr:`MechanismParams.horizon`), at most :attr:`MechanismParams.stride`; the choice uses
+  only the past of the tracked series, never the bursts.
 * **Per-burst prediction** (:func:`burst_predictions`): for each burst after the first, the
   *predicted onset* is the first upward threshold crossing after the previous burst's end; the
   *decay forecast* needs only the state at the previous burst's end: with ``H`` frozen and
@@ -39,7 +41,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import RunData, finite_or_none
+from geomtraj.analysis.base import (
+    RunData,
+    binomial_p,
+    finite_or_none,
+    parse_perturbation,
+    union_length,
+)
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -50,9 +58,6 @@ from geomtraj.analysis.declaration import (
     params_from_result,
 )
 from geomtraj.analysis.stability import (
-    _binomial_p,
-    _parse_perturbation,
-    _union_length,
     missing_curvature_inputs,
     run_data_arrays,
     run_spec,
@@ -80,25 +85,42 @@ class MechanismParams:
     Attributes
     ----------
     stride : int
-        Below ``dense_level`` the sharpness is evaluated every ``stride`` updates (default 24).
-        Between bursts ``lambda`` rises by ``beta2^(-1/2)`` per update, 1.2 % in 24 updates at
-        beta2 = 0.999.
+        Longest spacing of the evaluations, in updates (default 48).
     dense_stride : int
-        Spacing of the evaluations while the last measured ``lambda/threshold`` is at least
-        ``dense_level`` (default 12): the approach to the threshold and everything above it. It
-        is the resolution of the crossings. With the defaults the tracking costs about as much
-        CPU as the replay, so the whole analysis about twice the training (docs/mechanism.md,
-        "Cost"); 8 and 4 Lanczos steps give the same predictions on the fixtures at 1.6 times the
-        tracking cost.
+        Shortest spacing (default 12), kept while the last measured ``lambda/threshold`` is at
+        least 1 or the threshold is near; it is the resolution of the crossings, and the replay
+        records a state every ``dense_stride`` updates.
+    horizon : float
+        Below the threshold the next evaluation comes after ``horizon`` times the decay
+        forecast's time to the crossing, ``T = 2 ln(threshold/lambda) / -ln(beta2)`` (``H``
+        frozen, ``v`` decaying by ``beta2`` per update), clipped to ``[dense_stride, stride]`` and
+        rounded up to the replayed states (default 0.25). The spacing uses only the tracked
+        series, never the bursts. While the forecast holds, no evaluation steps over a crossing
+        (the next one comes before ``T`` whenever ``T > 16``) and the last ``4 * dense_stride``
+        updates before it are evaluated every ``dense_stride``, so the crossings keep their
+        resolution. At beta2 = 0.999 the spacing is 12 updates from ``lambda/threshold`` = 0.98
+        up, 24 down to 0.96, 36 down to 0.94 and 48 below; at beta2 = 0.99 it is 12 down to
+        0.79. With 0 the spacing is ``dense_stride`` from ``dense_level`` up and ``stride``
+        below it.
     dense_level : float
-        See ``dense_stride`` (default 0.9).
+        See ``horizon`` (default 0.9; used only when ``horizon`` is 0).
     lanczos_steps : int
-        Lanczos steps (Hessian-vector products) per evaluation (default 3), started from the
-        previous evaluation's Ritz vector, so the iteration continues along the run. Two steps
-        are too few: the Ritz value then lags the true ``lambda_max`` by percents and on the
-        fixtures 20-30 % of the onsets lose their crossing.
+        Lanczos steps from the previous evaluation's Ritz vector (default 3), so the iteration
+        continues along the run; the preconditioned gradient joins their basis in one
+        Rayleigh-Ritz step (one HVP more, which also gives the directional curvature). Two steps
+        are too few: the median lag behind the dense ``lambda_max`` grows to 2e-3 on
+        ``bursts_f64`` and the decay forecasts move by up to 18 updates.
+    lanczos_tol : float
+        The Lanczos steps stop after the first when the carried vector ``u`` has converged:
+        ``||S u - (u^T S u) u|| <= lanczos_tol * u^T S u`` (default 0.01). A quarter to a half of
+        the evaluations stop there; at 40 states of the ``bursts_*`` fixtures the median lag
+        behind the dense ``lambda_max`` is then about 1e-4 (4e-6 to 8e-6 without the stop; 2e-4
+        at 12 states with 3 plain Lanczos steps and no gradient, the version before 2026-12).
     block : int
-        Updates replayed per block (default 2048); bounds the memory of the replay.
+        Updates replayed per block (default 8192); bounds the memory of the replay (every
+        ``dense_stride``-th state: 683 x ``n_params`` values of ``theta`` and of ``v``). Each
+        block costs the trainer a fixed few milliseconds; 2048 made the replay 25 % slower than
+        the training on 50,000 updates.
     max_lag_momentum, max_lag_interval : float
         A crossing *explains* an onset when it precedes it by at most ``max_lag_momentum /
         (1 - beta1)`` updates (default 10), capped at ``max_lag_interval`` (default 0.5) of the
@@ -113,11 +135,13 @@ class MechanismParams:
         Per-update series bursts are detected on (default ``"update_norm"``).
     """
 
-    stride: int = 24
+    stride: int = 48
     dense_stride: int = 12
+    horizon: float = 0.25
     dense_level: float = 0.9
     lanczos_steps: int = 3
-    block: int = 2048
+    lanczos_tol: float = 0.01
+    block: int = 8192
     max_lag_momentum: float = 10.0
     max_lag_interval: float = 0.5
     verdict_fraction: float = 0.8
@@ -131,6 +155,10 @@ class MechanismParams:
                 f"stride={self.stride}, dense_stride={self.dense_stride}, lanczos_steps="
                 f"{self.lanczos_steps}, block={self.block}; expected integers >= 1"
             )
+        if not (self.horizon >= 0 and self.lanczos_tol >= 0):
+            raise GeomtrajError(
+                f"horizon={self.horizon}, lanczos_tol={self.lanczos_tol}; expected >= 0"
+            )
         if not (self.max_lag_momentum > 0 and self.max_lag_interval > 0):
             raise GeomtrajError("max_lag_momentum and max_lag_interval must be positive")
         if not (0 < self.verdict_fraction <= 1 and 0 < self.verdict_alpha < 1):
@@ -138,14 +166,14 @@ class MechanismParams:
 
 
 #: Work arrays of :func:`geomtraj.analysis.kernels.hvp.track_block`, in its argument order.
-_WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad")
+_WORK = ("A", "Z", "D1", "D2", "DL", "CV", "d2l", "RZ", "RA", "RD", "grad", "TMP", "TW")
 
 
 # ------------------------------------------------------------------------------- the replay
 
 
 def replay_states(
-    ds: xr.Dataset, run: int, *, block: int = 2048, every: int = 1
+    ds: xr.Dataset, run: int, *, block: int = 8192, every: int = 1
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, int, np.ndarray]]:
     """Train run ``run`` again and yield its full state every ``every`` updates, block by block.
 
@@ -172,7 +200,7 @@ def replay_states(
     yield 0, theta0[None, :], np.zeros((1, n)), 1, np.zeros(0)
     if last == 0:
         return
-    pert = _parse_perturbation(h["perturbation"])
+    pert = parse_perturbation(h["perturbation"])
     if pert is not None and pert.kind == "ulp" and pert.step > last:
         pert = None  # it would act after the last replayed update
     runs = [
@@ -205,7 +233,7 @@ class Track:
     step : ndarray of int64
         ``t``: the state after update ``t``; its curvature is the one update ``t + 1`` sees.
     sharpness : ndarray
-        ``lambda_max(P^-1 H)`` (power-iteration estimate), NaN where not evaluated.
+        ``lambda_max(P^-1 H)`` (top Ritz value, a lower bound), NaN where not evaluated.
     dir_curv : ndarray
         Curvature of ``P^-1 H`` along the preconditioned gradient, NaN where not evaluated.
     log_v : ndarray
@@ -290,7 +318,8 @@ def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -
             n_hvp += kc.track_block(
                 np.ascontiguousarray(theta), np.ascontiguousarray(v), t_first, step, sizes,
                 spec.n_layers, act, loss_code, X, y, hyper, threshold, u, carry, params.stride,
-                params.dense_stride, params.dense_level, params.lanczos_steps,
+                params.dense_stride, params.dense_level, params.horizon, params.lanczos_steps,
+                params.lanczos_tol,
                 out["sharpness"][sl], out["dir_curv"][sl], out["loss"][sl], out["log_v"][sl],
                 *(work[k] for k in _WORK),
             )  # fmt: skip
@@ -409,7 +438,7 @@ def burst_predictions(
     followed = np.array(
         [bool(np.any((onsets >= c - resolution) & (onsets <= c + max_lag))) for c in cross], bool
     )
-    covered = _union_length(np.clip(cross - resolution, lo, hi), np.clip(cross + max_lag, lo, hi))
+    covered = union_length(np.clip(cross - resolution, lo, hi), np.clip(cross + max_lag, lo, hi))
     chance = covered / (hi - lo) if hi > lo else math.nan
     leads = per["lead"][np.isfinite(per["lead"])]
     out = dict(per)
@@ -425,7 +454,7 @@ def burst_predictions(
         decay_period=_nanmedian(per["decay_interval"]),
         measured_period=_nanmedian(per["measured_interval"]),
         chance_fraction=float(chance),
-        p_value=_binomial_p(int(explained.sum()), n, chance)
+        p_value=binomial_p(int(explained.sum()), n, chance)
         if n and math.isfinite(chance)
         else math.nan,
         max_lag=float(max_lag),
@@ -657,7 +686,7 @@ def report(result: xr.Dataset) -> dict:
         reasons = {e["note"] for e in entries if e["note"]}
         overall["note"] = "; ".join(sorted(reasons)) or "no run with bursts"
     elif n >= min_bursts and chance is not None:
-        overall["p_value"] = _binomial_p(k, n, chance)
+        overall["p_value"] = binomial_p(k, n, chance)
         good = k / n >= fraction and overall["p_value"] < alpha
         overall["verdict"] = (
             "bursts start at crossings" if good else "bursts do not start at crossings"

@@ -56,7 +56,6 @@ reported too.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +64,14 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from geomtraj.analysis.base import RunData, RunView, finite_or_none
+from geomtraj.analysis.base import (
+    RunData,
+    RunView,
+    binomial_p,
+    finite_or_none,
+    parse_perturbation,
+    union_length,
+)
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -552,7 +558,7 @@ def onsets_vs_crossings(
     # a crossing c "explains" onsets in [c - resolution, c + max_lag]
     starts, stops = cross - resolution, cross + max_lag
     at = np.array([bool(np.any((starts <= o) & (o <= stops))) for o in onsets], dtype=bool)
-    covered = _union_length(np.clip(starts, lo, hi), np.clip(stops, lo, hi))
+    covered = union_length(np.clip(starts, lo, hi), np.clip(stops, lo, hi))
     chance = covered / (hi - lo) if hi > lo else 0.0
     lags = np.full(onsets.size, np.nan)
     for k, o in enumerate(onsets):
@@ -575,35 +581,9 @@ def onsets_vs_crossings(
     if onsets.size:
         out["fraction_at_crossing"] = float(at.mean())
         out["fraction_above_at_onset"] = float(np.mean(r_on >= 1.0))
-        out["p_value"] = _binomial_p(int(at.sum()), onsets.size, chance)
-        out["p_value_above"] = _binomial_p(int(np.sum(r_on >= 1.0)), onsets.size, above_time)
+        out["p_value"] = binomial_p(int(at.sum()), onsets.size, chance)
+        out["p_value_above"] = binomial_p(int(np.sum(r_on >= 1.0)), onsets.size, above_time)
     return out
-
-
-def _binomial_p(k: int, n: int, chance: float) -> float:
-    """One-sided binomial p-value of ``k`` or more successes in ``n`` at success rate ``chance``."""
-    from scipy.stats import binomtest
-
-    if chance <= 0.0:
-        return 0.0 if k > 0 else 1.0
-    if chance >= 1.0:
-        return 1.0
-    return float(binomtest(k, n, chance, "greater").pvalue)
-
-
-def _union_length(starts: np.ndarray, stops: np.ndarray) -> float:
-    """Total length of the union of intervals ``[starts_i, stops_i]``."""
-    if starts.size == 0:
-        return 0.0
-    order = np.argsort(starts)
-    total, cur_a, cur_b = 0.0, starts[order[0]], stops[order[0]]
-    for a, b in zip(starts[order[1:]], stops[order[1:]], strict=True):
-        if a > cur_b:
-            total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    return float(total + cur_b - cur_a)
 
 
 # ------------------------------------------------------------------------ states from a store
@@ -680,26 +660,6 @@ def _even_subset(values: np.ndarray, k: int) -> np.ndarray:
         return values
     pick = np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(np.int64))
     return values[pick]
-
-
-_PERTURBATION = re.compile(r"^ulp:([+-]?\d+)@(.+)@t=(\d+)$")
-
-
-def _parse_perturbation(label: str):
-    """The :class:`geomtraj.train.plan.Perturbation` a store's ``perturbation`` label describes."""
-    from geomtraj.train.plan import Perturbation
-
-    if label in ("", "none"):
-        return None
-    m = _PERTURBATION.match(label)
-    if m:
-        return Perturbation("ulp", param=m.group(2), ulps=int(m.group(1)), step=int(m.group(3)))
-    if label.startswith("scale:k="):
-        return Perturbation("scale", k=float(label.split("=", 1)[1]))
-    raise GeomtrajError(
-        f"perturbation label {label!r} not understood; expected 'none', 'ulp:+N@NAME@t=T' or "
-        "'scale:k=K'"
-    )
 
 
 def _snapshot_steps(ds: xr.Dataset, run: int, final_step: int) -> np.ndarray:
@@ -852,7 +812,7 @@ def _retrain(ds: xr.Dataset, run: int, rd: RunData, steps: np.ndarray, snap_step
     steps = np.asarray(steps, dtype=np.int64)
     last = int(steps.max())
     stride = int(np.gcd.reduce(np.concatenate([steps, snap_steps[snap_steps <= last]])))
-    pert = _parse_perturbation(h["perturbation"])
+    pert = parse_perturbation(h["perturbation"])
     if pert is not None and pert.kind == "ulp" and pert.step > last:
         pert = None  # it would act after the last checkpoint
     out = train(
@@ -1278,7 +1238,7 @@ def report(result: xr.Dataset) -> dict:
             "pass retrain=True"
         )
     elif n_on >= min_onsets and chance is not None:
-        overall["p_value"] = _binomial_p(n_at, n_on, chance)
+        overall["p_value"] = binomial_p(n_at, n_on, chance)
         good = overall["fraction_at_crossing"] >= verdict_fraction and overall["p_value"] < alpha
         overall["verdict"] = (
             "bursts start at crossings" if good else "bursts do not start at crossings"
