@@ -37,7 +37,7 @@ from types import ModuleType
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import per_update_note, rows_are_consecutive
+from geomtraj.analysis.base import per_update_note, rows_are_consecutive, rows_in_memory
 from geomtraj.analysis.declaration import Analysis, as_analysis, protocol_gaps
 from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
@@ -306,11 +306,13 @@ class RunHealth:
     damaged: bool = False
 
 
-def _real_columns(ds: xr.Dataset, r0: int, r1: int) -> np.ndarray:
-    """``(r1-r0, n_param)`` mask of recorded (not padded) columns."""
+def _real_columns(ds: xr.Dataset, r0: int, r1: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """``(r1-r0, n_param)`` mask of recorded (not padded) columns (``rows``: the names, if read)."""
     names = ds["param_name"]
     if "run" in names.dims:
-        labels = np.array(strings(names.isel(run=slice(r0, r1))), dtype=object)
+        if rows is None:
+            rows = names.isel(run=slice(r0, r1)).values
+        labels = np.array([str(x) for x in np.asarray(rows).ravel().tolist()], dtype=object)
         return (labels != "").reshape(r1 - r0, -1)
     labels = np.array(strings(names), dtype=object)
     return np.broadcast_to(labels != "", (r1 - r0, labels.size))
@@ -381,7 +383,10 @@ def scan_block(
     data: dict[str, np.ndarray] = {}
     sample_at = None
     samples: list[tuple[list, list]] = [([], []) for _ in range(r1 - r0)]
-    real = _real_columns(ds, r0, r1)
+    if keep and ds["param_name"].dims[:1] == ("run",):
+        # the analyses read each run's names again (RunData.param_names): keep them too
+        data["param_name"] = np.asarray(ds["param_name"].isel(run=slice(r0, r1)).values)
+    real = _real_columns(ds, r0, r1, data.get("param_name"))
     # the per-update loss; a store without it (another producer's) has the recorded rows' loss
     loss_series = "train_loss" if "train_loss" in ds.variables else "loss"
 
@@ -484,7 +489,8 @@ def _with_block(ds: xr.Dataset, data: dict[str, np.ndarray]) -> xr.Dataset:
         lazy = ds[name].data
         if not isinstance(lazy, da.Array):
             continue
-        parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
+        # name=False: a random name instead of a hash of the whole block (~30 ms per run)
+        parts = [lazy[:r0], da.from_array(block, chunks=block.shape, name=False), lazy[r1:]]
         parts = [p for p in parts if p.shape[0]]
         out[name] = (ds[name].dims, da.concatenate(parts, axis=0), ds[name].attrs)
         out[name].encoding = ds[name].encoding
@@ -644,6 +650,8 @@ def analyze_block(
         health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
         _mark_twins_of_damaged(ds, health, params, str(path), span)
         view = _with_block(ds, data) if loaded else ds
+        r0 = int(data["_runs"][0]) if loaded else 0
+        held = {k: a for k, a in data.items() if k != "_runs"}
         del data
         good = [r for r in runs if health[r].status != "insufficient"]
         results: dict[str, xr.Dataset | None] = {}
@@ -651,29 +659,31 @@ def analyze_block(
         failures: list[dict] = []
         seconds: dict[str, float] = {name: 0.0 for name in names}
         caught: list[dict] = []
-        for name in names:
-            analysis = registry[name]
-            kw = analysis_params.get(name, {})
-            t0 = time.perf_counter()
-            results[name], notes[name] = None, {}
-            with capture_warnings(name, caught):
-                if not good:
-                    continue
-                try:
-                    results[name] = _call_analysis(analysis, view, good, kw, progress)
-                except Exception:
-                    # isolate the runs that fail, keep the others
-                    parts = []
-                    for r in good:
-                        try:
-                            parts.append(_call_analysis(analysis, view, [r], kw, None))
-                        except GeomtrajError as exc:
-                            notes[name][r] = str(exc).splitlines()[0]
-                        except Exception as exc:  # a bug in the analysis: report, go on
-                            failures.append(_failure(name, [r], exc))
-                    results[name] = _concat(parts, name, failures)
-                finally:
-                    seconds[name] = time.perf_counter() - t0
+        # per-run reads index the block in memory instead of computing dask graphs
+        with rows_in_memory(view, r0, held):
+            for name in names:
+                analysis = registry[name]
+                kw = analysis_params.get(name, {})
+                t0 = time.perf_counter()
+                results[name], notes[name] = None, {}
+                with capture_warnings(name, caught):
+                    if not good:
+                        continue
+                    try:
+                        results[name] = _call_analysis(analysis, view, good, kw, progress)
+                    except Exception:
+                        # isolate the runs that fail, keep the others
+                        parts = []
+                        for r in good:
+                            try:
+                                parts.append(_call_analysis(analysis, view, [r], kw, None))
+                            except GeomtrajError as exc:
+                                notes[name][r] = str(exc).splitlines()[0]
+                            except Exception as exc:  # a bug in the analysis: report, go on
+                                failures.append(_failure(name, [r], exc))
+                        results[name] = _concat(parts, name, failures)
+                    finally:
+                        seconds[name] = time.perf_counter() - t0
     return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught)
 
 

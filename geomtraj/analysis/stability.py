@@ -64,7 +64,7 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from geomtraj.analysis.base import RunData, RunView, finite_or_none
+from geomtraj.analysis.base import RunData, RunView, finite_or_none, rows_in_memory
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -663,9 +663,7 @@ def run_data_arrays(ds: xr.Dataset, run: int, *, rounded: bool = True):
 
 def _full_columns(ds: xr.Dataset, run: int, n_params: int) -> np.ndarray | None:
     """Column of ``param`` holding each flat index, when every parameter is recorded; else None."""
-    pidx = ds["param_index"]
-    if "run" in pidx.dims:
-        pidx = pidx.isel(run=run)
+    pidx = RunView(ds, run)["param_index"] if "run" in ds["param_index"].dims else ds["param_index"]
     idx = np.asarray(pidx.values, dtype=np.int64)
     where = np.full(n_params, -1, np.int64)
     for col, flat in enumerate(idx):
@@ -970,6 +968,7 @@ class _StateViews:
         lazy = [n for n in _SMALL_TABLES if n in ds.variables]
         self.tables = [n for n in lazy if isinstance(ds[n].data, da.Array)]
         self.view, self.span = ds, (0, 0)
+        self._held = None  # the rows_in_memory registration of the chunk held
         if self.names:
             bounds = np.cumsum((0, *ds[self.names[0]].data.chunks[0]))
         else:
@@ -985,20 +984,33 @@ class _StateViews:
         lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
         inside = [r for r in self.runs if lo <= r < hi] or [run]
         r0, r1 = min(inside), max(inside) + 1
+        self.close()
         out = self.ds.copy()
+        rows = {}
         for name in self.names + self.tables:
             var = self.ds[name]
             lazy = var.data
-            if name in self.tables:
-                parts = [da.from_array(var.values)]
-            else:
-                block = var.isel(run=slice(r0, r1)).values
-                parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
-            parts = [p for p in parts if p.shape[0]]
+            if name in self.tables:  # small and the same for every run: plain NumPy
+                out[name] = (var.dims, np.asarray(var.values), var.attrs)
+                out[name].encoding = var.encoding
+                continue
+            rows[name] = block = var.isel(run=slice(r0, r1)).values
+            # name=False: a random name instead of a hash of the block's bytes
+            held = da.from_array(block, chunks=block.shape, name=False)
+            parts = [p for p in (lazy[:r0], held, lazy[r1:]) if p.shape[0]]
             out[name] = (var.dims, da.concatenate(parts, axis=0), var.attrs)
             out[name].encoding = var.encoding
+        # per-run reads (RunView) index the rows instead of computing the dask graph each time
+        self._held = rows_in_memory(out, r0, rows)
+        self._held.__enter__()
         self.view, self.span = out, (r0, r1)
         return out
+
+    def close(self) -> None:
+        """Release the rows held for :class:`~geomtraj.analysis.base.RunView` reads."""
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
 
 
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
@@ -1107,52 +1119,56 @@ def analyze(
     matchable = np.zeros(len(run_list), bool)
     no_curvature = missing_curvature_inputs(ds)
     views = _StateViews(ds, run_list)  # full states read once per chunk of runs
-    for j, r in enumerate(run_list):
-        if no_curvature is not None:
-            _unmeasurable_run(ds, r, params, j, scalars, counts)
-            source[j], note[j] = "none", no_curvature
+    try:
+        for j, r in enumerate(run_list):
+            if no_curvature is not None:
+                _unmeasurable_run(ds, r, params, j, scalars, counts)
+                source[j], note[j] = "none", no_curvature
+                if progress is not None:
+                    progress(1)
+                continue
+            states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(
+                views(r), r, params, checkpoints
+            )
+            k = min(states.steps.size, slots)
+            ck_step[j, :k] = states.steps[:k]
+            for name, key in _CHECKPOINT_COLUMNS.items():
+                data[name][j, :k] = cols[key][:k]
+            data["sharpness_ratio"][j, :k] = ratio[:k]
+            scalars["threshold"][j] = threshold
+            scalars["max_lag"][j] = max_lag
+            counts["n_bursts"][j] = len(bursts)
+            counts["n_checkpoints"][j] = states.steps.size
+            source[j] = states.source
+            notes = [states.note] if states.note else []
+            res = cmp["resolution"]
+            matchable[j] = res is not None and res <= params.max_resolution_fraction * max_lag
+            if res is not None:
+                scalars["resolution"][j] = res
+            if not matchable[j]:
+                # interpolating the ratio across a gap wider than the lag window says nothing
+                # about where it crossed, so no onset statistic is computed
+                gap = f"checkpoints {res:g} steps apart" if res is not None else ""
+                gap = gap or "fewer than 2 checkpoints"
+                notes.append(
+                    f"{gap}, coarser than {params.max_resolution_fraction:g} of the "
+                    f"{max_lag:g}-step lag window; burst onsets cannot be matched with crossings"
+                )
+                counts["n_onsets"][j] = cmp["n_onsets"]
+            else:
+                for key in _RUN_SCALARS[2:-2]:
+                    if cmp[key] is not None:
+                        scalars[key][j] = cmp[key]
+                lags = cmp["lags"][np.isfinite(cmp["lags"])]
+                if lags.size:
+                    scalars["median_lag"][j] = float(np.median(lags))
+                for key in ("n_onsets", "n_crossings", "n_at_crossing"):
+                    counts[key][j] = cmp[key]
+            note[j] = "; ".join(notes)
             if progress is not None:
                 progress(1)
-            continue
-        states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(
-            views(r), r, params, checkpoints
-        )
-        k = min(states.steps.size, slots)
-        ck_step[j, :k] = states.steps[:k]
-        for name, key in _CHECKPOINT_COLUMNS.items():
-            data[name][j, :k] = cols[key][:k]
-        data["sharpness_ratio"][j, :k] = ratio[:k]
-        scalars["threshold"][j] = threshold
-        scalars["max_lag"][j] = max_lag
-        counts["n_bursts"][j] = len(bursts)
-        counts["n_checkpoints"][j] = states.steps.size
-        source[j] = states.source
-        notes = [states.note] if states.note else []
-        res = cmp["resolution"]
-        matchable[j] = res is not None and res <= params.max_resolution_fraction * max_lag
-        if res is not None:
-            scalars["resolution"][j] = res
-        if not matchable[j]:
-            # interpolating the ratio across a gap wider than the lag window says nothing about
-            # where it crossed, so no onset statistic is computed
-            gap = "fewer than 2 checkpoints" if res is None else f"checkpoints {res:g} steps apart"
-            notes.append(
-                f"{gap}, coarser than {params.max_resolution_fraction:g} of the {max_lag:g}-step "
-                "lag window; burst onsets cannot be matched with crossings"
-            )
-            counts["n_onsets"][j] = cmp["n_onsets"]
-        else:
-            for key in _RUN_SCALARS[2:-2]:
-                if cmp[key] is not None:
-                    scalars[key][j] = cmp[key]
-            lags = cmp["lags"][np.isfinite(cmp["lags"])]
-            if lags.size:
-                scalars["median_lag"][j] = float(np.median(lags))
-            for key in ("n_onsets", "n_crossings", "n_at_crossing"):
-                counts[key][j] = cmp[key]
-        note[j] = "; ".join(notes)
-        if progress is not None:
-            progress(1)
+    finally:
+        views.close()
     variables = {name: (("run", "checkpoint"), arr) for name, arr in data.items()}
     variables["checkpoint_step"] = (("run", "checkpoint"), ck_step)
     variables.update({name: (("run",), arr) for name, arr in scalars.items()})
