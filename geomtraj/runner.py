@@ -37,7 +37,12 @@ from types import ModuleType
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import per_update_note, rows_are_consecutive, rows_in_memory
+from geomtraj.analysis.base import (
+    in_memory_array,
+    per_update_note,
+    rows_are_consecutive,
+    rows_in_memory,
+)
 from geomtraj.analysis.declaration import Analysis, as_analysis, protocol_gaps
 from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store import DATA_VARIABLES, check_integrity, open_store, strings
@@ -489,8 +494,7 @@ def _with_block(ds: xr.Dataset, data: dict[str, np.ndarray]) -> xr.Dataset:
         lazy = ds[name].data
         if not isinstance(lazy, da.Array):
             continue
-        # name=False: a random name instead of a hash of the whole block (~30 ms per run)
-        parts = [lazy[:r0], da.from_array(block, chunks=block.shape, name=False), lazy[r1:]]
+        parts = [lazy[:r0], in_memory_array(block), lazy[r1:]]
         parts = [p for p in parts if p.shape[0]]
         out[name] = (ds[name].dims, da.concatenate(parts, axis=0), ds[name].attrs)
         out[name].encoding = ds[name].encoding

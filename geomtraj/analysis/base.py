@@ -6,6 +6,7 @@ Every per-run analysis reads a store through :class:`RunData`, so memory stays b
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -59,6 +60,21 @@ def rows_in_memory(ds: xr.Dataset, r0: int, rows: dict[str, np.ndarray]):
     finally:
         for key in keys:
             _IN_MEMORY.pop(key, None)
+
+
+def in_memory_array(block: np.ndarray):
+    """``block`` as a one-chunk dask array, without the copy ``dask.array.from_array`` makes.
+
+    ``from_array`` copies a NumPy array (and, unnamed, hashes its bytes): for a block of runs of
+    50,000 recorded steps that costs more than reading it. The array is not written to while the
+    dask array lives (the analyses only read).
+    """
+    import dask.array as da
+
+    name = f"in-memory-{uuid.uuid4().hex}"
+    chunks = tuple((s,) for s in block.shape)
+    meta = np.empty((0,) * block.ndim, dtype=block.dtype)
+    return da.Array({(name, *(0,) * block.ndim): block}, name, chunks, meta=meta)
 
 
 class RunView:

@@ -64,7 +64,13 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from geomtraj.analysis.base import RunData, RunView, finite_or_none, rows_in_memory
+from geomtraj.analysis.base import (
+    RunData,
+    RunView,
+    finite_or_none,
+    in_memory_array,
+    rows_in_memory,
+)
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -995,9 +1001,7 @@ class _StateViews:
                 out[name].encoding = var.encoding
                 continue
             rows[name] = block = var.isel(run=slice(r0, r1)).values
-            # name=False: a random name instead of a hash of the block's bytes
-            held = da.from_array(block, chunks=block.shape, name=False)
-            parts = [p for p in (lazy[:r0], held, lazy[r1:]) if p.shape[0]]
+            parts = [p for p in (lazy[:r0], in_memory_array(block), lazy[r1:]) if p.shape[0]]
             out[name] = (var.dims, da.concatenate(parts, axis=0), var.attrs)
             out[name].encoding = var.encoding
         # per-run reads (RunView) index the rows instead of computing the dask graph each time
@@ -1041,6 +1045,12 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     return states, cols, ratio, threshold, bursts, cmp, max_lag
 
 
+#: Largest network whose Hessian-vector products run in the JIT kernels
+#: (:class:`geomtraj.hessian.KernelLinearisation`); above it the vectorised NumPy products are
+#: cheaper (measured crossover near 550 parameters on 64 points, docs/stability.md).
+KERNEL_HVP_MAX_PARAMS = 500
+
+
 def _fill_checkpoints(states, objective, params, h, cols) -> None:
     b1, b2, eps = h["beta1"], h["beta2"], h["eps"]
     # one solver per run: each checkpoint's Lanczos starts from the previous one's eigenvectors
@@ -1048,11 +1058,13 @@ def _fill_checkpoints(states, objective, params, h, cols) -> None:
         method=params.eig_method, dense_max_params=params.dense_max_params, tol=params.eig_tol,
         power_iters=params.power_iters, seed=params.seed,
     )  # fmt: skip
+    # the JIT products are the cheaper below this size, NumPy's BLAS above (docs/stability.md)
+    kernel = objective.spec.n_params <= KERNEL_HVP_MAX_PARAMS
     for i, t in enumerate(states.steps):
         t = int(t)
         if not np.all(np.isfinite(states.theta[i])):
             continue
-        lin = objective.at(states.theta[i])
+        lin = objective.at(states.theta[i], kernel=kernel)
         P = adam_preconditioner(states.v[i], lin.grad, t, b1, b2, eps)
         s, hmax = solver(lin, P)
         cols["sharpness"][i], cols["hessian_max"][i], cols["loss"][i] = s, hmax, lin.loss
