@@ -7,6 +7,7 @@ Every per-run analysis reads a store through :class:`RunData`, so memory stays b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -60,6 +61,37 @@ def rows_in_memory(ds: xr.Dataset, r0: int, rows: dict[str, np.ndarray]):
     finally:
         for key in keys:
             _IN_MEMORY.pop(key, None)
+        for k in [k for k in _DERIVED if k[0] in keys]:
+            del _DERIVED[k]
+
+
+#: What analyses derive from held rows and share (a run's bursts, read by periods, spirals,
+#: stability ...), by ``(dask name of the rows, run, what)``; dropped with the rows.
+_DERIVED: dict[tuple, object] = {}
+
+
+def derived(run, name: str, what: tuple, compute: Callable[[], object]) -> object:
+    """``compute()``, computed once per held run and shared while :func:`rows_in_memory` holds it.
+
+    ``run`` is a :class:`RunData` whose variable ``name`` the result is computed from, ``what``
+    (hashable) names the computation and its settings. When the variable's rows are not held
+    (or ``run`` is not a RunData), ``compute()`` runs every time. The result is shared between
+    analyses, so its arrays are made read-only.
+    """
+    ds = getattr(run, "ds", None)
+    var = ds.variables.get(name) if isinstance(ds, xr.Dataset) else None
+    key = getattr(var.data, "name", None) if var is not None else None
+    held = _IN_MEMORY.get(key) if isinstance(key, str) else None
+    if held is None or not 0 <= run.run - held[0] < held[1].shape[0]:
+        return compute()
+    full = (key, run.run, *what)
+    if full not in _DERIVED:
+        value = compute()
+        for arr in vars(value).values() if hasattr(value, "__dict__") else ():
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+        _DERIVED[full] = value
+    return _DERIVED[full]
 
 
 def in_memory_array(block: np.ndarray):

@@ -52,6 +52,7 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
+from geomtraj.analysis.base import derived
 from geomtraj.errors import GeomtrajError
 from geomtraj.kernels.events import _hysteresis_events, _rise_bounds
 
@@ -350,4 +351,8 @@ def run_bursts(run, signal: str = "update_norm", params: BurstParams = BurstPara
     """
     if signal not in SIGNALS:
         raise GeomtrajError(f"unknown burst signal {signal!r}; expected one of {SIGNALS}")
-    return detect_bursts(getattr(run, signal), run.iteration, params)
+    # several analyses of a block ask for the same run's bursts: detect them once
+    return derived(
+        run, signal, ("bursts", params),
+        lambda: detect_bursts(getattr(run, signal), run.iteration, params),
+    )  # fmt: skip
