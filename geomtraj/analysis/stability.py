@@ -1047,8 +1047,9 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
 
 #: Largest network whose Hessian-vector products run in the JIT kernels
 #: (:class:`geomtraj.hessian.KernelLinearisation`); above it the vectorised NumPy products are
-#: cheaper (measured crossover near 550 parameters on 64 points, docs/stability.md).
-KERNEL_HVP_MAX_PARAMS = 500
+#: cheaper (crossover near 700 parameters on 64 points, ``benchmarks/bench_hvp.py``,
+#: docs/stability.md).
+KERNEL_HVP_MAX_PARAMS = 600
 
 
 def _fill_checkpoints(states, objective, params, h, cols) -> None:
@@ -1058,7 +1059,7 @@ def _fill_checkpoints(states, objective, params, h, cols) -> None:
         method=params.eig_method, dense_max_params=params.dense_max_params, tol=params.eig_tol,
         power_iters=params.power_iters, seed=params.seed,
     )  # fmt: skip
-    # the JIT products are the cheaper below this size, NumPy's BLAS above (docs/stability.md)
+    # the JIT products are the cheaper below this size, NumPy's above (docs/stability.md)
     kernel = objective.spec.n_params <= KERNEL_HVP_MAX_PARAMS
     for i, t in enumerate(states.steps):
         t = int(t)
