@@ -392,6 +392,7 @@ def scan_block(
         # the analyses read each run's names again (RunData.param_names): keep them too
         data["param_name"] = np.asarray(ds["param_name"].isel(run=slice(r0, r1)).values)
     real = _real_columns(ds, r0, r1, data.get("param_name"))
+    all_real = bool(real.all())
     # the per-update loss; a store without it (another producer's) has the recorded rows' loss
     loss_series = "train_loss" if "train_loss" in ds.variables else "loss"
 
@@ -415,10 +416,8 @@ def scan_block(
             before = t[None, :] < limit[:, None]  # (runs, time): rows that must be finite
             nan = np.isnan(part)
             if part.ndim == 3:
-                nan = (nan & real[:, None, :]).any(axis=2)
-                finite = (np.isfinite(part) | ~real[:, None, :]).all(axis=2)
-            else:
-                finite = np.isfinite(part)
+                # padded columns hold NaN by design; skip the mask when there are none
+                nan = (nan if all_real else nan & real[:, None, :]).any(axis=2)
             all_nan &= ~(~nan & before).any(axis=1)
             bad = nan & before
             rows = bad.any(axis=1)
@@ -426,8 +425,8 @@ def scan_block(
                 step = int(t[np.argmax(bad[i])])
                 if step < first_nan[i]:
                     first_nan[i], nan_var[i] = step, var_name
-            if var_name == loss_series:
-                ok = finite & before
+            if var_name == loss_series:  # a per-step (2-D) series: finiteness counts here only
+                ok = np.isfinite(part) & before
                 n_steps += ok.sum(axis=1)
                 for i in range(r1 - r0):
                     idx = np.flatnonzero(ok[i])
