@@ -54,6 +54,7 @@ reported too.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -62,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from geomtraj.analysis.base import (
     RunData,
@@ -1017,6 +1018,15 @@ class _StateViews:
             self._held = None
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS thread pools, found once (``threadpool_limits`` looks them up on every
+    call, scanning the loaded libraries: a few ms per run)."""
+    import scipy.sparse.linalg  # noqa: F401  (ARPACK's BLAS: loaded before the pools are listed)
+
+    return ThreadpoolController()
+
+
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     """All per-checkpoint measurements and the burst comparison of one run."""
     from geomtraj.analysis.events import run_bursts
@@ -1034,7 +1044,7 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     k = states.steps.size
     cols = {name: np.full(k, np.nan) for name in _CHECKPOINT_COLUMNS.values()}
     # tiny matrices: BLAS threads only add synchronisation (40x slower on a busy 2-core machine)
-    with threadpool_limits(1):
+    with _blas_controller().limit(limits=1):
         _fill_checkpoints(states, objective, params, h, cols)
     ratio = cols["sharpness"] / threshold
     bursts = run_bursts(rd, params.burst_signal)
