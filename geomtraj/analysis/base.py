@@ -61,8 +61,9 @@ def rows_in_memory(ds: xr.Dataset, r0: int, rows: dict[str, np.ndarray]):
     finally:
         for key in keys:
             _IN_MEMORY.pop(key, None)
-        for k in [k for k in _DERIVED if k[0] in keys]:
-            del _DERIVED[k]
+        for k in list(_DERIVED):  # a copy: another thread's block may add entries meanwhile
+            if k[0] in keys:
+                _DERIVED.pop(k, None)
 
 
 #: What analyses derive from held rows and share (a run's bursts, read by periods, spirals,
