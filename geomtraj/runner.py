@@ -524,6 +524,7 @@ class BlockResult:
     seconds: dict[str, float]
     loaded: bool
     warnings: list[dict] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU time
 
 
 def _call_analysis(analysis: Analysis, ds: xr.Dataset, runs: list[int], params: dict, progress):
@@ -661,13 +662,14 @@ def analyze_block(
         notes: dict[str, dict[int, str]] = {}
         failures: list[dict] = []
         seconds: dict[str, float] = {name: 0.0 for name in names}
+        cpu: dict[str, float] = {name: 0.0 for name in names}
         caught: list[dict] = []
         # per-run reads index the block in memory instead of computing dask graphs
         with rows_in_memory(view, r0, held):
             for name in names:
                 analysis = registry[name]
                 kw = analysis_params.get(name, {})
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 results[name], notes[name] = None, {}
                 with capture_warnings(name, caught):
                     if not good:
@@ -687,7 +689,8 @@ def analyze_block(
                         results[name] = _concat(parts, name, failures)
                     finally:
                         seconds[name] = time.perf_counter() - t0
-    return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught)
+                        cpu[name] = time.process_time() - c0
+    return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught, cpu)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -711,6 +714,9 @@ class Outcome:
         Internal errors of analyses (``analysis``, ``runs``, ``error``, ``where``).
     seconds : dict
         Per analysis, the summed time of its block tasks.
+    cpu_seconds : dict
+        Per analysis, the summed CPU time of its block tasks (their processes' CPU time: on a
+        shared machine it moves less with the load than ``seconds``).
     wall_seconds : float
         Elapsed time of the whole run.
     """
@@ -725,6 +731,7 @@ class Outcome:
     blocks_loaded: int = 0
     warnings: list[dict] = field(default_factory=list)
     n_blocks: int = 0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _worker_init() -> None:
@@ -930,6 +937,7 @@ def run_analyses(
     results: dict[str, xr.Dataset | None] = {}
     notes: dict[str, dict[int, str]] = {}
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     failures = [f for p in parts for f in p.failures]
     caught = merge_warnings([w for p in parts for w in p.warnings])
     for name in names:
@@ -937,6 +945,7 @@ def run_analyses(
         results[name] = _concat(got, name, failures)
         notes[name] = {r: n for p in parts for r, n in p.run_notes.get(name, {}).items()}
         seconds[name] = sum(p.seconds.get(name, 0.0) for p in parts)
+        cpu[name] = sum(p.cpu_seconds.get(name, 0.0) for p in parts)
     return Outcome(
         runs=picked,
         health=health,
@@ -948,6 +957,7 @@ def run_analyses(
         wall_seconds=time.perf_counter() - t_start,
         blocks_loaded=sum(p.loaded for p in parts),
         n_blocks=len(parts),
+        cpu_seconds=cpu,
     )
 
 
