@@ -12,10 +12,17 @@ the load of a shared machine hits both versions alike:
   calls them;
 - ``stability state reads``: the full states at every checkpoint of every run of ``STORE`` (a
   geomtraj store with snapshots, e.g. one trained by ``bench_analyze.py --keep DIR``), read the
-  way the analysis reads them.
+  way the analysis reads them;
+- ``RunData reads``: what the period analysis reads of each run of ``STORE`` (hyper-parameters,
+  per-step series, ``theta``, ``m``, ``v``, parameter names) from the block of runs that
+  ``geomtraj analyze`` holds in memory (:func:`geomtraj.analysis.runner.scan_block`);
+- ``bursts, four readers``: a run's bursts asked for by four analyses (periods, spirals,
+  stability, twins), each run of ``STORE``, the block's rows held as in ``geomtraj analyze``;
+- ``stability curvature``: both eigenproblems at every checkpoint of every run of ``STORE``
+  (:func:`geomtraj.analysis.stability._fill_checkpoints`, Hessian-vector products included).
 
 Each output is checked to agree between the two versions (spectra and MSD to 1e-9 relative,
-states bit for bit).
+states, reads and bursts bit for bit, sharpness to 1e-9 relative).
 
     .venv/bin/python benchmarks/bench_analysis_parts.py --baseline /path/to/old/checkout STORE
 """
@@ -63,6 +70,7 @@ def main() -> None:
     base = Path(args.baseline).resolve()
     old_base = _load(base, "base", "baseline_base")
     old = {
+        "events": _load(base, "events", "baseline_events"),
         "periods": _load(base, "periods", "baseline_periods"),
         "diffusion": _load(base, "diffusion", "baseline_diffusion"),
         "stability": _load(
@@ -113,10 +121,69 @@ def main() -> None:
 
     def states_new():
         views = new_stability._StateViews(ds, runs)
-        return [new_stability.checkpoint_states(views(r), r) for r in runs]
+        try:
+            return [new_stability.checkpoint_states(views(r), r) for r in runs]
+        finally:
+            views.close()
 
-    for a, b in zip(states_old(), states_new(), strict=True):
+    states = states_new()
+    for a, b in zip(states_old(), states, strict=True):
         assert a.theta.tobytes() == b.theta.tobytes() and a.v.tobytes() == b.v.tobytes()
+
+    # the block of runs as geomtraj analyze holds it (one run chunk of STORE)
+    from geomtraj.analysis import runner
+    from geomtraj.analysis.base import RunData, rows_in_memory
+    from geomtraj.analysis.events import run_bursts
+
+    block = runner.plan_blocks(ds, runs)[0]
+    _, data = runner.scan_block(ds, block, keep=True)
+    view = runner._with_block(ds, data)
+    r0 = int(data.pop("_runs")[0])
+
+    def reads(cls):
+        out = []
+        for r in block:
+            rd = cls(view, r)
+            out += [rd.update_norm, rd.train_loss, rd.theta, rd.m, rd.v, rd.param_names]
+        return out
+
+    def reads_new():
+        with rows_in_memory(view, r0, data):
+            return reads(RunData)
+
+    def bursts(fn):
+        with rows_in_memory(view, r0, data):  # reads alike: only the detection differs
+            return [fn(cls(view, r)) for r in block for cls in [RunData] * 4]
+
+    def bursts_old():
+        return bursts(old["events"].run_bursts)
+
+    def bursts_new():
+        return bursts(run_bursts)
+
+    for a, b in zip(reads(old_base.RunData), reads_new(), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for a, b in zip(bursts_old(), bursts_new(), strict=True):
+        assert a.onset.tobytes() == b.onset.tobytes() and a.end.tobytes() == b.end.tobytes()
+
+    def curvature(mod):
+        from threadpoolctl import threadpool_limits
+
+        out = []
+        for r, st in zip(runs, states, strict=True):
+            rd = RunData(ds, r)
+            obj = new_stability.MLPObjective(
+                new_stability.run_spec(ds, r), *new_stability.run_data_arrays(ds, r),
+                rd.hyper["weight_decay"],
+            )  # fmt: skip
+            cols = {k: np.full(st.steps.size, np.nan) for k in mod._CHECKPOINT_COLUMNS.values()}
+            with threadpool_limits(1):
+                mod._fill_checkpoints(st, obj, mod.StabilityParams(), rd.hyper, cols)
+            out.append(np.stack([cols["sharpness"], cols["hessian_max"]]))
+        return out
+
+    for a, b in zip(curvature(old["stability"]), curvature(new_stability), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9)
 
     x_welch = series[0]
     t = _best({
@@ -127,12 +194,21 @@ def main() -> None:
         "dynamics new": lambda: dynamics(new_diffusion),
         "states old": states_old,
         "states new": states_new,
+        "reads old": lambda: reads(old_base.RunData),
+        "reads new": reads_new,
+        "bursts old": bursts_old,
+        "bursts new": bursts_new,
+        "curvature old": lambda: curvature(old["stability"]),
+        "curvature new": lambda: curvature(new_stability),
     }, args.repeats)  # fmt: skip
     k = len(runs)
     print(f"best of {args.repeats}, CPU milliseconds (old -> new, speed-up):")
     parts = (("three Welch spectra (one run)", "spectra", 1),
              ("diffusion MSD + exponents (one run)", "dynamics", 1),
-             (f"stability state reads (per run, {k} runs)", "states", k))  # fmt: skip
+             (f"stability state reads (per run, {k} runs)", "states", k),
+             (f"RunData reads (per run, {len(block)} runs)", "reads", len(block)),
+             (f"bursts, four readers (per run, {len(block)})", "bursts", len(block)),
+             (f"stability curvature (per run, {k} runs)", "curvature", k))  # fmt: skip
     for label, key, per in parts:
         a, b = t[f"{key} old"] / per * 1e3, t[f"{key} new"] / per * 1e3
         print(f"  {label:<40} {a:8.1f} -> {b:8.1f}   {a / b:5.2f}x")

@@ -88,25 +88,27 @@ precision = ["float32"]
 """
 
 
-def train_store(cfg_path: Path, out: Path) -> float:
+def train_store(cfg_path: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of training the grid of ``cfg_path`` into ``out``."""
     from geomtraj.train.config import load_config, plan_from_config
     from geomtraj.train.trainer import train_plan
 
     plan = plan_from_config(load_config(cfg_path))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_plan(plan, out, progress=False)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_analyses(
     store: Path, jobs: int = 1, scheduler: str | None = None
-) -> tuple[dict[str, float], float]:
+) -> tuple[dict[str, float], float, dict[str, float]]:
     """Seconds of each analysis over every run, as ``geomtraj analyze --jobs 1`` runs them.
 
     :func:`geomtraj.analysis.runner.run_analyses` in this process: the store is checked and each
     block of
     runs read into memory once, then every analysis runs on it; returns the per-analysis seconds
-    (summed over blocks) and the wall time of the whole call (check and read included). With
+    (summed over blocks), the wall time of the whole call (check and read included) and the
+    per-analysis CPU seconds (less moved by the load of a shared machine). With
     ``jobs`` > 1 or a ``scheduler`` the blocks run in other processes; only the wall time then
     says how the work spread.
     """
@@ -115,7 +117,9 @@ def time_analyses(
     outcome = run_analyses(store, list(ANALYSES), jobs=jobs, scheduler=scheduler, progress=False)
     if outcome.failures:
         raise SystemExit(f"analysis failures: {outcome.failures[:2]}")
-    return {name: outcome.seconds[name] for name in ANALYSES}, outcome.wall_seconds
+    got = getattr(outcome, "cpu_seconds", {})  # an older geomtraj (PYTHONPATH) has none
+    cpu = {name: got.get(name, float("nan")) for name in ANALYSES}
+    return {name: outcome.seconds[name] for name in ANALYSES}, outcome.wall_seconds, cpu
 
 
 def time_welch(store: Path) -> float:
@@ -196,8 +200,8 @@ def main() -> None:
     train_store(warm_cfg, warm_store)
     time_analyses(warm_store)
 
-    t_train = train_store(cfg, store)
-    t_an, t_wall = time_analyses(store)
+    t_train, c_train = train_store(cfg, store)
+    t_an, t_wall, c_an = time_analyses(store)
     t_welch = time_welch(store)
     t_cli = {f"--jobs {j}": time_cli(store, root / f"report-j{j}", ["--jobs", str(j)])
              for j in jobs}  # fmt: skip
@@ -214,13 +218,17 @@ def main() -> None:
                     store, root / f"report-w{w}", ["--scheduler", address]
                 )
 
-    total = sum(t_an.values())
-    print(f"\nper run, seconds (total over {n} runs / {n}):")
-    print(f"  training                     {t_train / n:8.3f}")
+    total, c_total = sum(t_an.values()), sum(c_an.values())
+    print(f"\nper run, seconds (total over {n} runs / {n}); CPU seconds of this process beside:")
+    print(f"  training                     {t_train / n:8.3f}                      "
+          f"CPU {c_train / n:8.3f}")  # fmt: skip
     for name, t in t_an.items():
-        print(f"  {name:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)")
-    print(f"  all four analyses            {total / n:8.3f}   ({total / t_train:5.2f} x training; "
-          "bar: <= 0.5)")  # fmt: skip
+        print(f"  {name:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)   "
+              f"CPU {c_an[name] / n:8.3f}   ({c_an[name] / c_train:5.2f} x)")  # fmt: skip
+    print(
+        f"  all four analyses            {total / n:8.3f}   ({total / t_train:5.2f} x "
+        f"training)   CPU {c_total / n:8.3f}   ({c_total / c_train:5.2f} x)   bar: <= 0.5"
+    )
     print(f"  with store check and read    {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
           "training)")  # fmt: skip
     print(f"  scipy.signal.welch baseline  {t_welch / n:8.3f}   (periods / welch = "

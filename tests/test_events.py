@@ -249,3 +249,27 @@ def test_a_spike_counts_once_it_has_fallen_back_by_the_on_level():
     cut = 2500 + int(np.argmax(fallen[2500:] > np.log(4.0) + 0.3))
     assert len(detect_bursts(x[: cut - 8])) == 0  # smoothed fall still short of log 4
     assert len(detect_bursts(x[: cut + 8])) == 1
+
+
+def test_a_runs_bursts_are_detected_once_while_its_rows_are_held():
+    """Periods, spirals and stability each ask for a run's bursts: one detection serves them."""
+    import datafiles
+
+    from geomtraj.analysis import base
+    from geomtraj.analysis.events import run_bursts
+    from geomtraj.store.zarrstore import open_store
+
+    ds = open_store(datafiles.BETA_GRID)
+    rows = {"update_norm": np.asarray(ds["update_norm"].values)}
+    fresh = run_bursts(base.RunData(ds, 1))
+    assert run_bursts(base.RunData(ds, 1)) is not fresh  # rows not held: detected each time
+    with base.rows_in_memory(ds, 0, rows):
+        first = run_bursts(base.RunData(ds, 1))
+        assert run_bursts(base.RunData(ds, 1)) is first  # another reader of the same run
+        assert run_bursts(base.RunData(ds, 2)) is not first
+        assert run_bursts(base.RunData(ds, 1), "train_loss") is not first  # not held: computed
+        assert np.array_equal(first.onset, fresh.onset) and len(first) == len(fresh) > 0
+        assert np.array_equal(first.log_baseline, fresh.log_baseline)
+        with pytest.raises(ValueError, match="read-only"):
+            first.onset[0] = 0  # shared between analyses, so nobody may change it
+    assert not base._DERIVED and not base._IN_MEMORY

@@ -75,6 +75,23 @@ def test_hessian_is_symmetric_and_batched_hvps_agree(activation, loss):
     np.testing.assert_allclose(H @ V[2], batched[2], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize(("activation", "loss"), COMBOS)
+def test_kernel_products_match_the_numpy_ones_to_rounding(activation, loss):
+    """KernelLinearisation: the same point (loss and gradient bit for bit), the JIT products."""
+    spec = make_spec(activation, loss)
+    X, y = data_for(loss)
+    theta = make_theta0(spec, seed=5)
+    objective = MLPObjective(spec, X, y, weight_decay=0.02)
+    ref, fast = objective.at(theta), objective.at(theta, kernel=True)
+    assert fast.loss == ref.loss and fast.grad.tobytes() == ref.grad.tobytes()
+    V = np.random.default_rng(6).standard_normal((3, spec.n_params))
+    want = ref(V)
+    np.testing.assert_allclose(fast(V), want, rtol=0, atol=1e-13 * np.abs(want).max())
+    np.testing.assert_allclose(fast(V[1]), want[1], rtol=0, atol=1e-13 * np.abs(want).max())
+    with pytest.raises(GeomtrajError, match="HVP directions"):
+        fast(V[:, :-1])
+
+
 @pytest.mark.parametrize(("activation", "loss"), [("tanh", "mse"), ("sigmoid", "bce")])
 def test_dense_hessian_matches_finite_differences_column_by_column(activation, loss):
     """Every column of the dense Hessian against central differences of the gradient."""

@@ -15,7 +15,8 @@ from synth_stability import (
     sawtooth_ratio,
 )
 
-from geomtraj.analysis import stability
+from geomtraj.analysis import base, stability
+from geomtraj.analysis.base import RunView
 from geomtraj.analysis.hessian import MLPObjective
 from geomtraj.analysis.stability import (
     SharpnessSolver,
@@ -378,3 +379,27 @@ def test_state_views_read_a_chunk_of_runs_once_and_give_the_stores_numbers():
     assert len(set(chunk.tolist())) == 2  # the selection spans two chunks of runs
     for a in range(len(runs) - 1):
         assert (seen[a] is seen[a + 1]) == (chunk[a] == chunk[a + 1])
+    # per-run reads of the held rows give the store's numbers, bit for bit
+    for r in runs:
+        for name in views.names:
+            held, stored = RunView(views(r), r)[name].values, ds[name].isel(run=r).values
+            assert held.tobytes() == np.asarray(stored).tobytes(), name
+    views.close()
+    assert not base._IN_MEMORY  # nothing stays held after the analysis
+
+
+def test_rows_in_memory_serve_run_view_reads_of_their_runs_only():
+    import datafiles
+
+    from geomtraj.store.zarrstore import open_store
+
+    ds = open_store(datafiles.BETA_GRID)
+    stored = ds["theta_final"].values
+    marked = stored[2:5] + 1.0  # different numbers, to see where a read comes from
+    with base.rows_in_memory(ds, 2, {"theta_final": marked}):
+        for r in range(ds.sizes["run"]):
+            got = RunView(ds, r)["theta_final"].values
+            want = marked[r - 2] if 2 <= r < 5 else stored[r]
+            assert np.array_equal(got, want, equal_nan=True), r
+    assert np.array_equal(RunView(ds, 3)["theta_final"].values, stored[3], equal_nan=True)
+    assert not base._IN_MEMORY

@@ -7,6 +7,9 @@ Every per-run analysis reads a store through :class:`RunData`, so memory stays b
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
@@ -30,11 +33,91 @@ def finite_or_none(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
+#: Rows of lazy (dask) variables already in memory, by the name of their dask array:
+#: ``name -> (r0, numpy-backed Variable of runs r0, r0+1, ...)``. See :func:`rows_in_memory`.
+_IN_MEMORY: dict[str, tuple[int, xr.Variable]] = {}
+
+
+@contextmanager
+def rows_in_memory(ds: xr.Dataset, r0: int, rows: dict[str, np.ndarray]):
+    """While inside, :class:`RunView` reads runs ``r0...`` of ``ds``'s variables from ``rows``.
+
+    ``rows[name]`` holds the values of ``ds[name]`` for runs ``r0 .. r0 + len(rows[name]) - 1``
+    (read once for a block of runs). Without it each per-run read computes the variable's dask
+    graph again (about 3 ms each, more than the analysis of the values); with it a read is a
+    NumPy index of the same numbers. Variables that are not dask arrays are left alone.
+    """
+    keys = []
+    for name, block in rows.items():
+        if name not in ds.variables:
+            continue
+        var = ds.variables[name]
+        key = getattr(var.data, "name", None)
+        if not isinstance(key, str) or var.dims[:1] != ("run",) or block.shape[1:] != var.shape[1:]:
+            continue
+        _IN_MEMORY[key] = (int(r0), xr.Variable(var.dims, block, var.attrs))
+        keys.append(key)
+    try:
+        yield
+    finally:
+        for key in keys:
+            _IN_MEMORY.pop(key, None)
+        for k in list(_DERIVED):  # a copy: another thread's block may add entries meanwhile
+            if k[0] in keys:
+                _DERIVED.pop(k, None)
+
+
+#: What analyses derive from held rows and share (a run's bursts, read by periods, spirals,
+#: stability ...), by ``(dask name of the rows, run, what)``; dropped with the rows.
+_DERIVED: dict[tuple, object] = {}
+
+
+def derived(run, name: str, what: tuple, compute: Callable[[], object]) -> object:
+    """``compute()``, computed once per held run and shared while :func:`rows_in_memory` holds it.
+
+    ``run`` is a :class:`RunData` whose variable ``name`` the result is computed from, ``what``
+    (hashable) names the computation and its settings. When the variable's rows are not held
+    (or ``run`` is not a RunData), ``compute()`` runs every time. The result is shared between
+    analyses, so its arrays are made read-only.
+    """
+    ds = getattr(run, "ds", None)
+    var = ds.variables.get(name) if isinstance(ds, xr.Dataset) else None
+    key = getattr(var.data, "name", None) if var is not None else None
+    held = _IN_MEMORY.get(key) if isinstance(key, str) else None
+    if held is None or not 0 <= run.run - held[0] < held[1].shape[0]:
+        return compute()
+    full = (key, run.run, *what)
+    if full not in _DERIVED:
+        value = compute()
+        for arr in vars(value).values() if hasattr(value, "__dict__") else ():
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+        _DERIVED[full] = value
+    return _DERIVED[full]
+
+
+def in_memory_array(block: np.ndarray):
+    """``block`` as a one-chunk dask array, without the copy ``dask.array.from_array`` makes.
+
+    ``from_array`` copies a NumPy array (and, unnamed, hashes its bytes): for a block of runs of
+    50,000 recorded steps that costs more than reading it. The array is not written to while the
+    dask array lives (the analyses only read).
+    """
+    import dask.array as da
+
+    name = f"in-memory-{uuid.uuid4().hex}"
+    chunks = tuple((s,) for s in block.shape)
+    meta = np.empty((0,) * block.ndim, dtype=block.dtype)
+    return da.Array({(name, *(0,) * block.ndim): block}, name, chunks, meta=meta)
+
+
 class RunView:
-    """``ds.isel(run=run)`` one variable at a time: ``view[name]`` is ``ds[name].isel(run=run)``.
+    """``ds.isel(run=run)`` one variable at a time: ``view[name]`` is run ``run`` of ``ds[name]``.
 
     Selecting every variable of a store at once builds a lazy slice of each (about 40 ms), more
-    than the per-run reads that follow; an analysis reads only a few of them.
+    than the per-run reads that follow; an analysis reads only a few of them. ``view[name]`` is an
+    :class:`xarray.Variable` (``.values``, ``.isel``), read from the rows that
+    :func:`rows_in_memory` holds when it holds the run.
     """
 
     __slots__ = ("ds", "run")
@@ -42,8 +125,12 @@ class RunView:
     def __init__(self, ds: xr.Dataset, run: int):
         self.ds, self.run = ds, int(run)
 
-    def __getitem__(self, name: str) -> xr.DataArray:
-        return self.ds[name].isel(run=self.run)
+    def __getitem__(self, name: str) -> xr.Variable:
+        var = self.ds.variables[name]
+        held = _IN_MEMORY.get(getattr(var.data, "name", None)) if _IN_MEMORY else None
+        if held is not None and 0 <= self.run - held[0] < held[1].shape[0]:
+            return held[1].isel(run=self.run - held[0])
+        return var.isel(run=self.run)
 
 
 class RunData:
@@ -123,7 +210,7 @@ class RunData:
                     "train_loss": np.zeros(0),
                 }
             return self._derived_per_step()
-        it = np.asarray(self.ds["iteration"].values, dtype=np.int64)
+        it = np.asarray(self.ds.variables["iteration"].values, dtype=np.int64)
         un = np.asarray(self._one["update_norm"].values, dtype=np.float64)
         tl = np.asarray(self._one["train_loss"].values, dtype=np.float64)
         keep = self._before_divergence(it) & np.isfinite(un) & np.isfinite(tl)
@@ -165,31 +252,31 @@ class RunData:
 
     # -- recorded trajectories -------------------------------------------------------------------
     @cached_property
+    def _labels(self) -> list[str]:
+        """``param_name`` of the run's columns, padded ones as ``""``."""
+        names = self.ds.variables["param_name"]
+        return strings(self._one["param_name"] if "run" in names.dims else names)
+
+    @cached_property
     def _columns(self) -> np.ndarray:
         """Indices along ``param`` that hold real (not padded) recorded parameters."""
-        names = self.ds["param_name"]
-        if "run" in names.dims:
-            names = names.isel(run=self.run)
-        labels = strings(names)
-        return np.array([i for i, s in enumerate(labels) if s], dtype=np.int64)
+        return np.array([i for i, s in enumerate(self._labels) if s], dtype=np.int64)
 
     @cached_property
     def param_names(self) -> list[str]:
-        names = self.ds["param_name"]
-        if "run" in names.dims:
-            names = names.isel(run=self.run)
-        labels = strings(names)
-        return [labels[i] for i in self._columns]
+        return [self._labels[i] for i in self._columns]
 
     @cached_property
     def step(self) -> np.ndarray:
-        st = np.asarray(self.ds["step"].values, dtype=np.int64)
-        return st[: self._n_rows]
+        return self._all_steps[: self._n_rows]
+
+    @cached_property
+    def _all_steps(self) -> np.ndarray:
+        return np.asarray(self.ds.variables["step"].values, dtype=np.int64)
 
     @cached_property
     def _n_rows(self) -> int:
-        st = np.asarray(self.ds["step"].values, dtype=np.int64)
-        keep = self._before_divergence(st)
+        keep = self._before_divergence(self._all_steps)
         return _leading_true(keep)
 
     def _recorded(self, name: str) -> np.ndarray:

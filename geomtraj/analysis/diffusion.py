@@ -300,8 +300,9 @@ def detrend_linear(x: np.ndarray) -> np.ndarray:
     t = np.arange(x.shape[0], dtype=np.float64)
     t -= t.mean()
     # with centred t the normal equations decouple: a = mean(x), b = <t, x> / <t, t>
-    slope = (t @ (x - x.mean(axis=0))) / (t @ t)
-    return x - x.mean(axis=0) - np.outer(t, slope)
+    centred = x - x.mean(axis=0)
+    slope = (t @ centred) / (t @ t)
+    return centred - np.outer(t, slope)
 
 
 def log_lags(lo: float, hi: float, n: int) -> np.ndarray:
@@ -698,7 +699,7 @@ def _one_run(run: RunData, params, lag_rows, i, scal, curves, phase) -> str:
         return "no recorded parameters"
     rng = np.random.default_rng(params.seed)
     resid = detrend_linear(theta)
-    drift = (theta - resid)[-1] - (theta - resid)[0]
+    drift = (theta[-1] - resid[-1]) - (theta[0] - resid[0])  # the fitted line's ends
     scal["drift_speed"][i] = np.linalg.norm(drift) / (dt * (n - 1))
     ok = lag_rows < n * params.max_lag_frac
     lags_here = lag_rows[ok]

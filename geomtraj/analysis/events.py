@@ -47,11 +47,13 @@ is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
+from geomtraj.analysis.base import derived
 from geomtraj.analysis.kernels.burst_scan import _hysteresis_events, _rise_bounds
 from geomtraj.errors import GeomtrajError
 
@@ -163,8 +165,13 @@ class Bursts:
         step (inclusive).
     steps : ndarray of int64
         The steps of the analysed samples (finite prefix of the signal).
+    log_signal : ndarray of float64
+        The log signal, per analysed sample.
+    baseline_half : int
+        Half width of the baseline window, in samples.
     log_baseline : ndarray of float64
-        The rolling median of the log signal, per analysed sample.
+        The rolling median of the log signal, per analysed sample (computed on first use: the
+        prominence detector does not need it, and a count of bursts never reads it).
     on_level, off_level : float
         The two thresholds on the log excess that were applied.
     sigma : float
@@ -175,10 +182,18 @@ class Bursts:
     peak: np.ndarray
     end: np.ndarray
     steps: np.ndarray
-    log_baseline: np.ndarray
+    log_signal: np.ndarray
+    baseline_half: int
     on_level: float
     off_level: float
     sigma: float
+
+    @cached_property
+    def log_baseline(self) -> np.ndarray:
+        y = self.log_signal
+        base = _clipped_median(y, self.baseline_half) if y.size else np.zeros(0)
+        base.flags.writeable = y.flags.writeable  # read-only when the bursts are shared
+        return base
 
     def __len__(self) -> int:
         return int(self.onset.size)
@@ -288,29 +303,33 @@ def detect_bursts(
         raise GeomtrajError("detect_bursts needs a non-negative signal (a norm or a loss)")
     y = np.log(np.maximum(x, params.floor))
     half = params.baseline_window // 2
-    base = _clipped_median(y, half) if n else np.zeros(0)
-    r = y - base
     sigma = white_noise_level(y)
     on = max(np.log(params.on_factor), params.noise_z * sigma)
     off = max(np.log(params.off_factor), params.off_z * sigma)
+    base = None
     if params.method == "prominence":
         on_i, peak_i, end_i = _prominence_events(y, on, params.off_z * sigma, params)
     else:
+        base = _clipped_median(y, half) if n else np.zeros(0)
         on_i, peak_i, end_i = _hysteresis_events(
-            r, on, off, int(params.min_duration), int(params.merge_gap)
+            y - base, on, off, int(params.min_duration), int(params.merge_gap)
         )
     if on_i.size and on_i[0] == 0:
         on_i, peak_i, end_i = on_i[1:], peak_i[1:], end_i[1:]
-    return Bursts(
+    out = Bursts(
         onset=steps[on_i],
         peak=steps[peak_i],
         end=steps[end_i],
         steps=steps,
-        log_baseline=base,
+        log_signal=y,
+        baseline_half=half,
         on_level=float(on),
         off_level=float(off),
         sigma=sigma,
     )
+    if base is not None:  # computed already: the cached property's value
+        out.__dict__["log_baseline"] = base
+    return out
 
 
 def smooth_log(y: np.ndarray, width: int) -> np.ndarray:
@@ -350,4 +369,8 @@ def run_bursts(run, signal: str = "update_norm", params: BurstParams = BurstPara
     """
     if signal not in SIGNALS:
         raise GeomtrajError(f"unknown burst signal {signal!r}; expected one of {SIGNALS}")
-    return detect_bursts(getattr(run, signal), run.iteration, params)
+    # several analyses of a block ask for the same run's bursts: detect them once
+    return derived(
+        run, signal, ("bursts", params),
+        lambda: detect_bursts(getattr(run, signal), run.iteration, params),
+    )  # fmt: skip

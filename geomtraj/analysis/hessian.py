@@ -28,7 +28,14 @@ from scipy.special import expit
 from geomtraj.errors import GeomtrajError
 from geomtraj.train.models import MLPSpec
 
-__all__ = ["MLPObjective", "Linearisation", "loss_and_grad", "hvp", "hessian"]
+__all__ = [
+    "MLPObjective",
+    "Linearisation",
+    "KernelLinearisation",
+    "loss_and_grad",
+    "hvp",
+    "hessian",
+]
 
 
 def _activation(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,6 +208,51 @@ class Linearisation:
         return out
 
 
+class KernelLinearisation(Linearisation):
+    """A :class:`Linearisation` whose Hessian-vector products run in the JIT kernels.
+
+    The same point, loss and gradient (this NumPy pass computes them, bit for bit as
+    :class:`Linearisation`); the products come from :func:`geomtraj.analysis.kernels.hvp.rop`, the
+    same R-operator compiled (BLAS layer products, element-wise loops over points), cheaper than
+    :meth:`Linearisation._one` (docs/stability.md, "Hessian-vector products"). The two agree to
+    rounding (the sums over points are ordered differently). Built by :meth:`MLPObjective.at`
+    with ``kernel=True``.
+    """
+
+    def __init__(self, objective: MLPObjective, theta: np.ndarray):
+        from geomtraj.analysis.kernels import hvp as kc
+
+        super().__init__(objective, theta)
+        spec = objective.spec
+        self._theta_c = np.ascontiguousarray(theta, dtype=np.float64)
+        self._sizes = np.array(spec.sizes, np.int64)
+        self._work = w = kc.work_arrays(objective.X.shape[0], spec.sizes)
+        self._rop = kc.rop
+        kc.linearise(
+            self._theta_c, self._sizes, spec.n_layers, kc.ACTIVATIONS[spec.activation],
+            kc.LOSSES[spec.loss], objective.X, objective.y, float(objective.weight_decay),
+            w["A"], w["Z"], w["D1"], w["D2"], w["DL"], w["CV"], w["d2l"], w["grad"],
+        )  # fmt: skip
+        self._args = (self._sizes, spec.n_layers, float(objective.weight_decay), w["A"], w["D1"],
+                      w["DL"], w["CV"], w["d2l"], w["RZ"], w["RA"], w["RD"])  # fmt: skip
+        self._scratch = (w["TMP"], w["TW"])
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        """``H @ v`` for ``v`` of shape ``(n_params,)`` or ``(k, n_params)``."""
+        n = self._objective.spec.n_params
+        V = np.asarray(vectors, dtype=np.float64)
+        if V.ndim not in (1, 2) or V.shape[-1] != n:
+            raise GeomtrajError(
+                f"HVP directions have shape {np.shape(vectors)}, expected ({n},) or (k, {n}); "
+                "pass vectors in the contract-1 flat layout"
+            )
+        rows = np.ascontiguousarray(V.reshape(-1, n))
+        out = np.empty_like(rows)
+        for i in range(rows.shape[0]):
+            self._rop(self._theta_c, rows[i], *self._args, out[i], *self._scratch)
+        return out[0] if V.ndim == 1 else out
+
+
 @dataclass(frozen=True)
 class MLPObjective:
     """The full-batch training loss of one network on one data set, in float64.
@@ -250,9 +302,14 @@ class MLPObjective:
             raise GeomtrajError("theta holds non-finite values; curvature is undefined there")
         return th
 
-    def at(self, theta: np.ndarray) -> Linearisation:
-        """The forward/backward pass at ``theta``; call the result for Hessian-vector products."""
-        return Linearisation(self, self._theta(theta))
+    def at(self, theta: np.ndarray, *, kernel: bool = False) -> Linearisation:
+        """The forward/backward pass at ``theta``; call the result for Hessian-vector products.
+
+        With ``kernel`` the products run in the JIT kernels (:class:`KernelLinearisation`),
+        worth it from a few products per point on.
+        """
+        th = self._theta(theta)
+        return KernelLinearisation(self, th) if kernel else Linearisation(self, th)
 
     def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Loss (without weight decay) and gradient (with weight decay) at ``theta``."""

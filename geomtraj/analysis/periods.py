@@ -445,12 +445,13 @@ def v_decay_slope(
     steps = np.asarray(steps, dtype=np.float64)
     rates = []
     for sel in _quiet_rows(steps, bursts, params):
-        seg = v[sel]
+        rows = slice(sel[0], sel[-1] + 1)  # consecutive rows: views, not copies
+        seg = v[rows]
         ok = np.all(seg > 0, axis=0) & np.all(np.isfinite(seg), axis=0)
         if not np.any(ok):
             continue
-        dlog = np.diff(np.log(seg[:, ok]), axis=0)
-        rates.append((dlog / np.diff(steps[sel])[:, None]).ravel())
+        dlog = np.diff(np.log(seg if ok.all() else seg[:, ok]), axis=0)
+        rates.append((dlog / np.diff(steps[rows])[:, None]).ravel())
     if not rates:
         return VDecay(None, 0, "no quiet segment between bursts long enough for a v slope")
     allrates = np.concatenate(rates)
@@ -477,8 +478,11 @@ def quiet_gradient_ratio(
     ratios = []
     for sel in _quiet_rows(steps, bursts, params):
         sel = sel[sel >= 1]
-        g = (m[sel] - beta1 * m[sel - 1]) / (1.0 - beta1)
-        vv = v[sel]
+        if sel.size == 0:
+            continue
+        a, b = sel[0], sel[-1] + 1  # consecutive rows: views, not copies
+        g = (m[a:b] - beta1 * m[a - 1 : b - 1]) / (1.0 - beta1)
+        vv = v[a:b]
         ok = vv > 0
         ratios.append((g[ok] ** 2) / vv[ok])
     if not ratios:

@@ -37,7 +37,12 @@ from types import ModuleType
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import per_update_note, rows_are_consecutive
+from geomtraj.analysis.base import (
+    in_memory_array,
+    per_update_note,
+    rows_are_consecutive,
+    rows_in_memory,
+)
 from geomtraj.analysis.declaration import Analysis, as_analysis, protocol_gaps
 from geomtraj.errors import GeomtrajError, StoreError
 from geomtraj.store.zarrstore import DATA_VARIABLES, check_integrity, open_store, strings
@@ -306,11 +311,13 @@ class RunHealth:
     damaged: bool = False
 
 
-def _real_columns(ds: xr.Dataset, r0: int, r1: int) -> np.ndarray:
-    """``(r1-r0, n_param)`` mask of recorded (not padded) columns."""
+def _real_columns(ds: xr.Dataset, r0: int, r1: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """``(r1-r0, n_param)`` mask of recorded (not padded) columns (``rows``: the names, if read)."""
     names = ds["param_name"]
     if "run" in names.dims:
-        labels = np.array(strings(names.isel(run=slice(r0, r1))), dtype=object)
+        if rows is None:
+            rows = names.isel(run=slice(r0, r1)).values
+        labels = np.array([str(x) for x in np.asarray(rows).ravel().tolist()], dtype=object)
         return (labels != "").reshape(r1 - r0, -1)
     labels = np.array(strings(names), dtype=object)
     return np.broadcast_to(labels != "", (r1 - r0, labels.size))
@@ -381,7 +388,11 @@ def scan_block(
     data: dict[str, np.ndarray] = {}
     sample_at = None
     samples: list[tuple[list, list]] = [([], []) for _ in range(r1 - r0)]
-    real = _real_columns(ds, r0, r1)
+    if keep and ds["param_name"].dims[:1] == ("run",):
+        # the analyses read each run's names again (RunData.param_names): keep them too
+        data["param_name"] = np.asarray(ds["param_name"].isel(run=slice(r0, r1)).values)
+    real = _real_columns(ds, r0, r1, data.get("param_name"))
+    all_real = bool(real.all())
     # the per-update loss; a store without it (another producer's) has the recorded rows' loss
     loss_series = "train_loss" if "train_loss" in ds.variables else "loss"
 
@@ -405,10 +416,8 @@ def scan_block(
             before = t[None, :] < limit[:, None]  # (runs, time): rows that must be finite
             nan = np.isnan(part)
             if part.ndim == 3:
-                nan = (nan & real[:, None, :]).any(axis=2)
-                finite = (np.isfinite(part) | ~real[:, None, :]).all(axis=2)
-            else:
-                finite = np.isfinite(part)
+                # padded columns hold NaN by design; skip the mask when there are none
+                nan = (nan if all_real else nan & real[:, None, :]).any(axis=2)
             all_nan &= ~(~nan & before).any(axis=1)
             bad = nan & before
             rows = bad.any(axis=1)
@@ -416,8 +425,8 @@ def scan_block(
                 step = int(t[np.argmax(bad[i])])
                 if step < first_nan[i]:
                     first_nan[i], nan_var[i] = step, var_name
-            if var_name == loss_series:
-                ok = finite & before
+            if var_name == loss_series:  # a per-step (2-D) series: finiteness counts here only
+                ok = np.isfinite(part) & before
                 n_steps += ok.sum(axis=1)
                 for i in range(r1 - r0):
                     idx = np.flatnonzero(ok[i])
@@ -484,7 +493,7 @@ def _with_block(ds: xr.Dataset, data: dict[str, np.ndarray]) -> xr.Dataset:
         lazy = ds[name].data
         if not isinstance(lazy, da.Array):
             continue
-        parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
+        parts = [lazy[:r0], in_memory_array(block), lazy[r1:]]
         parts = [p for p in parts if p.shape[0]]
         out[name] = (ds[name].dims, da.concatenate(parts, axis=0), ds[name].attrs)
         out[name].encoding = ds[name].encoding
@@ -515,6 +524,7 @@ class BlockResult:
     seconds: dict[str, float]
     loaded: bool
     warnings: list[dict] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU time
 
 
 def _call_analysis(analysis: Analysis, ds: xr.Dataset, runs: list[int], params: dict, progress):
@@ -644,37 +654,43 @@ def analyze_block(
         health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
         _mark_twins_of_damaged(ds, health, params, str(path), span)
         view = _with_block(ds, data) if loaded else ds
+        r0 = int(data["_runs"][0]) if loaded else 0
+        held = {k: a for k, a in data.items() if k != "_runs"}
         del data
         good = [r for r in runs if health[r].status != "insufficient"]
         results: dict[str, xr.Dataset | None] = {}
         notes: dict[str, dict[int, str]] = {}
         failures: list[dict] = []
         seconds: dict[str, float] = {name: 0.0 for name in names}
+        cpu: dict[str, float] = {name: 0.0 for name in names}
         caught: list[dict] = []
-        for name in names:
-            analysis = registry[name]
-            kw = analysis_params.get(name, {})
-            t0 = time.perf_counter()
-            results[name], notes[name] = None, {}
-            with capture_warnings(name, caught):
-                if not good:
-                    continue
-                try:
-                    results[name] = _call_analysis(analysis, view, good, kw, progress)
-                except Exception:
-                    # isolate the runs that fail, keep the others
-                    parts = []
-                    for r in good:
-                        try:
-                            parts.append(_call_analysis(analysis, view, [r], kw, None))
-                        except GeomtrajError as exc:
-                            notes[name][r] = str(exc).splitlines()[0]
-                        except Exception as exc:  # a bug in the analysis: report, go on
-                            failures.append(_failure(name, [r], exc))
-                    results[name] = _concat(parts, name, failures)
-                finally:
-                    seconds[name] = time.perf_counter() - t0
-    return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught)
+        # per-run reads index the block in memory instead of computing dask graphs
+        with rows_in_memory(view, r0, held):
+            for name in names:
+                analysis = registry[name]
+                kw = analysis_params.get(name, {})
+                t0, c0 = time.perf_counter(), time.process_time()
+                results[name], notes[name] = None, {}
+                with capture_warnings(name, caught):
+                    if not good:
+                        continue
+                    try:
+                        results[name] = _call_analysis(analysis, view, good, kw, progress)
+                    except Exception:
+                        # isolate the runs that fail, keep the others
+                        parts = []
+                        for r in good:
+                            try:
+                                parts.append(_call_analysis(analysis, view, [r], kw, None))
+                            except GeomtrajError as exc:
+                                notes[name][r] = str(exc).splitlines()[0]
+                            except Exception as exc:  # a bug in the analysis: report, go on
+                                failures.append(_failure(name, [r], exc))
+                        results[name] = _concat(parts, name, failures)
+                    finally:
+                        seconds[name] = time.perf_counter() - t0
+                        cpu[name] = time.process_time() - c0
+    return BlockResult(runs, health, results, notes, failures, seconds, loaded, caught, cpu)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -698,6 +714,9 @@ class Outcome:
         Internal errors of analyses (``analysis``, ``runs``, ``error``, ``where``).
     seconds : dict
         Per analysis, the summed time of its block tasks.
+    cpu_seconds : dict
+        Per analysis, the summed CPU time of its block tasks (their processes' CPU time: on a
+        shared machine it moves less with the load than ``seconds``).
     wall_seconds : float
         Elapsed time of the whole run.
     """
@@ -712,6 +731,7 @@ class Outcome:
     blocks_loaded: int = 0
     warnings: list[dict] = field(default_factory=list)
     n_blocks: int = 0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _worker_init() -> None:
@@ -917,6 +937,7 @@ def run_analyses(
     results: dict[str, xr.Dataset | None] = {}
     notes: dict[str, dict[int, str]] = {}
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     failures = [f for p in parts for f in p.failures]
     caught = merge_warnings([w for p in parts for w in p.warnings])
     for name in names:
@@ -924,6 +945,7 @@ def run_analyses(
         results[name] = _concat(got, name, failures)
         notes[name] = {r: n for p in parts for r, n in p.run_notes.get(name, {}).items()}
         seconds[name] = sum(p.seconds.get(name, 0.0) for p in parts)
+        cpu[name] = sum(p.cpu_seconds.get(name, 0.0) for p in parts)
     return Outcome(
         runs=picked,
         health=health,
@@ -935,6 +957,7 @@ def run_analyses(
         wall_seconds=time.perf_counter() - t_start,
         blocks_loaded=sum(p.loaded for p in parts),
         n_blocks=len(parts),
+        cpu_seconds=cpu,
     )
 
 

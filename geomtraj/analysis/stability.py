@@ -55,6 +55,7 @@ reported too.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -62,14 +63,16 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from geomtraj.analysis.base import (
     RunData,
     RunView,
     binomial_p,
     finite_or_none,
+    in_memory_array,
     parse_perturbation,
+    rows_in_memory,
     union_length,
 )
 from geomtraj.analysis.declaration import (
@@ -644,9 +647,7 @@ def run_data_arrays(ds: xr.Dataset, run: int, *, rounded: bool = True):
 
 def _full_columns(ds: xr.Dataset, run: int, n_params: int) -> np.ndarray | None:
     """Column of ``param`` holding each flat index, when every parameter is recorded; else None."""
-    pidx = ds["param_index"]
-    if "run" in pidx.dims:
-        pidx = pidx.isel(run=run)
+    pidx = RunView(ds, run)["param_index"] if "run" in ds["param_index"].dims else ds["param_index"]
     idx = np.asarray(pidx.values, dtype=np.int64)
     where = np.full(n_params, -1, np.int64)
     for col, flat in enumerate(idx):
@@ -931,6 +932,7 @@ class _StateViews:
         lazy = [n for n in _SMALL_TABLES if n in ds.variables]
         self.tables = [n for n in lazy if isinstance(ds[n].data, da.Array)]
         self.view, self.span = ds, (0, 0)
+        self._held = None  # the rows_in_memory registration of the chunk held
         if self.names:
             bounds = np.cumsum((0, *ds[self.names[0]].data.chunks[0]))
         else:
@@ -946,20 +948,40 @@ class _StateViews:
         lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
         inside = [r for r in self.runs if lo <= r < hi] or [run]
         r0, r1 = min(inside), max(inside) + 1
+        self.close()
         out = self.ds.copy()
+        rows = {}
         for name in self.names + self.tables:
             var = self.ds[name]
             lazy = var.data
-            if name in self.tables:
-                parts = [da.from_array(var.values)]
-            else:
-                block = var.isel(run=slice(r0, r1)).values
-                parts = [lazy[:r0], da.from_array(block, chunks=block.shape), lazy[r1:]]
-            parts = [p for p in parts if p.shape[0]]
+            if name in self.tables:  # small and the same for every run: plain NumPy
+                out[name] = (var.dims, np.asarray(var.values), var.attrs)
+                out[name].encoding = var.encoding
+                continue
+            rows[name] = block = var.isel(run=slice(r0, r1)).values
+            parts = [p for p in (lazy[:r0], in_memory_array(block), lazy[r1:]) if p.shape[0]]
             out[name] = (var.dims, da.concatenate(parts, axis=0), var.attrs)
             out[name].encoding = var.encoding
+        # per-run reads (RunView) index the rows instead of computing the dask graph each time
+        self._held = rows_in_memory(out, r0, rows)
+        self._held.__enter__()
         self.view, self.span = out, (r0, r1)
         return out
+
+    def close(self) -> None:
+        """Release the rows held for :class:`~geomtraj.analysis.base.RunView` reads."""
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS thread pools, found once (``threadpool_limits`` looks them up on every
+    call, scanning the loaded libraries: a few ms per run)."""
+    import scipy.sparse.linalg  # noqa: F401  (ARPACK's BLAS: loaded before the pools are listed)
+
+    return ThreadpoolController()
 
 
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
@@ -979,7 +1001,7 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     k = states.steps.size
     cols = {name: np.full(k, np.nan) for name in _CHECKPOINT_COLUMNS.values()}
     # tiny matrices: BLAS threads only add synchronisation (40x slower on a busy 2-core machine)
-    with threadpool_limits(1):
+    with _blas_controller().limit(limits=1):
         _fill_checkpoints(states, objective, params, h, cols)
     ratio = cols["sharpness"] / threshold
     bursts = run_bursts(rd, params.burst_signal)
@@ -990,6 +1012,14 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     return states, cols, ratio, threshold, bursts, cmp, max_lag
 
 
+#: Largest network whose Hessian-vector products run in the JIT kernels
+#: (:class:`geomtraj.analysis.hessian.KernelLinearisation`); above it the vectorised NumPy products
+#: are
+#: cheaper (crossover near 700 parameters on 64 points, ``benchmarks/bench_hvp.py``,
+#: docs/stability.md).
+KERNEL_HVP_MAX_PARAMS = 600
+
+
 def _fill_checkpoints(states, objective, params, h, cols) -> None:
     b1, b2, eps = h["beta1"], h["beta2"], h["eps"]
     # one solver per run: each checkpoint's Lanczos starts from the previous one's eigenvectors
@@ -997,11 +1027,13 @@ def _fill_checkpoints(states, objective, params, h, cols) -> None:
         method=params.eig_method, dense_max_params=params.dense_max_params, tol=params.eig_tol,
         power_iters=params.power_iters, seed=params.seed,
     )  # fmt: skip
+    # the JIT products are the cheaper below this size, NumPy's above (docs/stability.md)
+    kernel = objective.spec.n_params <= KERNEL_HVP_MAX_PARAMS
     for i, t in enumerate(states.steps):
         t = int(t)
         if not np.all(np.isfinite(states.theta[i])):
             continue
-        lin = objective.at(states.theta[i])
+        lin = objective.at(states.theta[i], kernel=kernel)
         P = adam_preconditioner(states.v[i], lin.grad, t, b1, b2, eps)
         s, hmax = solver(lin, P)
         cols["sharpness"][i], cols["hessian_max"][i], cols["loss"][i] = s, hmax, lin.loss
@@ -1068,52 +1100,56 @@ def analyze(
     matchable = np.zeros(len(run_list), bool)
     no_curvature = missing_curvature_inputs(ds)
     views = _StateViews(ds, run_list)  # full states read once per chunk of runs
-    for j, r in enumerate(run_list):
-        if no_curvature is not None:
-            _unmeasurable_run(ds, r, params, j, scalars, counts)
-            source[j], note[j] = "none", no_curvature
+    try:
+        for j, r in enumerate(run_list):
+            if no_curvature is not None:
+                _unmeasurable_run(ds, r, params, j, scalars, counts)
+                source[j], note[j] = "none", no_curvature
+                if progress is not None:
+                    progress(1)
+                continue
+            states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(
+                views(r), r, params, checkpoints
+            )
+            k = min(states.steps.size, slots)
+            ck_step[j, :k] = states.steps[:k]
+            for name, key in _CHECKPOINT_COLUMNS.items():
+                data[name][j, :k] = cols[key][:k]
+            data["sharpness_ratio"][j, :k] = ratio[:k]
+            scalars["threshold"][j] = threshold
+            scalars["max_lag"][j] = max_lag
+            counts["n_bursts"][j] = len(bursts)
+            counts["n_checkpoints"][j] = states.steps.size
+            source[j] = states.source
+            notes = [states.note] if states.note else []
+            res = cmp["resolution"]
+            matchable[j] = res is not None and res <= params.max_resolution_fraction * max_lag
+            if res is not None:
+                scalars["resolution"][j] = res
+            if not matchable[j]:
+                # interpolating the ratio across a gap wider than the lag window says nothing
+                # about where it crossed, so no onset statistic is computed
+                gap = f"checkpoints {res:g} steps apart" if res is not None else ""
+                gap = gap or "fewer than 2 checkpoints"
+                notes.append(
+                    f"{gap}, coarser than {params.max_resolution_fraction:g} of the "
+                    f"{max_lag:g}-step lag window; burst onsets cannot be matched with crossings"
+                )
+                counts["n_onsets"][j] = cmp["n_onsets"]
+            else:
+                for key in _RUN_SCALARS[2:-2]:
+                    if cmp[key] is not None:
+                        scalars[key][j] = cmp[key]
+                lags = cmp["lags"][np.isfinite(cmp["lags"])]
+                if lags.size:
+                    scalars["median_lag"][j] = float(np.median(lags))
+                for key in ("n_onsets", "n_crossings", "n_at_crossing"):
+                    counts[key][j] = cmp[key]
+            note[j] = "; ".join(notes)
             if progress is not None:
                 progress(1)
-            continue
-        states, cols, ratio, threshold, bursts, cmp, max_lag = _measure(
-            views(r), r, params, checkpoints
-        )
-        k = min(states.steps.size, slots)
-        ck_step[j, :k] = states.steps[:k]
-        for name, key in _CHECKPOINT_COLUMNS.items():
-            data[name][j, :k] = cols[key][:k]
-        data["sharpness_ratio"][j, :k] = ratio[:k]
-        scalars["threshold"][j] = threshold
-        scalars["max_lag"][j] = max_lag
-        counts["n_bursts"][j] = len(bursts)
-        counts["n_checkpoints"][j] = states.steps.size
-        source[j] = states.source
-        notes = [states.note] if states.note else []
-        res = cmp["resolution"]
-        matchable[j] = res is not None and res <= params.max_resolution_fraction * max_lag
-        if res is not None:
-            scalars["resolution"][j] = res
-        if not matchable[j]:
-            # interpolating the ratio across a gap wider than the lag window says nothing about
-            # where it crossed, so no onset statistic is computed
-            gap = "fewer than 2 checkpoints" if res is None else f"checkpoints {res:g} steps apart"
-            notes.append(
-                f"{gap}, coarser than {params.max_resolution_fraction:g} of the {max_lag:g}-step "
-                "lag window; burst onsets cannot be matched with crossings"
-            )
-            counts["n_onsets"][j] = cmp["n_onsets"]
-        else:
-            for key in _RUN_SCALARS[2:-2]:
-                if cmp[key] is not None:
-                    scalars[key][j] = cmp[key]
-            lags = cmp["lags"][np.isfinite(cmp["lags"])]
-            if lags.size:
-                scalars["median_lag"][j] = float(np.median(lags))
-            for key in ("n_onsets", "n_crossings", "n_at_crossing"):
-                counts[key][j] = cmp[key]
-        note[j] = "; ".join(notes)
-        if progress is not None:
-            progress(1)
+    finally:
+        views.close()
     variables = {name: (("run", "checkpoint"), arr) for name, arr in data.items()}
     variables["checkpoint_step"] = (("run", "checkpoint"), ck_step)
     variables.update({name: (("run",), arr) for name, arr in scalars.items()})
