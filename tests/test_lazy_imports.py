@@ -15,11 +15,11 @@ import sys
 import datafiles
 import pytest
 
+from geomtraj.analysis import _discovered
+
 HEAVY = ("scipy.signal", "matplotlib", "sklearn")
-ANALYSIS_MODULES = tuple(
-    f"geomtraj.analysis.{n}"
-    for n in ("periods", "spirals", "twins", "diffusion", "stability", "early_warning")
-)
+# every module that declares an analysis, found as the registry finds them (read as text)
+ANALYSIS_MODULES = tuple(_discovered().values())
 
 
 def _fresh(code: str, watched=HEAVY + ANALYSIS_MODULES) -> list[str]:

@@ -399,23 +399,35 @@ def test_report_json_links_its_tables_and_load_report_reads_them_back(fake_repor
     doc = _report_with_windows(fake_report, tmp_path)
     inline = tmp_path / "inline"
     files = write_report(doc, tmp_path)
-    assert tmp_path / "spiral_windows.csv" in files
+    assert tmp_path / "spiral_windows.csv.gz" in files
     on_disk = json.loads((tmp_path / "report.json").read_text())
     link = on_disk["spiral_windows"]
-    assert link["table"] == "spiral_windows.csv" and link["n_rows"] == 30
+    assert link["table"] == "spiral_windows.csv.gz" and link["n_rows"] == 30
     assert validate_report(on_disk) == []
     assert load_report(tmp_path) == to_jsonable(doc)
     assert doc["spiral_windows"][0]["window"] == 0  # the caller's document keeps its rows
     # the page and the Markdown name the file under the analysis that declares it
     md = (tmp_path / "report.md").read_text()
-    assert "Table `spiral_windows`: 30 rows of 13 columns in [spiral_windows.csv]" in md
-    assert 'href="spiral_windows.csv"' in (tmp_path / "report.html").read_text()
+    assert "Table `spiral_windows`: 30 rows of 13 columns in [spiral_windows.csv.gz]" in md
+    assert 'href="spiral_windows.csv.gz"' in (tmp_path / "report.html").read_text()
+    # the compressed table reads as it is with pandas, and the same rows give the same bytes
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "spiral_windows.csv.gz")) == 30
+    again = tmp_path / "again"
+    (again / "figures").mkdir(parents=True)
+    for f in (tmp_path / "figures").iterdir():
+        (again / "figures" / f.name).write_bytes(f.read_bytes())
+    write_report(doc, again)
+    assert (again / "spiral_windows.csv.gz").read_bytes() == (
+        tmp_path / "spiral_windows.csv.gz"
+    ).read_bytes()
     # a report written before tables were linked (rows inline) reads as it is
     (inline / "figures").mkdir(parents=True)
     for f in (tmp_path / "figures").iterdir():
         (inline / "figures" / f.name).write_bytes(f.read_bytes())
     write_report(doc, inline, link=False)
-    assert not (inline / "spiral_windows.csv").exists()
+    assert not (inline / "spiral_windows.csv.gz").exists()
     assert json.loads((inline / "report.json").read_text())["spiral_windows"][0]["window"] == 0
     assert load_report(inline) == load_report(tmp_path)
 
@@ -424,9 +436,9 @@ def test_a_damaged_table_is_refused(fake_report, tmp_path) -> None:
     from geomtraj.report import load_report, write_report
 
     write_report(_report_with_windows(fake_report, tmp_path), tmp_path)
-    table = tmp_path / "spiral_windows.csv"
+    table = tmp_path / "spiral_windows.csv.gz"
     good = table.read_bytes()
-    table.write_bytes(good.replace(b"\n1,", b"\n7,", 1))  # one number changed
+    table.write_bytes(good[:40] + bytes([good[40] ^ 1]) + good[41:])  # one bit changed
     with pytest.raises(GeomtrajError, match="checksum differs"):
         load_report(tmp_path)
     table.write_bytes(good[: len(good) // 2])  # cut short
@@ -463,13 +475,24 @@ def test_read_table_checks_rows_against_the_link(tmp_path) -> None:
         read_table(relink(data.replace(b"\n0,0,", b"\nx,0,", 1)), tmp_path)
     with pytest.raises(GeomtrajError, match="not a table link"):
         read_table({**link, "table": "../t.csv"}, tmp_path)
+    # compressed: the rows come back, and bytes that are no gzip stream are refused
+    gz = write_table(_window_rows(4), tmp_path / "t.csv.gz")
+    assert gz["format"] == "csv.gz" and read_table(gz, tmp_path) == read_table(
+        relink(data), tmp_path
+    )
+    (tmp_path / "t.csv.gz").write_bytes(data)
+    bad = {**gz, "sha256": hashlib.sha256(data).hexdigest()}
+    with pytest.raises(GeomtrajError, match="cannot be decoded"):
+        read_table(bad, tmp_path)
 
 
 def test_a_rewritten_report_leaves_no_stale_table(store, tmp_path) -> None:
     out = tmp_path / "rep"
     out.mkdir()
-    (out / "spiral_windows.csv").write_text("run,window\n0,0\n")
+    (out / "spiral_windows.csv").write_text("run,window\n0,0\n")  # uncompressed, older
+    (out / "spiral_windows.csv.gz").write_bytes(b"")
     (out / "notes.csv").write_text("mine\n")  # a file of the user's, not a table of a report
     rep = make_report(store, out, registry=FAKE, progress=False)
     assert "spiral_windows" not in rep.doc
     assert not (out / "spiral_windows.csv").exists() and (out / "notes.csv").exists()
+    assert not (out / "spiral_windows.csv.gz").exists()

@@ -59,8 +59,8 @@ FIELD_TYPES: dict[str, dict] = {
                 "type": "object",
                 "required": ["table", "format", "n_rows", "columns", "sha256"],
                 "properties": {
-                    "table": {"type": "string", "pattern": "^[^/\\\\]+\\.csv$"},
-                    "format": {"const": "csv"},
+                    "table": {"type": "string", "pattern": "^[^/\\\\]+\\.csv(\\.gz)?$"},
+                    "format": {"enum": ["csv", "csv.gz"]},
                     "n_rows": {"type": "integer", "minimum": 0},
                     "columns": {
                         "type": "array",

@@ -318,7 +318,9 @@ def make_report(
     for decl in declarations.values():
         for f in decl.fields:
             if f.type == "table":
-                (out / table_file(f.path)).unlink(missing_ok=True)
+                name = table_file(f.path)
+                (out / name).unlink(missing_ok=True)
+                (out / name.removesuffix(".gz")).unlink(missing_ok=True)  # uncompressed, older
     reports: dict[str, dict | None] = {}
     fig_entries: list[dict] = []
     failed: set[str] = set()

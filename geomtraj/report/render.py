@@ -457,7 +457,21 @@ def _cell(value, kind: str, note: str | None = None, css: str = "") -> dict:
         sort = str(value)
     classes = [c for c in (css, "s" if kind == "str" else "", "null" if value is None else "") if c]
     title = note if note and value is None else None
-    return {"text": fmt(value), "sort": sort, "cls": " ".join(classes), "title": title}
+    text = fmt(value)
+    # the page sorts on the shown text where it is the key (an id, a count, a note): a 1600-run
+    # report would otherwise carry every such cell twice
+    return {"text": text, "sort": None if _sorts_as(text, sort) else sort,
+            "cls": " ".join(classes), "title": title}  # fmt: skip
+
+
+def _sorts_as(text: str, sort: str) -> bool:
+    """True when ``text`` itself is the sort key ``sort`` (the same string or the same number)."""
+    if text == sort:
+        return True
+    try:
+        return sort != "" and float(text) == float(sort)
+    except ValueError:
+        return False
 
 
 def _head(header: str, kind: str, unit: str = "", title: str = "", cls: str = "") -> dict:
@@ -568,7 +582,7 @@ def html_page(doc: Mapping, figure_dir: str | Path) -> str:
     )  # fmt: skip
     for row in analyses["rows"]:
         status = row["cells"][1]
-        status["cls"] += " st-" + status["sort"].replace(" ", "-")
+        status["cls"] += " st-" + status["text"].replace(" ", "-")
     sections = []
     for sec in analysis_sections(doc):
         tables = [
