@@ -6,6 +6,7 @@ Every per-run analysis reads a store through :class:`RunData`, so memory stays b
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -317,6 +318,28 @@ class RunData:
 # ----------------------------------------------------------------- shared by several analyses
 
 _PERTURBATION = re.compile(r"^ulp:([+-]?\d+)@(.+)@t=(\d+)$")
+
+
+@functools.lru_cache(maxsize=1)
+def _thread_pools():
+    """The process's thread pools, listed once: ``threadpool_limits`` lists them on every call by
+    scanning the loaded libraries (a few ms)."""
+    # SciPy's BLAS (numba's np.dot, LAPACK, ARPACK) is loaded before the pools are listed
+    import scipy.linalg  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread(user_api: str | None = None):
+    """Context manager limiting the thread pools to one thread (only BLAS with ``user_api="blas"``).
+
+    The analyses' matrices are small, so BLAS threads only add start-up and spinning (40x slower
+    on a busy 2-core machine), and one thread keeps a product's summation order, and so its bits,
+    the same whatever the machine's core count; parallelism comes from processes.
+    """
+    return _thread_pools().limit(limits=1, user_api=user_api)
 
 
 def parse_perturbation(label: str):

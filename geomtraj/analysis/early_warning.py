@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from geomtraj.analysis.base import RunData
+from geomtraj.analysis.base import RunData, one_blas_thread
 from geomtraj.analysis.declaration import Analysis, Field, Figure, Needs
 from geomtraj.errors import GeomtrajError
 
@@ -268,11 +268,9 @@ def _sharpness_series(ds: xr.Dataset, run: int, params: EarlyWarningParams):
     objective = MLPObjective(spec, X, y, h["weight_decay"])
     threshold = st.stability_threshold(h["beta1"], h["lr"])
     ratio = np.full(states.steps.size, np.nan)
-    from threadpoolctl import threadpool_limits
-
     # one solver per run: each checkpoint's Lanczos starts from the previous one's eigenvectors
     solver = st.SharpnessSolver()
-    with threadpool_limits(1):
+    with one_blas_thread():
         for i, t in enumerate(states.steps):
             if not np.all(np.isfinite(states.theta[i])):
                 continue

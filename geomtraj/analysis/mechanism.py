@@ -45,6 +45,7 @@ from geomtraj.analysis.base import (
     RunData,
     binomial_p,
     finite_or_none,
+    one_blas_thread,
     parse_perturbation,
     union_length,
 )
@@ -275,8 +276,6 @@ class Track:
 
 def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -> Track:
     """Replay run ``run`` and track its preconditioned sharpness (see the module docstring)."""
-    from threadpoolctl import threadpool_limits
-
     from geomtraj.analysis.kernels import hvp as kc
 
     params = params or MechanismParams()
@@ -298,7 +297,7 @@ def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -
     n_hvp, mismatches, t_replay, t_track = 0, 0, 0.0, 0.0
     act, loss_code = kc.ACTIVATIONS[spec.activation], kc.LOSSES[spec.loss]
     every = params.dense_stride
-    with threadpool_limits(1):
+    with one_blas_thread():
         states = replay_states(ds, run, block=params.block, every=every)
         while True:
             t0 = time.process_time()

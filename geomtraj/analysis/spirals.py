@@ -113,8 +113,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
-from threadpoolctl import ThreadpoolController
 
+from geomtraj.analysis.base import one_blas_thread
 from geomtraj.analysis.declaration import (
     Analysis,
     Column,
@@ -733,17 +733,6 @@ def _as_batch(theta) -> np.ndarray:
 
 
 # -- measurement ---------------------------------------------------------------------------------
-_CONTROLLER: list[ThreadpoolController] = []
-
-
-def _one_blas_thread():
-    """Limit BLAS to one thread: the kernels' small Gram products and eigensolvers only lose to
-    thread start-up and spinning, and parallelism comes from processes."""
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
-
-
 def measure_windows(
     windows,
     params: SpiralParams = SpiralParams(),
@@ -809,7 +798,7 @@ def measure_windows(
         if len(pair) != 2 or not all(0 <= int(c) < p for c in pair) or pair[0] == pair[1]:
             raise GeomtrajError(f"pair={pair}; expected two different column indices in 0..{p - 1}")
         pair = (int(pair[0]), int(pair[1]))
-    with _one_blas_thread():
+    with one_blas_thread("blas"):
         return _measure(theta, params, keys, pair, test_all)
 
 

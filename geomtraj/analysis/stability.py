@@ -55,7 +55,6 @@ reported too.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -63,7 +62,6 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import ThreadpoolController
 
 from geomtraj.analysis.base import (
     RunData,
@@ -71,6 +69,7 @@ from geomtraj.analysis.base import (
     binomial_p,
     finite_or_none,
     in_memory_array,
+    one_blas_thread,
     parse_perturbation,
     rows_in_memory,
     union_length,
@@ -975,15 +974,6 @@ class _StateViews:
             self._held = None
 
 
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    """The process's BLAS thread pools, found once (``threadpool_limits`` looks them up on every
-    call, scanning the loaded libraries: a few ms per run)."""
-    import scipy.sparse.linalg  # noqa: F401  (ARPACK's BLAS: loaded before the pools are listed)
-
-    return ThreadpoolController()
-
-
 def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     """All per-checkpoint measurements and the burst comparison of one run."""
     from geomtraj.analysis.events import run_bursts
@@ -1001,7 +991,7 @@ def _measure(ds: xr.Dataset, run: int, params: StabilityParams, checkpoints):
     k = states.steps.size
     cols = {name: np.full(k, np.nan) for name in _CHECKPOINT_COLUMNS.values()}
     # tiny matrices: BLAS threads only add synchronisation (40x slower on a busy 2-core machine)
-    with _blas_controller().limit(limits=1):
+    with one_blas_thread():
         _fill_checkpoints(states, objective, params, h, cols)
     ratio = cols["sharpness"] / threshold
     bursts = run_bursts(rd, params.burst_signal)

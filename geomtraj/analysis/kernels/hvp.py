@@ -11,11 +11,12 @@ the fly. Analysis flags (``config.ANALYSIS_JIT``): these kernels never feed back
 Layout of the work arrays: ``(units, n_points)`` with ``units = sum(sizes)``, layer ``k``'s
 inputs in rows ``a_off[k]...`` and its outputs in rows ``a_off[k+1]...`` (``A`` activations with
 the inputs first, ``Z`` pre-activations, ``DL`` the back-propagated ``dL/dz``). The layer
-products are BLAS matrix products (``np.dot``, one thread under ``threadpool_limits(1)`` as the
-tracker runs, so deterministic): written as loops, their sums over points did not vectorise
-without fastmath and cost three times as much. Points are the contiguous inner axis of the
-element-wise loops, which vectorise (no operation is reordered), the activations through the
-branch-free tanh and sigmoid of :mod:`geomtraj.train.kernels.fpmath` (within 2.6 ulp of libm's).
+products are BLAS matrix products (``np.dot``, one thread under
+``geomtraj.analysis.base.one_blas_thread`` as the tracker runs, so deterministic): written as
+loops, their sums over points did not vectorise without fastmath and cost three times as much.
+Points are the contiguous inner axis of the element-wise loops, which vectorise (no operation is
+reordered), the activations through the branch-free tanh and sigmoid of
+:mod:`geomtraj.train.kernels.fpmath` (within 2.6 ulp of libm's).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def linearise(theta, sizes, n_layers, act, loss_code, X, y, wd, A, Z, D1, D2, DL
 
     ``X`` is ``(n_points, d_in)``; the work arrays are ``(units, n_points)``. ``grad`` includes
     weight decay ``wd*theta``; the loss does not (as the trainer records it). The layer products
-    are BLAS matrix products (``np.dot``; one thread under ``threadpool_limits(1)``, so
+    are BLAS matrix products (``np.dot``; one thread under ``one_blas_thread()``, so
     deterministic), the element-wise loops run over the points.
     """
     w_off, b_off, a_off, n_par = _offsets(sizes, n_layers)
