@@ -23,7 +23,9 @@ import geomtraj.accessor  # noqa: F401  (registers ds.geomtraj)
 import geomtraj.analysis
 from geomtraj.analysis.runner import (
     AnalyzeParams,
+    _run_chunk,
     parse_steps,
+    plan_blocks,
     run_analyses,
     select_runs,
     select_steps,
@@ -187,6 +189,19 @@ def test_local_processes_match_one_process(store) -> None:
     two = run_analyses(store, registry=FAKE, progress=False, jobs=2)
     xr.testing.assert_identical(one.results["periods"], two.results["periods"])
     assert {r: h.note for r, h in one.health.items()} == {r: h.note for r, h in two.health.items()}
+
+
+def test_small_stores_are_split_so_every_worker_gets_runs(ds) -> None:
+    runs = list(range(ds.sizes["run"]))
+    chunk = _run_chunk(ds)
+    by_chunk = plan_blocks(ds, runs)
+    assert by_chunk == [runs[i : i + chunk] for i in range(0, len(runs), chunk)]
+    for tasks in (1, 2, 3, len(runs), len(runs) + 3):
+        blocks = plan_blocks(ds, runs, tasks=tasks)
+        assert [r for b in blocks for r in b] == runs  # every run once, in order
+        assert len(blocks) >= min(tasks, len(runs))
+        assert all(len({r // chunk for r in b}) == 1 for b in blocks)  # a block stays in a chunk
+    assert plan_blocks(ds, [2, 0], tasks=5) == [[0], [2]]
 
 
 # ------------------------------------------------------------------------------- report.json

@@ -269,13 +269,29 @@ def _run_chunk(ds: xr.Dataset) -> int:
     return int(size) if size else max(1, int(ds.sizes["run"]))
 
 
-def plan_blocks(ds: xr.Dataset, runs: Sequence[int]) -> list[list[int]]:
-    """Selected runs grouped by the store's run-chunk, in run order (one block per chunk)."""
+def plan_blocks(ds: xr.Dataset, runs: Sequence[int], tasks: int = 1) -> list[list[int]]:
+    """Selected runs grouped by the store's run-chunk, in run order (one block per chunk).
+
+    With fewer chunks than ``tasks`` (the workers that will share them), chunks are split into
+    runs of near-equal count until there are ``tasks`` blocks or every block is one run, so that
+    a small store still keeps every worker busy; two blocks of one chunk each decompress it, which
+    costs far less than a worker left idle. Results do not depend on the split: every analysis
+    works run by run.
+    """
     size = _run_chunk(ds)
-    blocks: dict[int, list[int]] = {}
+    by_chunk: dict[int, list[int]] = {}
     for r in sorted(runs):
-        blocks.setdefault(r // size, []).append(int(r))
-    return list(blocks.values())
+        by_chunk.setdefault(r // size, []).append(int(r))
+    blocks = list(by_chunk.values())
+    if len(blocks) >= tasks:
+        return blocks
+    # each chunk gets parts in proportion to its runs
+    total = sum(len(b) for b in blocks)
+    out: list[list[int]] = []
+    for b in blocks:
+        parts = min(len(b), -(-tasks * len(b) // total))  # ceil: at least min(tasks, runs)
+        out.extend(a.tolist() for a in np.array_split(np.asarray(b), parts))
+    return out
 
 
 # ------------------------------------------------------------------------------------- scan
@@ -871,7 +887,15 @@ def run_analyses(
             raise GeomtrajError(f"parameters of {name}: {exc}") from None
     picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
     select_steps(ds, steps)  # raises early for an empty step range
-    blocks = plan_blocks(ds, picked)
+    # small stores are split so that every worker (local process or dask thread) gets a block
+    client = _connect(scheduler) if scheduler else None
+    try:
+        workers = sum(client.nthreads().values()) if client is not None else jobs
+        blocks = plan_blocks(ds, picked, tasks=max(1, workers))
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     per_run_points = max(
         2, min(params.overview_points, params.overview_total_points // len(picked))
     )
@@ -899,8 +923,7 @@ def run_analyses(
         counted[0] = 0
 
     try:
-        if scheduler:
-            client = _connect(scheduler)
+        if client is not None:
             try:
                 from distributed import as_completed
 
