@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import re
+import warnings
 
 import fake_analysis
 import fake_broken_analysis
@@ -189,6 +190,26 @@ def test_local_processes_match_one_process(store) -> None:
     two = run_analyses(store, registry=FAKE, progress=False, jobs=2)
     xr.testing.assert_identical(one.results["periods"], two.results["periods"])
     assert {r: h.note for r, h in one.health.items()} == {r: h.note for r, h in two.health.items()}
+
+
+def test_unifying_run_chunks_stays_silent() -> None:
+    # a run table in one chunk beside per-run arrays in run-chunks, with step and snapshot axes
+    # of many chunks: dask would warn that unifying multiplies chunks, on every user's terminal
+    import dask.array as da
+
+    from geomtraj.store.zarrstore import unified_chunks
+
+    ds = xr.Dataset(
+        {
+            "loss": (("run", "step"), da.zeros((16, 200), chunks=(8, 10))),
+            "theta_snapshot": (("run", "snapshot"), da.zeros((16, 40), chunks=(8, 2))),
+            "seed": ("run", da.zeros(16, chunks=16)),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = unified_chunks(ds)
+    assert out.chunks["run"] == (8, 8) and out["seed"].data.chunks == ((8, 8),)
 
 
 def test_small_stores_are_split_so_every_worker_gets_runs(ds) -> None:

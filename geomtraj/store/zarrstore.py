@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -395,17 +396,24 @@ def open_store(
 
 
 def unified_chunks(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with one chunking per dimension (a no-op for stores geomtraj writes).
+    """``ds`` with one chunking per dimension.
 
-    Another producer's arrays may be chunked differently along a shared dimension (``theta`` and
-    ``param_name`` along ``param``), which makes whole-Dataset operations raise "inconsistent
-    chunks"; :meth:`xarray.Dataset.unify_chunks` splits each dask array at the union of the
-    boundaries, so every chunk read still lies inside one on-disk chunk.
+    Arrays may be chunked differently along a shared dimension: in a geomtraj store the run
+    table (one chunk) and the per-run arrays (run-chunks) along ``run``, and in
+    another producer's ``theta`` and ``param_name`` along ``param``. That makes whole-Dataset
+    operations raise "inconsistent chunks"; :meth:`xarray.Dataset.unify_chunks` splits each dask
+    array at the union of the boundaries, so every chunk read still lies inside one on-disk
+    chunk. Dask warns that the split makes more chunks; here that is the intent and costs only
+    the small run-table reads, so the warning (which reached every user's terminal) is silenced.
     """
     try:
         ds.chunks  # noqa: B018 - raises ValueError when chunks disagree
     except ValueError:
-        return ds.unify_chunks()
+        from dask.array.core import PerformanceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerformanceWarning)
+            return ds.unify_chunks()
     return ds
 
 
