@@ -1010,8 +1010,8 @@ def _figure_run(ds: xr.Dataset, r: xr.Dataset, outdir, plt):
     ax.semilogy(it, loss, lw=0.6, color="C0")
     onsets = r["burst_onset"].values
     onsets = onsets[np.isfinite(onsets)]
-    for o in onsets:
-        ax.axvline(o, color="C3", lw=0.4, alpha=0.5)
+    # one collection for all onsets: an axvline each (thousands in a long run) cost seconds a page
+    ax.vlines(onsets, 0, 1, transform=ax.get_xaxis_transform(), color="C3", lw=0.4, alpha=0.5)
     ax.set_ylabel("loss")
     ax.set_title(
         f"run {run.run}: {run.hyper['precision']} {run.hyper['hidden']} beta1={run.hyper['beta1']}"
