@@ -151,6 +151,28 @@ def test_principal_planes_match_svd():
         assert top[i] / total[i] == pytest.approx(frac, rel=1e-12)
 
 
+def test_inverse_rfft_matches_pocketfft_at_every_length():
+    # the matrix product replaces pocketfft for short lengths and large prime factors; it must
+    # give the same series to rounding, ignoring the imaginary parts of the zero-frequency and
+    # Nyquist bins as irfft does
+    rng = np.random.default_rng(7)
+    by_matrix = []
+    for m in range(2, 600):
+        shape = (3, 2, m // 2 + 1)
+        spec = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+        want = scipy.fft.irfft(spec, n=m, axis=-1)
+        got = sp.inverse_rfft(spec.copy(), m)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14 * np.abs(want).max())
+        by_matrix.append(sp._matrix_dft(m))
+    assert all(by_matrix[:63])  # lengths 2..64
+    assert sp._matrix_dft(127) and sp._matrix_dft(4 * 31) is False and sp._matrix_dft(128) is False
+    assert sp._matrix_dft(509) and not sp._matrix_dft(521)  # primes, below and above the cap
+    assert [sp._largest_prime_factor(k) for k in (1, 2, 12, 97, 4 * 97, 2 * 3 * 5 * 7)] == [
+        1, 2, 3, 97, 97, 7,
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("m", [40, 41])
 def test_apply_phases_matches_naive_and_keeps_the_spectrum(m):
     rng = np.random.default_rng(m)
