@@ -41,6 +41,7 @@ from geomtraj.analysis.kernels.winding import (
     PHASE_SIN,
     _apply_phases,
     _atan2_approx,
+    _min_p_values,
     _plane_features,
     _plane_features_batch,
     _plane_turn,
@@ -149,6 +150,21 @@ def test_principal_planes_match_svd():
         np.testing.assert_allclose(np.abs(axes[i].T @ ref), np.eye(2), atol=1e-10)
         assert np.all(axes[i][np.argmax(np.abs(axes[i]), axis=0), [0, 1]] > 0)
         assert top[i] / total[i] == pytest.approx(frac, rel=1e-12)
+
+
+def test_min_p_values_match_the_definition_with_ties():
+    # samples from few levels, so that ties between the window and its surrogates are common
+    rng = np.random.default_rng(11)
+    for n in (1, 19, 199):
+        surr_a, surr_b = rng.integers(0, 6, (40, n)) / 5.0, rng.integers(0, 4, (40, n)) / 3.0
+        obs_a, obs_b = rng.integers(0, 6, 40) / 5.0, rng.integers(0, 4, 40) / 3.0
+        got = np.empty(40)
+        _min_p_values(obs_a, surr_a, obs_b, surr_b, got)
+        for i in range(40):
+            samples = [np.append(obs_a[i], surr_a[i]), np.append(obs_b[i], surr_b[i])]
+            ranks = [np.mean(x[None, :] >= x[:, None], axis=1) for x in samples]
+            t = np.minimum(*ranks)
+            assert got[i] == np.mean(t <= t[0])
 
 
 def test_inverse_rfft_matches_pocketfft_at_every_length():

@@ -132,6 +132,7 @@ from geomtraj.analysis.kernels.winding import (
     PHASE_LEVELS,
     PHASE_SIN,
     _apply_phases,
+    _min_p_values,
     _plane_features_batch,
     _plane_turn,
     _plane_turns,
@@ -659,17 +660,6 @@ def surrogate_scores(
     return coh, quad
 
 
-def _rank_p(observed: np.ndarray, surr: np.ndarray) -> np.ndarray:
-    """Monte Carlo p-values of every sample (observed first, then surrogates) among all of them:
-    ``#{samples scoring at least as high} / (n + 1)``."""
-    both = np.concatenate([observed[:, None], surr], axis=1)
-    ranks = np.sort(both, axis=1)
-    at_least = both.shape[1] - np.array(
-        [np.searchsorted(row, vals, side="left") for row, vals in zip(ranks, both, strict=True)]
-    )
-    return at_least / both.shape[1]
-
-
 def surrogate_test(
     xs: np.ndarray,
     ys: np.ndarray,
@@ -760,8 +750,9 @@ def surrogate_test(
     full = used == n
     if np.any(full):
         rows = np.flatnonzero(full)
-        t = np.minimum(_rank_p(obs_coh[rows], coh[rows]), _rank_p(obs_quad[rows], quad[rows]))
-        p_value[rows] = np.mean(t <= t[:, :1], axis=1)
+        full_p = np.empty(rows.size)
+        _min_p_values(obs_coh[rows], coh[rows], obs_quad[rows], quad[rows], full_p)
+        p_value[rows] = full_p
     return p_value, used
 
 

@@ -343,6 +343,39 @@ def _apply_phases(spec, phase_index, keep_last, amp, beta, cos_table, sin_table,
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _min_p_values(obs_a, surr_a, obs_b, surr_b, out):
+    """The min-p combination of two surrogate statistics, per row (JIT-compiled).
+
+    Row ``i`` has ``n + 1`` samples of each statistic, the window's (``obs_a[i]``, ``obs_b[i]``)
+    and its surrogates' (``surr_a[i]``, ``surr_b[i]``). Every sample gets the count of samples
+    scoring at least as high on each statistic, ``T`` is the smaller of its two counts, and
+    ``out[i] = #{samples with T <= T_window} / (n + 1)``: the p-value of the min-p test with
+    ``p = count / (n + 1)`` per statistic (the same numbers in counts, so no rounding enters).
+    """
+    n_rows, n = surr_a.shape
+    total = n + 1
+    a = np.empty(total)
+    b = np.empty(total)
+    t = np.empty(total, dtype=np.int64)
+    for i in range(n_rows):
+        a[0] = obs_a[i]
+        b[0] = obs_b[i]
+        a[1:] = surr_a[i]
+        b[1:] = surr_b[i]
+        sa = np.sort(a)
+        sb = np.sort(b)
+        ia = np.searchsorted(sa, a)  # side "left": samples below each value
+        ib = np.searchsorted(sb, b)
+        for j in range(total):
+            t[j] = min(total - ia[j], total - ib[j])
+        count = 0
+        for j in range(total):
+            if t[j] <= t[0]:
+                count += 1
+        out[i] = count / total
+
+
+@numba.njit(**ANALYSIS_JIT)
 def _window_residual(x, half, r):
     """``r_t = x_{t+half} - mean(x_{t..t+2 half})``, centred over time, into ``r`` (m, p); a running
     sum over a reference-shifted copy keeps cancellation small (JIT-compiled)."""
