@@ -42,6 +42,7 @@ from geomtraj.analysis.kernels.winding import (
     _apply_phases,
     _atan2_approx,
     _min_p_values,
+    _moving_average,
     _plane_features,
     _plane_features_batch,
     _plane_turn,
@@ -150,6 +151,27 @@ def test_principal_planes_match_svd():
         np.testing.assert_allclose(np.abs(axes[i].T @ ref), np.eye(2), atol=1e-10)
         assert np.all(axes[i][np.argmax(np.abs(axes[i]), axis=0), [0, 1]] > 0)
         assert top[i] / total[i] == pytest.approx(frac, rel=1e-12)
+
+
+def test_moving_average_is_the_clipped_mean_bit_for_bit():
+    # the interior loop is split from the clipped ends so that it vectorises: the same operations
+    # as the plain loop, so the same bits, at every length and half-width (shorter than the
+    # window included)
+    rng = np.random.default_rng(5)
+    for n in range(1, 14):
+        for half in range(0, 6):
+            v = rng.standard_normal(n)
+            csum = [0.0]
+            for x in v:
+                csum.append(csum[-1] + x)
+            want = [
+                (csum[min(n, t + half + 1)] - csum[max(0, t - half)])
+                / (min(n, t + half + 1) - max(0, t - half))
+                for t in range(n)
+            ]
+            got = np.empty(n)
+            _moving_average(v, half, got)
+            assert got.tolist() == want
 
 
 def test_min_p_values_match_the_definition_with_ties():

@@ -58,11 +58,28 @@ def _phase_increments(x, y, out):
 @numba.njit(**ANALYSIS_JIT)
 def _moving_average(v, half, out):
     """Centred moving average of ``v`` over ``2*half+1`` samples, clipped at the ends."""
+    _moving_average_into(v, half, out, np.empty(v.shape[0] + 1))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _moving_average_into(v, half, out, csum):
+    """:func:`_moving_average` with a scratch array ``csum`` of ``len(v) + 1``, so that a loop
+    over surrogates allocates it once; the interior, where no clipping happens, is a loop
+    without branches that vectorises (the same operations as at the ends, so the same bits)."""
     n = v.shape[0]
-    csum = np.zeros(n + 1)
+    csum[0] = 0.0
     for t in range(n):
         csum[t + 1] = csum[t] + v[t]
-    for t in range(n):
+    inner_lo = min(half, n)
+    inner_hi = max(inner_lo, n - half - 1)
+    for t in range(inner_lo):
+        lo = max(0, t - half)
+        hi = min(n, t + half + 1)
+        out[t] = (csum[hi] - csum[lo]) / (hi - lo)
+    width = 2 * half + 1
+    for t in range(inner_lo, inner_hi):
+        out[t] = (csum[t + half + 1] - csum[t - half]) / width
+    for t in range(inner_hi, n):
         lo = max(0, t - half)
         hi = min(n, t + half + 1)
         out[t] = (csum[hi] - csum[lo]) / (hi - lo)
@@ -115,9 +132,15 @@ def _ols(tt, yy, lo, hi):
 @numba.njit(**ANALYSIS_JIT)
 def _radius(x, y, radius_half, rad, rs):
     """Radius ``|w_t|`` into ``rad`` and its centred moving average into ``rs``."""
+    _radius_into(x, y, radius_half, rad, rs, np.empty(x.shape[0] + 1))
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _radius_into(x, y, radius_half, rad, rs, csum):
+    """:func:`_radius` with the scratch ``csum`` of :func:`_moving_average_into`."""
     for t in range(x.shape[0]):
         rad[t] = math.sqrt(x[t] * x[t] + y[t] * y[t])
-    _moving_average(rad, radius_half, rs)
+    _moving_average_into(rad, radius_half, rs, csum)
 
 
 @numba.njit(**ANALYSIS_JIT)
@@ -145,14 +168,16 @@ def _winding_score(x, y, active_fraction, radius_half):
     The statistic of the surrogate test: turns of coherent rotation. 0 for an empty trajectory.
     """
     n = x.shape[0]
-    return _winding_score_into(x, y, active_fraction, radius_half, np.empty(n), np.empty(n))
+    return _winding_score_into(
+        x, y, active_fraction, radius_half, np.empty(n), np.empty(n), np.empty(n + 1)
+    )
 
 
 @numba.njit(**ANALYSIS_JIT)
-def _winding_score_into(x, y, active_fraction, radius_half, rad, rs):
-    """:func:`_winding_score` with scratch arrays ``rad`` and ``rs`` of the trajectory's length,
-    so that a loop over surrogates allocates them once (JIT-compiled)."""
-    _radius(x, y, radius_half, rad, rs)
+def _winding_score_into(x, y, active_fraction, radius_half, rad, rs, csum):
+    """:func:`_winding_score` with scratch arrays ``rad`` and ``rs`` of the trajectory's length
+    and ``csum`` one longer, so that a loop over surrogates allocates them once (JIT-compiled)."""
+    _radius_into(x, y, radius_half, rad, rs, csum)
     peak, a, b = _gate(rs, active_fraction)
     if not rs[peak] > 0.0:
         return 0.0
@@ -179,11 +204,12 @@ def _winding_scores(surr, active_fraction, radius_half, out):
     n = surr.shape[3]
     rad = np.empty(n)
     rs = np.empty(n)
+    csum = np.empty(n + 1)
     for job in range(n_win * n_surr):
         i = job // n_surr
         k = job - i * n_surr
         out[i, k] = _winding_score_into(
-            surr[i, k, 0], surr[i, k, 1], active_fraction, radius_half, rad, rs
+            surr[i, k, 0], surr[i, k, 1], active_fraction, radius_half, rad, rs, csum
         )
 
 
@@ -252,6 +278,7 @@ def _winding_scores_below(surr, exact_from, active_fraction, radius_half, out):
     n = surr.shape[3]
     rad = np.empty(n)
     rs = np.empty(n)
+    csum = np.empty(n + 1)
     dphi = np.empty(n)
     # rounding of two sums of at most n terms each of size at most pi c_t, and of the bound
     slack = ATAN_ERROR + 4.0 * n * 2.3e-16 * math.pi
@@ -259,7 +286,7 @@ def _winding_scores_below(surr, exact_from, active_fraction, radius_half, out):
         for k in range(n_surr):
             x = surr[i, k, 0]
             y = surr[i, k, 1]
-            _radius(x, y, radius_half, rad, rs)
+            _radius_into(x, y, radius_half, rad, rs, csum)
             peak, a, b = _gate(rs, active_fraction)
             if not rs[peak] > 0.0:
                 out[i, k] = 0.0
@@ -281,7 +308,7 @@ def _winding_scores_below(surr, exact_from, active_fraction, radius_half, out):
             if den > err and (abs(num) + err) / (den - err) < exact_from[i]:
                 out[i, k] = approx
             else:
-                out[i, k] = _winding_score_into(x, y, active_fraction, radius_half, rad, rs)
+                out[i, k] = _winding_score_into(x, y, active_fraction, radius_half, rad, rs, csum)
 
 
 #: Random phases are drawn as ``2 pi j / 2**16`` with ``j`` uniform on ``0 .. 2**16 - 1``: a
