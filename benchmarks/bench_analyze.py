@@ -9,14 +9,17 @@ One invocation
    4,000-step copy of two of its runs, analysed too, so no figure includes it);
 2. runs the study's analyses (periods, spirals, diffusion, stability) on the whole store in this
    process as ``geomtraj analyze --jobs 1`` does (:func:`geomtraj.analysis.runner.run_analyses`:
-   the store
-   is checked and read into memory once, then each analysis runs), after the same warm-up;
+   the store is checked and read into memory once, then each analysis runs), after the same
+   warm-up;
 3. times ``scipy.signal.welch`` on the series the period analysis reads (``v`` and ``theta`` of the
    recorded parameters and the log loss of each run, with its segment settings; the arrays are
    read from the store outside the clock), the baseline of the period analysis;
-4. with ``--workers N``, runs the same analyses (no report) on a ``dask.distributed``
-   LocalCluster of N single-threaded worker processes, one task per block of runs (a store run
-   chunk, 8 runs here), after a warm-up call: how the wall time falls with workers;
+4. runs the same call with ``jobs=J`` local worker processes for each ``J > 1`` of ``--jobs``
+   (their start-up included, as in every command), and with ``--workers N`` on a
+   ``dask.distributed`` LocalCluster of N single-threaded worker processes after a warm-up
+   call (workers started and kernels loaded, as in a long study): how the wall time falls with
+   workers. A store with fewer run-chunks than workers is split into blocks of runs so that
+   every worker gets some; training, beside, uses the machine's cores through its threads;
 5. times ``geomtraj analyze STORE --analyses periods,spirals,diffusion,stability --jobs J`` for
    each ``J`` of ``--jobs`` as a separate process (start-up, store check, report and figures
    included), and with ``--workers N`` also on the LocalCluster (``--no-cli`` skips step 5).
@@ -28,7 +31,7 @@ All figures are per run (seconds), from the same store on the same machine in th
 
 To measure another version of the analyses with this script, put its source first on the path
 (``PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_analyze.py``); the CLI
-runs of step 4 inherit that path.
+runs of steps 4 and 5 inherit that path.
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="directory to keep the store and reports in")
     args = ap.parse_args()
     cli = not args.no_cli
-    jobs = [int(j) for j in args.jobs.split(",") if j] if cli else []
+    jobs = [int(j) for j in args.jobs.split(",") if j]
     workers = [int(w) for w in args.workers.split(",") if int(w) > 0]
 
     import geomtraj
@@ -203,16 +206,18 @@ def main() -> None:
     t_train, c_train = train_store(cfg, store)
     t_an, t_wall, c_an = time_analyses(store)
     t_welch = time_welch(store)
+    # the same call with local worker processes (their start-up included, as in every command)
+    t_spread = [(f"{j} local processes", j, time_analyses(store, jobs=j)[1]) for j in jobs if j > 1]
     t_cli = {f"--jobs {j}": time_cli(store, root / f"report-j{j}", ["--jobs", str(j)])
-             for j in jobs}  # fmt: skip
-    t_spread: dict[str, float] = {}
+             for j in (jobs if cli else [])}  # fmt: skip
     for w in workers:
         from dask.distributed import LocalCluster
 
         with LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster:
             address = cluster.scheduler_address
             time_analyses(store, scheduler=address)  # the workers compile (or load) kernels
-            t_spread[f"LocalCluster, {w} worker(s)"] = time_analyses(store, scheduler=address)[1]
+            t_w = time_analyses(store, scheduler=address)[1]
+            t_spread.append((f"LocalCluster, {w} worker(s)", w, t_w))
             if cli:
                 t_cli[f"LocalCluster {w} workers"] = time_cli(
                     store, root / f"report-w{w}", ["--scheduler", address]
@@ -234,12 +239,14 @@ def main() -> None:
     print(f"  scipy.signal.welch baseline  {t_welch / n:8.3f}   (periods / welch = "
           f"{t_an['periods'] / t_welch:.2f}; bar: <= 3)")  # fmt: skip
     if t_spread:
-        blocks = len(plan_blocks(open_store(store), range(n)))
-        print(f"the four analyses, wall time over {blocks} block(s) of runs, per run:")
+        print("the four analyses with store check and read, wall time per run (training used "
+              f"{c_train / t_train:.1f} cores):")  # fmt: skip
         print(f"  in this process              {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
               "training)")  # fmt: skip
-        for label, t in t_spread.items():
-            print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)")
+        for label, k, t in t_spread:
+            blocks = len(plan_blocks(open_store(store), range(n), tasks=k))
+            print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training; {blocks} "
+                  "blocks)")  # fmt: skip
     if t_cli:
         print("geomtraj analyze, whole command (start-up, check, report, figures), per run:")
     for label, t in t_cli.items():
