@@ -187,9 +187,13 @@ def test_failures_are_isolated_and_reported(store, tmp_path) -> None:
 @pytest.mark.slow
 def test_local_processes_match_one_process(store) -> None:
     one = run_analyses(store, registry=FAKE, progress=False)
-    two = run_analyses(store, registry=FAKE, progress=False, jobs=2)
-    xr.testing.assert_identical(one.results["periods"], two.results["periods"])
-    assert {r: h.note for r, h in one.health.items()} == {r: h.note for r, h in two.health.items()}
+    # two processes take the two run-chunks; three split them into four blocks (8 + 3 runs)
+    for jobs, blocks in ((2, 2), (3, 4)):
+        many = run_analyses(store, registry=FAKE, progress=False, jobs=jobs)
+        assert many.n_blocks == blocks
+        xr.testing.assert_identical(one.results["periods"], many.results["periods"])
+        notes = {r: h.note for r, h in many.health.items()}
+        assert {r: h.note for r, h in one.health.items()} == notes
 
 
 def test_unifying_run_chunks_stays_silent() -> None:

@@ -566,15 +566,16 @@ def _matrix_dft(m: int) -> bool:
     return m <= _MATRIX_DFT_MAX and 4 * _largest_prime_factor(m) > m
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)  # at most 64 x 2 MB (length 512); building one takes ~1 ms
 def _inverse_dft_matrix(m: int) -> np.ndarray:
     """The real ``(2 n_bins, m)`` matrix ``B`` with ``irfft(X, m) = view_as_real(X) @ B``.
 
     Rows alternate the real and the imaginary part of each bin, as a complex array viewed as
     float64 does: ``x_t = (1/m) sum_f w_f (Re X_f cos(2 pi f t/m) - Im X_f sin(2 pi f t/m))``
     with ``w_f = 2`` except 1 at zero frequency and (even ``m``) the Nyquist bin, whose imaginary
-    parts are ignored, as ``irfft`` ignores them. The angle ``f t`` is reduced modulo ``m`` in
-    integers first, so every entry is the correctly rounded cosine or sine of ``2 pi k/m``.
+    parts are ignored, as ``irfft`` ignores them. The product ``f t`` is reduced modulo ``m`` in
+    integers first, so every angle lies in ``[0, 2 pi)`` and every entry is within a few
+    roundings of its exact value whatever ``f t``.
     """
     n_bins = m // 2 + 1
     f = np.arange(n_bins)[:, None]
