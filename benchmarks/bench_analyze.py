@@ -19,7 +19,10 @@ One invocation
    ``dask.distributed`` LocalCluster of N single-threaded worker processes after a warm-up
    call (workers started and kernels loaded, as in a long study): how the wall time falls with
    workers. A store with fewer run-chunks than workers is split into blocks of runs so that
-   every worker gets some; training, beside, uses the machine's cores through its threads;
+   every worker gets some; training, beside, uses the machine's cores through its threads.
+   The cluster's workers run without the ``MALLOC_TRIM_THRESHOLD_=65536`` that dask's nanny
+   sets by default, which makes glibc map and unmap every large temporary array and slows the
+   analyses by about 20% (README, "Dask workers"); ``--dask-malloc-trim`` keeps dask's setting;
 5. times ``geomtraj analyze STORE --analyses periods,spirals,diffusion,stability --jobs J`` for
    each ``J`` of ``--jobs`` as a separate process (start-up, store check, report and figures
    included), and with ``--workers N`` also on the LocalCluster (``--no-cli`` skips step 5).
@@ -27,7 +30,8 @@ One invocation
 All figures are per run (seconds), from the same store on the same machine in the same run.
 
     .venv/bin/python benchmarks/bench_analyze.py [--runs 6] [--steps 50000] [--params 8]
-        [--snapshot-every 2500] [--jobs 1,2] [--workers 0] [--no-cli] [--keep DIR]
+        [--snapshot-every 2500] [--jobs 1,2] [--workers 0] [--dask-malloc-trim] [--no-cli]
+        [--keep DIR]
 
 To measure another version of the analyses with this script, put its source first on the path
 (``PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_analyze.py``); the CLI
@@ -168,6 +172,8 @@ def main() -> None:
     ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values to time")
     ap.add_argument("--workers", default="0",
                     help="comma-separated LocalCluster sizes to time (0: none)")  # fmt: skip
+    ap.add_argument("--dask-malloc-trim", action="store_true",
+                    help="keep dask's MALLOC_TRIM_THRESHOLD_ in the cluster's workers")  # fmt: skip
     ap.add_argument("--no-cli", action="store_true",
                     help="skip the whole-command timings (report and figures)")  # fmt: skip
     ap.add_argument("--keep", default=None, help="directory to keep the store and reports in")
@@ -210,14 +216,21 @@ def main() -> None:
     t_spread = [(f"{j} local processes", j, time_analyses(store, jobs=j)[1]) for j in jobs if j > 1]
     t_cli = {f"--jobs {j}": time_cli(store, root / f"report-j{j}", ["--jobs", str(j)])
              for j in (jobs if cli else [])}  # fmt: skip
+    trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
     for w in workers:
+        import dask
         from dask.distributed import LocalCluster
 
-        with LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster:
+        unset = {} if args.dask_malloc_trim else {trim: None}
+        with (
+            dask.config.set(unset),
+            LocalCluster(n_workers=w, threads_per_worker=1, processes=True) as cluster,
+        ):
             address = cluster.scheduler_address
             time_analyses(store, scheduler=address)  # the workers compile (or load) kernels
             t_w = time_analyses(store, scheduler=address)[1]
-            t_spread.append((f"LocalCluster, {w} worker(s)", w, t_w))
+            label = f"LocalCluster, {w} worker(s)" + (", trim" if args.dask_malloc_trim else "")
+            t_spread.append((label, w, t_w))
             if cli:
                 t_cli[f"LocalCluster {w} workers"] = time_cli(
                     store, root / f"report-w{w}", ["--scheduler", address]
