@@ -924,6 +924,7 @@ def run_analyses(
 
     try:
         if client is not None:
+            futures: list = []  # cancelled below, whatever fails first
             try:
                 from distributed import as_completed
 
