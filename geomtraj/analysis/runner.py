@@ -272,11 +272,11 @@ def _run_chunk(ds: xr.Dataset) -> int:
 def plan_blocks(ds: xr.Dataset, runs: Sequence[int], tasks: int = 1) -> list[list[int]]:
     """Selected runs grouped by the store's run-chunk, in run order (one block per chunk).
 
-    With fewer chunks than ``tasks`` (the workers that will share them), chunks are split into
-    runs of near-equal count until there are ``tasks`` blocks or every block is one run, so that
-    a small store still keeps every worker busy; two blocks of one chunk each decompress it, which
-    costs far less than a worker left idle. Results do not depend on the split: every analysis
-    works run by run.
+    With fewer chunks than ``tasks`` (the workers that will share them), each chunk is split
+    into blocks of near-equal run counts, as many as its share of the runs asks for (rounded up),
+    so that there are at least ``min(tasks, runs)`` blocks and a small store still keeps every
+    worker busy; two blocks of one chunk each decompress it, which costs far less than a worker
+    left idle. Results do not depend on the split: every analysis works run by run.
     """
     size = _run_chunk(ds)
     by_chunk: dict[int, list[int]] = {}
