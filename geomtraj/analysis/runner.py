@@ -887,15 +887,6 @@ def run_analyses(
             raise GeomtrajError(f"parameters of {name}: {exc}") from None
     picked = list(range(ds.sizes["run"])) if runs is None else select_runs(ds, runs)
     select_steps(ds, steps)  # raises early for an empty step range
-    # small stores are split so that every worker (local process or dask thread) gets a block
-    client = _connect(scheduler) if scheduler else None
-    try:
-        workers = sum(client.nthreads().values()) if client is not None else jobs
-        blocks = plan_blocks(ds, picked, tasks=max(1, workers))
-    except BaseException:
-        if client is not None:
-            client.close()
-        raise
     per_run_points = max(
         2, min(params.overview_points, params.overview_total_points // len(picked))
     )
@@ -922,7 +913,12 @@ def run_analyses(
         bar.update(max(0, len(res.runs) * per_run - counted[0]), f"insufficient {bad}")
         counted[0] = 0
 
+    client = None
     try:
+        client = _connect(scheduler) if scheduler else None
+        # small stores are split so that every worker (local process or dask thread) gets a block
+        workers = sum(client.nthreads().values()) if client is not None else jobs
+        blocks = plan_blocks(ds, picked, tasks=max(1, workers))
         if client is not None:
             futures: list = []  # cancelled below, whatever fails first
             try:
@@ -936,7 +932,6 @@ def run_analyses(
                     collect(fut.result())
             finally:
                 client.cancel(futures)  # on an error or Ctrl-C, stop the rest
-                client.close()
         elif jobs > 1 and len(blocks) > 1:
             with ProcessPoolExecutor(
                 max_workers=min(jobs, len(blocks)),
@@ -955,6 +950,8 @@ def run_analyses(
                 collect(analyze_block(path, *local[:1], b, *local[1:], progress=tick))
     finally:
         bar.close()
+        if client is not None:
+            client.close()
 
     parts.sort(key=lambda p: p.runs[0])
     health = {r: h for p in parts for r, h in p.health.items()}
