@@ -256,8 +256,9 @@ def main() -> None:
               f"{c_train / t_train:.1f} cores):")  # fmt: skip
         print(f"  in this process              {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
               "training)")  # fmt: skip
+        grid = open_store(store)
         for label, k, t in t_spread:
-            blocks = len(plan_blocks(open_store(store), range(n), tasks=k))
+            blocks = len(plan_blocks(grid, range(n), tasks=k))
             print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training; {blocks} "
                   "blocks)")  # fmt: skip
     if t_cli:
