@@ -370,6 +370,41 @@ def _apply_phases(spec, phase_index, keep_last, amp, beta, cos_table, sin_table,
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _count_at_least(values, obs, x, stop):
+    """``#{samples >= x}`` among ``obs`` and ``values``, or a number above ``stop`` as soon as the
+    count passes it (JIT-compiled)."""
+    count = 1 if obs >= x else 0
+    for s in range(values.size):
+        if values[s] >= x:
+            count += 1
+            if count > stop:
+                break
+    return count
+
+
+@numba.njit(**ANALYSIS_JIT)
+def _min_p_row_sorted(obs_a, surr_a, obs_b, surr_b, a, b, t):
+    """The min-p count of one row from the ranks of all its samples (any values, NaN included:
+    NaN ranks above every number, as in ``numpy.sort``)."""
+    total = surr_a.size + 1
+    a[0] = obs_a
+    b[0] = obs_b
+    a[1:] = surr_a
+    b[1:] = surr_b
+    sa = np.sort(a)
+    sb = np.sort(b)
+    ia = np.searchsorted(sa, a)  # side "left": samples below each value
+    ib = np.searchsorted(sb, b)
+    for j in range(total):
+        t[j] = min(total - ia[j], total - ib[j])
+    count = 0
+    for j in range(total):
+        if t[j] <= t[0]:
+            count += 1
+    return count
+
+
+@numba.njit(**ANALYSIS_JIT)
 def _min_p_values(obs_a, surr_a, obs_b, surr_b, out):
     """The min-p combination of two surrogate statistics, per row (JIT-compiled).
 
@@ -378,6 +413,12 @@ def _min_p_values(obs_a, surr_a, obs_b, surr_b, out):
     scoring at least as high on each statistic, ``T`` is the smaller of its two counts, and
     ``out[i] = #{samples with T <= T_window} / (n + 1)``: the p-value of the min-p test with
     ``p = count / (n + 1)`` per statistic (the same numbers in counts, so no rounding enters).
+
+    Only surrogates that score at least the window on a statistic can have ``T <= T_window``: one
+    below it on both has more samples above it on each than the window has. Their counts are
+    taken directly, each pass stopping once it exceeds ``T_window``, so a row costs ``O(n)`` plus
+    ``O(n)`` per such surrogate instead of two sorts. A row with a NaN goes through the sort,
+    which ranks NaN as ``numpy.sort`` does.
     """
     n_rows, n = surr_a.shape
     total = n + 1
@@ -385,19 +426,30 @@ def _min_p_values(obs_a, surr_a, obs_b, surr_b, out):
     b = np.empty(total)
     t = np.empty(total, dtype=np.int64)
     for i in range(n_rows):
-        a[0] = obs_a[i]
-        b[0] = obs_b[i]
-        a[1:] = surr_a[i]
-        b[1:] = surr_b[i]
-        sa = np.sort(a)
-        sb = np.sort(b)
-        ia = np.searchsorted(sa, a)  # side "left": samples below each value
-        ib = np.searchsorted(sb, b)
-        for j in range(total):
-            t[j] = min(total - ia[j], total - ib[j])
-        count = 0
-        for j in range(total):
-            if t[j] <= t[0]:
+        oa = obs_a[i]
+        ob = obs_b[i]
+        sa = surr_a[i]
+        sb = surr_b[i]
+        finite = not (math.isnan(oa) or math.isnan(ob))
+        ca = 1
+        cb = 1
+        for j in range(n):
+            if math.isnan(sa[j]) or math.isnan(sb[j]):
+                finite = False
+                break
+            if sa[j] >= oa:
+                ca += 1
+            if sb[j] >= ob:
+                cb += 1
+        if not finite:
+            out[i] = _min_p_row_sorted(oa, sa, ob, sb, a, b, t) / total
+            continue
+        t_window = min(ca, cb)
+        count = 1
+        for j in range(n):
+            if sa[j] >= oa and _count_at_least(sa, oa, sa[j], t_window) <= t_window:
+                count += 1
+            elif sb[j] >= ob and _count_at_least(sb, ob, sb[j], t_window) <= t_window:
                 count += 1
         out[i] = count / total
 
