@@ -512,8 +512,11 @@ def rotation_spectrum(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.nd
     ``-(4/m) sum_f amp_f sin(beta_f)``.
     """
     m = xs.shape[-1]
-    spec_x = scipy.fft.rfft(xs, axis=-1)
-    spec_y = scipy.fft.rfft(ys, axis=-1)
+    return _cross_spectrum(scipy.fft.rfft(xs, axis=-1), scipy.fft.rfft(ys, axis=-1), m)
+
+
+def _cross_spectrum(spec_x: np.ndarray, spec_y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rotation_spectrum` from the rfft of the coordinates, of length ``m``."""
     weight = np.sin(2.0 * np.pi * np.arange(spec_x.shape[-1]) / m)
     weight[0] = 0.0
     if m % 2 == 0:
@@ -539,7 +542,7 @@ def _window_spectra(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndar
     phases of their cross-spectrum (:func:`rotation_spectrum`): what every block of Fourier
     surrogates of the windows starts from."""
     spec = scipy.fft.rfft(np.stack([xs, ys], axis=1), axis=-1)
-    amp, beta = rotation_spectrum(xs, ys)
+    amp, beta = _cross_spectrum(spec[:, 0], spec[:, 1], xs.shape[-1])
     return spec, amp, beta
 
 
@@ -668,6 +671,7 @@ def surrogate_test(
     params: SpiralParams,
     keys: np.ndarray,
     stop_exceedances: np.ndarray | None = None,
+    spectra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Surrogate p-values of the windows' rotation, two statistics combined, sequentially.
 
@@ -695,6 +699,9 @@ def surrogate_test(
     (exact) quadrature can put its ``T`` at or under the window's; the p-value is bit for bit
     that of exact coherences.
 
+    ``spectra``, optional, is ``(spec, amp, beta)`` of these windows as :func:`_window_spectra`
+    gives them, when the caller has them already (Fourier surrogates only).
+
     Returns ``(p_value, n_used)``, one per window.
     """
     nw = xs.shape[0]
@@ -711,7 +718,10 @@ def surrogate_test(
     checks = np.unique(np.append(np.arange(_SURROGATE_STEP, n, _SURROGATE_STEP), n))
     # the windows' spectra do not change between chunks of surrogates: computed once (row by
     # row the rfft gives the same bits whatever the batch)
-    spectra = _window_spectra(xs, ys) if params.iaaft_iterations == 0 else None
+    if params.iaaft_iterations > 0:
+        spectra = None
+    elif spectra is None:
+        spectra = _window_spectra(xs, ys)
     drawn, size = 0, 0
     ends = iter(_SURROGATE_CHUNKS)
     while drawn < n and np.any(running):
@@ -884,7 +894,8 @@ def _measure(theta, params, keys, pair, test_all=False):
 
     # null model: phase-randomised surrogates of the two plane coordinates, for the windows whose
     # label they can change (all with test_all), stopped once p > alpha is certain
-    quad = quadrature(*rotation_spectrum(xs, ys))
+    spectra = _window_spectra(xs, ys)  # also what every block of surrogates starts from
+    quad = quadrature(*spectra[1:])
     coherence = feats[:, FEATURES.index("coherence")]
     with np.errstate(invalid="ignore"):
         candidate = alive & (
@@ -901,8 +912,9 @@ def _measure(theta, params, keys, pair, test_all=False):
     n_used = np.zeros(nw, dtype=np.int64)
     observed = (coherence[rows], quad[rows])
     p_value[rows], n_used[rows] = surrogate_test(
-        xs[rows], ys[rows], observed, params, keys[rows], stop_at[rows]
-    )
+        xs[rows], ys[rows], observed, params, keys[rows], stop_at[rows],
+        spectra=tuple(a[rows] for a in spectra),
+    )  # fmt: skip
 
     turn = np.empty(nw)
     turn_noise = np.empty(nw)
@@ -1022,14 +1034,15 @@ def measure_arms(
         xs = np.concatenate([series[name][0][todo] for name in names])
         ys = np.concatenate([series[name][1][todo] for name in names])
         obs_coh = np.concatenate([out[f"arm_coherence_{name}"][todo] for name in names])
-        observed = (obs_coh, quadrature(*rotation_spectrum(xs, ys)))
+        spectra = _window_spectra(xs, ys)
+        observed = (obs_coh, quadrature(*spectra[1:]))
         arm_keys = np.concatenate(
             [
                 np.concatenate([keys[todo], np.full((todo.size, 1), extra, dtype=np.int64)], axis=1)
                 for extra in (1, 2)
             ]
         )
-        p_value = surrogate_test(xs, ys, observed, params, arm_keys)[0]
+        p_value = surrogate_test(xs, ys, observed, params, arm_keys, spectra=spectra)[0]
         out["arm_p_even"][todo] = p_value[: todo.size]
         out["arm_p_odd"][todo] = p_value[todo.size :]
     return out
