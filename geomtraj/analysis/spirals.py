@@ -515,7 +515,9 @@ def rotation_spectrum(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.nd
     return _cross_spectrum(scipy.fft.rfft(xs, axis=-1), scipy.fft.rfft(ys, axis=-1), m)
 
 
-def _cross_spectrum(spec_x: np.ndarray, spec_y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+def _cross_spectrum(
+    spec_x: np.ndarray, spec_y: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rotation_spectrum` from the rfft of the coordinates, of length ``m``."""
     weight = np.sin(2.0 * np.pi * np.arange(spec_x.shape[-1]) / m)
     weight[0] = 0.0
