@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import fake_analysis
 import fake_broken_analysis
@@ -205,3 +206,46 @@ def test_store_strings_are_escaped_in_the_reports(tmp_path, capsys, fake_registr
     assert "<" not in data and ">" not in data
     assert json.loads(data)["store"] == str(store)  # the escapes keep the value
     assert page.count("<!--") == 0
+
+
+@pytest.mark.slow
+def test_figures_drawn_beside_this_process_are_the_same_files(tmp_path, capsys) -> None:
+    # with --jobs 2 a worker process draws some analyses' figures while this one draws the others
+    pngs, docs = [], []
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        argv = ["analyze", str(small_store()), "--out", str(out), "--jobs", str(jobs), "--quiet",
+                "--analyses", "periods,diffusion,stability"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        doc = _check_report(out, N_RUNS)
+        for key in ("created", "options"):
+            doc.pop(key)
+        for st in doc["analyses"].values():
+            st.pop("seconds", None)
+        docs.append(doc)
+        pngs.append({p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))})
+    assert docs[0] == docs[1]
+    assert {a["analysis"] for a in docs[0]["figures"]} >= {"periods", "diffusion", "stability"}
+    assert pngs[0].keys() == pngs[1].keys() and pngs[0] == pngs[1]
+
+
+def test_a_figure_task_that_cannot_reach_a_worker_is_drawn_here(tmp_path) -> None:
+    import xarray as xr
+
+    from geomtraj.report import _draw_figures, report_declarations
+    from geomtraj.store import open_store
+
+    registry = {"periods": fake_analysis, "broken": fake_broken_analysis}
+    decls = report_declarations(registry)
+    ds = open_store(small_store())
+    n = ds.sizes["run"]
+    result = xr.Dataset({"n_peaks": ("run", list(range(n)))}, coords={"run": list(range(n))})
+    unpicklable = result.copy()
+    unpicklable.attrs["callback"] = lambda: None  # pickling it for a worker fails
+    results = {"periods": unpicklable, "broken": result}
+    drawn = _draw_figures(["periods", "broken"], decls, registry, results, ds,
+                          (str(small_store()), None), tmp_path, 2, 2**20)  # fmt: skip
+    paths, warned, failure = drawn["periods"]
+    assert failure is None and [Path(p).name for p in paths] == ["fake_peaks.png"]
+    assert (tmp_path / "fake_peaks.png").is_file()
+    assert drawn["broken"] == ([], [], None)

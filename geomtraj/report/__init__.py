@@ -249,6 +249,113 @@ def _figure_entries(paths, figdir: Path, analysis: str, errors: list[dict]) -> l
     return out
 
 
+def _draw_here(analysis: Analysis, name: str, view, result, figdir: Path):
+    """``figures()`` of one analysis in this process: (paths, warnings, failure or None)."""
+    from geomtraj.analysis import runner
+
+    warned: list[dict] = []
+    try:
+        with runner.capture_warnings(name, warned):
+            paths = analysis.draw(view, result, figdir)
+    except Exception as exc:
+        return [], warned, runner._failure(name, [], exc) | {"error": f"figures(): {exc}"}
+    return paths, warned, None
+
+
+def _draw_task(store: str, steps, name: str, module: str, result, figdir: str):
+    """``figures()`` of one analysis in a worker process, which finds the analysis by the name
+    of its module and opens the store itself: (paths, warnings, failure or None)."""
+    import importlib
+
+    from geomtraj.analysis import runner
+    from geomtraj.store.zarrstore import open_store
+
+    analysis = report_declarations({name: importlib.import_module(module)})[name]
+    view = runner.select_steps(open_store(store), steps)
+    return _draw_here(analysis, name, view, result, Path(figdir))
+
+
+def _draw_figures(
+    names: list[str],
+    declarations: dict[str, Analysis],
+    registry: Mapping,
+    results: Mapping,
+    view,
+    source: tuple[str, tuple | None],
+    figdir: Path,
+    jobs: int,
+    max_bytes: int,
+) -> dict[str, tuple[list, list[dict], dict | None]]:
+    """Draw the figures of the analyses ``names``: ``{name: (paths, warnings, failure)}``.
+
+    With ``jobs`` above 1, up to ``jobs - 1`` worker processes draw beside this one. Figures are
+    bounded in number whatever the store's size (each analysis picks a few runs), so on a small
+    grid they took most of a report's time, one analysis after the other. An analysis goes to a
+    worker only when its module can be imported there and its result, which the worker gets
+    pickled, takes at most ``max_bytes`` (half the memory budget of a process); the workers take
+    the largest results first, this process the smallest, until none is left. Every figure
+    is drawn by the same code from the same result and store, so the files are the same
+    wherever they were drawn; a worker that dies hands its analysis back to this process.
+    """
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from geomtraj.analysis import runner
+
+    out: dict[str, tuple[list, list[dict], dict | None]] = {}
+
+    def here(name: str) -> None:
+        out[name] = _draw_here(declarations[name], name, view, results[name], figdir)
+
+    movable = [
+        n
+        for n in names
+        if isinstance(registry.get(n), ModuleType | Analysis) and results[n].nbytes <= max_bytes
+    ]
+    # this process draws too, so at most one worker fewer than there are analyses
+    n_workers = min(jobs - 1, len(movable), len(names) - 1)
+    if n_workers < 1:
+        for name in names:
+            here(name)
+        return out
+    for name in names:  # what cannot move is drawn first, while the workers start
+        if name not in movable:
+            here(name)
+    queue = deque(sorted(movable, key=lambda n: -results[n].nbytes))
+    running: dict = {}
+    with ProcessPoolExecutor(
+        max_workers=n_workers, mp_context=runner._mp_context(), initializer=runner._worker_init
+    ) as pool:
+        try:
+            while queue or running:
+                while queue and len(running) < n_workers:
+                    name = queue.popleft()
+                    module = runner._module_name(registry[name])
+                    try:
+                        fut = pool.submit(
+                            _draw_task, *source, name, module, results[name], str(figdir)
+                        )
+                    except Exception:  # a broken pool takes nothing more
+                        here(name)
+                        continue
+                    running[fut] = name
+                if queue:
+                    here(queue.pop())
+                    done = {f for f in running if f.done()}
+                else:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    try:
+                        out[name] = fut.result()
+                    except Exception:  # the worker died, or its answer did not come back
+                        here(name)
+        finally:
+            for fut in running:
+                fut.cancel()
+    return out
+
+
 def make_report(
     store: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -325,25 +432,30 @@ def make_report(
     fig_entries: list[dict] = []
     failed: set[str] = set()
     caught = list(outcome.warnings)
+    to_draw: list[str] = []
     for name in selected:
-        analysis = declarations[name]
         result = outcome.results.get(name)
         if result is None:
             continue
         try:
             with runner.capture_warnings(name, caught):
-                reports[name] = analysis.make_report(result)
+                reports[name] = declarations[name].make_report(result)
         except Exception as exc:
             failed.add(name)
             errors.append(runner._failure(name, [], exc) | {"error": f"report(): {exc}"})
             continue
-        if figures:
-            try:
-                with runner.capture_warnings(name, caught):
-                    paths = analysis.draw(view, result, figdir)
-            except Exception as exc:
+        to_draw.append(name)
+    if figures:
+        drawn = _draw_figures(
+            to_draw, declarations, registry, outcome.results, view, (str(store), step_range),
+            figdir, jobs, params.memory_budget_bytes // 2,
+        )  # fmt: skip
+        for name in to_draw:  # in the analyses' order, however the drawing was shared out
+            paths, warned, failure = drawn[name]
+            caught += warned
+            if failure is not None:
                 failed.add(name)
-                errors.append(runner._failure(name, [], exc) | {"error": f"figures(): {exc}"})
+                errors.append(failure)
                 continue
             fig_entries += _figure_entries(paths, figdir, name, errors)
     # one read of the lazy beta2 column: indexing ``.values`` per run read it once per run, which
