@@ -137,6 +137,7 @@ from geomtraj.analysis.kernels.winding import (
     _plane_turn,
     _plane_turns,
     _principal_planes,
+    _replay_checks,
     _residuals,
     _winding_scores,
     _winding_scores_below,
@@ -708,16 +709,19 @@ def surrogate_test(
     """
     nw = xs.shape[0]
     n = params.n_surrogates
-    obs_coh, obs_quad = observed
+    obs_coh, obs_quad = (np.ascontiguousarray(a, dtype=np.float64) for a in observed)
     if stop_exceedances is None:
         stop_exceedances = np.full(nw, params.stop_exceedances, dtype=np.int64)
+    stop_exceedances = np.ascontiguousarray(stop_exceedances, dtype=np.int64)
     rngs = [window_rng(params.seed, key) for key in keys]
     coh = np.full((nw, n), np.nan)
     quad = np.full((nw, n), np.nan)
     used = np.zeros(nw, dtype=np.int64)
     running = np.ones(nw, dtype=bool)
-    # the checks of the stopping rule: every _SURROGATE_STEP surrogates, and at the last
-    checks = np.unique(np.append(np.arange(_SURROGATE_STEP, n, _SURROGATE_STEP), n))
+    # exceedances of the surrogates drawn, and of those before used (_replay_checks)
+    counts = np.zeros((nw, 2), dtype=np.int64)
+    h_coh = np.zeros(nw, dtype=np.int64)
+    h_quad = np.zeros(nw, dtype=np.int64)
     # the windows' spectra do not change between chunks of surrogates: computed once (row by
     # row the rfft gives the same bits whatever the batch)
     if params.iaaft_iterations > 0:
@@ -747,17 +751,11 @@ def surrogate_test(
             coh[sel, drawn:hi] = c
             quad[sel, drawn:hi] = q
         # replay the checks that fall in this chunk on the exceedances counted so far
-        at = checks[(checks > drawn) & (checks <= hi)]
-        h_c = np.cumsum(coh[todo, :hi] >= obs_coh[todo, None], axis=1)[:, at - 1]
-        h_q = np.cumsum(quad[todo, :hi] >= obs_quad[todo, None], axis=1)[:, at - 1]
-        stop = np.minimum(h_c, h_q) >= stop_exceedances[todo, None]
-        first = np.where(stop.any(axis=1), stop.argmax(axis=1), at.size - 1)
-        used[todo] = at[first]
-        running[todo] = ~stop.any(axis=1) & (hi < n)
+        _replay_checks(
+            coh, quad, obs_coh, obs_quad, todo, drawn, hi, _SURROGATE_STEP, stop_exceedances,
+            counts, h_coh, h_quad, used, running,
+        )  # fmt: skip
         drawn = hi
-    k = np.arange(n)[None, :]
-    h_coh = np.sum((coh >= obs_coh[:, None]) & (k < used[:, None]), axis=1)
-    h_quad = np.sum((quad >= obs_quad[:, None]) & (k < used[:, None]), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         p_value = np.minimum(1.0, 2.0 * np.minimum(h_coh, h_quad) / used)
     full = used == n

@@ -370,6 +370,44 @@ def _apply_phases(spec, phase_index, keep_last, amp, beta, cos_table, sin_table,
 
 
 @numba.njit(**ANALYSIS_JIT)
+def _replay_checks(coh, quad, obs_coh, obs_quad, rows, lo, hi, step, stop_at, counts, h_coh,
+                   h_quad, used, running):  # fmt: skip
+    """Replay the stopping rule of a sequential surrogate test on surrogates ``lo .. hi - 1``
+    (JIT-compiled).
+
+    For each window ``i`` of ``rows``, the exceedances (surrogates scoring at least the window,
+    ``coh[i, t] >= obs_coh[i]`` and ``quad[i, t] >= obs_quad[i]``) are counted on from
+    ``counts[i]`` (those of surrogates ``0 .. lo - 1``, left there by the previous call). The
+    rule is checked after every ``step`` surrogates and after the last of ``n = coh.shape[1]``:
+    the window stops at the first check where both counts reach ``stop_at[i]``. ``used[i]``
+    becomes that check, or the last check passed, and ``h_coh[i]``, ``h_quad[i]`` the counts of
+    the surrogates before it; ``running[i]`` says whether the window goes on past ``hi``.
+    """
+    n = coh.shape[1]
+    for r in range(rows.size):
+        i = rows[r]
+        hc = counts[i, 0]
+        hq = counts[i, 1]
+        stopped = False
+        for t in range(lo, hi):
+            if coh[i, t] >= obs_coh[i]:
+                hc += 1
+            if quad[i, t] >= obs_quad[i]:
+                hq += 1
+            k = t + 1
+            if k % step == 0 or k == n:
+                used[i] = k
+                h_coh[i] = hc
+                h_quad[i] = hq
+                if min(hc, hq) >= stop_at[i]:
+                    stopped = True
+                    break
+        counts[i, 0] = hc
+        counts[i, 1] = hq
+        running[i] = (not stopped) and hi < n
+
+
+@numba.njit(**ANALYSIS_JIT)
 def _count_at_least(values, obs, x, stop):
     """``#{samples >= x}`` among ``obs`` and ``values``, or a number above ``stop`` as soon as the
     count passes it (JIT-compiled)."""
