@@ -274,12 +274,15 @@ class Track:
         return np.isfinite(self.sharpness)
 
 
-def track_run(ds: xr.Dataset, run: int, params: MechanismParams | None = None) -> Track:
-    """Replay run ``run`` and track its preconditioned sharpness (see the module docstring)."""
+def track_run(
+    ds: xr.Dataset, run: int, params: MechanismParams | None = None, rd: RunData | None = None
+) -> Track:
+    """Replay run ``run`` and track its preconditioned sharpness (see the module docstring);
+    ``rd``, optional, is the run's :class:`RunData` when the caller has it."""
     from geomtraj.analysis.kernels import hvp as kc
 
     params = params or MechanismParams()
-    rd = RunData(ds, run)
+    rd = RunData(ds, run) if rd is None else rd
     h = rd.hyper
     spec = run_spec(ds, run)
     X, y = run_data_arrays(ds, run)
@@ -532,13 +535,14 @@ def analyze(
     run_list = list(range(ds.sizes["run"])) if runs is None else [int(r) for r in runs]
     tracks: list[Track | None] = []
     preds: list[dict | None] = []
-    notes, n_bursts = [], []
+    notes, n_bursts, hypers = [], [], []
     for r in run_list:
         reason = unmeasurable_reason(ds, r)
+        rd = RunData(ds, r)
+        hypers.append(rd.hyper)
         if reason is None:
-            rd = RunData(ds, r)
             b = run_bursts(rd, params.burst_signal)
-            tr = track_run(ds, r, params)
+            tr = track_run(ds, r, params, rd)
             pr = burst_predictions(tr, b.onset, b.end, rd.hyper["beta1"], rd.hyper["beta2"],
                                    params)  # fmt: skip
             note = ""
@@ -567,9 +571,8 @@ def analyze(
     scalars = {k: np.full(n_run, np.nan) for k in (*_RUN_FIELDS, "threshold")}
     counts = {k: np.zeros(n_run, np.int64) for k in ("n_bursts", "n_predicted", "n_crossings",
                                                       "n_hvp", "mismatches")}  # fmt: skip
-    for j, (r, tr, pr) in enumerate(zip(run_list, tracks, preds, strict=True)):
+    for j, (h, tr, pr) in enumerate(zip(hypers, tracks, preds, strict=True)):
         counts["n_bursts"][j] = n_bursts[j]
-        h = RunData(ds, r).hyper
         scalars["threshold"][j] = stability_threshold(h["beta1"], h["lr"])
         if tr is None or pr is None:
             continue
