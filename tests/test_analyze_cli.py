@@ -88,19 +88,22 @@ def test_default_out_is_beside_the_store(tmp_path, capsys, fake_registry) -> Non
     assert f"report in {tmp_path / 'grid-report'}" in capsys.readouterr().out
 
 
+def _report_with_jobs(out, jobs: int, capsys, *extra: str) -> dict:
+    """``geomtraj analyze --jobs JOBS`` of the small store into ``out``: its report without the
+    fields that differ between two runs (creation time, options, seconds)."""
+    argv = ["analyze", str(small_store()), "--out", str(out), "--jobs", str(jobs), "--quiet"]
+    assert main([*argv, *extra]) == 0, capsys.readouterr().err
+    doc = _check_report(out, N_RUNS)
+    for key in ("created", "options"):
+        doc.pop(key)
+    for st in doc["analyses"].values():
+        st.pop("seconds", None)
+    return doc
+
+
 @pytest.mark.slow
 def test_jobs_give_the_same_report(tmp_path, capsys, fake_registry) -> None:
-    docs = []
-    for jobs in (1, 2):
-        out = tmp_path / f"j{jobs}"
-        argv = ["analyze", str(small_store()), "--out", str(out), "--jobs", str(jobs), "--quiet"]
-        assert main(argv) == 0, capsys.readouterr().err
-        doc = _check_report(out, N_RUNS)
-        for key in ("created", "options"):
-            doc.pop(key)
-        for st in doc["analyses"].values():
-            st.pop("seconds", None)
-        docs.append(doc)
+    docs = [_report_with_jobs(tmp_path / f"j{jobs}", jobs, capsys) for jobs in (1, 2)]
     assert docs[0] == docs[1]
 
 
@@ -212,17 +215,10 @@ def test_store_strings_are_escaped_in_the_reports(tmp_path, capsys, fake_registr
 def test_figures_drawn_beside_this_process_are_the_same_files(tmp_path, capsys) -> None:
     # with --jobs 2 a worker process draws some analyses' figures while this one draws the others
     pngs, docs = [], []
+    analyses = ("--analyses", "periods,diffusion,stability")
     for jobs in (1, 2):
         out = tmp_path / f"j{jobs}"
-        argv = ["analyze", str(small_store()), "--out", str(out), "--jobs", str(jobs), "--quiet",
-                "--analyses", "periods,diffusion,stability"]  # fmt: skip
-        assert main(argv) == 0, capsys.readouterr().err
-        doc = _check_report(out, N_RUNS)
-        for key in ("created", "options"):
-            doc.pop(key)
-        for st in doc["analyses"].values():
-            st.pop("seconds", None)
-        docs.append(doc)
+        docs.append(_report_with_jobs(out, jobs, capsys, *analyses))
         pngs.append({p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))})
     assert docs[0] == docs[1]
     assert {a["analysis"] for a in docs[0]["figures"]} >= {"periods", "diffusion", "stability"}
