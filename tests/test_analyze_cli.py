@@ -226,6 +226,9 @@ def test_figures_drawn_beside_this_process_are_the_same_files(tmp_path, capsys) 
 
 
 def test_a_figure_task_that_cannot_reach_a_worker_is_drawn_here(tmp_path) -> None:
+    # "periods" goes to the worker, but its result cannot be pickled; "broken" has a result too
+    # large to send and is drawn here meanwhile: both end up drawn, by this process
+    import numpy as np
     import xarray as xr
 
     from geomtraj.report import _draw_figures, report_declarations
@@ -238,7 +241,8 @@ def test_a_figure_task_that_cannot_reach_a_worker_is_drawn_here(tmp_path) -> Non
     result = xr.Dataset({"n_peaks": ("run", list(range(n)))}, coords={"run": list(range(n))})
     unpicklable = result.copy()
     unpicklable.attrs["callback"] = lambda: None  # pickling it for a worker fails
-    results = {"periods": unpicklable, "broken": result}
+    big = result.assign(extra=("x", np.zeros(2**18)))  # 2 MiB: above the bound, drawn here
+    results = {"periods": unpicklable, "broken": big}
     drawn = _draw_figures(["periods", "broken"], decls, registry, results, ds,
                           (str(small_store()), None), tmp_path, 2, 2**20)  # fmt: skip
     paths, warned, failure = drawn["periods"]

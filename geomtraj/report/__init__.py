@@ -318,16 +318,14 @@ def _draw_figures(
         for name in names:
             here(name)
         return out
-    for name in names:  # what cannot move is drawn first, while the workers start
-        if name not in movable:
-            here(name)
+    local = [n for n in names if n not in movable]  # drawn here, while the workers start
     queue = deque(sorted(movable, key=lambda n: -results[n].nbytes))
     running: dict = {}
     with ProcessPoolExecutor(
         max_workers=n_workers, mp_context=runner._mp_context(), initializer=runner._worker_init
     ) as pool:
         try:
-            while queue or running:
+            while local or queue or running:
                 while queue and len(running) < n_workers:
                     name = queue.popleft()
                     module = runner._module_name(registry[name])
@@ -339,8 +337,8 @@ def _draw_figures(
                         here(name)
                         continue
                     running[fut] = name
-                if queue:
-                    here(queue.pop())
+                if local or queue:
+                    here(local.pop(0) if local else queue.pop())
                     done = {f for f in running if f.done()}
                 else:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
