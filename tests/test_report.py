@@ -24,6 +24,7 @@ import geomtraj.accessor  # noqa: F401  (registers ds.geomtraj)
 import geomtraj.analysis
 from geomtraj.analysis.runner import (
     AnalyzeParams,
+    _block_bytes,
     _run_chunk,
     parse_steps,
     plan_blocks,
@@ -158,6 +159,28 @@ def test_loaded_and_streamed_blocks_agree(store) -> None:
     assert loaded.blocks_loaded == loaded.n_blocks == 2
     assert streamed.blocks_loaded == 0
     xr.testing.assert_identical(loaded.results["periods"], streamed.results["periods"])
+
+
+def test_chunks_too_large_to_hold_are_split_into_blocks_that_fit(store, ds) -> None:
+    # a run-chunk larger than half the memory budget was streamed, each run decoding the whole
+    # chunk again; it is now split into blocks that are each held in memory
+    per_run = _block_bytes(ds, 1)
+    chunk = _run_chunk(ds)
+    runs = list(range(ds.sizes["run"]))
+    for fit in (1, 2, 3, chunk - 1):
+        blocks = plan_blocks(ds, runs, max_bytes=fit * per_run)
+        assert [r for b in blocks for r in b] == runs
+        assert all(b[-1] - b[0] + 1 <= fit for b in blocks)
+        assert all(len({r // chunk for r in b}) == 1 for b in blocks)
+    assert plan_blocks(ds, runs, max_bytes=chunk * per_run) == plan_blocks(ds, runs)
+    default = run_analyses(store, registry=FAKE, progress=False)
+    budget = AnalyzeParams(memory_budget_bytes=2 * 3 * per_run)  # half of it holds 3 runs
+    split = run_analyses(store, registry=FAKE, progress=False, params=budget)
+    assert split.n_blocks > default.n_blocks and split.blocks_loaded == split.n_blocks
+    xr.testing.assert_identical(default.results["periods"], split.results["periods"])
+    assert {r: h.note for r, h in split.health.items()} == {
+        r: h.note for r, h in default.health.items()
+    }
 
 
 def test_runs_and_steps_selection_reach_the_analyses(store, ds) -> None:

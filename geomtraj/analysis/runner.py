@@ -9,8 +9,9 @@ result does not depend on how blocks were spread over processes.
 
 Memory per process is bounded by :attr:`AnalyzeParams.memory_budget_bytes`: a block whose
 trajectories fit in half the budget is held in memory while its analyses run (each on-disk chunk is
-then decoded once instead of once per run); a larger block is streamed and the analyses read one
-run at a time through :class:`geomtraj.analysis.base.RunData`.
+then decoded once per block instead of once per run), and :func:`plan_blocks` splits a run-chunk
+too large for that into blocks that fit. Only a single run larger than half the budget is
+streamed: the analyses then read it through :class:`geomtraj.analysis.base.RunData`.
 
 ``geomtraj train --scheduler`` uses :func:`train_distributed`: the workers train blocks of runs
 into their own regions of one store (see :func:`geomtraj.train.train_block`).
@@ -269,27 +270,38 @@ def _run_chunk(ds: xr.Dataset) -> int:
     return int(size) if size else max(1, int(ds.sizes["run"]))
 
 
-def plan_blocks(ds: xr.Dataset, runs: Sequence[int], tasks: int = 1) -> list[list[int]]:
+def plan_blocks(
+    ds: xr.Dataset, runs: Sequence[int], tasks: int = 1, max_bytes: int | None = None
+) -> list[list[int]]:
     """Selected runs grouped by the store's run-chunk, in run order (one block per chunk).
 
-    With fewer chunks than ``tasks`` (the workers that will share them), each chunk is split
-    into blocks of near-equal run counts, as many as its share of the runs asks for (rounded up),
-    so that there are at least ``min(tasks, runs)`` blocks and a small store still keeps every
-    worker busy; two blocks of one chunk each decompress it, which costs far less than a worker
-    left idle. Results do not depend on the split: every analysis works run by run.
+    A chunk is split into blocks of near-equal run counts in two cases. With ``max_bytes``, a
+    chunk whose runs' trajectories (from its first selected run to its last) take more than that
+    is split until each block's do not, so that every block can be held in memory
+    (:func:`analyze_block`) instead of streamed run by run, which decodes the chunk once per run
+    (64 times for a full-scale Netay chunk) instead of once per block. With fewer chunks than
+    ``tasks`` (the workers that will share them), each chunk gets as many blocks as its share of
+    the runs asks for (rounded up), so that there are at least ``min(tasks, runs)`` blocks and a
+    small store still keeps every worker busy. Blocks of one chunk each decode it, which costs
+    far less than a worker left idle or a run read alone. Results do not depend on the split:
+    every analysis works run by run.
     """
     size = _run_chunk(ds)
     by_chunk: dict[int, list[int]] = {}
     for r in sorted(runs):
         by_chunk.setdefault(r // size, []).append(int(r))
     blocks = list(by_chunk.values())
-    if len(blocks) >= tasks:
-        return blocks
-    # each chunk gets parts in proportion to its runs
+    per_run = _block_bytes(ds, 1)
+    by_memory = [
+        min(len(b), -(-per_run * (b[-1] - b[0] + 1) // max_bytes)) if max_bytes else 1
+        for b in blocks
+    ]
     total = sum(len(b) for b in blocks)
     out: list[list[int]] = []
-    for b in blocks:
-        parts = min(len(b), -(-tasks * len(b) // total))  # ceil: at least min(tasks, runs)
+    for b, memory_parts in zip(blocks, by_memory, strict=True):
+        # each chunk gets parts in proportion to its runs; ceil: at least min(tasks, runs)
+        task_parts = min(len(b), -(-tasks * len(b) // total)) if len(blocks) < tasks else 1
+        parts = max(1, memory_parts, task_parts)
         out.extend(a.tolist() for a in np.array_split(np.asarray(b), parts))
     return out
 
@@ -371,7 +383,7 @@ def scan_block(
     name: str = "store",
     keep: bool = False,
 ) -> tuple[dict[int, RunHealth], dict[str, np.ndarray]]:
-    """Read the data of the run-chunk holding ``runs`` once, chunk by chunk, and check it.
+    """Read the data of runs ``min(runs) .. max(runs)`` once, chunk by chunk, and check it.
 
     A run is ``insufficient`` when it has fewer than ``params.min_finite_steps`` finite updates
     in the step range, or when it holds NaN at a step before its ``diverged_step`` (the store
@@ -392,8 +404,6 @@ def scan_block(
     """
     runs = sorted(int(r) for r in runs)
     r0, r1 = runs[0], runs[-1] + 1
-    size = _run_chunk(ds)
-    r0, r1 = (r0 // size) * size, min(int(ds.sizes["run"]), ((r1 - 1) // size + 1) * size)
     diverged = np.asarray(ds["diverged_step"].values[r0:r1], dtype=np.int64)
     limit = np.where(diverged < 0, np.iinfo(np.int64).max, diverged)
     first_nan = np.full(r1 - r0, np.iinfo(np.int64).max)  # earliest NaN step before divergence
@@ -666,7 +676,8 @@ def analyze_block(
         ds = select_steps(open_store(path), steps)
         runs = sorted(int(r) for r in runs)
         span = _run_chunk(ds)
-        loaded = _block_bytes(ds, span) <= params.memory_budget_bytes // 2
+        # held when the block's runs fit (plan_blocks splits chunks so that they do)
+        loaded = _block_bytes(ds, runs[-1] - runs[0] + 1) <= params.memory_budget_bytes // 2
         health, data = scan_block(ds, runs, params, name=str(path), keep=loaded)
         _mark_twins_of_damaged(ds, health, params, str(path), span)
         view = _with_block(ds, data) if loaded else ds
@@ -916,9 +927,12 @@ def run_analyses(
     client = None
     try:
         client = _connect(scheduler) if scheduler else None
-        # small stores are split so that every worker (local process or dask thread) gets a block
+        # small stores are split so that every worker (local process or dask thread) gets a
+        # block, and large run-chunks so that every block can be held in memory
         workers = sum(client.nthreads().values()) if client is not None else jobs
-        blocks = plan_blocks(ds, picked, tasks=max(1, workers))
+        blocks = plan_blocks(
+            ds, picked, tasks=max(1, workers), max_bytes=params.memory_budget_bytes // 2
+        )
         if client is not None:
             futures: list = []  # cancelled below, whatever fails first
             try:
