@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geomtraj-installed
 OUT    := out
+# worker processes of `make demo`'s analysis and of the studies (the reference machine has 2 cores)
+JOBS   ?= 2
 
 .PHONY: setup demo test lint bench clean fixtures-check update-expected chromium \
         study-netay study-betas study-twins study-divergence study-mechanism studies
@@ -27,13 +29,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Train the default small grid (configs/demo.toml) and analyse it.
+# Train the default small grid (configs/demo.toml) and analyse it (JOBS worker processes).
 demo: setup
 	rm -rf $(OUT)/demo.zarr $(OUT)/demo.zarr.resume.npz $(OUT)/demo-report
 	mkdir -p $(OUT)
 	$(BIN)/geomtraj train configs/demo.toml --out $(OUT)/demo.zarr
 	$(BIN)/geomtraj info $(OUT)/demo.zarr
-	$(BIN)/geomtraj analyze $(OUT)/demo.zarr --out $(OUT)/demo-report
+	$(BIN)/geomtraj analyze $(OUT)/demo.zarr --out $(OUT)/demo-report --jobs $(JOBS)
 
 # The HTML rendering test (tests/test_html_render.py) needs headless Chromium: install the Debian
 # package where this user may (root, or sudo without a password); otherwise the test is skipped.
@@ -55,7 +57,6 @@ lint: setup
 # regenerate docs/RESULTS.md. A complete store is reused and an interrupted one resumed, so rerunning
 # after an interruption loses nothing. SCALE=small runs the reduced grids (out/studies/small/).
 SCALE ?= full
-JOBS  ?= 2
 study-netay study-betas study-twins study-divergence study-mechanism: study-%: setup
 	$(BIN)/geomtraj study $* --scale $(SCALE) --jobs $(JOBS)
 
