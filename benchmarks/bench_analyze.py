@@ -184,7 +184,7 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",") if int(w) > 0]
 
     import geomtraj
-    from geomtraj.analysis.runner import plan_blocks
+    from geomtraj.analysis.runner import AnalyzeParams, plan_blocks
     from geomtraj.store.zarrstore import open_store
 
     tmp = tempfile.TemporaryDirectory()
@@ -262,8 +262,9 @@ def main() -> None:
         print(f"  in this process              {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
               "training)")  # fmt: skip
         grid = open_store(store)
+        fit = AnalyzeParams().memory_budget_bytes // 2  # as run_analyses plans them
         for label, k, t in t_spread:
-            blocks = len(plan_blocks(grid, range(n), tasks=k))
+            blocks = len(plan_blocks(grid, range(n), tasks=k, max_bytes=fit))
             print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training; {blocks} "
                   "blocks)")  # fmt: skip
     if t_cli:
