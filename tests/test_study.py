@@ -283,3 +283,17 @@ def test_a_store_of_another_config_is_not_overwritten(tmp_path):
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(GeomtrajError, match="another config"):
         run_study(study.name, "small", out=tmp_path, progress=False, log=lambda m: None)
+
+
+def test_a_copy_of_a_study_folder_does_not_stand_in_for_the_study(tmp_path):
+    # a folder kept for comparison ("netay.old") holds a study.json of the same study; the
+    # results page reads the study's own folder only, whichever name sorts last
+    from geomtraj.study.results import load_studies
+
+    for folder, wall in (("netay", 100.0), ("netay.old", 200.0), ("netay.zz", 300.0)):
+        (tmp_path / folder).mkdir()
+        doc = {"study": "netay", "claims": [], "wall_seconds": wall}
+        (tmp_path / folder / "study.json").write_text(json.dumps(doc))
+    assert load_studies(tmp_path)["netay"]["wall_seconds"] == 100.0
+    (tmp_path / "netay" / "study.json").unlink()
+    assert load_studies(tmp_path) == {}

@@ -58,11 +58,16 @@ def default_page(out_dir: Path, scale: str) -> Path:
 
 
 def load_studies(out_dir: Path) -> dict[str, dict]:
-    """Every finished study's ``study.json`` under ``out_dir`` (those with judged claims)."""
+    """Every finished study's ``study.json`` under ``out_dir`` (those with judged claims).
+
+    Only ``out_dir/NAME/study.json`` of study ``NAME`` counts: a copy of a study's folder kept
+    under another name (``netay.old``) holds the same study name and would otherwise stand in
+    for the study, its claims and its times, whichever folder sorted last.
+    """
     found = {}
     for path in sorted(Path(out_dir).glob("*/study.json")):
         doc = json.loads(path.read_text())
-        if doc.get("claims") is not None:
+        if doc.get("claims") is not None and doc.get("study") == path.parent.name:
             found[doc["study"]] = doc
     return found
 
