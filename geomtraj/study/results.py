@@ -205,7 +205,9 @@ def _runs_section(studies: dict[str, dict]) -> list[str]:
     out.append("")
     out.append(
         "Times are wall-clock on the machine that ran the study (2 cores for the committed page); "
-        "'n/a' for training means the store was reused from an earlier run of the same config."
+        "'n/a' for training means the store was reused from an earlier run of the same config. "
+        "A study's total is that of its last run from no store; a later run reuses its complete "
+        "stores and analyses them again, so the table can show a newer analysis time."
     )
     return [*out, ""]
 
