@@ -27,11 +27,16 @@ One invocation
    each ``J`` of ``--jobs`` as a separate process (start-up, store check, report and figures
    included), and with ``--workers N`` also on the LocalCluster (``--no-cli`` skips step 5).
 
+With ``--study NAME`` the analyses are also timed with that study's analysis parameters (its
+``studies/NAME/study.toml`` ``[analysis]`` tables, as ``geomtraj study NAME`` runs them: for
+``netay``, spirals on at most 20 windows per run), in this process, on ``--jobs`` local
+processes and on each LocalCluster.
+
 All figures are per run (seconds), from the same store on the same machine in the same run.
 
     .venv/bin/python benchmarks/bench_analyze.py [--runs 6] [--steps 50000] [--params 8]
         [--snapshot-every 2500] [--jobs 1,2] [--workers 0] [--dask-malloc-trim] [--no-cli]
-        [--keep DIR]
+        [--study netay] [--keep DIR]
 
 To measure another version of the analyses with this script, put its source first on the path
 (``PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/bench_analyze.py``); the CLI
@@ -108,7 +113,7 @@ def train_store(cfg_path: Path, out: Path) -> tuple[float, float]:
 
 
 def time_analyses(
-    store: Path, jobs: int = 1, scheduler: str | None = None
+    store: Path, jobs: int = 1, scheduler: str | None = None, params: dict | None = None
 ) -> tuple[dict[str, float], float, dict[str, float]]:
     """Seconds of each analysis over every run, as ``geomtraj analyze --jobs 1`` runs them.
 
@@ -122,7 +127,10 @@ def time_analyses(
     """
     from geomtraj.analysis.runner import run_analyses
 
-    outcome = run_analyses(store, list(ANALYSES), jobs=jobs, scheduler=scheduler, progress=False)
+    outcome = run_analyses(
+        store, list(ANALYSES), jobs=jobs, scheduler=scheduler, progress=False,
+        analysis_params=params,
+    )  # fmt: skip
     if outcome.failures:
         raise SystemExit(f"analysis failures: {outcome.failures[:2]}")
     got = getattr(outcome, "cpu_seconds", {})  # an older geomtraj (PYTHONPATH) has none
@@ -177,6 +185,9 @@ def main() -> None:
                     help="keep dask's MALLOC_TRIM_THRESHOLD_ in the cluster's workers")  # fmt: skip
     ap.add_argument("--no-cli", action="store_true",
                     help="skip the whole-command timings (report and figures)")  # fmt: skip
+    ap.add_argument("--study", default=None,
+                    help="also time the analyses with this study's parameters (netay: spirals "
+                    "on at most 20 windows per run, as studies/netay/study.toml sets)")  # fmt: skip
     ap.add_argument("--keep", default=None, help="directory to keep the store and reports in")
     args = ap.parse_args()
     cli = not args.no_cli
@@ -215,6 +226,15 @@ def main() -> None:
     t_welch = time_welch(store)
     # the same call with local worker processes (their start-up included, as in every command)
     t_spread = [(f"{j} local processes", j, time_analyses(store, jobs=j)[1]) for j in jobs if j > 1]
+    study_params, study_tables, t_study = None, None, []
+    if args.study:
+        from geomtraj.study import analysis_kwargs, load_study
+
+        study = load_study(args.study)
+        study_params, study_tables = analysis_kwargs(study), study.analysis_params
+        t_study.append(("in this process", 1, time_analyses(store, params=study_params)))
+        t_study += [(f"{j} local processes", j, time_analyses(store, jobs=j, params=study_params))
+                    for j in jobs if j > 1]  # fmt: skip
     t_cli = {f"--jobs {j}": time_cli(store, root / f"report-j{j}", ["--jobs", str(j)])
              for j in (jobs if cli else [])}  # fmt: skip
     trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -236,13 +256,17 @@ def main() -> None:
             t_w = time_analyses(store, scheduler=address)[1]
             label = f"LocalCluster, {w} worker(s)" + (", trim" if args.dask_malloc_trim else "")
             t_spread.append((label, w, t_w))
+            if study_params is not None:
+                t_study.append((label, w, time_analyses(store, scheduler=address,
+                                                         params=study_params)))  # fmt: skip
             if cli:
                 t_cli[f"LocalCluster {w} workers"] = time_cli(
                     store, root / f"report-w{w}", ["--scheduler", address]
                 )
 
     total, c_total = sum(t_an.values()), sum(c_an.values())
-    print(f"\nper run, seconds (total over {n} runs / {n}); CPU seconds of this process beside:")
+    print(f"\nper run, seconds (total over {n} runs / {n}); CPU seconds of this process beside; "
+          "default analysis parameters (spirals tests every burst window):")  # fmt: skip
     print(f"  training                     {t_train / n:8.3f}                      "
           f"CPU {c_train / n:8.3f}")  # fmt: skip
     for name, t in t_an.items():
@@ -250,7 +274,7 @@ def main() -> None:
               f"CPU {c_an[name] / n:8.3f}   ({c_an[name] / c_train:5.2f} x)")  # fmt: skip
     print(
         f"  all four analyses            {total / n:8.3f}   ({total / t_train:5.2f} x "
-        f"training)   CPU {c_total / n:8.3f}   ({c_total / c_train:5.2f} x)   bar: <= 0.5"
+        f"training)   CPU {c_total / n:8.3f}   ({c_total / c_train:5.2f} x)"
     )
     print(f"  with store check and read    {t_wall / n:8.3f}   ({t_wall / t_train:5.2f} x "
           "training)")  # fmt: skip
@@ -267,6 +291,14 @@ def main() -> None:
             blocks = len(plan_blocks(grid, range(n), tasks=k, max_bytes=fit))
             print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training; {blocks} "
                   "blocks)")  # fmt: skip
+    if t_study:
+        print(f"with the {args.study} study's analysis parameters ({study_tables}), per run:")
+        t_one = t_study[0][2][0]
+        for name, t in t_one.items():
+            print(f"  {name:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training)")
+        for label, _k, (_, t, _) in t_study:
+            print(f"  {label:<28} {t / n:8.3f}   ({t / t_train:5.2f} x training; with store "
+                  "check and read; bar: <= 0.5)")  # fmt: skip
     if t_cli:
         print("geomtraj analyze, whole command (start-up, check, report, figures), per run:")
     for label, t in t_cli.items():
