@@ -291,11 +291,13 @@ def _draw_figures(
     With ``jobs`` above 1, up to ``jobs - 1`` worker processes draw beside this one. Figures are
     bounded in number whatever the store's size (each analysis picks a few runs), so on a small
     grid they took most of a report's time, one analysis after the other. An analysis goes to a
-    worker only when its module can be imported there and its result, which the worker gets
-    pickled, takes at most ``max_bytes`` (half the memory budget of a process); the workers take
-    the largest results first, this process the smallest, until none is left. Every figure
-    is drawn by the same code from the same result and store, so the files are the same
-    wherever they were drawn; a worker that dies hands its analysis back to this process.
+    worker only when the registry holds it as a module or a declaration (the worker imports it by
+    its module's name, as the analysis workers do) and its result, which the worker gets pickled,
+    takes at most ``max_bytes`` (half the memory budget of a process); the workers take the
+    largest results first, this process the others, until none is left. Every figure is drawn
+    by the same code from the same result and store, so the files are the same wherever they
+    were drawn. A task that fails to reach its worker (a module the worker cannot import, a
+    result that cannot be pickled) or whose worker dies is drawn by this process instead.
     """
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
