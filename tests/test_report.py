@@ -167,11 +167,13 @@ def test_chunks_too_large_to_hold_are_split_into_blocks_that_fit(store, ds) -> N
     per_run = _block_bytes(ds, 1)
     chunk = _run_chunk(ds)
     runs = list(range(ds.sizes["run"]))
-    for fit in (1, 2, 3, chunk - 1):
-        blocks = plan_blocks(ds, runs, max_bytes=fit * per_run)
-        assert [r for b in blocks for r in b] == runs
-        assert all(b[-1] - b[0] + 1 <= fit for b in blocks)
-        assert all(len({r // chunk for r in b}) == 1 for b in blocks)
+    gappy = [r for r in runs if r % 3 != 1]  # a selection with gaps
+    for fit in (1, 2, 2.5, 3, 3.9, chunk - 1):  # budgets between whole runs too
+        for chosen in (runs, gappy):
+            blocks = plan_blocks(ds, chosen, max_bytes=int(fit * per_run))
+            assert [r for b in blocks for r in b] == chosen
+            assert all(_block_bytes(ds, b[-1] - b[0] + 1) <= fit * per_run for b in blocks)
+            assert all(len({r // chunk for r in b}) == 1 for b in blocks)
     assert plan_blocks(ds, runs, max_bytes=chunk * per_run) == plan_blocks(ds, runs)
     default = run_analyses(store, registry=FAKE, progress=False)
     budget = AnalyzeParams(memory_budget_bytes=2 * 3 * per_run)  # half of it holds 3 runs

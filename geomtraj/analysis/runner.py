@@ -292,17 +292,21 @@ def plan_blocks(
         by_chunk.setdefault(r // size, []).append(int(r))
     blocks = list(by_chunk.values())
     per_run = _block_bytes(ds, 1)
-    by_memory = [
-        min(len(b), -(-per_run * (b[-1] - b[0] + 1) // max_bytes)) if max_bytes else 1
-        for b in blocks
-    ]
+    # the longest run span a held block may cover (analyze_block holds a block whose span fits)
+    cap = max(1, max_bytes // per_run) if max_bytes and per_run else None
     total = sum(len(b) for b in blocks)
     out: list[list[int]] = []
-    for b, memory_parts in zip(blocks, by_memory, strict=True):
+    for b in blocks:
         # each chunk gets parts in proportion to its runs; ceil: at least min(tasks, runs)
-        task_parts = min(len(b), -(-tasks * len(b) // total)) if len(blocks) < tasks else 1
-        parts = max(1, memory_parts, task_parts)
-        out.extend(a.tolist() for a in np.array_split(np.asarray(b), parts))
+        parts = min(len(b), -(-tasks * len(b) // total)) if len(blocks) < tasks else 1
+        while True:
+            split = [a.tolist() for a in np.array_split(np.asarray(b), parts)]
+            # a selection with gaps can leave a part's span above the cap: split further (a
+            # single run always passes)
+            if cap is None or all(p[-1] - p[0] + 1 <= cap for p in split):
+                break
+            parts += 1
+        out.extend(split)
     return out
 
 
